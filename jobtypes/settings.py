@@ -1,0 +1,53 @@
+"""Connection settings from the environment, with the defaults of DESIGN.md.
+
+Every component reads the broker's address, the management API's address and
+the config path from here, so one environment works for the whole stack.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pika
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RABBITMQ_URL = "amqp://guest:guest@localhost:5672/%2F"
+DEFAULT_RABBITMQ_API_URL = "http://guest:guest@localhost:15672/api"
+
+
+def rabbitmq_url() -> str:
+    return os.environ.get("RABBITMQ_URL", DEFAULT_RABBITMQ_URL)
+
+
+def rabbitmq_api_url() -> str:
+    return os.environ.get("RABBITMQ_API_URL", DEFAULT_RABBITMQ_API_URL)
+
+
+def jobs_config_path() -> Path:
+    return Path(os.environ.get("JOBS_CONFIG", REPO_ROOT / "jobs.config.json"))
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, for logs and status pages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def connection_parameters(connection_name: str, url: str | None = None) -> pika.URLParameters:
+    """pika parameters for `url` (default RABBITMQ_URL), named so the management API shows who is connected.
+
+    A short heartbeat lets both sides notice a dead peer within seconds, which is
+    what makes a killed worker's unacked message return to the queue quickly.
+    """
+    parameters = pika.URLParameters(url or rabbitmq_url())
+    parameters.client_properties = {"connection_name": connection_name}
+    parameters.heartbeat = int(os.environ.get("RABBITMQ_HEARTBEAT_SECONDS", "10"))
+    parameters.blocked_connection_timeout = 30
+    parameters.connection_attempts = 1
+    parameters.socket_timeout = 5
+    return parameters

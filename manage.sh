@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# The one entry point for people: ./manage.sh help
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+RUN="$ROOT/.run"
+PRODUCER_ADDR="${PRODUCER_HOST:-127.0.0.1}:${PRODUCER_PORT:-8000}"
+SCALER_ADDR="${SCALER_HOST:-127.0.0.1}:${SCALER_PORT:-8080}"
+RABBITMQ_CONF_DIR=/etc/rabbitmq/conf.d
+K8S_NAMESPACE="${K8S_NAMESPACE:-queue-autoscaler}"
+
+log() { printf '[manage] %s\n' "$*" >&2; }
+die() { printf '[manage] error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi
+}
+
+apt_install() {
+  # Installs the Debian packages given, once, without prompts.
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${missing[*]} (apt-get)"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  # Debian's postinst tries to start the service; in a container without an
+  # init system that fails harmlessly, we start RabbitMQ ourselves below.
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+ensure_venv() {
+  local stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
+  [ -f "$stamp" ] && return 0
+  command -v python3 >/dev/null || die "python3 is required (3.11 or newer)"
+  [ -x "$PY" ] || { log "creating .venv"; python3 -m venv "$VENV"; }
+  log "installing Python packages into .venv"
+  "$PY" -m pip install -q --upgrade pip >/dev/null
+  "$PY" -m pip install -q -e ".[test]"
+  rm -f "$VENV"/.installed-*
+  touch "$stamp"
+}
+
+rabbitmq_running() { rabbitmq-diagnostics -q check_running >/dev/null 2>&1; }
+
+ensure_rabbitmq() {
+  # Installs RabbitMQ with its management plugin and starts it if it is not running.
+  # Leaves a marker so that `down` (and `test`) stop only a broker they started.
+  apt_install rabbitmq-server curl
+  if [ ! -f "$RABBITMQ_CONF_DIR/50-queue-autoscaler.conf" ]; then
+    as_root mkdir -p "$RABBITMQ_CONF_DIR"
+    # The management API refreshes queue counts every collect_statistics_interval
+    # (5 s by default); the scaler reacts within a tick only if they are fresh.
+    printf 'collect_statistics_interval = 500\nmanagement.rates_mode = none\n' |
+      as_root tee "$RABBITMQ_CONF_DIR/50-queue-autoscaler.conf" >/dev/null
+  fi
+  if ! grep -q rabbitmq_management /etc/rabbitmq/enabled_plugins 2>/dev/null; then
+    as_root rabbitmq-plugins enable --offline rabbitmq_management >/dev/null
+  fi
+  mkdir -p "$RUN"
+  if rabbitmq_running; then
+    return 0
+  fi
+  log "starting RabbitMQ"
+  as_root rabbitmq-server -detached >/dev/null 2>&1 || true
+  local node
+  node="rabbit@$(hostname -s)"
+  as_root rabbitmqctl wait --timeout 120 "/var/lib/rabbitmq/mnesia/$node.pid" >/dev/null ||
+    die "RabbitMQ did not start; see /var/log/rabbitmq/"
+  touch "$RUN/rabbitmq.started-by-manage"
+  wait_http "http://127.0.0.1:15672/api/overview" 60 -u guest:guest || die "RabbitMQ management API did not answer"
+}
+
+stop_rabbitmq_if_ours() {
+  if [ -f "$RUN/rabbitmq.started-by-manage" ]; then
+    log "stopping RabbitMQ (started by manage.sh)"
+    as_root rabbitmqctl stop >/dev/null 2>&1 || true
+    rm -f "$RUN/rabbitmq.started-by-manage"
+  fi
+}
+
+wait_http() {
+  # wait_http URL SECONDS [curl args...]: true once URL answers 2xx.
+  local url=$1 seconds=$2 deadline
+  shift 2
+  deadline=$(( $(date +%s) + seconds ))
+  until curl -fsS -o /dev/null --max-time 2 "$@" "$url" 2>/dev/null; do
+    [ "$(date +%s)" -ge "$deadline" ] && return 1
+    sleep 0.3
+  done
+}
+
+start_service() {
+  # start_service NAME URL -- command...: runs it in the background unless its pid is alive.
+  local name=$1 url=$2
+  shift 3
+  local pidfile="$RUN/$name.pid"
+  mkdir -p "$RUN/logs"
+  if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    log "$name already running (pid $(cat "$pidfile"))"
+  else
+    nohup "$@" >>"$RUN/logs/$name.log" 2>&1 &
+    echo $! >"$pidfile"
+    log "$name started (pid $!), log: .run/logs/$name.log"
+  fi
+  wait_http "$url" 60 || die "$name did not answer at $url; see .run/logs/$name.log"
+}
+
+stop_service() {
+  local name=$1 pidfile="$RUN/$1.pid" pid
+  [ -f "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$pidfile"
+}
+
+cmd_up() {
+  ensure_venv
+  ensure_rabbitmq
+  start_service producer "http://$PRODUCER_ADDR/healthz" -- "$PY" -m producer
+  if [ -f scaler/__main__.py ]; then
+    start_service scaler "http://$SCALER_ADDR/healthz" -- "$PY" -m scaler --backend local
+  fi
+  echo
+  echo "  producer:   http://$PRODUCER_ADDR   (curl -F file=@data.csv http://$PRODUCER_ADDR/upload)"
+  [ -f scaler/__main__.py ] && echo "  dashboard:  http://$SCALER_ADDR/"
+  echo "  rabbitmq:   http://127.0.0.1:15672/  (guest / guest)"
+  echo "  stop with:  ./manage.sh down"
+}
+
+cmd_down() {
+  stop_service scaler
+  stop_service producer
+  stop_rabbitmq_if_ours
+}
+
+cmd_test() {
+  ensure_venv
+  apt_install chromium fonts-dejavu-core
+  ensure_rabbitmq
+  local status=0
+  "$PY" -m pytest "$@" || status=$?
+  stop_rabbitmq_if_ours
+  return $status
+}
+
+cmd_submit() {
+  # submit FILE [JOB_TYPE]
+  [ $# -ge 1 ] || die "usage: ./manage.sh submit FILE [JOB_TYPE]"
+  local auth=()
+  [ -n "${PRODUCER_TOKEN:-}" ] && auth=(-H "Authorization: Bearer $PRODUCER_TOKEN")
+  if [ $# -ge 2 ]; then
+    curl -sS "${auth[@]}" -F "file=@$1" -F "job_type=$2" "http://$PRODUCER_ADDR/upload"
+  else
+    curl -sS "${auth[@]}" -F "file=@$1" "http://$PRODUCER_ADDR/upload"
+  fi
+  echo
+}
+
+cmd_bench() {
+  [ $# -ge 1 ] || die "usage: ./manage.sh bench NAME (one of: $(cd bench && ls *.py | sed 's/\.py$//' | tr '\n' ' '))"
+  local name=$1
+  shift
+  [ -f "bench/$name.py" ] || die "no benchmark bench/$name.py"
+  ensure_venv
+  ensure_rabbitmq
+  "$PY" "bench/$name.py" "$@"
+}
+
+cmd_help() {
+  cat <<EOF
+usage: ./manage.sh COMMAND [ARGS]
+
+  up               install what is missing, start RabbitMQ, producer and scaler, print the URLs
+  down             stop what 'up' started
+  status           one-screen summary of queues and workers
+  watch            the same summary, refreshed every second
+  submit FILE [T]  upload a CSV file (to job type T)
+  sample N         print a sample sales CSV with N rows
+  test [ARGS]      run the whole test suite (pytest ARGS)
+  bench NAME       run a benchmark (ingest, worker, reaction, tick)
+  images           build the container images (needs Docker)
+  k8s-up           deploy the stack to the current kubectl context
+  k8s-config       apply a changed jobs.config.json to the cluster
+  k8s-down         remove the stack from the cluster
+EOF
+}
+
+main() {
+  local command=${1:-help}
+  shift || true
+  case "$command" in
+    up) cmd_up "$@" ;;
+    down) cmd_down "$@" ;;
+    test) cmd_test "$@" ;;
+    submit) cmd_submit "$@" ;;
+    status) ensure_venv; "$PY" -m scaler status --url "http://$SCALER_ADDR" "$@" ;;
+    watch) ensure_venv; "$PY" -m scaler status --url "http://$SCALER_ADDR" --watch "$@" ;;
+    sample) ensure_venv; "$PY" -m workers.sample "$@" ;;
+    bench) cmd_bench "$@" ;;
+    help | -h | --help) cmd_help ;;
+    *) cmd_help; die "unknown command: $command" ;;
+  esac
+}
+
+main "$@"

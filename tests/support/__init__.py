@@ -1,0 +1,1 @@
+"""Helpers shared by the test suite: waiting on conditions, the real broker, real processes."""
