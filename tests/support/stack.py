@@ -1,0 +1,126 @@
+"""The whole local stack (producer, scaler with the local backend, workers) as real processes.
+
+Browser, fault and load tests drive the project the way an operator runs it:
+`python -m producer` and `python -m scaler --backend local` on free loopback
+ports, against the test session's private vhost and a config of the test's own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support.broker import Broker
+from tests.support.configs import write_config
+from tests.support.processes import Service, free_port
+from tests.support.waiting import wait_until
+
+
+class Stack:
+    def __init__(
+        self,
+        broker: Broker,
+        directory: Path,
+        job_types: dict[str, dict[str, Any]],
+        tick_seconds: float = 0.5,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.broker = broker
+        self.directory = directory
+        self.config_path = write_config(directory, job_types)
+        self.state_dir = directory / "scaler-state"
+        self.producer_port = free_port()
+        self.scaler_port = free_port()
+        self.env = {
+            **broker.env(),
+            "JOBS_CONFIG": str(self.config_path),
+            "PRODUCER_PORT": str(self.producer_port),
+            "SCALER_PORT": str(self.scaler_port),
+            "SCALER_TICK_SECONDS": str(tick_seconds),
+            "SCALER_STATE_DIR": str(self.state_dir),
+            "PRODUCER_URL": self.producer_url,
+            **(env or {}),
+        }
+        self.producer: Service | None = None
+        self.scaler: Service | None = None
+
+    @property
+    def producer_url(self) -> str:
+        return f"http://127.0.0.1:{self.producer_port}"
+
+    @property
+    def scaler_url(self) -> str:
+        return f"http://127.0.0.1:{self.scaler_port}"
+
+    def config(self) -> dict[str, Any]:
+        return json.loads(self.config_path.read_text())
+
+    def queue_of(self, job_type: str) -> str:
+        return self.config()[job_type]["queue"]
+
+    def start_producer(self) -> Service:
+        self.producer = Service("producer", [], self.env, self.directory / "producer.log")
+        self.producer.wait_http(f"{self.producer_url}/healthz")
+        return self.producer
+
+    def start_scaler(self) -> Service:
+        self.scaler = Service("scaler", ["--backend", "local"], self.env, self.directory / "scaler.log")
+        self.scaler.wait_http(f"{self.scaler_url}/healthz")
+        return self.scaler
+
+    def start(self) -> Stack:
+        self.start_producer()
+        self.start_scaler()
+        return self
+
+    def upload(self, csv: bytes, job_type: str, timeout: float = 120, headers: dict[str, str] | None = None) -> httpx.Response:
+        return httpx.post(
+            f"{self.producer_url}/submit/{job_type}",
+            content=csv,
+            headers={"Content-Type": "text/csv", **(headers or {})},
+            timeout=timeout,
+        )
+
+    def status(self) -> dict[str, Any]:
+        response = httpx.get(f"{self.scaler_url}/api/status", timeout=5)
+        response.raise_for_status()
+        return response.json()
+
+    def type_status(self, job_type: str) -> dict[str, Any]:
+        return self.status()["job_types"][job_type]
+
+    def wait_workers(self, job_type: str, predicate, timeout: float = 60, what: str = "") -> dict[str, Any]:
+        """Wait until `predicate(type_status)` holds; returns that status."""
+
+        def check() -> dict[str, Any] | None:
+            current = self.type_status(job_type)
+            return current if predicate(current) else None
+
+        return wait_until(check, timeout=timeout, interval=0.2, what=what or f"{job_type} workers condition")
+
+    def stop(self) -> None:
+        """Stop the scaler (its workers keep running, as in production), then every worker, then the producer."""
+        for service in (self.scaler, self.producer):
+            if service is not None:
+                service.stop()
+        kill_workers_in(self.state_dir)
+
+
+def kill_workers_in(state_dir: Path) -> None:
+    """SIGKILL every worker process the local backend recorded under `state_dir` (test clean-up)."""
+    import os
+    import signal
+
+    for record in state_dir.glob("**/*.json"):
+        try:
+            pid = int(json.loads(record.read_text()).get("pid", 0))
+        except (ValueError, OSError, AttributeError):
+            continue
+        if pid > 0:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
