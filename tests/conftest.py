@@ -17,3 +17,14 @@ def broker() -> Iterator[Broker]:
     created = create_vhost()
     yield created
     delete_vhost(created)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the fault suite's table (fault, rows sent/processed, duplicates, lost, recovery)."""
+    from tests.support import fault_report
+
+    if not fault_report.ROWS:
+        return
+    terminalreporter.section("fault suite")
+    terminalreporter.write_line(fault_report.markdown_table())
+    terminalreporter.write_line(f"(also written to {fault_report.write_artifact()})")
