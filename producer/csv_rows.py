@@ -1,0 +1,162 @@
+"""Check a spooled CSV file completely and turn its rows into JSON message bodies.
+
+The whole file is checked before the first row is published, so a bad file
+publishes nothing. Two passes over the spooled bytes keep memory flat however
+large the file is:
+
+1. `check_encoding` reads raw chunks: it recognises binary files (a PNG renamed
+   .csv), UTF-16, NUL bytes and invalid UTF-8, with the line and byte offset.
+2. `convert_rows` parses the CSV (quotes, commas and newlines inside quoted
+   fields are CSV's business, not ours), checks the header and every row's
+   field count, and writes one compact JSON object per line to `bodies`, ready
+   for the publisher to send without parsing again.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+from dataclasses import dataclass
+from typing import BinaryIO, TextIO
+
+from producer.errors import UploadError
+
+CHUNK = 1024 * 1024
+UTF8_BOM = codecs.BOM_UTF8
+BINARY_SIGNATURES = {
+    b"\x89PNG": "a PNG image",
+    b"GIF8": "a GIF image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"%PDF": "a PDF document",
+    b"PK\x03\x04": "a ZIP archive (an .xlsx workbook is one: export it as CSV)",
+    b"\x1f\x8b": "a gzip archive",
+}
+UTF16_BOMS = {codecs.BOM_UTF16_LE: "UTF-16 (little-endian)", codecs.BOM_UTF16_BE: "UTF-16 (big-endian)"}
+_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+@dataclass(frozen=True)
+class ConvertedUpload:
+    header: list[str]
+    rows: int
+
+
+def _sniff(first: bytes) -> None:
+    for bom, name in UTF16_BOMS.items():
+        if first.startswith(bom) and not first.startswith(codecs.BOM_UTF32_LE):
+            raise UploadError(415, f"the file is {name} text; save it as UTF-8 and upload it again")
+    for signature, name in BINARY_SIGNATURES.items():
+        if first.startswith(signature):
+            raise UploadError(415, f"this is {name}, not a CSV file")
+
+
+def check_encoding(source: BinaryIO) -> None:
+    """Refuse empty, binary, NUL-carrying or non-UTF-8 content, saying where."""
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    offset = 0
+    line = 1
+    first = True
+    while chunk := source.read(CHUNK):
+        if first:
+            _sniff(chunk)
+            first = False
+        nul = chunk.find(b"\x00")
+        if nul >= 0:
+            where = line + chunk.count(b"\n", 0, nul)
+            raise UploadError(
+                422, f"line {where}: NUL byte at byte offset {offset + nul}; CSV text cannot contain NUL bytes"
+            )
+        buffered = len(decoder.getstate()[0])
+        try:
+            decoder.decode(chunk)
+        except UnicodeDecodeError as error:
+            position = max(error.start - buffered, 0)
+            where = line + chunk.count(b"\n", 0, position)
+            bad = chunk[position : position + 1].hex() or "??"
+            raise UploadError(
+                415,
+                f"line {where}: not UTF-8 text (byte 0x{bad} at byte offset {offset + position}); "
+                "save the file as UTF-8 and upload it again",
+            ) from error
+        offset += len(chunk)
+        line += chunk.count(b"\n")
+    if first:
+        raise UploadError(422, "the file is empty; the first line must be a header")
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as error:
+        raise UploadError(415, f"line {line}: the file ends in the middle of a UTF-8 character") from error
+
+
+def _check_header(header: list[str], max_columns: int) -> None:
+    if not header or header == [""]:
+        raise UploadError(422, "line 1: the header is empty; the first line must name the columns")
+    if len(header) > max_columns:
+        raise UploadError(
+            422, f"line 1: the header has {len(header)} columns, more than the limit of {max_columns} (PRODUCER_MAX_COLUMNS)"
+        )
+    seen: dict[str, int] = {}
+    for column, name in enumerate(header, start=1):
+        if not name.strip():
+            raise UploadError(422, f"line 1: column {column} of the header has no name")
+        if name in seen:
+            raise UploadError(422, f"line 1: the header names {name!r} twice (columns {seen[name]} and {column})")
+        seen[name] = column
+
+
+def _rows(text: TextIO, max_columns: int):
+    """Yield (first line number, fields) of every non-blank record, translating csv's errors."""
+    reader = csv.reader(text, strict=True)
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            message = str(error)
+            if "field larger than field limit" in message:
+                limit = csv.field_size_limit()
+                raise UploadError(
+                    422,
+                    f"line {start}: a field is longer than the limit of {limit} characters (PRODUCER_MAX_FIELD_BYTES)",
+                ) from error
+            if "unexpected end of data" in message or "EOF" in message:
+                raise UploadError(422, f"line {start}: a quoted field is never closed (unterminated quote)") from error
+            raise UploadError(422, f"line {start}: not valid CSV: {message}") from error
+        if fields:
+            if len(fields) > max_columns:
+                raise UploadError(
+                    422, f"line {start}: {len(fields)} fields, more than the limit of {max_columns} (PRODUCER_MAX_COLUMNS)"
+                )
+            yield start, fields
+
+
+def convert_rows(source: BinaryIO, bodies: TextIO, max_columns: int) -> ConvertedUpload:
+    """Validate every row of `source` and write one JSON body per line to `bodies`."""
+    text = io.TextIOWrapper(source, encoding="utf-8-sig", newline="")
+    rows = _rows(text, max_columns)
+    first = next(rows, None)
+    if first is None:
+        raise UploadError(422, "the file has no header; the first line must name the columns")
+    header = first[1]
+    _check_header(header, max_columns)
+    width = len(header)
+    count = 0
+    write = bodies.write
+    for line, fields in rows:
+        if len(fields) != width:
+            raise UploadError(
+                422,
+                f"line {line}: {len(fields)} fields, but the header has {width}; "
+                "quote fields that contain commas or newlines",
+            )
+        write(_encode_json(dict(zip(header, fields))))
+        write("\n")
+        count += 1
+    if count == 0:
+        raise UploadError(422, "the file has a header but no data rows")
+    text.detach()
+    return ConvertedUpload(header=header, rows=count)

@@ -1,0 +1,18 @@
+"""One exception for every way an upload can be refused, carrying its HTTP status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class UploadError(Exception):
+    """Refuse the upload with `status` and a message a person can act on."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.message, **self.extra}

@@ -1,0 +1,175 @@
+"""Publish an upload's rows with publisher confirms, and know exactly how many the broker took.
+
+A blocking publisher that waits for each confirm manages ~1,500 rows/s; this
+one keeps a window of unconfirmed messages in flight on pika's asynchronous
+SelectConnection (one per upload, on a worker thread) and counts the broker's
+acks, cumulative or single. If the connection dies or the broker nacks, it
+stops and reports the confirmed count: every row counted there is durably in
+the queue, and no row outside it is ever reported as queued.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TextIO
+
+import pika
+from pika.adapters.select_connection import SelectConnection
+from pika.channel import Channel
+from pika.frame import Method
+
+from jobtypes.config import JobType
+from jobtypes.queues import declare_queues
+from jobtypes.settings import connection_parameters
+
+log = logging.getLogger(__name__)
+
+#: Seconds without a single confirm before the broker counts as stuck (e.g. a
+#: memory or disk alarm blocks publishers).
+CONFIRM_STALL_SECONDS = 30.0
+
+
+@dataclass
+class PublishResult:
+    confirmed: int
+    error: str | None = None
+
+
+def declare(job_type: JobType, connection_name: str) -> None:
+    """Declare the type's queues on a short-lived connection (raises pika errors when unreachable)."""
+    connection = pika.BlockingConnection(connection_parameters(connection_name))
+    try:
+        declare_queues(connection.channel(), job_type)
+    finally:
+        connection.close()
+
+
+class _ConfirmedRun:
+    """One upload's publishing session on its own SelectConnection."""
+
+    def __init__(self, job_type: JobType, upload_id: str, bodies: TextIO, window: int) -> None:
+        self.job_type = job_type
+        self.upload_id = upload_id
+        self.bodies = bodies
+        self.window = window
+        self.channel: Channel | None = None
+        self.sent = 0
+        self.confirmed = 0
+        self.outstanding: set[int] = set()
+        self.lowest = 1
+        self.eof = False
+        self.error: str | None = None
+        self.last_progress = time.monotonic()
+        self.timestamp = int(time.time())
+        self.headers = {"upload_id": upload_id}
+        self.connection = SelectConnection(
+            connection_parameters(f"producer-upload-{upload_id}"),
+            on_open_callback=self._on_open,
+            on_open_error_callback=self._on_open_error,
+            on_close_callback=self._on_closed,
+        )
+
+    def run(self) -> PublishResult:
+        self.connection.ioloop.call_later(5, self._watchdog)
+        self.connection.ioloop.start()
+        return PublishResult(self.confirmed, self.error)
+
+    # connection lifecycle -------------------------------------------------
+    def _on_open(self, connection: SelectConnection) -> None:
+        connection.channel(on_open_callback=self._on_channel)
+
+    def _on_open_error(self, connection: SelectConnection, error: BaseException) -> None:
+        self.error = f"cannot connect to RabbitMQ: {error or type(error).__name__}"
+        connection.ioloop.stop()
+
+    def _on_closed(self, connection: SelectConnection, reason: BaseException) -> None:
+        if not self._done() and self.error is None:
+            self.error = f"the RabbitMQ connection was lost: {reason or type(reason).__name__}"
+        connection.ioloop.stop()
+
+    def _on_channel(self, channel: Channel) -> None:
+        self.channel = channel
+        channel.add_on_close_callback(self._on_channel_closed)
+        channel.add_on_return_callback(self._on_return)
+        channel.confirm_delivery(self._on_confirm, callback=lambda _frame: self._pump())
+
+    def _on_channel_closed(self, channel: Channel, reason: BaseException) -> None:
+        if not self._done():
+            self._fail(f"the RabbitMQ channel was closed: {reason}")
+
+    def _fail(self, error: str) -> None:
+        if self.error is None:
+            self.error = error
+        if self.connection.is_open:
+            self.connection.close()
+        else:
+            self.connection.ioloop.stop()
+
+    def _done(self) -> bool:
+        return self.eof and not self.outstanding
+
+    def _watchdog(self) -> None:
+        if self._done() or self.error:
+            return
+        if time.monotonic() - self.last_progress > CONFIRM_STALL_SECONDS:
+            self._fail(f"RabbitMQ confirmed nothing for {CONFIRM_STALL_SECONDS:g} s (is it blocked by an alarm?)")
+            return
+        self.connection.ioloop.call_later(5, self._watchdog)
+
+    # publishing ------------------------------------------------------------
+    def _pump(self) -> None:
+        """Publish until the window of unconfirmed messages is full or the rows run out."""
+        assert self.channel is not None
+        publish = self.channel.basic_publish
+        queue = self.job_type.queue
+        name = self.job_type.name
+        readline = self.bodies.readline
+        while not self.eof and len(self.outstanding) < self.window and self.error is None:
+            body = readline()
+            if not body:
+                self.eof = True
+                break
+            self.sent += 1
+            properties = pika.BasicProperties(
+                content_type="application/json",
+                delivery_mode=pika.DeliveryMode.Persistent,
+                message_id=f"{self.upload_id}:{self.sent}",
+                type=name,
+                timestamp=self.timestamp,
+                app_id="queue-autoscaler-producer",
+                headers=self.headers,
+            )
+            publish("", queue, body[:-1].encode(), properties, mandatory=True)
+            self.outstanding.add(self.sent)
+        if self._done() and self.connection.is_open:
+            self.connection.close()
+
+    def _on_return(self, channel: Channel, method, properties, body: bytes) -> None:
+        self._fail(f"RabbitMQ could not route row {properties.message_id} to queue {self.job_type.queue!r}")
+
+    def _on_confirm(self, frame: Method) -> None:
+        method = frame.method
+        tags = range(self.lowest, method.delivery_tag + 1) if method.multiple else (method.delivery_tag,)
+        if isinstance(method, pika.spec.Basic.Nack):
+            self._fail(f"RabbitMQ refused row {self.upload_id}:{method.delivery_tag} (nack)")
+            return
+        for tag in tags:
+            if tag in self.outstanding:
+                self.outstanding.remove(tag)
+                self.confirmed += 1
+        if method.multiple:
+            self.lowest = method.delivery_tag + 1
+        self.last_progress = time.monotonic()
+        if self.error is None:
+            self._pump()
+
+
+def publish_rows(job_type: JobType, upload_id: str, bodies: TextIO, window: int) -> PublishResult:
+    """Publish every line of `bodies` to the type's queue; blocks until all are confirmed or it fails."""
+    try:
+        declare(job_type, f"producer-declare-{upload_id}")
+    except pika.exceptions.AMQPError as error:
+        return PublishResult(0, f"cannot reach RabbitMQ: {error or type(error).__name__}")
+    return _ConfirmedRun(job_type, upload_id, bodies, window).run()
