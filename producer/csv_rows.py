@@ -90,13 +90,9 @@ def check_encoding(source: BinaryIO) -> None:
         raise UploadError(415, f"line {line}: the file ends in the middle of a UTF-8 character") from error
 
 
-def _check_header(header: list[str], max_columns: int) -> None:
+def _check_header(header: list[str]) -> None:
     if not header or header == [""]:
         raise UploadError(422, "line 1: the header is empty; the first line must name the columns")
-    if len(header) > max_columns:
-        raise UploadError(
-            422, f"line 1: the header has {len(header)} columns, more than the limit of {max_columns} (PRODUCER_MAX_COLUMNS)"
-        )
     seen: dict[str, int] = {}
     for column, name in enumerate(header, start=1):
         if not name.strip():
@@ -142,7 +138,7 @@ def convert_rows(source: BinaryIO, bodies: TextIO, max_columns: int) -> Converte
     if first is None:
         raise UploadError(422, "the file has no header; the first line must name the columns")
     header = first[1]
-    _check_header(header, max_columns)
+    _check_header(header)
     width = len(header)
     count = 0
     write = bodies.write
