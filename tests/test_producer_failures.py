@@ -1,0 +1,101 @@
+"""The broker going away, and tokens: never a 200 for rows that are not in the queue, nobody without the token."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from tests.support.broker import Broker
+from tests.support.proxy import CuttableProxy
+from tests.support.stack import Stack
+from tests.support.waiting import wait_until
+
+HEADER = b"Date,Item Description,Quantity,Amount\n"
+
+
+def sample_rows(count: int) -> bytes:
+    return HEADER + b"".join(b"2024-01-01,Item %d,1,2.50\n" % i for i in range(count))
+
+
+@pytest.fixture()
+def proxied(broker: Broker, tmp_path) -> Iterator[tuple[Stack, CuttableProxy]]:
+    proxy = CuttableProxy()
+    stack = Stack(
+        broker,
+        tmp_path,
+        {"sleep": {}},
+        env={"RABBITMQ_URL": proxy.url(quote(broker.vhost, safe="")), "RABBITMQ_HEARTBEAT_SECONDS": "2"},
+    )
+    stack.start_producer()
+    yield stack, proxy
+    stack.stop()
+    proxy.close()
+
+
+def test_broker_unreachable_gives_503_and_health_says_so(proxied: tuple[Stack, CuttableProxy], broker: Broker) -> None:
+    stack, proxy = proxied
+    proxy.cut()
+    response = stack.upload(sample_rows(10), "sleep")
+    assert response.status_code == 503
+    answer = response.json()
+    assert answer["confirmed"] == 0 and "RabbitMQ" in answer["error"]
+    wait_until(
+        lambda: httpx.get(f"{stack.producer_url}/healthz").json()["broker"]["reachable"] is False,
+        timeout=10,
+        what="healthz to report the broker unreachable",
+    )
+    proxy.restore()
+    response = stack.upload(sample_rows(10), "sleep")
+    assert response.status_code == 200, response.text
+    assert broker.queue_depth(stack.queue_of("sleep")) == 10
+
+
+def test_broker_lost_mid_upload_reports_only_confirmed_rows(proxied: tuple[Stack, CuttableProxy], broker: Broker) -> None:
+    stack, proxy = proxied
+    queue = stack.queue_of("sleep")
+    rows = 150_000
+    answer: dict = {}
+
+    def upload() -> None:
+        response = stack.upload(sample_rows(rows), "sleep")
+        answer.update(status=response.status_code, **response.json())
+
+    thread = threading.Thread(target=upload)
+    thread.start()
+    wait_until(lambda: broker.queue(queue)["messages"] > 5_000, timeout=60, interval=0.05, what="publishing to be under way")
+    proxy.cut()
+    thread.join(120)
+    assert answer["status"] == 503, answer
+    confirmed = answer["confirmed"]
+    in_queue = broker.queue_depth(queue)
+    assert 0 < confirmed < rows
+    # Every confirmed row is in the queue; at most the unconfirmed window may be there too.
+    assert confirmed <= in_queue <= confirmed + 2000, (confirmed, in_queue)
+    assert f"{confirmed} of {rows} rows were confirmed" in answer["error"]
+
+
+def test_token_required_when_set(broker: Broker, tmp_path) -> None:
+    token = "s3cret-token-value"
+    stack = Stack(broker, tmp_path, {"sleep": {}}, env={"PRODUCER_TOKEN": token})
+    stack.start_producer()
+    try:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}, {"Authorization": f"Basic {token}"}):
+            response = stack.upload(sample_rows(1), "sleep", headers=headers)
+            assert response.status_code == 401, headers
+            assert "token" in response.json()["error"]
+        multipart = httpx.post(f"{stack.producer_url}/upload", files={"file": ("x.csv", sample_rows(1))})
+        assert multipart.status_code == 401
+        with pytest.raises(httpx.HTTPStatusError):  # refused before publishing: not even declared
+            broker.queue(stack.queue_of("sleep"))
+
+        response = stack.upload(sample_rows(3), "sleep", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 200
+        assert broker.queue_depth(stack.queue_of("sleep")) == 3
+        assert token not in stack.producer.log()
+    finally:
+        stack.stop()
+
