@@ -34,7 +34,7 @@ from jobtypes.config import JOB_TYPE_NAME, JobType
 from jobtypes.config_watch import ConfigWatcher
 from jobtypes.settings import connection_parameters, jobs_config_path
 from producer.body import RAW_CSV_TYPES, GuardedReceive, check_declared_length, media_type, spool_raw_body
-from producer.csv_rows import check_encoding, convert_rows
+from producer.csv_rows import ConvertedUpload, check_encoding, convert_rows
 from producer.errors import UploadError
 from producer.metrics import ROWS_PUBLISHED, UPLOAD_SECONDS, UPLOADS
 from producer.publisher import publish_rows
@@ -152,11 +152,11 @@ async def _handle_upload(request: Request, path_type: str | None) -> Response:
             if job_type is None:
                 job_type = producer.job_type(form_type)
             job_name = job_type.name
-            bodies = stack.enter_context(
-                tempfile.TemporaryFile("w+", encoding="utf-8", newline="\n", dir=settings.spool_dir, prefix="rows-")
-            )
+            bodies = stack.enter_context(tempfile.TemporaryFile(dir=settings.spool_dir, prefix="rows-"))
+            received = time.perf_counter()
             converted = await run_in_threadpool(_check_and_convert, spool, bodies, settings.max_columns)
             bodies.seek(0)
+            checked = time.perf_counter()
             result = await run_in_threadpool(publish_rows, job_type, upload_id, bodies, settings.publish_window)
     except UploadError as error:
         UPLOADS.labels("rejected").inc()
@@ -186,13 +186,14 @@ async def _handle_upload(request: Request, path_type: str | None) -> Response:
     UPLOADS.labels("ok").inc()
     UPLOAD_SECONDS.observe(seconds)
     log.info(
-        "upload %s type=%s queue=%s rows=%d seconds=%.2f rows_per_s=%.0f",
-        upload_id, job_type.name, job_type.queue, converted.rows, seconds, converted.rows / max(seconds, 1e-6),
+        "upload %s type=%s queue=%s rows=%d seconds=%.2f (receive %.2f, check %.2f, publish %.2f) rows_per_s=%.0f",
+        upload_id, job_type.name, job_type.queue, converted.rows, seconds, received - started, checked - received,
+        time.perf_counter() - checked, converted.rows / max(seconds, 1e-6),
     )
     return JSONResponse({"upload_id": upload_id, "job_type": job_type.name, "queue": job_type.queue, "rows": converted.rows})
 
 
-def _check_and_convert(spool: BinaryIO, bodies, max_columns: int):
+def _check_and_convert(spool: BinaryIO, bodies: BinaryIO, max_columns: int) -> ConvertedUpload:
     spool.seek(0)
     check_encoding(spool)
     spool.seek(0)

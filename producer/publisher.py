@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TextIO
+from typing import BinaryIO
 
 import pika
 from pika.adapters.select_connection import SelectConnection
@@ -23,6 +23,7 @@ from pika.frame import Method
 from jobtypes.config import JobType
 from jobtypes.queues import declare_queues
 from jobtypes.settings import connection_parameters
+from producer.properties import row_properties
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def declare(job_type: JobType, connection_name: str) -> None:
 class _ConfirmedRun:
     """One upload's publishing session on its own SelectConnection."""
 
-    def __init__(self, job_type: JobType, upload_id: str, bodies: TextIO, window: int) -> None:
+    def __init__(self, job_type: JobType, upload_id: str, bodies: BinaryIO, window: int) -> None:
         self.job_type = job_type
         self.upload_id = upload_id
         self.bodies = bodies
@@ -62,8 +63,7 @@ class _ConfirmedRun:
         self.eof = False
         self.error: str | None = None
         self.last_progress = time.monotonic()
-        self.timestamp = int(time.time())
-        self.headers = {"upload_id": upload_id}
+        self.properties = row_properties(job_type.name, upload_id, int(time.time()))
         self.connection = SelectConnection(
             connection_parameters(f"producer-upload-{upload_id}"),
             on_open_callback=self._on_open,
@@ -124,7 +124,7 @@ class _ConfirmedRun:
         assert self.channel is not None
         publish = self.channel.basic_publish
         queue = self.job_type.queue
-        name = self.job_type.name
+        properties = self.properties
         readline = self.bodies.readline
         while not self.eof and len(self.outstanding) < self.window and self.error is None:
             body = readline()
@@ -132,16 +132,7 @@ class _ConfirmedRun:
                 self.eof = True
                 break
             self.sent += 1
-            properties = pika.BasicProperties(
-                content_type="application/json",
-                delivery_mode=pika.DeliveryMode.Persistent,
-                message_id=f"{self.upload_id}:{self.sent}",
-                type=name,
-                timestamp=self.timestamp,
-                app_id="queue-autoscaler-producer",
-                headers=self.headers,
-            )
-            publish("", queue, body[:-1].encode(), properties, mandatory=True)
+            publish("", queue, body[:-1], properties(self.sent), mandatory=True)
             self.outstanding.add(self.sent)
         if self._done() and self.connection.is_open:
             self.connection.close()
@@ -166,7 +157,7 @@ class _ConfirmedRun:
             self._pump()
 
 
-def publish_rows(job_type: JobType, upload_id: str, bodies: TextIO, window: int) -> PublishResult:
+def publish_rows(job_type: JobType, upload_id: str, bodies: BinaryIO, window: int) -> PublishResult:
     """Publish every line of `bodies` to the type's queue; blocks until all are confirmed or it fails."""
     try:
         declare(job_type, f"producer-declare-{upload_id}")
