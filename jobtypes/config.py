@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 #: the Kubernetes backend shortens them with a hash where it must).
 JOB_TYPE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,251}[a-z0-9])?$")
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
-HANDLER_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+HANDLER_NAME = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*$")
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|E|Ei|P|Pi)?$")
 RESOURCE_NAMES = frozenset({"cpu", "memory", "ephemeral-storage", "nvidia.com/gpu"})
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -112,7 +112,9 @@ class JobType(BaseModel):
     @classmethod
     def _check_handler(cls, value: str) -> str:
         if value and not HANDLER_NAME.match(value):
-            raise ValueError("a handler is the name of a package under workers/ (a Python identifier)")
+            raise ValueError(
+                "a handler is a package under workers/ (e.g. 'sales') or a dotted module path with a handle() function"
+            )
         return value
 
     @field_validator("command")

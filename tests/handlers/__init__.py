@@ -1,0 +1,1 @@
+"""Handlers used only by tests (configured with a dotted `handler` path)."""

@@ -1,0 +1,1 @@
+"""The `sales` job type: sample rows (Date, Item Description, Quantity, Amount)."""
