@@ -16,19 +16,20 @@ _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"me
 
 
 class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON object; the fields every line shares are encoded once."""
+
     def __init__(self, static: dict[str, str]) -> None:
         super().__init__()
-        self.static = static
+        self.static = json.dumps(static)[1:-1]
 
     def format(self, record: logging.LogRecord) -> str:
-        line = {"ts": round(record.created, 3), "level": record.levelname.lower(), **self.static}
-        line["event"] = record.getMessage()
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                line[key] = value
+        line = {"ts": round(record.created, 3), "level": record.levelname.lower(), "event": record.getMessage()}
+        for key in record.__dict__.keys() - _STANDARD:
+            if not key.startswith("_"):
+                line[key] = record.__dict__[key]
         if record.exc_info:
             line["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return "{" + self.static + ", " + json.dumps(line, default=str)[1:]
 
 
 def configure(worker_id: str, job_type: str) -> logging.Logger:

@@ -2,9 +2,11 @@
 
 Threads: the main thread owns the pika connection (pika is not thread-safe)
 and never blocks for long, so AMQP heartbeats, stop requests and our own
-status heartbeats keep flowing while a handler runs for minutes. Handlers run
-one at a time on a second thread; when one returns, it hands the outcome back
-with `add_callback_threadsafe`, which wakes the main thread at once.
+status heartbeats keep flowing while a handler runs for minutes. Every
+delivery goes straight to a second thread that runs handlers one at a time,
+back to back; each outcome comes back with `add_callback_threadsafe`, which
+wakes the main thread to ack. A stopping worker's handler thread starts
+nothing new and hands the unstarted deliveries back to be requeued.
 
 At-least-once: a row is acked only after its handler returned, or after its
 retry or dead-letter copy was confirmed by the broker. A worker that dies or
@@ -21,7 +23,6 @@ import signal
 import socket
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,7 @@ class Outcome:
     error: str | None
     seconds: float
     unreadable: bool = False
+    started: bool = True
 
 
 class StopRequested(Exception):
@@ -89,8 +91,7 @@ class Worker:
         self.notify: BlockingChannel | None = None
         self.consumer_tag: str | None = None
         self.generation = 0
-        self.pending: deque[Delivery] = deque()
-        self.current: Delivery | None = None
+        self.in_hand = 0
         self.last_heartbeat = 0.0
         self.jobs: queue.SimpleQueue[Delivery | None] = queue.SimpleQueue()
         self.handler_thread = threading.Thread(target=self._handler_loop, name="handler", daemon=True)
@@ -157,10 +158,9 @@ class Worker:
         """Forget what the dead connection held: RabbitMQ redelivers it to someone."""
         self.log.warning(
             "connection lost, reconnecting",
-            extra={"error": str(error) or type(error).__name__, "unacked_returned": len(self.pending) + (self.current is not None)},
+            extra={"error": str(error) or type(error).__name__, "unacked_returned": self.in_hand},
         )
-        self.pending.clear()
-        self.current = None
+        self.in_hand = 0
         self.consumer_tag = None
         self.connection = None
 
@@ -178,9 +178,8 @@ class Worker:
         while True:
             if self.stopping:
                 self._begin_stop()
-                if self.current is None:
+                if self.in_hand == 0:
                     return
-            self._start_next()
             self._maybe_heartbeat()
             self.connection.process_data_events(time_limit=min(self.heartbeat_seconds, 0.5))
 
@@ -189,36 +188,34 @@ class Worker:
         if self.stopping:
             channel.basic_nack(method.delivery_tag, requeue=True)
             return
-        self.pending.append(delivery)
-        self._start_next()
+        self.in_hand += 1
+        self._set_state("busy")
+        self.jobs.put(delivery)
 
     def _on_control(self, channel: BlockingChannel, method: Any, properties: Any, body: bytes) -> None:
         self.log.info("stop requested", extra={"reason": "scaler stop request"})
         self.stopping = True
 
     def _begin_stop(self) -> None:
-        """No new rows; give back the prefetched ones that were not started."""
+        """No new rows; the handler thread hands back the prefetched ones it has not started."""
         assert self.channel is not None
         if self.stats.state != "stopping":
             self._set_state("stopping")
         if self.consumer_tag is not None:
             self.channel.basic_cancel(self.consumer_tag)
             self.consumer_tag = None
-        while self.pending:
-            self.channel.basic_nack(self.pending.popleft().tag, requeue=True)
-
-    def _start_next(self) -> None:
-        if self.current is not None or not self.pending or self.stopping:
-            return
-        self.current = self.pending.popleft()
-        self.stats.current_message = self.current.properties.message_id
-        self._set_state("busy")
-        self.jobs.put(self.current)
 
     # handler thread -------------------------------------------------------------
     def _handler_loop(self) -> None:
         while (delivery := self.jobs.get()) is not None:
-            outcome = self._call_handler(delivery)
+            if delivery.generation != self.generation:
+                continue  # its connection is gone: RabbitMQ redelivers it
+            if self.stopping:
+                outcome = Outcome(delivery, None, 0.0, started=False)
+            else:
+                self.stats.current_message = delivery.properties.message_id
+                outcome = self._call_handler(delivery)
+                self.stats.current_message = None
             connection = self.connection
             try:
                 if connection is None or delivery.generation != self.generation:
@@ -258,6 +255,12 @@ class Worker:
     def _finish(self, outcome: Outcome) -> None:
         assert self.channel is not None
         delivery = outcome.delivery
+        if delivery.generation != self.generation:
+            return
+        self.in_hand -= 1
+        if not outcome.started:
+            self.channel.basic_nack(delivery.tag, requeue=True)
+            return
         fields = {
             "message_id": delivery.properties.message_id,
             "attempt": attempt_of(delivery.properties),
@@ -278,10 +281,8 @@ class Worker:
             else:
                 self.stats.dead += 1
             self.log.warning(f"failed, {target.outcome}", extra={**fields, "error": outcome.error, "to": target.queue})
-        self.current = None
-        self.stats.current_message = None
-        self._set_state("idle")
-        self._start_next()
+        if self.in_hand == 0 and not self.stopping:
+            self._set_state("idle")
 
     def _republish(self, delivery: Delivery, target: Republish) -> None:
         """Publish the copy with confirms before the original is acked, so the row is never lost."""
