@@ -1,0 +1,154 @@
+"""Workers as local processes: the default backend, for one machine.
+
+Each worker is a process running its type's command (default
+`python -m workers <type>`) in a session of its own, with its output in one log
+file. A small JSON record per worker (pid and the process's start time) lives
+in the state directory, so a scaler that is restarted while workers run adopts
+them instead of starting duplicates, and never mistakes a recycled pid for a
+worker. Finished workers stay listed for a minute (the dashboard shows how they
+ended), then their records are dropped; their logs stay.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import psutil
+
+from jobtypes.config import JobType
+from jobtypes.settings import REPO_ROOT
+from scaler.backends.base import WorkerInfo, WorkerState
+
+log = logging.getLogger(__name__)
+KEEP_FINISHED_SECONDS = 60.0
+
+
+class LocalBackend:
+    name = "local"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.records_dir = state_dir / "workers"
+        self.logs_dir = state_dir / "logs"
+        self.records_dir.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.finished: dict[str, WorkerInfo] = {}
+        self.kill_deadlines: dict[str, float] = {}
+        self.calls = 0
+
+    # listing ---------------------------------------------------------------
+    def _records(self) -> list[dict]:
+        records = []
+        for path in self.records_dir.glob("*.json"):
+            try:
+                records.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                log.warning("ignoring unreadable worker record %s", path)
+        return records
+
+    def _alive(self, record: dict) -> bool:
+        child = self.children.get(record["worker_id"])
+        if child is not None:
+            return child.poll() is None
+        try:
+            process = psutil.Process(record["pid"])
+            return abs(process.create_time() - record["create_time"]) < 1.0 and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """Live workers from their records (adopting any this process did not start), plus the recently finished."""
+        self.calls += 1
+        now = time.time()
+        workers = []
+        for record in self._records():
+            worker_id = record["worker_id"]
+            if self._alive(record):
+                stopping = worker_id in self.kill_deadlines
+                workers.append(WorkerInfo(
+                    worker_id, record["job_type"], WorkerState.STOPPING if stopping else WorkerState.STARTING,
+                    record["started_at"], details={"pid": str(record["pid"]), "log": record["log"]},
+                ))
+                continue
+            child = self.children.pop(worker_id, None)
+            code = child.returncode if child is not None else None
+            state = WorkerState.SUCCEEDED if code == 0 else WorkerState.FAILED
+            self.finished[worker_id] = WorkerInfo(
+                worker_id, record["job_type"], state, record["started_at"], finished_at=now, exit_code=code,
+                details={"pid": str(record["pid"]), "log": record["log"]},
+            )
+            self.kill_deadlines.pop(worker_id, None)
+            (self.records_dir / f"{worker_id}.json").unlink(missing_ok=True)
+            log.log(logging.INFO if code == 0 else logging.WARNING, "worker %s (%s) exited with %s",
+                    worker_id, record["job_type"], "an unknown code (adopted)" if code is None else code)
+        for worker_id, info in list(self.finished.items()):
+            if now - (info.finished_at or now) > KEEP_FINISHED_SECONDS:
+                del self.finished[worker_id]
+        return workers + list(self.finished.values())
+
+    # starting and ending ------------------------------------------------------
+    def start_worker(self, job_type: JobType) -> WorkerInfo:
+        worker_id = f"{job_type.name[:40]}-{time.strftime('%H%M%S')}-{secrets.token_hex(2)}"
+        command = job_type.command or [sys.executable, "-m", "workers", job_type.name]
+        log_path = self.logs_dir / f"{worker_id}.log"
+        env = {**os.environ, **job_type.env, "WORKER_ID": worker_id, "PYTHONUNBUFFERED": "1"}
+        with log_path.open("ab") as output:
+            child = subprocess.Popen(
+                command, cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        started_at = time.time()
+        try:
+            create_time = psutil.Process(child.pid).create_time()
+        except psutil.Error:
+            create_time = started_at
+        record = {
+            "worker_id": worker_id, "job_type": job_type.name, "pid": child.pid, "create_time": create_time,
+            "started_at": started_at, "log": str(log_path), "command": command,
+        }
+        temporary = self.records_dir / f".{worker_id}.tmp"
+        temporary.write_text(json.dumps(record))
+        temporary.rename(self.records_dir / f"{worker_id}.json")
+        self.children[worker_id] = child
+        log.info("started worker %s (%s), pid %d", worker_id, job_type.name, child.pid)
+        return WorkerInfo(worker_id, job_type.name, WorkerState.STARTING, started_at, details={"pid": str(child.pid)})
+
+    def terminate(self, worker: WorkerInfo, job_type: JobType | None) -> None:
+        """SIGTERM now (the worker stops gracefully); SIGKILL its process group once the grace period is over."""
+        pid = int(worker.details.get("pid", "0"))
+        if pid <= 0 or worker.state.finished:
+            return
+        deadline = self.kill_deadlines.get(worker.worker_id)
+        grace = job_type.stop_grace_seconds if job_type else 30.0
+        try:
+            if deadline is None:
+                self.kill_deadlines[worker.worker_id] = time.time() + grace
+                os.kill(pid, signal.SIGTERM)
+                log.info("sent SIGTERM to worker %s (pid %d); SIGKILL in %.0f s if it is still running", worker.worker_id, pid, grace)
+            elif time.time() >= deadline:
+                os.killpg(pid, signal.SIGKILL)
+                log.warning("killed worker %s (pid %d): still running %.0f s after SIGTERM", worker.worker_id, pid, grace)
+        except ProcessLookupError:
+            pass
+
+    def read_log(self, worker_id: str, lines: int = 200) -> str:
+        path = self.logs_dir / f"{Path(worker_id).name}.log"
+        if not path.is_file():
+            raise KeyError(worker_id)
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(handle.tell() - lines * 400, 0))
+            tail = deque(handle.read().decode("utf-8", "replace").splitlines(), maxlen=lines)
+        return "\n".join(tail) + "\n"
+
+    def close(self) -> None:
+        """Workers keep running: a restarted scaler adopts them from their records."""
