@@ -8,10 +8,14 @@ ports, against the test session's private vhost and a config of the test's own.
 from __future__ import annotations
 
 import json
+import os
+import signal
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from tests.support.broker import Broker
 from tests.support.configs import write_config
@@ -101,6 +105,28 @@ class Stack:
 
         return wait_until(check, timeout=timeout, interval=0.2, what=what or f"{job_type} workers condition")
 
+    def processed(self) -> Counter[str]:
+        """How often each message id was processed, from every worker's JSON log."""
+        seen: Counter[str] = Counter()
+        for log in (self.state_dir / "logs").glob("*.log"):
+            for line in log.read_text(errors="replace").splitlines():
+                if line.startswith("{") and '"event": "processed"' in line:
+                    seen[json.loads(line)["message_id"]] += 1
+        return seen
+
+    def live_worker_pids(self) -> dict[str, int]:
+        """Worker id -> pid of every worker process the local backend recorded that is still alive."""
+        alive = {}
+        for record in (self.state_dir / "workers").glob("*.json"):
+            data = json.loads(record.read_text())
+            try:
+                if psutil.Process(data["pid"]).status() == psutil.STATUS_ZOMBIE:
+                    continue
+            except psutil.Error:
+                continue
+            alive[data["worker_id"]] = data["pid"]
+        return alive
+
     def stop(self) -> None:
         """Stop the scaler (its workers keep running, as in production), then every worker, then the producer."""
         for service in (self.scaler, self.producer):
@@ -111,9 +137,6 @@ class Stack:
 
 def kill_workers_in(state_dir: Path) -> None:
     """SIGKILL every worker process the local backend recorded under `state_dir` (test clean-up)."""
-    import os
-    import signal
-
     for record in state_dir.glob("**/*.json"):
         try:
             pid = int(json.loads(record.read_text()).get("pid", 0))
