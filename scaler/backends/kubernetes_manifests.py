@@ -1,0 +1,136 @@
+"""The batch/v1 Job that runs one worker: a pure function of the job type (and the cluster settings).
+
+Used by the Kubernetes backend to create workers and by
+`python -m scaler render-job <type>` to show an operator exactly what would be
+created, without a cluster. Names and label values are limited to 63
+characters by Kubernetes; long job-type names are shortened with a hash so
+they stay unique, and the full name is kept in an annotation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from jobtypes.config import JobType
+
+PART_OF = "queue-autoscaler"
+TYPE_LABEL = "queue-autoscaler.io/job-type"
+TYPE_ANNOTATION = "queue-autoscaler.io/job-type"
+MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={PART_OF},app.kubernetes.io/component=worker"
+CONFIG_MOUNT = "/etc/queue-autoscaler"
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Where workers run and where their secrets and config come from (env, with infra/k8s's names)."""
+
+    namespace: str = "queue-autoscaler"
+    secret: str = "queue-autoscaler-secrets"
+    secret_key: str = "rabbitmq-url"
+    config_map: str = "jobs-config"
+    service_account: str | None = None
+    pull_policy: str = "IfNotPresent"
+
+    @classmethod
+    def from_environment(cls) -> ClusterSettings:
+        namespace = os.environ.get("SCALER_NAMESPACE")
+        if not namespace:
+            try:
+                with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as handle:
+                    namespace = handle.read().strip()
+            except OSError:
+                namespace = cls.namespace
+        return cls(
+            namespace=namespace,
+            secret=os.environ.get("WORKER_SECRET", cls.secret),
+            secret_key=os.environ.get("WORKER_SECRET_KEY", cls.secret_key),
+            config_map=os.environ.get("JOBS_CONFIGMAP", cls.config_map),
+            service_account=os.environ.get("WORKER_SERVICE_ACCOUNT") or None,
+            pull_policy=os.environ.get("WORKER_IMAGE_PULL_POLICY", cls.pull_policy),
+        )
+
+
+def short_name(name: str, limit: int) -> str:
+    """`name` if it fits in `limit`, else a prefix and an 8-character hash (still a valid DNS label)."""
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - 9].rstrip('-')}-{digest}"
+
+
+def new_worker_id(job_type: JobType) -> str:
+    """A unique Job name for a new worker of `job_type`, at most 63 characters."""
+    suffix = f"{int(time.time()) % 100000:05d}{secrets.token_hex(2)}"
+    return f"{short_name(job_type.name, 63 - len(suffix) - 1)}-{suffix}"
+
+
+def worker_labels(job_type: JobType, worker_id: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "queue-autoscaler-worker",
+        "app.kubernetes.io/instance": worker_id,
+        "app.kubernetes.io/component": "worker",
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": PART_OF,
+        TYPE_LABEL: short_name(job_type.name, 63),
+    }
+
+
+def render_job_manifest(job_type: JobType, worker_id: str | None = None, settings: ClusterSettings | None = None) -> dict[str, Any]:
+    settings = settings or ClusterSettings.from_environment()
+    worker_id = worker_id or new_worker_id(job_type)
+    labels = worker_labels(job_type, worker_id)
+    env = [{"name": key, "value": value} for key, value in job_type.env.items()]
+    env += [
+        {"name": "WORKER_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app.kubernetes.io/instance']"}}},
+        {"name": "RABBITMQ_URL", "valueFrom": {"secretKeyRef": {"name": settings.secret, "key": settings.secret_key}}},
+        {"name": "JOBS_CONFIG", "value": f"{CONFIG_MOUNT}/jobs.config.json"},
+    ]
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": job_type.image,
+        "imagePullPolicy": settings.pull_policy,
+        "env": env,
+        "volumeMounts": [{"name": "jobs-config", "mountPath": CONFIG_MOUNT, "readOnly": True}],
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    if job_type.command:
+        container["command"] = list(job_type.command)
+    else:
+        container["args"] = [job_type.name]  # the image's entrypoint is `python -m workers`
+    resources = {kind: {key: str(value) for key, value in values.items()}
+                 for kind, values in (("requests", job_type.resources.requests), ("limits", job_type.resources.limits)) if values}
+    if resources:
+        container["resources"] = resources
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": int(job_type.stop_grace_seconds),
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001},
+        "containers": [container],
+        "volumes": [{"name": "jobs-config", "configMap": {"name": settings.config_map}}],
+    }
+    if job_type.node_selector:
+        pod_spec["nodeSelector"] = dict(job_type.node_selector)
+    if job_type.tolerations:
+        pod_spec["tolerations"] = [dict(toleration) for toleration in job_type.tolerations]
+    if settings.service_account:
+        pod_spec["serviceAccountName"] = settings.service_account
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": worker_id,
+            "namespace": settings.namespace,
+            "labels": labels,
+            "annotations": {TYPE_ANNOTATION: job_type.name},
+        },
+        "spec": {
+            "backoffLimit": job_type.backoff_limit,
+            "ttlSecondsAfterFinished": job_type.ttl_seconds_after_finished,
+            "template": {"metadata": {"labels": labels, "annotations": {TYPE_ANNOTATION: job_type.name}}, "spec": pod_spec},
+        },
+    }
