@@ -174,6 +174,56 @@ cmd_bench() {
   "$PY" "bench/$name.py" "$@"
 }
 
+IMAGES=(
+  "producer/Dockerfile queue-autoscaler/producer:latest"
+  "scaler/Dockerfile queue-autoscaler/scaler:latest"
+  "workers/sales/Dockerfile queue-autoscaler/worker-sales:latest"
+  "workers/sleep/Dockerfile queue-autoscaler/worker-sleep:latest"
+)
+
+cmd_images() {
+  # Builds every image from the repository root (needs a Docker engine).
+  command -v docker >/dev/null || die "docker is not installed"
+  for entry in "${IMAGES[@]}"; do
+    set -- $entry
+    log "building $2 from $1"
+    docker build -f "$1" -t "$2" .
+  done
+}
+
+apply_jobs_config() {
+  # The ConfigMap producer, scaler and workers mount; a changed file is picked up without restarts.
+  kubectl -n "$K8S_NAMESPACE" create configmap jobs-config --from-file=jobs.config.json \
+    --dry-run=client -o yaml | kubectl -n "$K8S_NAMESPACE" apply -f -
+}
+
+cmd_k8s_up() {
+  command -v kubectl >/dev/null || die "kubectl is not installed"
+  kubectl apply -f infra/k8s/namespace.yaml
+  apply_jobs_config
+  kubectl apply -k infra/k8s
+  kubectl -n "$K8S_NAMESPACE" rollout status statefulset/rabbitmq --timeout=300s
+  kubectl -n "$K8S_NAMESPACE" rollout status deployment/producer --timeout=300s
+  kubectl -n "$K8S_NAMESPACE" rollout status deployment/scaler --timeout=300s
+  echo
+  echo "  dashboard: kubectl -n $K8S_NAMESPACE port-forward svc/scaler 8080:8080   then http://127.0.0.1:8080/"
+  echo "  uploads:   kubectl -n $K8S_NAMESPACE port-forward svc/producer 8000:8000 then curl -F file=@data.csv ..."
+}
+
+cmd_k8s_config() {
+  command -v kubectl >/dev/null || die "kubectl is not installed"
+  "$PY" -c "from jobtypes import load_config; load_config('jobs.config.json')" 2>/dev/null ||
+    { ensure_venv; "$PY" -c "from jobtypes import load_config; load_config('jobs.config.json')"; }
+  apply_jobs_config
+  log "jobs.config.json applied; producer and scaler pick it up within a minute (kubelet sync), no restart"
+}
+
+cmd_k8s_down() {
+  command -v kubectl >/dev/null || die "kubectl is not installed"
+  kubectl delete -k infra/k8s --ignore-not-found
+  kubectl delete namespace "$K8S_NAMESPACE" --ignore-not-found
+}
+
 cmd_help() {
   cat <<EOF
 usage: ./manage.sh COMMAND [ARGS]
@@ -205,6 +255,10 @@ main() {
     watch) ensure_venv; "$PY" -m scaler status --url "http://$SCALER_ADDR" --watch "$@" ;;
     sample) ensure_venv; "$PY" -m workers.sample "$@" ;;
     bench) cmd_bench "$@" ;;
+    images) cmd_images "$@" ;;
+    k8s-up) cmd_k8s_up "$@" ;;
+    k8s-config) cmd_k8s_config "$@" ;;
+    k8s-down) cmd_k8s_down "$@" ;;
     help | -h | --help) cmd_help ;;
     *) cmd_help; die "unknown command: $command" ;;
   esac

@@ -74,7 +74,7 @@ def test_live_dashboard_through_a_burst(stack: Stack, page: tuple[Page, list[str
 
     # A worker's log view shows its JSON log lines.
     browser_page.locator("#workers .log-button").first.click()
-    browser_page.wait_for_function("document.querySelector('#log-text').textContent.includes('\"worker_id\"')", timeout=10000)
+    browser_page.wait_for_function("document.querySelector('#log-text').textContent.includes('\"worker_id\"')", timeout=30000)
     browser_page.click("#log-close")
 
     # After the idle period every worker is gone, again without a reload.

@@ -189,17 +189,26 @@ function connect() {
 }
 
 // ---- worker logs ------------------------------------------------------------
-async function showLog(workerId) {
+// The log view follows the worker's log (like tail -f) while it is open.
+let logTimer = null;
+
+async function fetchLog(workerId) {
+  try {
+    const response = await fetch(`/api/workers/${encodeURIComponent(workerId)}/log?lines=200`);
+    $("log-text").textContent = response.ok ? (await response.text()) || "(no output yet)" : `No log: HTTP ${response.status}`;
+  } catch (error) {
+    $("log-text").textContent = "The scaler is unreachable.";
+  }
+}
+
+function showLog(workerId) {
   const dialog = $("log-dialog");
   $("log-title").textContent = `Log of ${workerId}`;
   $("log-text").textContent = "loading…";
   if (!dialog.open) dialog.showModal();
-  try {
-    const response = await fetch(`/api/workers/${encodeURIComponent(workerId)}/log?lines=200`);
-    $("log-text").textContent = response.ok ? (await response.text()) || "(empty)" : `No log: HTTP ${response.status}`;
-  } catch (error) {
-    $("log-text").textContent = "The scaler is unreachable.";
-  }
+  clearInterval(logTimer);
+  fetchLog(workerId);
+  logTimer = setInterval(() => (dialog.open ? fetchLog(workerId) : clearInterval(logTimer)), 2000);
 }
 
 // ---- upload ----------------------------------------------------------------------
