@@ -200,7 +200,7 @@ def _type_document(
         "queue": job_type.queue,
         "ready": stats.ready if stats else None,
         "unacked": stats.unacked if stats else None,
-        "consumers": stats.consumers if stats else None,
+        "consumers": count[WorkerState.RUNNING] if stats else None,
         "retrying": stats.retrying if stats else None,
         "dead": stats.dead if stats else None,
         "workers": len(live),

@@ -32,7 +32,6 @@ from scaler.backends.base import WorkerState
 class QueueStats:
     ready: int
     unacked: int
-    consumers: int = 0
     retrying: int = 0
     dead: int = 0
 
