@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +69,7 @@ class Scaler:
         self._stopping = threading.Event()
         self.last_duration = 0.0
         self.last_at = 0.0
+        self.durations: deque[float] = deque(maxlen=600)
 
     # running ---------------------------------------------------------------------
     def run(self) -> None:
@@ -133,6 +135,7 @@ class Scaler:
             _export_metrics(name, stats, live)
 
         self.last_duration = time.perf_counter() - started
+        self.durations.append(self.last_duration)
         self.last_at = time.time()
         TICK_SECONDS.observe(self.last_duration)
         self.board.publish(self._document(type_documents, infos, heartbeats, queues is not None, leader), samples)
@@ -181,8 +184,22 @@ class Scaler:
             "config": {"path": str(self.watcher.path), "error": self.watcher.error, "loaded_at": self.watcher.loaded_at},
             "leader": leader,
             "backend": self.backend.name,
-            "tick": {"interval": self.tick_seconds, "last_duration_ms": round(self.last_duration * 1000, 2), "last_at": self.last_at},
+            "tick": {
+                "interval": self.tick_seconds,
+                "last_duration_ms": round(self.last_duration * 1000, 2),
+                "p50_ms": _percentile(self.durations, 0.50),
+                "p99_ms": _percentile(self.durations, 0.99),
+                "last_at": self.last_at,
+            },
         }
+
+
+def _percentile(values: deque[float], fraction: float) -> float | None:
+    """The `fraction` percentile of the recent tick durations, in ms (nearest rank)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(int(fraction * len(ordered)), len(ordered) - 1)] * 1000, 2)
 
 
 def _busy(heartbeat: Heartbeat | None) -> bool:

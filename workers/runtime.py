@@ -267,9 +267,11 @@ class Worker:
             "duration_ms": round(outcome.seconds * 1000, 1),
         }
         if outcome.error is None:
+            # Logged before the ack: a worker killed in between has its row redelivered, and the
+            # log then shows the duplicate, never a row that was acked but not recorded.
+            self.log.info("processed", extra=fields)
             self.channel.basic_ack(delivery.tag)
             self.stats.processed += 1
-            self.log.info("processed", extra=fields)
         else:
             self.stats.failed += 1
             decide = unreadable if outcome.unreadable else after_failure

@@ -112,3 +112,14 @@ def stop_broker_app() -> None:
 def start_broker_app(timeout: float = 120) -> None:
     subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True, timeout=timeout)
     wait_until(broker_is_up, timeout=timeout, what="RabbitMQ management API after start_app")
+
+
+def create_user(broker: Broker, username: str, password: str) -> None:
+    """A broker user with full rights on the test vhost only (to check no password leaks anywhere)."""
+    httpx.put(f"{API}/users/{username}", auth=AUTH, json={"password": password, "tags": "monitoring"}, timeout=10).raise_for_status()
+    httpx.put(f"{API}/permissions/{quote(broker.vhost, safe='')}/{username}", auth=AUTH,
+              json={"configure": ".*", "write": ".*", "read": ".*"}, timeout=10).raise_for_status()
+
+
+def delete_user(username: str) -> None:
+    httpx.delete(f"{API}/users/{username}", auth=AUTH, timeout=10)
