@@ -137,6 +137,8 @@ cmd_up() {
 
 cmd_down() {
   stop_service scaler
+  # Workers outlive a scaler restart on purpose (the next scaler adopts them); `down` ends them too.
+  [ -x "$PY" ] && [ -d "$RUN/scaler/workers" ] && "$PY" -m scaler stop-workers || true
   stop_service producer
   stop_rabbitmq_if_ours
 }

@@ -44,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         from scaler.backends.local import LocalBackend
 
-        backend = LocalBackend(Path(os.environ.get("SCALER_STATE_DIR", REPO_ROOT / ".run" / "scaler")))
+        backend = LocalBackend(_state_dir())
     channel = WorkerChannel(rabbitmq_url()).start()
     scaler = Scaler(
         watcher, backend, QueueStatsSource(rabbitmq_api_url(), rabbitmq_url()), channel,
@@ -87,6 +87,28 @@ def _render_job(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state_dir() -> Path:
+    return Path(os.environ.get("SCALER_STATE_DIR", REPO_ROOT / ".run" / "scaler"))
+
+
+def _stop_workers(args: argparse.Namespace) -> int:
+    """Stop every local worker gracefully (SIGTERM, SIGKILL after the grace period): `./manage.sh down`."""
+    import time
+
+    from scaler.backends.local import LocalBackend
+
+    backend = LocalBackend(_state_dir())
+    deadline = time.monotonic() + args.grace + 5
+    while live := [w for w in backend.list_workers() if not w.state.finished]:
+        if time.monotonic() > deadline:
+            print(f"scaler: {len(live)} worker(s) still running", file=sys.stderr)
+            return 1
+        for worker in live:
+            backend.terminate(worker, None)
+        time.sleep(0.3)
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     from scaler.terminal import main
 
@@ -105,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     render = commands.add_parser("render-job", help="print the Kubernetes Job the scaler would create for a type")
     render.add_argument("job_type")
     render.set_defaults(command=_render_job)
+    stop = commands.add_parser("stop-workers", help="stop every local worker gracefully (./manage.sh down)")
+    stop.add_argument("--grace", type=float, default=30.0)
+    stop.set_defaults(command=_stop_workers)
     status = commands.add_parser("status", help="print the scaler's status (from its /api/status)")
     status.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('SCALER_PORT', '8080')}")
     status.add_argument("--watch", action="store_true", help="refresh every second")

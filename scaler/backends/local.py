@@ -88,7 +88,7 @@ class LocalBackend:
             )
             self.kill_deadlines.pop(worker_id, None)
             (self.records_dir / f"{worker_id}.json").unlink(missing_ok=True)
-            log.log(logging.INFO if code == 0 else logging.WARNING, "worker %s (%s) exited with %s",
+            log.log(logging.INFO if code in (0, None) else logging.WARNING, "worker %s (%s) exited with %s",
                     worker_id, record["job_type"], "an unknown code (adopted)" if code is None else code)
         for worker_id, info in list(self.finished.items()):
             if now - (info.finished_at or now) > KEEP_FINISHED_SECONDS:
@@ -128,7 +128,7 @@ class LocalBackend:
         if pid <= 0 or worker.state.finished:
             return
         deadline = self.kill_deadlines.get(worker.worker_id)
-        grace = job_type.stop_grace_seconds if job_type else 30.0
+        grace = job_type.stop_grace_seconds if job_type else 30.0  # the default of stop_grace_seconds
         try:
             if deadline is None:
                 self.kill_deadlines[worker.worker_id] = time.time() + grace
