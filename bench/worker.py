@@ -38,7 +38,7 @@ def fill(url: str, job_type: JobType, count: int) -> None:
     channel = connection.channel()
     declare_queues(channel, job_type)
     properties = pika.BasicProperties(delivery_mode=2, content_type="application/json")
-    for number in range(count):
+    for _ in range(count):
         channel.basic_publish("", job_type.queue, BODY, properties)
     channel.queue_declare(job_type.queue, passive=True)  # a round trip: everything above has arrived
     connection.close()
