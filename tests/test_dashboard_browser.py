@@ -95,6 +95,7 @@ def test_live_dashboard_through_a_burst(stack: Stack, page: tuple[Page, list[str
     assert "Refused (422)" in browser_page.locator("#upload-answer").inner_text()
 
     browser_page.set_viewport_size({"width": 390, "height": 844})
+    assert browser_page.evaluate("document.documentElement.scrollWidth") <= 390, "nothing widens the page on a phone"
     browser_page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=True)
     assert all("status of 422" in problem for problem in problems), problems
 
