@@ -80,9 +80,10 @@ def harness(broker: Broker, tmp_path: Path, request: pytest.FixtureRequest) -> I
 
 
 def test_every_row_is_processed_exactly_once(harness: Harness) -> None:
-    upload_id = harness.enqueue([{"n": i} for i in range(60)])
-    for name in ("w1", "w2", "w3"):
-        harness.start_worker(name)
+    workers = [harness.start_worker(name) for name in ("w1", "w2", "w3")]
+    for worker in workers:
+        wait_until(lambda: '"event": "consuming"' in worker.log(), timeout=30, what="every worker consuming")
+    upload_id = harness.enqueue([{"n": i, "sleep_ms": 10} for i in range(60)])
     records = harness.wait_records(60)
     wait_until(lambda: harness.depth() == 0 and harness.unacked() == 0, timeout=30, what="the queue to drain")
     ids = Counter(record["id"] for record in harness.records())
