@@ -1,11 +1,20 @@
 """Leader election on a coordination.k8s.io/v1 Lease, so two scaler replicas never both act.
 
-The holder renews the Lease every third of its duration; a standby takes it
-over only once `renewTime + leaseDurationSeconds` has passed. Every write
-carries the Lease's resourceVersion, so when two replicas race, the API server
-accepts one and answers 409 to the other. A replica counts itself leader only
-while its last successful renewal is younger than the lease duration, so a
-leader cut off from the API server steps down before a standby can take over.
+The semantics are client-go's leader election:
+
+- The holder renews the Lease every `retry_period` seconds (default 2 s of a 15 s lease).
+- A standby never trusts the holder's clock: it remembers when *it* last saw the
+  Lease record change (holder, renewTime), and takes the Lease over only once
+  that record has stayed unchanged for `leaseDurationSeconds` by its own
+  monotonic clock. Clock skew between nodes therefore cannot cause a takeover.
+- Every write carries the Lease's resourceVersion, so when two replicas race
+  the API server accepts one and answers 409 Conflict to the other.
+- The holder counts itself leader only while its last successful renewal
+  started less than `renew_deadline` (two thirds of the lease) ago; a leader
+  cut off from the API server steps down a third of a lease before any standby
+  can take over.
+- `stop()` releases the Lease (empty holder), so a standby takes over at its
+  next round instead of after a full lease duration (a rolling update).
 """
 
 from __future__ import annotations
@@ -15,7 +24,9 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -24,16 +35,31 @@ from scaler.backends.kubernetes import load_client_configuration
 from scaler.backends.kubernetes_manifests import ClusterSettings
 
 log = logging.getLogger(__name__)
+REQUEST_TIMEOUT = 5
 
 
 class LeaseElector:
-    def __init__(self, api: client.ApiClient, namespace: str, name: str, identity: str, duration: float = 15.0) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        namespace: str,
+        name: str,
+        identity: str,
+        duration: float = 15.0,
+        retry_period: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.api = client.CoordinationV1Api(api)
         self.namespace = namespace
         self.name = name
         self.identity = identity
         self.duration = duration
-        self._renewed_at = 0.0
+        self.renew_deadline = duration * 2 / 3
+        self.retry_period = retry_period if retry_period is not None else max(duration / 7.5, 0.1)
+        self.clock = clock
+        self._renewed_at: float | None = None  # when the last successful renewal started
+        self._observed: tuple[Any, ...] | None = None  # the other holder's record as last seen
+        self._observed_at = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="leader-election", daemon=True)
 
@@ -49,7 +75,7 @@ class LeaseElector:
         )
 
     def is_leader(self) -> bool:
-        return time.monotonic() - self._renewed_at < self.duration
+        return self._renewed_at is not None and self.clock() - self._renewed_at < self.renew_deadline
 
     def start(self) -> LeaseElector:
         self._thread.start()
@@ -58,17 +84,21 @@ class LeaseElector:
     def stop(self) -> None:
         """Stop renewing and hand the Lease back, so a standby takes over at once."""
         self._stop.set()
-        self._thread.join(timeout=5)
-        if self.is_leader():
-            try:
-                lease = self.api.read_namespaced_lease(self.name, self.namespace)
-                if lease.spec.holder_identity == self.identity:
-                    lease.spec.holder_identity = None
-                    lease.spec.renew_time = None
-                    self.api.replace_namespaced_lease(self.name, self.namespace, lease)
-            except ApiException as error:
-                log.warning("could not release the Lease: %s", error.reason)
-        self._renewed_at = 0.0
+        if self._thread.is_alive():
+            self._thread.join(timeout=REQUEST_TIMEOUT * 2)
+        was_leader = self.is_leader()
+        self._renewed_at = None
+        if not was_leader:
+            return
+        try:
+            lease = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
+            if lease.spec.holder_identity == self.identity:
+                lease.spec.holder_identity = None
+                lease.spec.renew_time = None
+                self.api.replace_namespaced_lease(self.name, self.namespace, lease, _request_timeout=REQUEST_TIMEOUT)
+                log.info("%s released the Lease %s/%s", self.identity, self.namespace, self.name)
+        except Exception as error:  # noqa: BLE001 - the standby takes over after the lease duration anyway
+            log.warning("could not release the Lease: %s", error)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -76,49 +106,58 @@ class LeaseElector:
                 self.try_acquire_or_renew()
             except Exception as error:  # noqa: BLE001 - the elector must keep trying whatever the API does
                 log.warning("leader election: %s", error)
-            self._stop.wait(self.duration / 3)
+            self._stop.wait(self.retry_period)
 
     def try_acquire_or_renew(self) -> bool:
         """One election round; True when this replica holds the Lease afterwards."""
-        now = datetime.now(timezone.utc)
+        started = self.clock()
         was_leader = self.is_leader()
+        now = datetime.now(timezone.utc)
         try:
-            lease = self.api.read_namespaced_lease(self.name, self.namespace)
+            lease = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as error:
             if error.status != 404:
                 raise
             body = client.V1Lease(
                 metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace),
                 spec=client.V1LeaseSpec(holder_identity=self.identity, lease_duration_seconds=int(self.duration),
-                                        acquire_time=now, renew_time=now),
+                                        acquire_time=now, renew_time=now, lease_transitions=0),
             )
-            return self._write(lambda: self.api.create_namespaced_lease(self.namespace, body), was_leader)
+            return self._write(lambda: self.api.create_namespaced_lease(self.namespace, body, _request_timeout=REQUEST_TIMEOUT),
+                               started, was_leader)
         spec = lease.spec
-        held_by_other = spec.holder_identity not in (None, "", self.identity)
-        if held_by_other and spec.renew_time is not None:
-            expires = spec.renew_time.timestamp() + (spec.lease_duration_seconds or self.duration)
-            if expires > now.timestamp():
+        holder = spec.holder_identity or ""
+        if holder and holder != self.identity:
+            record = (holder, spec.renew_time, spec.lease_transitions)
+            if record != self._observed:
+                self._observed, self._observed_at = record, started
+            if started - self._observed_at < (spec.lease_duration_seconds or self.duration):
                 if was_leader:
-                    log.warning("lost the leadership to %s", spec.holder_identity)
-                self._renewed_at = 0.0
+                    log.warning("lost the leadership to %s", holder)
+                self._renewed_at = None
                 return False
-        if spec.holder_identity != self.identity:
+            log.info("the Lease of %s expired (not renewed for %.0f s); taking over", holder, started - self._observed_at)
+        if holder != self.identity:
             spec.acquire_time = now
             spec.lease_transitions = (spec.lease_transitions or 0) + 1
         spec.holder_identity = self.identity
         spec.renew_time = now
         spec.lease_duration_seconds = int(self.duration)
-        return self._write(lambda: self.api.replace_namespaced_lease(self.name, self.namespace, lease), was_leader)
+        return self._write(
+            lambda: self.api.replace_namespaced_lease(self.name, self.namespace, lease, _request_timeout=REQUEST_TIMEOUT),
+            started, was_leader,
+        )
 
-    def _write(self, call, was_leader: bool) -> bool:
+    def _write(self, call: Callable[[], Any], started: float, was_leader: bool) -> bool:
         try:
             call()
         except ApiException as error:
-            if error.status == 409:  # another replica wrote first
-                self._renewed_at = 0.0
+            if error.status in (409, 422):  # another replica wrote first (stale resourceVersion / create race)
+                self._renewed_at = None
                 return False
             raise
-        self._renewed_at = time.monotonic()
+        self._renewed_at = started
+        self._observed = None
         if not was_leader:
             log.info("%s is now the leader (Lease %s/%s)", self.identity, self.namespace, self.name)
         return True

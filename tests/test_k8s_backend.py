@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
+import yaml
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from kubernetes.config import incluster_config
 
 from jobtypes.config import JobType
+from scaler.backends import kubernetes_manifests
 from scaler.backends.base import WorkerState
-from scaler.backends.kubernetes import KubernetesBackend
+from scaler.backends.kubernetes import KubernetesApiError, KubernetesBackend
 from scaler.backends.kubernetes_manifests import TYPE_LABEL, ClusterSettings
 from scaler.leader import LeaseElector
 from scaler.policy import QueueStats, TypeMemory, WorkerView, decide
-from tests.support.k8s_emulator import KubernetesEmulator
+from tests.support.k8s_emulator import KubernetesEmulator, emulator  # noqa: F401 - the fixture
+from tests.support.k8s_fakes import FakeClock
+from tests.support.processes import REPO
 from tests.support.waiting import wait_until
 
 GPU = JobType(
@@ -22,13 +27,6 @@ GPU = JobType(
     node_selector={"gpu": "true"}, tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
     stop_grace_seconds=45,
 )
-
-
-@pytest.fixture()
-def emulator() -> Iterator[KubernetesEmulator]:
-    created = KubernetesEmulator()
-    yield created
-    created.close()
 
 
 @pytest.fixture()
@@ -128,8 +126,9 @@ def test_create_that_succeeded_before_a_failed_answer_is_not_doubled(backend: Ku
 
 def test_persistent_errors_surface_to_the_loop(backend: KubernetesBackend, emulator: KubernetesEmulator) -> None:
     emulator.fail_next(*[500] * 10)
-    with pytest.raises(ApiException):
+    with pytest.raises(KubernetesApiError) as raised:
         backend.list_workers()
+    assert str(raised.value) == "listing worker Jobs: 500 Internal Server Error: injected 500" and raised.value.status == 500
 
 
 def test_pod_logs_for_the_dashboard(backend: KubernetesBackend, emulator: KubernetesEmulator) -> None:
@@ -139,19 +138,62 @@ def test_pod_logs_for_the_dashboard(backend: KubernetesBackend, emulator: Kubern
         backend.read_log("nobody")
 
 
-def test_leader_election_hands_over(emulator: KubernetesEmulator) -> None:
-    first = LeaseElector(emulator.api_client(), "queue-autoscaler", "scaler", "replica-a", duration=2)
-    second = LeaseElector(emulator.api_client(), "queue-autoscaler", "scaler", "replica-b", duration=2)
+def test_leader_election_hands_over_when_the_leader_stops_renewing(emulator: KubernetesEmulator) -> None:
+    clock = FakeClock()
+    first = LeaseElector(emulator.api_client(), "queue-autoscaler", "scaler", "replica-a", duration=15, clock=clock)
+    second = LeaseElector(emulator.api_client(), "queue-autoscaler", "scaler", "replica-b", duration=15, clock=clock)
     assert first.try_acquire_or_renew() is True
     assert second.try_acquire_or_renew() is False
     assert first.is_leader() and not second.is_leader()
+    clock.now += 8
     assert first.try_acquire_or_renew() is True, "the holder renews"
-    # the leader stops renewing: once its lease has expired the standby takes over
-    with emulator.lock:
-        emulator.objects["leases"][("queue-autoscaler", "scaler")]["spec"]["renewTime"] = "2020-01-01T00:00:00Z"
-    assert second.try_acquire_or_renew() is True
-    assert emulator.get("leases", "scaler")["spec"]["holderIdentity"] == "replica-b"
+    assert second.try_acquire_or_renew() is False, "a renewed lease is never taken, however old the standby's view"
+    # The leader stops renewing (hung, partitioned). It steps down after the renew deadline (10 s)...
+    clock.now += 11
+    assert not first.is_leader()
+    assert second.try_acquire_or_renew() is False, "...a third of a lease before the standby may take over"
+    clock.now += 4.5
+    assert second.try_acquire_or_renew() is True, "the record did not change for a whole lease duration"
+    lease = emulator.get("leases", "scaler")
+    assert lease["spec"]["holderIdentity"] == "replica-b" and lease["spec"]["leaseTransitions"] == 1
     assert first.try_acquire_or_renew() is False and not first.is_leader()
+    assert sum(1 for e in (first, second) if e.is_leader()) == 1
+
+
+def test_takeover_does_not_trust_the_holders_clock(emulator: KubernetesEmulator) -> None:
+    """A renewTime far in the past (a leader node whose clock is behind) is no reason to take over."""
+    clock = FakeClock()
+    first = LeaseElector(emulator.api_client(), "queue-autoscaler", "scaler", "replica-a", duration=15, clock=clock)
+    second = LeaseElector(emulator.api_client(), "queue-autoscaler", "scaler", "replica-b", duration=15, clock=clock)
+    assert first.try_acquire_or_renew() is True
+    with emulator.lock:
+        emulator.objects["leases"][("queue-autoscaler", "scaler")]["spec"]["renewTime"] = "2020-01-01T00:00:00.000000Z"
+    assert second.try_acquire_or_renew() is False
+    clock.now += 16
+    assert second.try_acquire_or_renew() is True
+
+
+def test_racing_replicas_one_wins(emulator: KubernetesEmulator) -> None:
+    """Both read the expired Lease; the second write carries a stale resourceVersion and gets 409."""
+    clock = FakeClock()
+    electors = [LeaseElector(emulator.api_client(), "queue-autoscaler", "scaler", f"replica-{n}", duration=15, clock=clock)
+                for n in range(3)]
+    results = [elector.try_acquire_or_renew() for elector in electors]
+    assert results == [True, False, False]
+    original = emulator.handle
+    stale: dict[str, str] = {}
+
+    def stale_reads(method, path, body):  # every replica sees the same version, as in a real race
+        status, answer = original(method, path, body)
+        if method == "GET" and path.endswith("/leases/scaler") and status == 200:
+            stale.setdefault("version", answer["metadata"]["resourceVersion"])
+            answer = {**answer, "metadata": {**answer["metadata"], "resourceVersion": stale["version"]},
+                      "spec": {**answer["spec"], "holderIdentity": ""}}
+        return status, answer
+
+    emulator.handle = stale_reads
+    results = [elector.try_acquire_or_renew() for elector in electors[1:]]
+    assert results == [True, False], "the first write wins, the second is refused with 409 Conflict"
 
 
 def test_leader_release_lets_the_standby_in_at_once(emulator: KubernetesEmulator) -> None:
@@ -160,4 +202,196 @@ def test_leader_release_lets_the_standby_in_at_once(emulator: KubernetesEmulator
     wait_until(first.is_leader, timeout=10, what="the first replica to lead")
     assert second.try_acquire_or_renew() is False
     first.stop()
+    assert not first.is_leader()
+    assert emulator.get("leases", "scaler")["spec"].get("holderIdentity") in (None, "")
     assert second.try_acquire_or_renew() is True
+
+
+def test_leader_keeps_leading_through_a_short_api_outage(emulator: KubernetesEmulator) -> None:
+    clock = FakeClock()
+    leader = LeaseElector(emulator.api_client(), "queue-autoscaler", "scaler", "replica-a", duration=15, clock=clock)
+    assert leader.try_acquire_or_renew() is True
+    emulator.fail_next(500)
+    clock.now += 2
+    with pytest.raises(ApiException):
+        leader.try_acquire_or_renew()
+    assert leader.is_leader(), "one failed renewal inside the renew deadline keeps the leadership"
+    clock.now += 9
+    assert not leader.is_leader(), "past the renew deadline without a renewal it steps down"
+    assert leader.try_acquire_or_renew() is True and leader.is_leader()
+
+
+def test_finished_and_failed_workers_report_exit_codes_then_age_out(backend: KubernetesBackend, emulator: KubernetesEmulator,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    ok, bad = backend.start_worker(GPU), backend.start_worker(GPU)
+    emulator.finish_job(ok.worker_id)
+    emulator.finish_job(bad.worker_id, exit_code=3)
+    listed = {w.worker_id: w for w in backend.list_workers()}
+    assert listed[ok.worker_id].state is WorkerState.SUCCEEDED and listed[ok.worker_id].exit_code == 0
+    assert listed[bad.worker_id].state is WorkerState.FAILED and listed[bad.worker_id].exit_code == 3
+    assert all(w.finished_at is not None for w in listed.values())
+    import time as real_time
+    later = real_time.time() + 120
+    monkeypatch.setattr("scaler.backends.kubernetes.time.time", lambda: later)
+    assert backend.list_workers() == [], "finished workers are news for a minute; the Jobs stay until their TTL"
+    assert sorted(emulator.names("jobs")) == sorted([ok.worker_id, bad.worker_id])
+
+
+def test_image_pull_failure_is_reported_like_an_unschedulable_pod(backend: KubernetesBackend, emulator: KubernetesEmulator) -> None:
+    worker = backend.start_worker(GPU)
+    emulator.set_waiting(worker.worker_id, "ImagePullBackOff", 'Back-off pulling image "registry.example/render:1.2"', since_seconds=5)
+    assert backend.list_workers()[0].unschedulable_reason is None
+    emulator.set_waiting(worker.worker_id, "ImagePullBackOff", 'Back-off pulling image "registry.example/render:1.2"', since_seconds=40)
+    [listed] = backend.list_workers()
+    assert listed.state is WorkerState.STARTING
+    assert listed.unschedulable_reason.startswith("ImagePullBackOff: Back-off pulling image")
+    emulator.set_waiting(worker.worker_id, "ContainerCreating", since_seconds=40)
+    assert backend.list_workers()[0].unschedulable_reason is None, "ordinary start-up is not a problem"
+
+
+def test_terminate_deletes_with_the_grace_period_once_and_the_pod_stays_stopping(
+    backend: KubernetesBackend, emulator: KubernetesEmulator,
+) -> None:
+    emulator.linger_pods_on_delete = True
+    worker, other = backend.start_worker(GPU), backend.start_worker(GPU)
+    emulator.set_pod(worker.worker_id, "Running")
+    emulator.set_pod(other.worker_id, "Running")
+    backend.terminate(worker, GPU)
+    [(kind, name, options)] = emulator.deletes
+    assert (kind, name) == ("jobs", worker.worker_id)
+    assert options["gracePeriodSeconds"] == 45 and options["propagationPolicy"] == "Background"
+    states = {w.worker_id: w.state for w in backend.list_workers()}
+    assert states == {worker.worker_id: WorkerState.STOPPING, other.worker_id: WorkerState.RUNNING}, \
+        "the terminating pod of a deleted Job is still a (stopping) worker"
+    backend.terminate(worker, GPU)
+    backend.terminate(worker, GPU)
+    assert len(emulator.deletes) == 1, "the loop calling again every tick does not delete again"
+    emulator.remove_pods(worker.worker_id)
+    assert [w.worker_id for w in backend.list_workers()] == [other.worker_id]
+
+
+def test_one_list_of_jobs_and_one_of_pods_per_tick(backend: KubernetesBackend, emulator: KubernetesEmulator) -> None:
+    other = JobType(name="other", queue="q_other")
+    for job_type in (GPU, GPU, other, other):
+        backend.start_worker(job_type)
+    before = (emulator.count("GET", "jobs"), emulator.count("GET", "pods"))
+    workers = backend.list_workers()
+    assert sorted(w.job_type for w in workers) == ["other", "other", "render", "render"]
+    assert (emulator.count("GET", "jobs"), emulator.count("GET", "pods")) == (before[0] + 1, before[1] + 1)
+    assert backend.calls == 1
+
+
+def test_jobs_of_other_tools_are_ignored(backend: KubernetesBackend, emulator: KubernetesEmulator) -> None:
+    with emulator.lock:
+        emulator.objects["jobs"][("queue-autoscaler", "backup")] = {
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "backup", "namespace": "queue-autoscaler", "labels": {"app": "backup"}},
+            "spec": {"template": {"spec": {"containers": []}}},
+        }
+    backend.start_worker(GPU)
+    assert [w.job_type for w in backend.list_workers()] == ["render"]
+
+
+def test_worker_creation_survives_a_timeout(emulator: KubernetesEmulator) -> None:
+    """A request that times out is retried; the Job exists once."""
+    backend = KubernetesBackend(emulator.api_client(), ClusterSettings(), request_timeout=0.5)
+    original = emulator.handle
+    slow = {"left": 1}
+
+    def slow_once(method, path, body):
+        if method == "POST" and slow["left"]:
+            slow["left"] -= 1
+            answer = original(method, path, body)  # created, but the answer comes too late
+            import time as real_time
+            real_time.sleep(1)
+            return answer
+        return original(method, path, body)
+
+    emulator.handle = slow_once
+    worker = backend.start_worker(GPU)
+    assert emulator.names("jobs") == [worker.worker_id]
+    assert emulator.count("POST", "jobs") == 2
+
+
+def test_errors_that_cannot_pass_are_not_retried(backend: KubernetesBackend, emulator: KubernetesEmulator) -> None:
+    """403 (RBAC) or 422 (an invalid spec) will not pass by retrying: one request, a readable error."""
+    emulator.fail_next(403)
+    with pytest.raises(KubernetesApiError, match=r"^creating Job render-\S+: 403 Forbidden: injected 403$"):
+        backend.start_worker(GPU)
+    assert emulator.count("POST", "jobs") == 1 and emulator.names("jobs") == []
+
+
+def test_from_environment_with_a_kubeconfig(emulator: KubernetesEmulator, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "emulated",
+        "clusters": [{"name": "emulated", "cluster": {"server": emulator.url}}],
+        "users": [{"name": "me", "user": {"token": "secret-token"}}],
+        "contexts": [{"name": "emulated", "context": {"cluster": "emulated", "user": "me"}}],
+    }))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("SCALER_NAMESPACE", "team-a")
+    monkeypatch.setenv("WORKER_SECRET", "my-secret")
+    monkeypatch.setenv("SCALER_UNSCHEDULABLE_GRACE_SECONDS", "5")
+    backend = KubernetesBackend.from_environment()
+    try:
+        assert backend.namespace == "team-a" and backend.unschedulable_grace == 5
+        worker = backend.start_worker(GPU)
+        job = emulator.get("jobs", worker.worker_id, namespace="team-a")
+        env = {item["name"]: item for item in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["RABBITMQ_URL"]["valueFrom"]["secretKeyRef"]["name"] == "my-secret"
+        assert [w.worker_id for w in backend.list_workers()] == [worker.worker_id]
+    finally:
+        backend.close()
+        client.Configuration.set_default(client.Configuration())
+
+
+def test_from_environment_in_a_pod(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a Pod: the service account's token, CA and namespace; the API server from KUBERNETES_SERVICE_*."""
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text("pod-token")
+    (account / "ca.crt").write_text("not really a certificate")
+    (account / "namespace").write_text("from-the-pod\n")
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(account / "token"))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(account / "ca.crt"))
+    monkeypatch.setattr(kubernetes_manifests, "SERVICE_ACCOUNT_NAMESPACE_FILE", str(account / "namespace"))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    monkeypatch.delenv("SCALER_NAMESPACE", raising=False)
+    try:
+        backend = KubernetesBackend.from_environment()
+        configuration = backend.batch.api_client.configuration
+        assert configuration.host == "https://10.96.0.1:443"
+        assert configuration.auth_settings()["BearerToken"]["value"].lower() == "bearer pod-token"
+        assert backend.namespace == "from-the-pod"
+        backend.close()
+    finally:
+        client.Configuration.set_default(client.Configuration())
+
+
+def test_the_role_grants_exactly_the_verbs_the_scaler_uses(emulator: KubernetesEmulator) -> None:
+    """Every request of a whole life (list, create, logs, delete, elect, renew, release) maps to a verb the
+    Role in infra/k8s grants, and the Role grants nothing the scaler never uses."""
+    backend = KubernetesBackend(emulator.api_client(), ClusterSettings())
+    elector = LeaseElector(emulator.api_client(), "queue-autoscaler", "scaler", "replica-a", duration=15)
+    elector.try_acquire_or_renew()
+    elector.try_acquire_or_renew()
+    worker = backend.start_worker(GPU)
+    backend.list_workers()
+    backend.read_log(worker.worker_id)
+    backend.terminate(worker, GPU)
+    elector.stop()
+    used = set()
+    for method, path in emulator.requests:
+        parts = path.strip("/").split("/")
+        resource = parts[parts.index("namespaces") + 2]
+        named = len(parts) > parts.index("namespaces") + 3
+        if path.endswith("/log"):
+            resource = f"{resource}/log"
+        verb = {"GET": "get" if named else "list", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
+        used.add((resource, verb))
+    role = next(d for d in yaml.safe_load_all((REPO / "infra" / "k8s" / "scaler-rbac.yaml").read_text()) if d["kind"] == "Role")
+    granted = {(resource, verb) for rule in role["rules"] for resource in rule["resources"] for verb in rule["verbs"]}
+    assert used == granted

@@ -108,3 +108,165 @@ def test_dockerfile_is_pinned_non_root_and_copies_what_exists(dockerfile: Path) 
     declared = dict(pin.split("==") for pin in project)
     for package, version in pins.items():
         assert declared.get(package) == version, f"{package}=={version} differs from pyproject.toml"
+
+
+# --- consistency of the stack -----------------------------------------------------------------------
+
+def pod_templates() -> list[tuple[str, dict]]:
+    """(name, pod spec) of every workload in infra/k8s and of rendered worker Jobs."""
+    templates = [(f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"])
+                 for d in infra_documents() if d["kind"] in ("Deployment", "StatefulSet")]
+    for job_type in load_config(REPO / "jobs.config.json").job_types.values():
+        templates.append((f"Job/{job_type.name}", render_job_manifest(job_type, settings=ClusterSettings())["spec"]["template"]["spec"]))
+    return templates
+
+
+@pytest.mark.parametrize("name,spec", pod_templates(), ids=[name for name, _ in pod_templates()])
+def test_every_pod_meets_the_restricted_pod_security_standard(name: str, spec: dict) -> None:
+    """The checks of the "restricted" Pod Security Standard that a manifest alone decides."""
+    pod_context = spec.get("securityContext", {})
+    assert pod_context.get("runAsNonRoot") is True and pod_context.get("runAsUser", 0) != 0
+    assert pod_context.get("seccompProfile", {}).get("type") == "RuntimeDefault"
+    assert not any(spec.get(key) for key in ("hostNetwork", "hostPID", "hostIPC"))
+    allowed_volumes = {"configMap", "emptyDir", "persistentVolumeClaim", "secret", "downwardAPI", "projected"}
+    for volume in spec.get("volumes", []):
+        assert set(volume) - {"name"} <= allowed_volumes, volume
+    assert spec.get("enableServiceLinks") is False, "service links would inject PRODUCER_PORT=tcp://... and the like"
+    for container in spec["containers"]:
+        context = container.get("securityContext", {})
+        assert context.get("allowPrivilegeEscalation") is False
+        assert context.get("capabilities", {}).get("drop") == ["ALL"] and not context.get("capabilities", {}).get("add")
+        assert not context.get("privileged") and not container.get("ports", [{}])[0].get("hostPort")
+
+
+def test_references_between_manifests_resolve() -> None:
+    """Secrets, keys, ConfigMaps, ServiceAccounts, Service selectors and named ports all exist."""
+    documents = infra_documents()
+    secrets = {d["metadata"]["name"]: set(d.get("stringData", {})) | set(d.get("data", {})) for d in documents if d["kind"] == "Secret"}
+    config_maps = {d["metadata"]["name"] for d in documents if d["kind"] == "ConfigMap"} | {"jobs-config"}  # manage.sh creates jobs-config
+    accounts = {d["metadata"]["name"] for d in documents if d["kind"] == "ServiceAccount"}
+    workloads = [d for d in documents if d["kind"] in ("Deployment", "StatefulSet")]
+    rendered = render_job_manifest(JobType(name="sleep", queue="q"), settings=ClusterSettings())
+    for name, spec in [(w["metadata"]["name"], w["spec"]["template"]["spec"]) for w in workloads] + [("worker", rendered["spec"]["template"]["spec"])]:
+        if "serviceAccountName" in spec:
+            assert spec["serviceAccountName"] in accounts, name
+        for volume in spec.get("volumes", []):
+            if "configMap" in volume:
+                assert volume["configMap"]["name"] in config_maps, (name, volume)
+        for container in spec["containers"]:
+            ports = {port["name"] for port in container.get("ports", [])}
+            for item in container.get("env", []):
+                ref = item.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["key"] in secrets.get(ref["name"], set()), (name, ref)
+            for probe in ("readinessProbe", "livenessProbe"):
+                port = container.get(probe, {}).get("httpGet", {}).get("port")
+                assert port is None or port in ports or isinstance(port, int), (name, probe)
+    for workload in workloads:
+        selector = workload["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+    for service in (d for d in documents if d["kind"] == "Service"):
+        targets = [w for w in workloads if service["spec"]["selector"].items() <= w["spec"]["template"]["metadata"]["labels"].items()]
+        assert targets, f"Service {service['metadata']['name']} selects no workload"
+        named = {port["name"] for w in targets for c in w["spec"]["template"]["spec"]["containers"] for port in c.get("ports", [])}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in named, (service["metadata"]["name"], port)
+    statefulset = next(w for w in workloads if w["kind"] == "StatefulSet")
+    assert statefulset["spec"]["serviceName"] in {d["metadata"]["name"] for d in documents if d["kind"] == "Service"}
+
+
+def test_backend_defaults_match_the_manifests() -> None:
+    """The scaler's defaults (Secret, key, ConfigMap, namespace) are the names infra/k8s creates."""
+    settings = ClusterSettings()
+    documents = infra_documents()
+    kustomization = yaml.safe_load((INFRA / "kustomization.yaml").read_text())
+    assert settings.namespace == kustomization["namespace"] == next(d for d in documents if d["kind"] == "Namespace")["metadata"]["name"]
+    secret = next(d for d in documents if d["kind"] == "Secret" and d["metadata"]["name"] == settings.secret)
+    assert settings.secret_key in secret["stringData"]
+    assert settings.config_map == "jobs-config"
+    scaler = next(d for d in documents if d["kind"] == "Deployment" and d["metadata"]["name"] == "scaler")
+    container = scaler["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item for item in container["env"]}
+    assert container["args"] == ["--backend", "kubernetes"] and env["SCALER_HOST"]["value"] == "0.0.0.0"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name", "the Lease identity"
+    assert env["JOBS_CONFIG"]["value"].startswith(container["volumeMounts"][0]["mountPath"])
+    producer = next(d for d in documents if d["kind"] == "Deployment" and d["metadata"]["name"] == "producer")
+    env = {item["name"]: item for item in producer["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["PRODUCER_HOST"]["value"] == "0.0.0.0" and "secretKeyRef" in env["PRODUCER_TOKEN"]["valueFrom"]
+    rabbitmq = next(d for d in documents if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "rabbitmq-config")
+    assert "collect_statistics_interval = 500" in rabbitmq["data"]["rabbitmq.conf"]
+    assert "rabbitmq_management" in rabbitmq["data"]["enabled_plugins"]
+    for document in documents:
+        if document["kind"] in ("Deployment", "StatefulSet"):
+            annotations = document["spec"]["template"]["metadata"]["annotations"]
+            assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"].isdigit()
+
+
+def test_image_tags_agree_between_manifests_config_and_manage_sh() -> None:
+    manage = (REPO / "manage.sh").read_text()
+    built = dict((tag, dockerfile) for dockerfile, tag in re.findall(r'"(\S+/Dockerfile) (\S+)"', manage))
+    images = {c["image"] for d in infra_documents() if d["kind"] == "Deployment" for c in d["spec"]["template"]["spec"]["containers"]}
+    images |= {job_type.image for job_type in load_config(REPO / "jobs.config.json").job_types.values()}
+    assert images <= set(built), f"images no Dockerfile builds: {images - set(built)}"
+    for tag, dockerfile in built.items():
+        assert (REPO / dockerfile).is_file()
+        assert tag in (REPO / dockerfile).read_text(), f"{dockerfile} documents a different tag"
+
+
+COMPONENT_PACKAGES = {  # import name -> pip distribution
+    "pika": "pika", "starlette": "starlette", "uvicorn": "uvicorn", "multipart": "python-multipart",
+    "python_multipart": "python-multipart", "prometheus_client": "prometheus-client", "pydantic": "pydantic",
+    "tenacity": "tenacity", "kubernetes": "kubernetes", "urllib3": "kubernetes", "httpx": "httpx", "yaml": "PyYAML",
+    "sse_starlette": "sse-starlette", "psutil": "psutil",
+}
+
+
+def imported_modules(paths: list[Path]) -> set[str]:
+    """Top-level names imported anywhere in these files (functions' lazy imports included)."""
+    import ast
+
+    names = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_dockerfile_installs_every_third_party_package_its_code_imports(dockerfile: Path) -> None:
+    text = dockerfile.read_text()
+    copied = [REPO / source.rstrip("/") for source in re.findall(r"^COPY (\S+) ", text, re.M)]
+    files = [path for pattern in copied for path in (REPO.glob(str(pattern.relative_to(REPO))) if "*" in str(pattern) else [pattern])
+             for path in ([path] if path.is_file() else path.rglob("*.py")) if path.suffix == ".py"]
+    local = {"jobtypes", "producer", "scaler", "workers"}
+    copied_packages = {path.relative_to(REPO).parts[0] for path in files}
+    third_party = {name for name in imported_modules(files) - local - set(sys.stdlib_module_names)}
+    installed = {name.lower() for name in re.findall(r"([A-Za-z][A-Za-z0-9_.-]*)==[0-9.]+", text)}
+    missing = {name for name in third_party if COMPONENT_PACKAGES.get(name, name).lower() not in installed}
+    assert not missing, f"{dockerfile.relative_to(REPO)} does not install {missing}"
+    imported_local = imported_modules(files) & local
+    assert imported_local <= copied_packages, f"imports {imported_local - copied_packages} that the image does not copy"
+
+
+def test_the_deploy_guide_examples_are_valid() -> None:
+    """docs/kubernetes.md: its job-type example loads, its overlay parses and names what exists."""
+    import json
+    import textwrap
+
+    guide = (REPO / "docs" / "kubernetes.md").read_text()
+    blocks = re.findall(r"```(json|yaml)\n(.*?)```", guide, re.S)
+    [json_example] = [body for kind, body in blocks if kind == "json"]
+    name, settings = next(iter(json.loads("{" + json_example.strip() + "}").items()))
+    job_type = JobType(name=name, **settings)
+    validate(render_job_manifest(job_type, settings=ClusterSettings()))
+    [overlay] = [yaml.safe_load(textwrap.dedent(body)) for kind, body in blocks if kind == "yaml"]
+    assert overlay["resources"] == ["../../infra/k8s"]
+    images = {c["image"].split(":")[0] for d in infra_documents() if d["kind"] == "Deployment" for c in d["spec"]["template"]["spec"]["containers"]}
+    assert {image["name"] for image in overlay["images"]} == images
+    deleted = {yaml.safe_load(p["patch"])["metadata"]["name"] for p in overlay["patches"] if "$patch: delete" in p.get("patch", "")}
+    assert deleted == {d["metadata"]["name"] for d in infra_documents() if d["kind"] == "Secret"}
+    for command in re.findall(r"\./manage\.sh ([a-z0-9-]+)", guide):
+        assert re.search(rf"^\s+{command}\)", (REPO / "manage.sh").read_text(), re.M), f"./manage.sh {command} does not exist"

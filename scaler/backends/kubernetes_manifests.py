@@ -23,6 +23,7 @@ TYPE_LABEL = "queue-autoscaler.io/job-type"
 TYPE_ANNOTATION = "queue-autoscaler.io/job-type"
 MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={PART_OF},app.kubernetes.io/component=worker"
 CONFIG_MOUNT = "/etc/queue-autoscaler"
+SERVICE_ACCOUNT_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class ClusterSettings:
         namespace = os.environ.get("SCALER_NAMESPACE")
         if not namespace:
             try:
-                with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as handle:
+                with open(SERVICE_ACCOUNT_NAMESPACE_FILE) as handle:
                     namespace = handle.read().strip()
             except OSError:
                 namespace = cls.namespace
@@ -108,8 +109,12 @@ def render_job_manifest(job_type: JobType, worker_id: str | None = None, setting
         container["resources"] = resources
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        # Workers never call the API server, and must not get PRODUCER_PORT=tcp://... from service links.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
         "terminationGracePeriodSeconds": int(job_type.stop_grace_seconds),
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001},
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
         "volumes": [{"name": "jobs-config", "configMap": {"name": settings.config_map}}],
     }
@@ -131,6 +136,6 @@ def render_job_manifest(job_type: JobType, worker_id: str | None = None, setting
         "spec": {
             "backoffLimit": job_type.backoff_limit,
             "ttlSecondsAfterFinished": job_type.ttl_seconds_after_finished,
-            "template": {"metadata": {"labels": labels, "annotations": {TYPE_ANNOTATION: job_type.name}}, "spec": pod_spec},
+            "template": {"metadata": {"labels": dict(labels), "annotations": {TYPE_ANNOTATION: job_type.name}}, "spec": pod_spec},
         },
     }

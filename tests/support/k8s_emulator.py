@@ -1,10 +1,14 @@
 """A small Kubernetes API server emulator over real HTTP, for the official client to talk to.
 
 It keeps Jobs, Pods and Leases in memory and answers the requests the scaler
-makes: list with a labelSelector, create (409 AlreadyExists on a taken name),
-get, replace (409 on a stale resourceVersion), delete, and pod logs. Like the
-Job controller, it creates a Pending pod for every new Job. Tests can inject
-error answers for the next requests and move pods through their phases.
+makes: list with a labelSelector (`k=v`, `k!=v`, `k`, `!k`), create (409
+AlreadyExists on a taken name), get, replace (409 on a stale resourceVersion),
+JSON merge patch, delete (the options are recorded), and pod logs. Like the Job
+controller, it creates a Pending pod for every new Job; with
+`linger_pods_on_delete` a deleted Job's pod stays, terminating, as the garbage
+collector and the kubelet would leave it for its grace period. Tests can
+inject error answers (409/429/500...) for the next N requests and move pods
+through their phases, conditions and container states.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ import re
 import threading
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 from kubernetes import client
 
 ROUTE = re.compile(
@@ -31,11 +37,34 @@ def timestamp(moment: datetime | None = None) -> str:
 
 
 def matches(labels: dict[str, str], selector: str) -> bool:
-    for term in filter(None, selector.split(",")):
-        key, _, value = term.partition("=")
-        if labels.get(key) != value:
+    for term in filter(None, (part.strip() for part in selector.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key) == value:
+                return False
+        elif "=" in term:
+            key, value = term.split("==", 1) if "==" in term else term.split("=", 1)
+            if labels.get(key) != value:
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
             return False
     return True
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch (what the scaler's strategic/merge patches of Leases amount to)."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
 
 
 class KubernetesEmulator:
@@ -44,6 +73,8 @@ class KubernetesEmulator:
         self.requests: list[tuple[str, str]] = []
         self.failures: list[int] = []
         self.logs: dict[str, str] = {}
+        self.deletes: list[tuple[str, str, dict[str, Any]]] = []
+        self.linger_pods_on_delete = False
         self.version = 0
         self.lock = threading.Lock()
         emulator = self
@@ -59,7 +90,10 @@ class KubernetesEmulator:
                 self.send_header("Content-Type", "text/plain" if isinstance(body, str) else "application/json")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(payload)
+                try:
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client timed out and hung up (a test of timeouts)
 
             def _body(self) -> Any:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -102,6 +136,9 @@ class KubernetesEmulator:
             for pod in self.objects["pods"].values():
                 if pod["metadata"]["labels"].get("job-name") == job_name:
                     pod["status"]["phase"] = phase
+                    if phase == "Running":
+                        pod["spec"]["nodeName"] = "node-1"
+                        pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "True"}]
                     if unschedulable:
                         since = datetime.now(timezone.utc) - timedelta(seconds=since_seconds)
                         pod["status"]["conditions"] = [{
@@ -109,10 +146,49 @@ class KubernetesEmulator:
                             "message": unschedulable, "lastTransitionTime": timestamp(since),
                         }]
 
-    def finish_job(self, name: str, namespace: str = "queue-autoscaler") -> None:
+    def set_waiting(self, job_name: str, reason: str, message: str = "", since_seconds: float = 0) -> None:
+        """The kubelet's view of a Pending pod whose container cannot start (e.g. ImagePullBackOff)."""
+        with self.lock:
+            for pod in self._pods_of(job_name):
+                pod["status"]["startTime"] = timestamp(datetime.now(timezone.utc) - timedelta(seconds=since_seconds))
+                pod["status"]["containerStatuses"] = [{
+                    "name": "worker", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
+                    "state": {"waiting": {"reason": reason, "message": message}},
+                }]
+
+    def finish_job(self, name: str, namespace: str = "queue-autoscaler", exit_code: int = 0) -> None:
+        """The pod's container exits with `exit_code`; the Job becomes Complete (0) or Failed (otherwise)."""
         with self.lock:
             job = self.objects["jobs"][(namespace, name)]
-            job["status"] = {"succeeded": 1, "completionTime": timestamp()}
+            now = timestamp()
+            if exit_code == 0:
+                job["status"] = {"succeeded": 1, "completionTime": now,
+                                 "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": now}]}
+            else:
+                job["status"] = {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                                              "message": "Job has reached the specified backoff limit",
+                                                              "lastTransitionTime": now}]}
+            for pod in self._pods_of(name):
+                pod["status"]["phase"] = "Succeeded" if exit_code == 0 else "Failed"
+                pod["status"]["containerStatuses"] = [{
+                    "name": "worker", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
+                    "state": {"terminated": {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                                             "finishedAt": now}},
+                }]
+
+    def remove_pods(self, job_name: str) -> None:
+        """The kubelet has finished terminating a deleted Job's pod."""
+        with self.lock:
+            for key in [key for key, pod in self.objects["pods"].items() if pod["metadata"]["labels"].get("job-name") == job_name]:
+                del self.objects["pods"][key]
+
+    def count(self, method: str, kind: str) -> int:
+        """How many requests of `method` reached `kind` (e.g. ("POST", "jobs")), injected failures included."""
+        with self.lock:
+            return sum(1 for m, path in self.requests if m == method and re.search(rf"/{kind}(/|$)", path))
+
+    def _pods_of(self, job_name: str) -> list[dict[str, Any]]:
+        return [pod for pod in self.objects["pods"].values() if pod["metadata"]["labels"].get("job-name") == job_name]
 
     # the API -------------------------------------------------------------------------
     def handle(self, method: str, path: str, body: Any) -> tuple[int, Any]:
@@ -143,6 +219,12 @@ class KubernetesEmulator:
                 return 404, {"kind": "Status", "code": 404, "reason": "NotFound", "message": f"{kind} {name} not found"}
             if method == "GET":
                 return 200, store[key]
+            if method == "PATCH":
+                self.version += 1
+                patched = merge_patch(store[key], body)
+                patched["metadata"]["resourceVersion"] = str(self.version)
+                store[key] = patched
+                return 200, patched
             if method == "PUT":
                 current = store[key]["metadata"]["resourceVersion"]
                 if body["metadata"].get("resourceVersion") not in (None, current):
@@ -152,10 +234,14 @@ class KubernetesEmulator:
                 store[key] = body
                 return 200, body
             if method == "DELETE":
+                self.deletes.append((kind, name, body or dict(parse_qs(parts.query))))
                 removed = store.pop(key)
                 if kind == "jobs":
                     for pod_key in [k for k, pod in self.objects["pods"].items() if pod["metadata"]["labels"].get("job-name") == name]:
-                        del self.objects["pods"][pod_key]
+                        if self.linger_pods_on_delete:
+                            self.objects["pods"][pod_key]["metadata"]["deletionTimestamp"] = timestamp()
+                        else:
+                            del self.objects["pods"][pod_key]
                 return 200, removed
         return 405, {"kind": "Status", "code": 405, "reason": "MethodNotAllowed"}
 
@@ -172,10 +258,19 @@ class KubernetesEmulator:
             pod = {
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": f"{name}-pod", "namespace": namespace, "creationTimestamp": timestamp(),
-                             "labels": {**template["metadata"]["labels"], "job-name": name}},
-                "spec": template["spec"],
+                             "labels": {**template["metadata"]["labels"], "job-name": name},
+                             "annotations": dict(template["metadata"].get("annotations", {}))},
+                "spec": copy.deepcopy(template["spec"]),
                 "status": {"phase": "Pending"},
             }
             self.objects["pods"][(namespace, pod["metadata"]["name"])] = pod
             self.logs[pod["metadata"]["name"]] = f'{{"event": "worker starting", "worker_id": "{name}"}}\n'
         return 201, body
+
+
+@pytest.fixture()
+def emulator() -> Iterator[KubernetesEmulator]:
+    """A fresh emulated API server for one test (import this fixture into the test module)."""
+    created = KubernetesEmulator()
+    yield created
+    created.close()
