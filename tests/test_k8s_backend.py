@@ -395,3 +395,13 @@ def test_the_role_grants_exactly_the_verbs_the_scaler_uses(emulator: KubernetesE
     role = next(d for d in yaml.safe_load_all((REPO / "infra" / "k8s" / "scaler-rbac.yaml").read_text()) if d["kind"] == "Role")
     granted = {(resource, verb) for rule in role["rules"] for resource in rule["resources"] for verb in rule["verbs"]}
     assert used == granted
+
+
+def test_a_taken_name_on_the_first_attempt_is_a_collision_not_our_job(backend: KubernetesBackend, emulator: KubernetesEmulator,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = backend.start_worker(GPU).worker_id
+    names = iter([taken, "render-fresh-name"])
+    monkeypatch.setattr("scaler.backends.kubernetes.new_worker_id", lambda job_type: next(names))
+    worker = backend.start_worker(GPU)
+    assert worker.worker_id == "render-fresh-name"
+    assert sorted(emulator.names("jobs")) == sorted([taken, "render-fresh-name"]), "two workers, not one counted twice"

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from jobtypes.config import JobType, load_config
-from scaler.backends.kubernetes_manifests import ClusterSettings, render_job_manifest
+from scaler.backends.kubernetes_manifests import TYPE_LABEL, ClusterSettings, render_job_manifest
 from tests.support.configs import write_config
 from tests.support.processes import REPO
 
@@ -270,3 +270,13 @@ def test_the_deploy_guide_examples_are_valid() -> None:
     assert deleted == {d["metadata"]["name"] for d in infra_documents() if d["kind"] == "Secret"}
     for command in re.findall(r"\./manage\.sh ([a-z0-9-]+)", guide):
         assert re.search(rf"^\s+{command}\)", (REPO / "manage.sh").read_text(), re.M), f"./manage.sh {command} does not exist"
+
+
+def test_long_type_names_stay_distinct_when_shortened() -> None:
+    """Two 100-character names that differ only at the end get different Job names and type labels."""
+    first, second = JobType(name=LONG_NAME, queue="q1"), JobType(name=LONG_NAME[:-1] + "c", queue="q2")
+    one, other = (render_job_manifest(t, settings=ClusterSettings()) for t in (first, second))
+    assert one["metadata"]["labels"][TYPE_LABEL] != other["metadata"]["labels"][TYPE_LABEL]
+    assert len(one["metadata"]["labels"][TYPE_LABEL]) <= 63
+    names = {render_job_manifest(first, settings=ClusterSettings())["metadata"]["name"] for _ in range(50)}
+    assert len(names) == 50 and all(len(name) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) for name in names)

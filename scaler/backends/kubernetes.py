@@ -217,21 +217,33 @@ class KubernetesBackend:
 
     # starting and ending --------------------------------------------------------
     def start_worker(self, job_type: JobType) -> WorkerInfo:
-        worker_id = new_worker_id(job_type)
-        manifest = render_job_manifest(job_type, worker_id, self.settings)
+        """Create one Job. Its name is chosen before the first attempt, so when an attempt whose answer was
+        lost (timeout, 5xx) is retried and meets 409 AlreadyExists, that is this worker's own Job: counted
+        once. A 409 AlreadyExists on the very first attempt is a name collision: a new name is drawn."""
+        for _ in range(3):
+            worker_id = new_worker_id(job_type)
+            manifest = render_job_manifest(job_type, worker_id, self.settings)
+            attempts = 0
 
-        def create() -> None:
-            try:
-                self.batch.create_namespaced_job(self.namespace, manifest, _request_timeout=self.request_timeout)
-            except ApiException as error:
-                if error.status == 409 and "AlreadyExists" in (error.body or "AlreadyExists"):
-                    log.info("Job %s already exists: an earlier attempt created it", worker_id)
-                    return
-                raise
+            def create() -> bool:
+                nonlocal attempts
+                attempts += 1
+                try:
+                    self.batch.create_namespaced_job(self.namespace, manifest, _request_timeout=self.request_timeout)
+                except ApiException as error:
+                    if error.status == 409 and "AlreadyExists" in (error.body or ""):
+                        if attempts == 1:
+                            return False
+                        log.info("Job %s already exists: an earlier attempt created it", worker_id)
+                        return True
+                    raise
+                return True
 
-        with_retries(create, f"creating Job {worker_id}")
-        log.info("created Job %s for %s", worker_id, job_type.name)
-        return WorkerInfo(worker_id, job_type.name, WorkerState.STARTING, time.time(), details={"job": worker_id})
+            if with_retries(create, f"creating Job {worker_id}"):
+                log.info("created Job %s for %s", worker_id, job_type.name)
+                return WorkerInfo(worker_id, job_type.name, WorkerState.STARTING, time.time(), details={"job": worker_id})
+            log.warning("Job name %s is taken; drawing another", worker_id)
+        raise KubernetesApiError(f"creating a Job for {job_type.name}: three generated names were all taken", 409)
 
     def terminate(self, worker: WorkerInfo, job_type: JobType | None) -> None:
         """Delete the worker's Job (and so its pod): Kubernetes sends SIGTERM and kills after the grace period.

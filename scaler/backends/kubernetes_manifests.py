@@ -65,8 +65,9 @@ def short_name(name: str, limit: int) -> str:
 
 
 def new_worker_id(job_type: JobType) -> str:
-    """A unique Job name for a new worker of `job_type`, at most 63 characters."""
-    suffix = f"{int(time.time()) % 100000:05d}{secrets.token_hex(2)}"
+    """A unique Job name for a new worker of `job_type`, at most 63 characters: the (shortened) type name,
+    a time part (sorts roughly by start) and 24 random bits."""
+    suffix = f"{int(time.time()) % 100000:05d}{secrets.token_hex(3)}"
     return f"{short_name(job_type.name, 63 - len(suffix) - 1)}-{suffix}"
 
 
