@@ -145,9 +145,15 @@ cmd_down() {
 
 cmd_test() {
   ensure_venv
-  apt_install chromium fonts-dejavu-core
+  # chromium for the dashboard tests; postgresql for the upload store tests (pytest-postgresql starts its own server).
+  apt_install chromium fonts-dejavu-core postgresql
   ensure_rabbitmq
   local status=0
+  if [ $# -eq 0 ]; then
+    log "lint and format check (ruff)"
+    { "$PY" -m ruff check . && "$PY" -m ruff format --check .; } ||
+      { log "ruff found problems (fix: .venv/bin/ruff check --fix . && .venv/bin/ruff format .)"; status=1; }
+  fi
   "$PY" -m pytest "$@" || status=$?
   stop_rabbitmq_if_ours
   return $status

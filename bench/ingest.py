@@ -47,14 +47,21 @@ def write_sample(path: Path, rows: int) -> None:
         writer = csv.writer(handle)
         writer.writerow(HEADER)
         for i in range(rows):
-            writer.writerow([f"2024-{i % 12 + 1:02d}-{i % 28 + 1:02d}", f"Item {i % 500}, size {i % 7}", i % 9 + 1, f"{i % 1000}.{i % 100:02d}"])
+            writer.writerow(
+                [
+                    f"2024-{i % 12 + 1:02d}-{i % 28 + 1:02d}",
+                    f"Item {i % 500}, size {i % 7}",
+                    i % 9 + 1,
+                    f"{i % 1000}.{i % 100:02d}",
+                ]
+            )
 
 
 def json_bodies(path: Path) -> list[bytes]:
     with path.open(newline="") as handle:
         reader = csv.reader(handle)
         header = next(reader)
-        return [json.dumps(dict(zip(header, row)), ensure_ascii=False).encode() for row in reader]
+        return [json.dumps(dict(zip(header, row, strict=True)), ensure_ascii=False).encode() for row in reader]
 
 
 def baseline_publish(url: str, queue: str, bodies: list[bytes], window: int = 1000) -> float:
@@ -67,7 +74,9 @@ def baseline_publish(url: str, queue: str, bodies: list[bytes], window: int = 10
         while state["sent"] < len(bodies) and state["sent"] - state["confirmed"] < window:
             state["sent"] += 1
             channel.basic_publish(
-                "", queue, bodies[state["sent"] - 1],
+                "",
+                queue,
+                bodies[state["sent"] - 1],
                 pika.BasicProperties(delivery_mode=2, content_type="application/json", message_id=str(state["sent"])),
             )
 
@@ -87,7 +96,9 @@ def baseline_publish(url: str, queue: str, bodies: list[bytes], window: int = 10
             state["started"] = time.perf_counter()
             pump()
 
-        channel.queue_declare(queue, durable=True, callback=lambda _f: channel.confirm_delivery(on_confirm, callback=start))
+        channel.queue_declare(
+            queue, durable=True, callback=lambda _f: channel.confirm_delivery(on_confirm, callback=start)
+        )
 
     connection = pika.SelectConnection(
         pika.URLParameters(url),
@@ -133,7 +144,10 @@ def upload(stack: Stack, path: Path, job_type: str) -> float:
 
 
 def delete_queue(broker, name: str) -> None:
-    httpx.delete(f"http://127.0.0.1:15672/api/queues/{quote(broker.vhost, safe='')}/{quote(name, safe='')}", auth=("guest", "guest"))
+    httpx.delete(
+        f"http://127.0.0.1:15672/api/queues/{quote(broker.vhost, safe='')}/{quote(name, safe='')}",
+        auth=("guest", "guest"),
+    )
 
 
 def main() -> int:
@@ -157,8 +171,11 @@ def main() -> int:
             baseline_times.append(baseline_publish(broker.amqp_url, f"baseline-{uuid.uuid4().hex[:6]}", bodies))
             delete_queue(broker, queue)
             producer_times.append(upload(stack, sample, "bench"))
-            print(f"round {round_number + 1}: baseline {args.rows / baseline_times[-1]:,.0f} rows/s, "
-                  f"producer {args.rows / producer_times[-1]:,.0f} rows/s", file=sys.stderr)
+            print(
+                f"round {round_number + 1}: baseline {args.rows / baseline_times[-1]:,.0f} rows/s, "
+                f"producer {args.rows / producer_times[-1]:,.0f} rows/s",
+                file=sys.stderr,
+            )
         delete_queue(broker, queue)
 
         small, large = work / "small.csv", work / "large.csv"
@@ -183,10 +200,16 @@ def main() -> int:
     print(f"ingest benchmark ({args.rows:,} rows, {os.cpu_count()} cores, best of {args.rounds})")
     print(f"  baseline (pika async publisher, confirms, window 1000): {baseline_rate:10,.0f} rows/s")
     print(f"  producer (HTTP upload -> confirmed messages):          {producer_rate:10,.0f} rows/s")
-    print(f"  producer / baseline:                                   {producer_rate / baseline_rate:10.2f}  (required >= 0.8)")
-    print(f"  producer RSS idle {idle / mib:.0f} MiB; peak 10,000 rows {small_peak.peak / mib:.0f} MiB; "
-          f"peak {args.large:,} rows {large_peak.peak / mib:.0f} MiB ({args.large / large_seconds:,.0f} rows/s)")
-    print(f"  peak RSS large / small:                                {large_peak.peak / small_peak.peak:10.2f}  (required <= 1.25, and < 200 MiB)")
+    print(
+        f"  producer / baseline:                                   {producer_rate / baseline_rate:10.2f}  (required >= 0.8)"
+    )
+    print(
+        f"  producer RSS idle {idle / mib:.0f} MiB; peak 10,000 rows {small_peak.peak / mib:.0f} MiB; "
+        f"peak {args.large:,} rows {large_peak.peak / mib:.0f} MiB ({args.large / large_seconds:,.0f} rows/s)"
+    )
+    print(
+        f"  peak RSS large / small:                                {large_peak.peak / small_peak.peak:10.2f}  (required <= 1.25, and < 200 MiB)"
+    )
     return 0
 
 

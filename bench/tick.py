@@ -43,7 +43,9 @@ def main() -> int:
     broker = create_vhost()
     directory = Path(tempfile.mkdtemp(prefix="bench-tick-"))
     try:
-        path = write_config(directory, {f"type-{i:03d}": {"handler": "sleep", "max_workers": 0} for i in range(args.types)})
+        path = write_config(
+            directory, {f"type-{i:03d}": {"handler": "sleep", "max_workers": 0} for i in range(args.types)}
+        )
         config = load_config(path)
         with pika.BlockingConnection(pika.URLParameters(broker.amqp_url)) as connection:
             channel = connection.channel()
@@ -81,11 +83,17 @@ def main() -> int:
 
     print()
     print(f"tick benchmark ({args.types} job types, {args.types * 3} queues, {args.ticks} ticks)")
-    print(f"  scaler tick: {broker_calls:.0f} management API call, {backend_calls:.0f} backend call, "
-          f"{tick_cpu * 1000:.1f} ms CPU, {tick_wall * 1000:.1f} ms wall")
-    print(f"  baseline (one API request per queue): {len(queues)} calls, {base_cpu * 1000:.1f} ms CPU, {base_wall * 1000:.1f} ms wall")
-    print(f"  baseline / scaler: {len(queues) / broker_calls:.0f}x the calls, {base_cpu / tick_cpu:.1f}x the CPU, "
-          f"{base_wall / tick_wall:.1f}x the wall time (the scaler's tick includes deciding and the status document)")
+    print(
+        f"  scaler tick: {broker_calls:.0f} management API call, {backend_calls:.0f} backend call, "
+        f"{tick_cpu * 1000:.1f} ms CPU, {tick_wall * 1000:.1f} ms wall"
+    )
+    print(
+        f"  baseline (one API request per queue): {len(queues)} calls, {base_cpu * 1000:.1f} ms CPU, {base_wall * 1000:.1f} ms wall"
+    )
+    print(
+        f"  baseline / scaler: {len(queues) / broker_calls:.0f}x the calls, {base_cpu / tick_cpu:.1f}x the CPU, "
+        f"{base_wall / tick_wall:.1f}x the wall time (the scaler's tick includes deciding and the status document)"
+    )
     return 0
 
 

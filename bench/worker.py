@@ -67,17 +67,28 @@ def baseline(url: str, queue: str, count: int, prefetch: int) -> float:
 
 def worker_run(broker, directory: Path, job_type: JobType, count: int) -> tuple[float, float]:
     """(seconds including process start, seconds from consuming to the last row processed)."""
-    config = write_config(directory, {job_type.name: {"queue": job_type.queue, "handler": "tests.handlers.noop",
-                                                      "prefetch": job_type.prefetch}}, unique_queues=False)
+    config = write_config(
+        directory,
+        {job_type.name: {"queue": job_type.queue, "handler": "tests.handlers.noop", "prefetch": job_type.prefetch}},
+        unique_queues=False,
+    )
     worker = Service("workers", [job_type.name], {**broker.env(), "JOBS_CONFIG": str(config)}, directory / "worker.log")
     connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_url))
     channel = connection.channel()
     try:
         started = time.perf_counter()
-        wait_until(lambda: channel.queue_declare(job_type.queue, passive=True).method.message_count == 0,
-                   timeout=600, interval=0.01, what="the worker to take every message")
-        wait_until(lambda: worker.log().count('"processed"') >= count, timeout=60, interval=0.01,
-                   what="the worker to process every message")
+        wait_until(
+            lambda: channel.queue_declare(job_type.queue, passive=True).method.message_count == 0,
+            timeout=600,
+            interval=0.01,
+            what="the worker to take every message",
+        )
+        wait_until(
+            lambda: worker.log().count('"processed"') >= count,
+            timeout=60,
+            interval=0.01,
+            what="the worker to process every message",
+        )
         total = time.perf_counter() - started
         events = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
         consuming = next(event["ts"] for event in events if event["event"] == "consuming")
@@ -108,8 +119,10 @@ def main() -> int:
     print()
     print(f"worker benchmark ({args.messages:,} messages, prefetch {args.prefetch}, no-op handler)")
     print(f"  baseline (plain pika consumer, ack per message): {base_rate:9,.0f} msg/s")
-    print(f"  worker runtime (python -m workers, once consuming):  {worker_rate:9,.0f} msg/s"
-          f"  ({args.messages / total_seconds:,.0f} msg/s counting its {total_seconds - worker_seconds:.1f} s start)")
+    print(
+        f"  worker runtime (python -m workers, once consuming):  {worker_rate:9,.0f} msg/s"
+        f"  ({args.messages / total_seconds:,.0f} msg/s counting its {total_seconds - worker_seconds:.1f} s start)"
+    )
     print(f"  worker / baseline: {worker_rate / base_rate:.2f}  (aim >= 0.9)")
     return 0
 

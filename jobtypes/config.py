@@ -105,7 +105,9 @@ class JobType(BaseModel):
         if not QUEUE_NAME.match(value):
             raise ValueError("queue names use letters, digits, '_', '.', ':' and '-', at most 200 characters")
         if value.endswith((".dead", ".retry")):
-            raise ValueError("'.dead' and '.retry' are reserved suffixes for a queue's own retry and dead-letter queues")
+            raise ValueError(
+                "'.dead' and '.retry' are reserved suffixes for a queue's own retry and dead-letter queues"
+            )
         return value
 
     @field_validator("handler")

@@ -7,6 +7,9 @@ protocol works for a local child process and for a Pod on another node:
   with routing key `stop_routing_key(worker_id)`; each worker binds an
   exclusive queue with its own key. A stopping worker takes no new message,
   finishes and acks the one in hand, returns the prefetched rest, exits 0.
+* Wake-ups: the producer publishes `wake_body(job_type)` to `CONTROL_EXCHANGE`
+  with routing key `WAKE_ROUTING_KEY` as soon as an upload's first rows are
+  confirmed, so the scaler ticks at once instead of at its next interval.
 * Heartbeats: every worker publishes a small transient JSON `Heartbeat` to the
   fanout exchange `HEARTBEAT_EXCHANGE` every few seconds and on every change of
   state, so the scaler and the dashboard know what each worker is doing and how
@@ -23,6 +26,11 @@ from pika.adapters.blocking_connection import BlockingChannel
 CONTROL_EXCHANGE = "autoscaler.control"
 HEARTBEAT_EXCHANGE = "autoscaler.heartbeats"
 STOP_COMMAND = b'{"command": "stop"}'
+WAKE_ROUTING_KEY = "wake"
+
+
+def wake_body(job_type: str) -> bytes:
+    return json.dumps({"job_type": job_type}).encode()
 
 
 def stop_routing_key(worker_id: str) -> str:

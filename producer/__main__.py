@@ -8,7 +8,7 @@ import sys
 import uvicorn
 
 from jobtypes.config import ConfigError
-from jobtypes.settings import redact_url, rabbitmq_url
+from jobtypes.settings import rabbitmq_url, redact_url
 from producer.app import create_app
 from producer.settings import ProducerSettings
 
@@ -24,7 +24,10 @@ def main() -> int:
         return 2
     logging.getLogger("producer").info(
         "producer listening on http://%s:%d, broker %s, token %s",
-        settings.host, settings.port, redact_url(rabbitmq_url()), "required" if settings.token else "not required",
+        settings.host,
+        settings.port,
+        redact_url(rabbitmq_url()),
+        "required" if settings.token else "not required",
     )
     uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level="info")
     return 0

@@ -164,7 +164,11 @@ async def _handle_upload(request: Request, path_type: str | None) -> Response:
         return _error(error)
     except ClientDisconnect:
         UPLOADS.labels("rejected").inc()
-        log.info("upload %s type=%s abandoned: the client disconnected before the body ended; nothing queued", upload_id, job_name)
+        log.info(
+            "upload %s type=%s abandoned: the client disconnected before the body ended; nothing queued",
+            upload_id,
+            job_name,
+        )
         return _error(UploadError(400, "the request body ended early; nothing was queued"))
     seconds = time.perf_counter() - started
     ROWS_PUBLISHED.labels(job_type.name).inc(result.confirmed)
@@ -172,7 +176,12 @@ async def _handle_upload(request: Request, path_type: str | None) -> Response:
         UPLOADS.labels("broker_error").inc()
         log.error(
             "upload %s type=%s rows=%d confirmed=%d seconds=%.2f failed: %s",
-            upload_id, job_type.name, converted.rows, result.confirmed, seconds, result.error,
+            upload_id,
+            job_type.name,
+            converted.rows,
+            result.confirmed,
+            seconds,
+            result.error,
         )
         body: dict[str, Any] = {
             "error": f"{result.error}; {result.confirmed} of {converted.rows} rows were confirmed before the failure",
@@ -187,10 +196,19 @@ async def _handle_upload(request: Request, path_type: str | None) -> Response:
     UPLOAD_SECONDS.observe(seconds)
     log.info(
         "upload %s type=%s queue=%s rows=%d seconds=%.2f (receive %.2f, check %.2f, publish %.2f) rows_per_s=%.0f",
-        upload_id, job_type.name, job_type.queue, converted.rows, seconds, received - started, checked - received,
-        time.perf_counter() - checked, converted.rows / max(seconds, 1e-6),
+        upload_id,
+        job_type.name,
+        job_type.queue,
+        converted.rows,
+        seconds,
+        received - started,
+        checked - received,
+        time.perf_counter() - checked,
+        converted.rows / max(seconds, 1e-6),
     )
-    return JSONResponse({"upload_id": upload_id, "job_type": job_type.name, "queue": job_type.queue, "rows": converted.rows})
+    return JSONResponse(
+        {"upload_id": upload_id, "job_type": job_type.name, "queue": job_type.queue, "rows": converted.rows}
+    )
 
 
 def _check_and_convert(spool: BinaryIO, bodies: BinaryIO, max_columns: int) -> ConvertedUpload:

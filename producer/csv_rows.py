@@ -17,8 +17,8 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-from json.encoder import encode_basestring
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from typing import BinaryIO, TextIO
 
 from producer.errors import UploadError
@@ -135,7 +135,8 @@ def _rows(text: TextIO, max_columns: int):
         if fields:
             if len(fields) > max_columns:
                 raise UploadError(
-                    422, f"line {start}: {len(fields)} fields, more than the limit of {max_columns} (PRODUCER_MAX_COLUMNS)"
+                    422,
+                    f"line {start}: {len(fields)} fields, more than the limit of {max_columns} (PRODUCER_MAX_COLUMNS)",
                 )
             yield start, fields
 

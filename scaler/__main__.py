@@ -1,8 +1,8 @@
 """`python -m scaler`: run the control loop and its web server, or one of the subcommands.
 
-    python -m scaler [--backend local|kubernetes] [--host H] [--port P] [--tick S]
-    python -m scaler render-job <job-type>      # the Kubernetes Job manifest, as YAML (dry run)
-    python -m scaler status [--url U] [--watch]  # terminal summary (./manage.sh status / watch)
+python -m scaler [--backend local|kubernetes] [--host H] [--port P] [--tick S]
+python -m scaler render-job <job-type>      # the Kubernetes Job manifest, as YAML (dry run)
+python -m scaler status [--url U] [--watch]  # terminal summary (./manage.sh status / watch)
 """
 
 from __future__ import annotations
@@ -47,14 +47,22 @@ def _run(args: argparse.Namespace) -> int:
         backend = LocalBackend(_state_dir())
     channel = WorkerChannel(rabbitmq_url()).start()
     scaler = Scaler(
-        watcher, backend, QueueStatsSource(rabbitmq_api_url(), rabbitmq_url()), channel,
-        tick_seconds=args.tick, is_leader=elector.is_leader if elector else (lambda: True),
+        watcher,
+        backend,
+        QueueStatsSource(rabbitmq_api_url(), rabbitmq_url()),
+        channel,
+        tick_seconds=args.tick,
+        is_leader=elector.is_leader if elector else (lambda: True),
     )
     loop = threading.Thread(target=scaler.run, name="control-loop", daemon=True)
     loop.start()
     logging.getLogger("scaler").info(
         "scaler on http://%s:%d (dashboard), broker %s, management API %s, config %s",
-        args.host, args.port, redact_url(rabbitmq_url()), redact_url(rabbitmq_api_url()), watcher.path,
+        args.host,
+        args.port,
+        redact_url(rabbitmq_url()),
+        redact_url(rabbitmq_api_url()),
+        watcher.path,
     )
     try:
         uvicorn.run(create_app(scaler), host=args.host, port=args.port, access_log=False, log_level="warning")
@@ -120,8 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=["local", "kubernetes"], default=os.environ.get("SCALER_BACKEND", "local"))
     parser.add_argument("--host", default=os.environ.get("SCALER_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("SCALER_PORT", "8080")))
-    parser.add_argument("--tick", type=float, default=float(os.environ.get("SCALER_TICK_SECONDS", "1")),
-                        help="seconds between ticks (default 1)")
+    parser.add_argument(
+        "--tick",
+        type=float,
+        default=float(os.environ.get("SCALER_TICK_SECONDS", "1")),
+        help="seconds between ticks (default 1)",
+    )
     parser.set_defaults(command=_run)
     commands = parser.add_subparsers(dest="subcommand")
     render = commands.add_parser("render-job", help="print the Kubernetes Job the scaler would create for a type")

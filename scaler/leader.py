@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
@@ -112,7 +112,7 @@ class LeaseElector:
         """One election round; True when this replica holds the Lease afterwards."""
         started = self.clock()
         was_leader = self.is_leader()
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         try:
             lease = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as error:
@@ -120,11 +120,19 @@ class LeaseElector:
                 raise
             body = client.V1Lease(
                 metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace),
-                spec=client.V1LeaseSpec(holder_identity=self.identity, lease_duration_seconds=int(self.duration),
-                                        acquire_time=now, renew_time=now, lease_transitions=0),
+                spec=client.V1LeaseSpec(
+                    holder_identity=self.identity,
+                    lease_duration_seconds=int(self.duration),
+                    acquire_time=now,
+                    renew_time=now,
+                    lease_transitions=0,
+                ),
             )
-            return self._write(lambda: self.api.create_namespaced_lease(self.namespace, body, _request_timeout=REQUEST_TIMEOUT),
-                               started, was_leader)
+            return self._write(
+                lambda: self.api.create_namespaced_lease(self.namespace, body, _request_timeout=REQUEST_TIMEOUT),
+                started,
+                was_leader,
+            )
         spec = lease.spec
         holder = spec.holder_identity or ""
         if holder and holder != self.identity:
@@ -136,7 +144,9 @@ class LeaseElector:
                     log.warning("lost the leadership to %s", holder)
                 self._renewed_at = None
                 return False
-            log.info("the Lease of %s expired (not renewed for %.0f s); taking over", holder, started - self._observed_at)
+            log.info(
+                "the Lease of %s expired (not renewed for %.0f s); taking over", holder, started - self._observed_at
+            )
         if holder != self.identity:
             spec.acquire_time = now
             spec.lease_transitions = (spec.lease_transitions or 0) + 1
@@ -144,8 +154,11 @@ class LeaseElector:
         spec.renew_time = now
         spec.lease_duration_seconds = int(self.duration)
         return self._write(
-            lambda: self.api.replace_namespaced_lease(self.name, self.namespace, lease, _request_timeout=REQUEST_TIMEOUT),
-            started, was_leader,
+            lambda: self.api.replace_namespaced_lease(
+                self.name, self.namespace, lease, _request_timeout=REQUEST_TIMEOUT
+            ),
+            started,
+            was_leader,
         )
 
     def _write(self, call: Callable[[], Any], started: float, was_leader: bool) -> bool:

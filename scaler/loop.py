@@ -120,8 +120,11 @@ class Scaler:
             stats = stats_for(job_type, queues)
             views = [
                 WorkerView(
-                    info.worker_id, state, info.started_at,
-                    busy=_busy(heartbeats.get(info.worker_id)), unschedulable_reason=info.unschedulable_reason,
+                    info.worker_id,
+                    state,
+                    info.started_at,
+                    busy=_busy(heartbeats.get(info.worker_id)),
+                    unschedulable_reason=info.unschedulable_reason,
                 )
                 for info, state in live
                 if state is not WorkerState.STOPPING
@@ -140,7 +143,9 @@ class Scaler:
         TICK_SECONDS.observe(self.last_duration)
         self.board.publish(self._document(type_documents, infos, heartbeats, queues is not None, leader), samples)
 
-    def _carry_out(self, job_type: JobType, decision: Decision, live: dict[str, tuple[WorkerInfo, WorkerState]]) -> None:
+    def _carry_out(
+        self, job_type: JobType, decision: Decision, live: dict[str, tuple[WorkerInfo, WorkerState]]
+    ) -> None:
         direction = decision.direction or ""
         log.info("%s: %s", job_type.name, decision.reason)
         self.board.event(job_type.name, direction, decision.reason)
@@ -174,14 +179,25 @@ class Scaler:
                 self.backend.terminate(info, job_type)
 
     def _document(
-        self, types: dict[str, Any], infos: list[WorkerInfo], heartbeats: dict[str, Heartbeat], reachable: bool, leader: bool
+        self,
+        types: dict[str, Any],
+        infos: list[WorkerInfo],
+        heartbeats: dict[str, Heartbeat],
+        reachable: bool,
+        leader: bool,
     ) -> dict[str, Any]:
         return {
             "job_types": types,
-            "workers": [_worker_document(info, heartbeats.get(info.worker_id), info.worker_id in self.stop_requested)
-                        for info in sorted(infos, key=lambda i: i.started_at, reverse=True)],
+            "workers": [
+                _worker_document(info, heartbeats.get(info.worker_id), info.worker_id in self.stop_requested)
+                for info in sorted(infos, key=lambda i: i.started_at, reverse=True)
+            ],
             "broker": {"reachable": reachable, "error": self.stats.error},
-            "config": {"path": str(self.watcher.path), "error": self.watcher.error, "loaded_at": self.watcher.loaded_at},
+            "config": {
+                "path": str(self.watcher.path),
+                "error": self.watcher.error,
+                "loaded_at": self.watcher.loaded_at,
+            },
             "leader": leader,
             "backend": self.backend.name,
             "tick": {
@@ -207,10 +223,18 @@ def _busy(heartbeat: Heartbeat | None) -> bool:
 
 
 def _type_document(
-    job_type: JobType, stats: QueueStats | None, live: list[tuple[WorkerInfo, WorkerState]],
-    decision: Decision, now: float, removed: bool, leader: bool,
+    job_type: JobType,
+    stats: QueueStats | None,
+    live: list[tuple[WorkerInfo, WorkerState]],
+    decision: Decision,
+    now: float,
+    removed: bool,
+    leader: bool,
 ) -> dict[str, Any]:
-    count = {state: sum(1 for _, s in live if s is state) for state in (WorkerState.STARTING, WorkerState.RUNNING, WorkerState.STOPPING)}
+    count = {
+        state: sum(1 for _, s in live if s is state)
+        for state in (WorkerState.STARTING, WorkerState.RUNNING, WorkerState.STOPPING)
+    }
     stuck = next((info.unschedulable_reason for info, _ in live if info.unschedulable_reason), None)
     idle_since = decision.memory.idle_since
     return {

@@ -120,15 +120,23 @@ def decide(
     backlog = stats.backlog
     room = maximum - capacity
     if starting and backlog > 0:
-        return Decision(state="scaling-up", reason=f"waiting for {starting} starting worker(s): {summary}", memory=memory)
+        return Decision(
+            state="scaling-up", reason=f"waiting for {starting} starting worker(s): {summary}", memory=memory
+        )
     if backlog > job_type.threshold and room > 0:
         burst_threshold = job_type.effective_burst_threshold
         if backlog > burst_threshold and job_type.burst_size > 1:
             add = min(job_type.burst_size, room)
-            return Decision(start=add, state="burst", reason=f"burst +{add}: ready {backlog} > {burst_threshold}", memory=memory)
-        return Decision(start=1, state="scaling-up", reason=f"scale up +1: ready {backlog} > {job_type.threshold}", memory=memory)
+            return Decision(
+                start=add, state="burst", reason=f"burst +{add}: ready {backlog} > {burst_threshold}", memory=memory
+            )
+        return Decision(
+            start=1, state="scaling-up", reason=f"scale up +1: ready {backlog} > {job_type.threshold}", memory=memory
+        )
     if backlog > 0 and capacity == 0 and room > 0:
-        return Decision(start=1, state="scaling-up", reason=f"scale up +1: ready {backlog} and no worker", memory=memory)
+        return Decision(
+            start=1, state="scaling-up", reason=f"scale up +1: ready {backlog} and no worker", memory=memory
+        )
     return Decision(state="busy", reason=summary + (f" (max_workers {maximum})" if room <= 0 else ""), memory=memory)
 
 
@@ -139,7 +147,9 @@ def _when_idle(
     if surplus <= 0:
         if len(workers) < minimum:
             add = minimum - len(workers)
-            return Decision(start=add, state="scaling-up", reason=f"warm pool +{add}: min_workers {minimum}", memory=memory)
+            return Decision(
+                start=add, state="scaling-up", reason=f"warm pool +{add}: min_workers {minimum}", memory=memory
+            )
         return Decision(state="idle", reason="idle", memory=memory)
     wait = 0.0 if removed else job_type.idle_seconds
     if idle_for < wait:

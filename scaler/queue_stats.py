@@ -24,7 +24,11 @@ from jobtypes.config import JobType
 from scaler.policy import QueueStats
 
 log = logging.getLogger(__name__)
-PARAMS = {"disable_stats": "true", "enable_queue_totals": "true", "columns": "name,messages_ready,messages_unacknowledged"}
+PARAMS = {
+    "disable_stats": "true",
+    "enable_queue_totals": "true",
+    "columns": "name,messages_ready,messages_unacknowledged",
+}
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,8 @@ def stats_for(job_type: JobType, queues: dict[str, RawCounts] | None) -> QueueSt
     retry = queues.get(job_type.retry_queue, empty)
     dead = queues.get(job_type.dead_queue, empty)
     return QueueStats(
-        ready=work.ready, unacked=work.unacked,
-        retrying=retry.ready + retry.unacked, dead=dead.ready + dead.unacked,
+        ready=work.ready,
+        unacked=work.unacked,
+        retrying=retry.ready + retry.unacked,
+        dead=dead.ready + dead.unacked,
     )

@@ -16,10 +16,16 @@ import httpx
 
 def render(document: dict[str, Any]) -> str:
     lines = []
-    broker = "reachable" if document.get("broker", {}).get("reachable") else f"UNREACHABLE ({document['broker'].get('error')})"
+    broker = (
+        "reachable"
+        if document.get("broker", {}).get("reachable")
+        else f"UNREACHABLE ({document['broker'].get('error')})"
+    )
     tick = document.get("tick", {})
-    lines.append(f"backend {document.get('backend')}  broker {broker}  tick {tick.get('interval')} s "
-                 f"({tick.get('last_duration_ms')} ms)  {'leader' if document.get('leader') else 'standby'}")
+    lines.append(
+        f"backend {document.get('backend')}  broker {broker}  tick {tick.get('interval')} s "
+        f"({tick.get('last_duration_ms')} ms)  {'leader' if document.get('leader') else 'standby'}"
+    )
     if document.get("config", {}).get("error"):
         lines.append(f"CONFIG ERROR (last good config in force): {document['config']['error']}")
     lines.append("")
@@ -36,14 +42,18 @@ def render(document: dict[str, Any]) -> str:
         lines.append(f"{'WORKER':<34} {'TYPE':<14} {'STATE':<10} {'DONE':>6} {'FAILED':>6}  STARTED")
         for worker in workers[:15]:
             started = datetime.fromtimestamp(worker["started_at"]).strftime("%H:%M:%S")
-            lines.append(f"{worker['id'][:34]:<34} {worker['job_type'][:14]:<14} {worker['state']:<10} "
-                         f"{worker['processed']:>6} {worker['failed']:>6}  {started}")
+            lines.append(
+                f"{worker['id'][:34]:<34} {worker['job_type'][:14]:<14} {worker['state']:<10} "
+                f"{worker['processed']:>6} {worker['failed']:>6}  {started}"
+            )
     events = document.get("events", [])
     if events:
         lines.append("")
         lines.append("RECENT EVENTS")
         for event in events[:6]:
-            lines.append(f"  {datetime.fromtimestamp(event['ts']).strftime('%H:%M:%S')} {event['job_type']}: {event['reason']}")
+            lines.append(
+                f"  {datetime.fromtimestamp(event['ts']).strftime('%H:%M:%S')} {event['job_type']}: {event['reason']}"
+            )
     return "\n".join(lines)
 
 

@@ -13,7 +13,9 @@ from tests.support.broker import Broker, broker_is_up, create_vhost, delete_vhos
 def broker() -> Iterator[Broker]:
     """A fresh vhost on the real RabbitMQ that `./manage.sh test` started."""
     if not broker_is_up():
-        pytest.fail("RabbitMQ's management API is not reachable on 127.0.0.1:15672; run the suite with ./manage.sh test")
+        pytest.fail(
+            "RabbitMQ's management API is not reachable on 127.0.0.1:15672; run the suite with ./manage.sh test"
+        )
     created = create_vhost()
     yield created
     delete_vhost(created)

@@ -14,15 +14,34 @@ from tests.support.stack import Stack
 
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync"]
-SLEEP = {"handler": "sleep", "threshold": 5, "burst_size": 4, "max_workers": 4, "idle_seconds": 4, "env": {"SLEEP_MS": "150"}}
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+SLEEP = {
+    "handler": "sleep",
+    "threshold": 5,
+    "burst_size": 4,
+    "max_workers": 4,
+    "idle_seconds": 4,
+    "env": {"SLEEP_MS": "150"},
+}
 
 
 @pytest.fixture()
 def stack(broker: Broker, tmp_path: Path) -> Iterator[Stack]:
-    created = Stack(broker, tmp_path, {"sleep": SLEEP, "sales": {"max_workers": 2}}, tick_seconds=0.5,
-                    env={"WORKER_HEARTBEAT_SECONDS": "0.5"})
+    created = Stack(
+        broker,
+        tmp_path,
+        {"sleep": SLEEP, "sales": {"max_workers": 2}},
+        tick_seconds=0.5,
+        env={"WORKER_HEARTBEAT_SECONDS": "0.5"},
+    )
     created.start()
     yield created
     created.stop()
@@ -37,8 +56,14 @@ def page() -> Iterator[tuple[Page, list[str]]]:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
         context = browser.new_context(viewport={"width": 1280, "height": 900})
         created = context.new_page()
-        created.on("console", lambda message: problems.append(f"console {message.type}: {message.text}")
-                   if message.type in ("error", "warning") else None)
+        created.on(
+            "console",
+            lambda message: (
+                problems.append(f"console {message.type}: {message.text}")
+                if message.type in ("error", "warning")
+                else None
+            ),
+        )
         created.on("pageerror", lambda error: problems.append(f"page error: {error}"))
         yield created, problems
         browser.close()
@@ -59,7 +84,9 @@ def test_live_dashboard_through_a_burst(stack: Stack, page: tuple[Page, list[str
     browser_page.select_option("#upload-type", "sleep")
     browser_page.set_input_files("#upload-file", str(csv))
     browser_page.click("#upload-button")
-    browser_page.wait_for_function("document.querySelector('#upload-answer').textContent.startsWith('Queued 60 rows')", timeout=15000)
+    browser_page.wait_for_function(
+        "document.querySelector('#upload-answer').textContent.startsWith('Queued 60 rows')", timeout=15000
+    )
 
     # Without a reload, the backlog and then the workers show up.
     browser_page.wait_for_function(
@@ -74,12 +101,15 @@ def test_live_dashboard_through_a_burst(stack: Stack, page: tuple[Page, list[str
 
     # A worker's log view shows its JSON log lines.
     browser_page.locator("#workers .log-button").first.click()
-    browser_page.wait_for_function("document.querySelector('#log-text').textContent.includes('\"worker_id\"')", timeout=30000)
+    browser_page.wait_for_function(
+        "document.querySelector('#log-text').textContent.includes('\"worker_id\"')", timeout=30000
+    )
     browser_page.click("#log-close")
 
     # After the idle period every worker is gone, again without a reload.
     browser_page.wait_for_function(
-        "document.querySelector('.card[data-type=\"sleep\"] .stat.workers .value').textContent === '0/4'", timeout=60000,
+        "document.querySelector('.card[data-type=\"sleep\"] .stat.workers .value').textContent === '0/4'",
+        timeout=60000,
     )
     assert card_value(browser_page, "sleep", "ready") == "0"
     assert "scale down" in browser_page.locator("#events").inner_text()
@@ -91,7 +121,9 @@ def test_live_dashboard_through_a_burst(stack: Stack, page: tuple[Page, list[str
     bad.write_text("a,b\n1,2\n3\n")
     browser_page.set_input_files("#upload-file", str(bad))
     browser_page.click("#upload-button")
-    browser_page.wait_for_function("document.querySelector('#upload-answer').textContent.includes('line 3')", timeout=10000)
+    browser_page.wait_for_function(
+        "document.querySelector('#upload-answer').textContent.includes('line 3')", timeout=10000
+    )
     assert "Refused (422)" in browser_page.locator("#upload-answer").inner_text()
 
     browser_page.set_viewport_size({"width": 390, "height": 844})
@@ -105,4 +137,6 @@ def test_dashboard_says_when_the_scaler_is_gone(stack: Stack, page: tuple[Page, 
     browser_page.goto(stack.scaler_url)
     browser_page.wait_for_selector('.card[data-type="sleep"]')
     stack.scaler.stop()
-    browser_page.wait_for_function("document.querySelector('#connection').textContent.includes('unreachable')", timeout=15000)
+    browser_page.wait_for_function(
+        "document.querySelector('#connection').textContent.includes('unreachable')", timeout=15000
+    )

@@ -25,7 +25,14 @@ from tests.support.stack import Stack
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.fault
-SLEEP = {"handler": "sleep", "threshold": 20, "burst_size": 5, "max_workers": 6, "idle_seconds": 3, "env": {"SLEEP_MS": "5"}}
+SLEEP = {
+    "handler": "sleep",
+    "threshold": 20,
+    "burst_size": 5,
+    "max_workers": 6,
+    "idle_seconds": 3,
+    "env": {"SLEEP_MS": "5"},
+}
 
 
 def csv_rows(count: int) -> bytes:
@@ -34,8 +41,13 @@ def csv_rows(count: int) -> bytes:
 
 @pytest.fixture()
 def stack(broker: Broker, tmp_path: Path) -> Iterator[Stack]:
-    created = Stack(broker, tmp_path, {"sleep": SLEEP}, tick_seconds=0.5,
-                    env={"WORKER_HEARTBEAT_SECONDS": "0.5", "RABBITMQ_HEARTBEAT_SECONDS": "5"})
+    created = Stack(
+        broker,
+        tmp_path,
+        {"sleep": SLEEP},
+        tick_seconds=0.5,
+        env={"WORKER_HEARTBEAT_SECONDS": "0.5", "RABBITMQ_HEARTBEAT_SECONDS": "5"},
+    )
     yield created
     created.stop()
     if not broker_is_up():
@@ -51,7 +63,9 @@ def settle(stack: Stack, fault: str, ids: set[str], started: float) -> None:
 
     Time to recover: from the fault (or the broker's return) until every row was processed.
     """
-    wait_until(lambda: ids <= set(stack.processed()), timeout=240, interval=0.5, what=f"every row processed after: {fault}")
+    wait_until(
+        lambda: ids <= set(stack.processed()), timeout=240, interval=0.5, what=f"every row processed after: {fault}"
+    )
     processed = stack.processed()
     seen = {message_id: count for message_id, count in processed.items() if message_id in ids}
     duplicates = sum(seen.values()) - len(seen)
@@ -112,8 +126,12 @@ def test_rabbitmq_restarted_during_an_upload(stack: Stack) -> None:
     stack.config_path.write_text(json.dumps(fast))
     stack.start_scaler()
     first_ids = {f"{answer['upload_id']}:{n}" for n in range(1, confirmed + 1)}
-    settle(stack, f"RabbitMQ restart mid-upload: 503 with {confirmed} confirmed ({in_queue} in queue); re-upload",
-           expected_ids([retry.json()["upload_id"]], rows) | first_ids, restarted)
+    settle(
+        stack,
+        f"RabbitMQ restart mid-upload: 503 with {confirmed} confirmed ({in_queue} in queue); re-upload",
+        expected_ids([retry.json()["upload_id"]], rows) | first_ids,
+        restarted,
+    )
 
 
 def test_rabbitmq_restarted_while_workers_consume(stack: Stack) -> None:
@@ -161,8 +179,15 @@ def test_config_broken_while_running_keeps_the_last_good(stack: Stack) -> None:
     bad_value = json.loads(good)
     bad_value["sleep"]["max_workers"] = "many"
     stack.config_path.write_text(json.dumps(bad_value))
-    wait_until(lambda: "'max_workers'" in (stack.status()["config"]["error"] or ""), timeout=10, what="the bad value error")
+    wait_until(
+        lambda: "'max_workers'" in (stack.status()["config"]["error"] or ""), timeout=10, what="the bad value error"
+    )
     assert stack.type_status("sleep")["max_workers"] == SLEEP["max_workers"], "the last good config stays in force"
     stack.config_path.write_text(good)
     wait_until(lambda: stack.status()["config"]["error"] is None, timeout=10, what="recovery")
-    settle(stack, "jobs.config.json invalid JSON, then a bad value", expected_ids([upload.json()["upload_id"]], rows), broken)
+    settle(
+        stack,
+        "jobs.config.json invalid JSON, then a bad value",
+        expected_ids([upload.json()["upload_id"]], rows),
+        broken,
+    )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 import yaml
 from kubernetes import client
@@ -22,9 +21,16 @@ from tests.support.processes import REPO
 from tests.support.waiting import wait_until
 
 GPU = JobType(
-    name="render", queue="q_render", image="registry.example/render:1.2", threshold=5, burst_size=3, max_workers=6,
-    env={"MODE": "fast"}, resources={"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"nvidia.com/gpu": 1}},
-    node_selector={"gpu": "true"}, tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    name="render",
+    queue="q_render",
+    image="registry.example/render:1.2",
+    threshold=5,
+    burst_size=3,
+    max_workers=6,
+    env={"MODE": "fast"},
+    resources={"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"nvidia.com/gpu": 1}},
+    node_selector={"gpu": "true"},
+    tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
     stop_grace_seconds=45,
 )
 
@@ -64,7 +70,9 @@ def test_burst_creates_jobs_with_the_type_spec(backend: KubernetesBackend, emula
     assert job["spec"]["ttlSecondsAfterFinished"] == 86400
 
 
-def test_pending_pods_count_as_starting_and_stop_further_bursts(backend: KubernetesBackend, emulator: KubernetesEmulator) -> None:
+def test_pending_pods_count_as_starting_and_stop_further_bursts(
+    backend: KubernetesBackend, emulator: KubernetesEmulator
+) -> None:
     policy_step(backend, GPU, ready=100)
     workers = backend.list_workers()
     assert {w.state for w in workers} == {WorkerState.STARTING}
@@ -76,7 +84,9 @@ def test_pending_pods_count_as_starting_and_stop_further_bursts(backend: Kuberne
     assert len(emulator.names("jobs")) == 6
 
 
-def test_unschedulable_reason_surfaces_after_the_grace_period(backend: KubernetesBackend, emulator: KubernetesEmulator) -> None:
+def test_unschedulable_reason_surfaces_after_the_grace_period(
+    backend: KubernetesBackend, emulator: KubernetesEmulator
+) -> None:
     worker = backend.start_worker(GPU)
     message = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
     emulator.set_pod(worker.worker_id, "Pending", unschedulable=message, since_seconds=5)
@@ -86,7 +96,9 @@ def test_unschedulable_reason_surfaces_after_the_grace_period(backend: Kubernete
     assert listed.unschedulable_reason == message
     views = [WorkerView(listed.worker_id, listed.state, 0, unschedulable_reason=listed.unschedulable_reason)]
     decision = decide(GPU, QueueStats(500, 0), views, TypeMemory(), now=0)
-    assert decision.start == 0 and decision.state == "unschedulable" and "Insufficient nvidia.com/gpu" in decision.reason
+    assert (
+        decision.start == 0 and decision.state == "unschedulable" and "Insufficient nvidia.com/gpu" in decision.reason
+    )
 
 
 def test_terminate_removes_only_that_workers_job(backend: KubernetesBackend, emulator: KubernetesEmulator) -> None:
@@ -101,7 +113,9 @@ def test_terminate_removes_only_that_workers_job(backend: KubernetesBackend, emu
 
 
 @pytest.mark.parametrize("status", [409, 429, 500, 503])
-def test_injected_api_errors_are_retried_without_duplicates(backend: KubernetesBackend, emulator: KubernetesEmulator, status: int) -> None:
+def test_injected_api_errors_are_retried_without_duplicates(
+    backend: KubernetesBackend, emulator: KubernetesEmulator, status: int
+) -> None:
     emulator.fail_next(status, status)
     worker = backend.start_worker(GPU)
     assert emulator.names("jobs") == [worker.worker_id]
@@ -109,7 +123,9 @@ def test_injected_api_errors_are_retried_without_duplicates(backend: KubernetesB
     assert len(backend.list_workers()) == 1
 
 
-def test_create_that_succeeded_before_a_failed_answer_is_not_doubled(backend: KubernetesBackend, emulator: KubernetesEmulator) -> None:
+def test_create_that_succeeded_before_a_failed_answer_is_not_doubled(
+    backend: KubernetesBackend, emulator: KubernetesEmulator
+) -> None:
     original = emulator._create
     calls = []
 
@@ -128,7 +144,10 @@ def test_persistent_errors_surface_to_the_loop(backend: KubernetesBackend, emula
     emulator.fail_next(*[500] * 10)
     with pytest.raises(KubernetesApiError) as raised:
         backend.list_workers()
-    assert str(raised.value) == "listing worker Jobs: 500 Internal Server Error: injected 500" and raised.value.status == 500
+    assert (
+        str(raised.value) == "listing worker Jobs: 500 Internal Server Error: injected 500"
+        and raised.value.status == 500
+    )
 
 
 def test_pod_logs_for_the_dashboard(backend: KubernetesBackend, emulator: KubernetesEmulator) -> None:
@@ -176,8 +195,10 @@ def test_takeover_does_not_trust_the_holders_clock(emulator: KubernetesEmulator)
 def test_racing_replicas_one_wins(emulator: KubernetesEmulator) -> None:
     """Both read the expired Lease; the second write carries a stale resourceVersion and gets 409."""
     clock = FakeClock()
-    electors = [LeaseElector(emulator.api_client(), "queue-autoscaler", "scaler", f"replica-{n}", duration=15, clock=clock)
-                for n in range(3)]
+    electors = [
+        LeaseElector(emulator.api_client(), "queue-autoscaler", "scaler", f"replica-{n}", duration=15, clock=clock)
+        for n in range(3)
+    ]
     results = [elector.try_acquire_or_renew() for elector in electors]
     assert results == [True, False, False]
     original = emulator.handle
@@ -187,8 +208,11 @@ def test_racing_replicas_one_wins(emulator: KubernetesEmulator) -> None:
         status, answer = original(method, path, body)
         if method == "GET" and path.endswith("/leases/scaler") and status == 200:
             stale.setdefault("version", answer["metadata"]["resourceVersion"])
-            answer = {**answer, "metadata": {**answer["metadata"], "resourceVersion": stale["version"]},
-                      "spec": {**answer["spec"], "holderIdentity": ""}}
+            answer = {
+                **answer,
+                "metadata": {**answer["metadata"], "resourceVersion": stale["version"]},
+                "spec": {**answer["spec"], "holderIdentity": ""},
+            }
         return status, answer
 
     emulator.handle = stale_reads
@@ -221,8 +245,9 @@ def test_leader_keeps_leading_through_a_short_api_outage(emulator: KubernetesEmu
     assert leader.try_acquire_or_renew() is True and leader.is_leader()
 
 
-def test_finished_and_failed_workers_report_exit_codes_then_age_out(backend: KubernetesBackend, emulator: KubernetesEmulator,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_finished_and_failed_workers_report_exit_codes_then_age_out(
+    backend: KubernetesBackend, emulator: KubernetesEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ok, bad = backend.start_worker(GPU), backend.start_worker(GPU)
     emulator.finish_job(ok.worker_id)
     emulator.finish_job(bad.worker_id, exit_code=3)
@@ -231,17 +256,24 @@ def test_finished_and_failed_workers_report_exit_codes_then_age_out(backend: Kub
     assert listed[bad.worker_id].state is WorkerState.FAILED and listed[bad.worker_id].exit_code == 3
     assert all(w.finished_at is not None for w in listed.values())
     import time as real_time
+
     later = real_time.time() + 120
     monkeypatch.setattr("scaler.backends.kubernetes.time.time", lambda: later)
     assert backend.list_workers() == [], "finished workers are news for a minute; the Jobs stay until their TTL"
     assert sorted(emulator.names("jobs")) == sorted([ok.worker_id, bad.worker_id])
 
 
-def test_image_pull_failure_is_reported_like_an_unschedulable_pod(backend: KubernetesBackend, emulator: KubernetesEmulator) -> None:
+def test_image_pull_failure_is_reported_like_an_unschedulable_pod(
+    backend: KubernetesBackend, emulator: KubernetesEmulator
+) -> None:
     worker = backend.start_worker(GPU)
-    emulator.set_waiting(worker.worker_id, "ImagePullBackOff", 'Back-off pulling image "registry.example/render:1.2"', since_seconds=5)
+    emulator.set_waiting(
+        worker.worker_id, "ImagePullBackOff", 'Back-off pulling image "registry.example/render:1.2"', since_seconds=5
+    )
     assert backend.list_workers()[0].unschedulable_reason is None
-    emulator.set_waiting(worker.worker_id, "ImagePullBackOff", 'Back-off pulling image "registry.example/render:1.2"', since_seconds=40)
+    emulator.set_waiting(
+        worker.worker_id, "ImagePullBackOff", 'Back-off pulling image "registry.example/render:1.2"', since_seconds=40
+    )
     [listed] = backend.list_workers()
     assert listed.state is WorkerState.STARTING
     assert listed.unschedulable_reason.startswith("ImagePullBackOff: Back-off pulling image")
@@ -250,7 +282,8 @@ def test_image_pull_failure_is_reported_like_an_unschedulable_pod(backend: Kuber
 
 
 def test_terminate_deletes_with_the_grace_period_once_and_the_pod_stays_stopping(
-    backend: KubernetesBackend, emulator: KubernetesEmulator,
+    backend: KubernetesBackend,
+    emulator: KubernetesEmulator,
 ) -> None:
     emulator.linger_pods_on_delete = True
     worker, other = backend.start_worker(GPU), backend.start_worker(GPU)
@@ -261,8 +294,9 @@ def test_terminate_deletes_with_the_grace_period_once_and_the_pod_stays_stopping
     assert (kind, name) == ("jobs", worker.worker_id)
     assert options["gracePeriodSeconds"] == 45 and options["propagationPolicy"] == "Background"
     states = {w.worker_id: w.state for w in backend.list_workers()}
-    assert states == {worker.worker_id: WorkerState.STOPPING, other.worker_id: WorkerState.RUNNING}, \
+    assert states == {worker.worker_id: WorkerState.STOPPING, other.worker_id: WorkerState.RUNNING}, (
         "the terminating pod of a deleted Job is still a (stopping) worker"
+    )
     backend.terminate(worker, GPU)
     backend.terminate(worker, GPU)
     assert len(emulator.deletes) == 1, "the loop calling again every tick does not delete again"
@@ -284,7 +318,8 @@ def test_one_list_of_jobs_and_one_of_pods_per_tick(backend: KubernetesBackend, e
 def test_jobs_of_other_tools_are_ignored(backend: KubernetesBackend, emulator: KubernetesEmulator) -> None:
     with emulator.lock:
         emulator.objects["jobs"][("queue-autoscaler", "backup")] = {
-            "apiVersion": "batch/v1", "kind": "Job",
+            "apiVersion": "batch/v1",
+            "kind": "Job",
             "metadata": {"name": "backup", "namespace": "queue-autoscaler", "labels": {"app": "backup"}},
             "spec": {"template": {"spec": {"containers": []}}},
         }
@@ -303,6 +338,7 @@ def test_worker_creation_survives_a_timeout(emulator: KubernetesEmulator) -> Non
             slow["left"] -= 1
             answer = original(method, path, body)  # created, but the answer comes too late
             import time as real_time
+
             real_time.sleep(1)
             return answer
         return original(method, path, body)
@@ -321,14 +357,22 @@ def test_errors_that_cannot_pass_are_not_retried(backend: KubernetesBackend, emu
     assert emulator.count("POST", "jobs") == 1 and emulator.names("jobs") == []
 
 
-def test_from_environment_with_a_kubeconfig(emulator: KubernetesEmulator, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_from_environment_with_a_kubeconfig(
+    emulator: KubernetesEmulator, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     kubeconfig = tmp_path / "config"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "emulated",
-        "clusters": [{"name": "emulated", "cluster": {"server": emulator.url}}],
-        "users": [{"name": "me", "user": {"token": "secret-token"}}],
-        "contexts": [{"name": "emulated", "context": {"cluster": "emulated", "user": "me"}}],
-    }))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "emulated",
+                "clusters": [{"name": "emulated", "cluster": {"server": emulator.url}}],
+                "users": [{"name": "me", "user": {"token": "secret-token"}}],
+                "contexts": [{"name": "emulated", "context": {"cluster": "emulated", "user": "me"}}],
+            }
+        )
+    )
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setenv("SCALER_NAMESPACE", "team-a")
@@ -390,15 +434,24 @@ def test_the_role_grants_exactly_the_verbs_the_scaler_uses(emulator: KubernetesE
         named = len(parts) > parts.index("namespaces") + 3
         if path.endswith("/log"):
             resource = f"{resource}/log"
-        verb = {"GET": "get" if named else "list", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
+        verb = {
+            "GET": "get" if named else "list",
+            "POST": "create",
+            "PUT": "update",
+            "PATCH": "patch",
+            "DELETE": "delete",
+        }[method]
         used.add((resource, verb))
-    role = next(d for d in yaml.safe_load_all((REPO / "infra" / "k8s" / "scaler-rbac.yaml").read_text()) if d["kind"] == "Role")
+    role = next(
+        d for d in yaml.safe_load_all((REPO / "infra" / "k8s" / "scaler-rbac.yaml").read_text()) if d["kind"] == "Role"
+    )
     granted = {(resource, verb) for rule in role["rules"] for resource in rule["resources"] for verb in rule["verbs"]}
     assert used == granted
 
 
-def test_a_taken_name_on_the_first_attempt_is_a_collision_not_our_job(backend: KubernetesBackend, emulator: KubernetesEmulator,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_taken_name_on_the_first_attempt_is_a_collision_not_our_job(
+    backend: KubernetesBackend, emulator: KubernetesEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     taken = backend.start_worker(GPU).worker_id
     names = iter([taken, "render-fresh-name"])
     monkeypatch.setattr("scaler.backends.kubernetes.new_worker_id", lambda job_type: next(names))

@@ -20,8 +20,13 @@ from tests.support.k8s_emulator import KubernetesEmulator, emulator  # noqa: F40
 from tests.support.k8s_fakes import FakeChannel, FakeClock, FakeStats
 
 RENDER = {
-    "queue": "q_render", "image": "registry.example/render:1.2", "threshold": 5, "burst_size": 3, "max_workers": 6,
-    "idle_seconds": 10, "stop_grace_seconds": 20,
+    "queue": "q_render",
+    "image": "registry.example/render:1.2",
+    "threshold": 5,
+    "burst_size": 3,
+    "max_workers": 6,
+    "idle_seconds": 10,
+    "stop_grace_seconds": 20,
     "resources": {"requests": {"cpu": "500m"}, "limits": {"nvidia.com/gpu": 1}},
 }
 

@@ -47,19 +47,41 @@ def test_infra_manifest_validates_strictly(document: dict) -> None:
 
 def test_infra_has_the_whole_stack_with_least_privilege() -> None:
     kinds = {(d["kind"], d["metadata"]["name"]) for d in infra_documents()}
-    assert {("StatefulSet", "rabbitmq"), ("Deployment", "producer"), ("Deployment", "scaler"), ("Role", "scaler"),
-            ("RoleBinding", "scaler"), ("ServiceAccount", "scaler"), ("Service", "producer"), ("Service", "scaler")} <= kinds
+    assert {
+        ("StatefulSet", "rabbitmq"),
+        ("Deployment", "producer"),
+        ("Deployment", "scaler"),
+        ("Role", "scaler"),
+        ("RoleBinding", "scaler"),
+        ("ServiceAccount", "scaler"),
+        ("Service", "producer"),
+        ("Service", "scaler"),
+    } <= kinds
     role = next(d for d in infra_documents() if d["kind"] == "Role")
     verbs = {(rule["resources"][0], verb) for rule in role["rules"] for verb in rule["verbs"]}
-    assert verbs == {("jobs", "list"), ("jobs", "create"), ("jobs", "delete"), ("pods", "list"), ("pods/log", "get"),
-                     ("leases", "get"), ("leases", "create"), ("leases", "update")}
+    assert verbs == {
+        ("jobs", "list"),
+        ("jobs", "create"),
+        ("jobs", "delete"),
+        ("pods", "list"),
+        ("pods/log", "get"),
+        ("leases", "get"),
+        ("leases", "create"),
+        ("leases", "update"),
+    }
     secrets = [d for d in infra_documents() if d["kind"] == "Secret"]
     assert all("guest" not in str(secret["stringData"]) for secret in secrets)
 
 
 def test_jobs_config_map_as_manage_sh_creates_it_validates() -> None:
-    validate({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "jobs-config", "namespace": "queue-autoscaler"},
-              "data": {"jobs.config.json": (REPO / "jobs.config.json").read_text()}})
+    validate(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "jobs-config", "namespace": "queue-autoscaler"},
+            "data": {"jobs.config.json": (REPO / "jobs.config.json").read_text()},
+        }
+    )
 
 
 @pytest.mark.parametrize(
@@ -67,8 +89,13 @@ def test_jobs_config_map_as_manage_sh_creates_it_validates() -> None:
     [
         *load_config(REPO / "jobs.config.json").job_types.values(),
         JobType(name=LONG_NAME, queue="q_long"),
-        JobType(name="gpu-train", queue="q_gpu", resources={"limits": {"nvidia.com/gpu": 2, "memory": "8Gi"}},
-                node_selector={"accelerator": "nvidia"}, tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]),
+        JobType(
+            name="gpu-train",
+            queue="q_gpu",
+            resources={"limits": {"nvidia.com/gpu": 2, "memory": "8Gi"}},
+            node_selector={"accelerator": "nvidia"},
+            tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        ),
         JobType(name="custom", queue="q_custom", command=["python", "-m", "mypkg.worker"]),
     ],
     ids=lambda job: job.name[:20],
@@ -84,16 +111,26 @@ def test_rendered_jobs_validate_strictly(job_type: JobType) -> None:
 
 def test_render_job_command_prints_the_manifest(tmp_path: Path) -> None:
     config = write_config(tmp_path, {LONG_NAME: {"resources": {"limits": {"nvidia.com/gpu": 1}}}})
-    result = subprocess.run([sys.executable, "-m", "scaler", "render-job", LONG_NAME], cwd=REPO, capture_output=True,
-                            text=True, env={"JOBS_CONFIG": str(config), "PATH": "/usr/bin:/bin"}, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "scaler", "render-job", LONG_NAME],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"JOBS_CONFIG": str(config), "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     manifest = yaml.safe_load(result.stdout)
     validate(manifest)
     assert manifest["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {"nvidia.com/gpu": "1"}
 
 
-DOCKERFILES = [REPO / "producer" / "Dockerfile", REPO / "scaler" / "Dockerfile",
-               REPO / "workers" / "sales" / "Dockerfile", REPO / "workers" / "sleep" / "Dockerfile"]
+DOCKERFILES = [
+    REPO / "producer" / "Dockerfile",
+    REPO / "scaler" / "Dockerfile",
+    REPO / "workers" / "sales" / "Dockerfile",
+    REPO / "workers" / "sleep" / "Dockerfile",
+]
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(REPO)))
@@ -112,12 +149,21 @@ def test_dockerfile_is_pinned_non_root_and_copies_what_exists(dockerfile: Path) 
 
 # --- consistency of the stack -----------------------------------------------------------------------
 
+
 def pod_templates() -> list[tuple[str, dict]]:
     """(name, pod spec) of every workload in infra/k8s and of rendered worker Jobs."""
-    templates = [(f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"])
-                 for d in infra_documents() if d["kind"] in ("Deployment", "StatefulSet")]
+    templates = [
+        (f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"])
+        for d in infra_documents()
+        if d["kind"] in ("Deployment", "StatefulSet")
+    ]
     for job_type in load_config(REPO / "jobs.config.json").job_types.values():
-        templates.append((f"Job/{job_type.name}", render_job_manifest(job_type, settings=ClusterSettings())["spec"]["template"]["spec"]))
+        templates.append(
+            (
+                f"Job/{job_type.name}",
+                render_job_manifest(job_type, settings=ClusterSettings())["spec"]["template"]["spec"],
+            )
+        )
     return templates
 
 
@@ -142,12 +188,20 @@ def test_every_pod_meets_the_restricted_pod_security_standard(name: str, spec: d
 def test_references_between_manifests_resolve() -> None:
     """Secrets, keys, ConfigMaps, ServiceAccounts, Service selectors and named ports all exist."""
     documents = infra_documents()
-    secrets = {d["metadata"]["name"]: set(d.get("stringData", {})) | set(d.get("data", {})) for d in documents if d["kind"] == "Secret"}
-    config_maps = {d["metadata"]["name"] for d in documents if d["kind"] == "ConfigMap"} | {"jobs-config"}  # manage.sh creates jobs-config
+    secrets = {
+        d["metadata"]["name"]: set(d.get("stringData", {})) | set(d.get("data", {}))
+        for d in documents
+        if d["kind"] == "Secret"
+    }
+    config_maps = {d["metadata"]["name"] for d in documents if d["kind"] == "ConfigMap"} | {
+        "jobs-config"
+    }  # manage.sh creates jobs-config
     accounts = {d["metadata"]["name"] for d in documents if d["kind"] == "ServiceAccount"}
     workloads = [d for d in documents if d["kind"] in ("Deployment", "StatefulSet")]
     rendered = render_job_manifest(JobType(name="sleep", queue="q"), settings=ClusterSettings())
-    for name, spec in [(w["metadata"]["name"], w["spec"]["template"]["spec"]) for w in workloads] + [("worker", rendered["spec"]["template"]["spec"])]:
+    for name, spec in [(w["metadata"]["name"], w["spec"]["template"]["spec"]) for w in workloads] + [
+        ("worker", rendered["spec"]["template"]["spec"])
+    ]:
         if "serviceAccountName" in spec:
             assert spec["serviceAccountName"] in accounts, name
         for volume in spec.get("volumes", []):
@@ -166,9 +220,18 @@ def test_references_between_manifests_resolve() -> None:
         selector = workload["spec"]["selector"]["matchLabels"]
         assert selector.items() <= workload["spec"]["template"]["metadata"]["labels"].items()
     for service in (d for d in documents if d["kind"] == "Service"):
-        targets = [w for w in workloads if service["spec"]["selector"].items() <= w["spec"]["template"]["metadata"]["labels"].items()]
+        targets = [
+            w
+            for w in workloads
+            if service["spec"]["selector"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
+        ]
         assert targets, f"Service {service['metadata']['name']} selects no workload"
-        named = {port["name"] for w in targets for c in w["spec"]["template"]["spec"]["containers"] for port in c.get("ports", [])}
+        named = {
+            port["name"]
+            for w in targets
+            for c in w["spec"]["template"]["spec"]["containers"]
+            for port in c.get("ports", [])
+        }
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in named, (service["metadata"]["name"], port)
     statefulset = next(w for w in workloads if w["kind"] == "StatefulSet")
@@ -180,7 +243,11 @@ def test_backend_defaults_match_the_manifests() -> None:
     settings = ClusterSettings()
     documents = infra_documents()
     kustomization = yaml.safe_load((INFRA / "kustomization.yaml").read_text())
-    assert settings.namespace == kustomization["namespace"] == next(d for d in documents if d["kind"] == "Namespace")["metadata"]["name"]
+    assert (
+        settings.namespace
+        == kustomization["namespace"]
+        == next(d for d in documents if d["kind"] == "Namespace")["metadata"]["name"]
+    )
     secret = next(d for d in documents if d["kind"] == "Secret" and d["metadata"]["name"] == settings.secret)
     assert settings.secret_key in secret["stringData"]
     assert settings.config_map == "jobs-config"
@@ -205,7 +272,12 @@ def test_backend_defaults_match_the_manifests() -> None:
 def test_image_tags_agree_between_manifests_config_and_manage_sh() -> None:
     manage = (REPO / "manage.sh").read_text()
     built = dict((tag, dockerfile) for dockerfile, tag in re.findall(r'"(\S+/Dockerfile) (\S+)"', manage))
-    images = {c["image"] for d in infra_documents() if d["kind"] == "Deployment" for c in d["spec"]["template"]["spec"]["containers"]}
+    images = {
+        c["image"]
+        for d in infra_documents()
+        if d["kind"] == "Deployment"
+        for c in d["spec"]["template"]["spec"]["containers"]
+    }
     images |= {job_type.image for job_type in load_config(REPO / "jobs.config.json").job_types.values()}
     assert images <= set(built), f"images no Dockerfile builds: {images - set(built)}"
     for tag, dockerfile in built.items():
@@ -214,10 +286,20 @@ def test_image_tags_agree_between_manifests_config_and_manage_sh() -> None:
 
 
 COMPONENT_PACKAGES = {  # import name -> pip distribution
-    "pika": "pika", "starlette": "starlette", "uvicorn": "uvicorn", "multipart": "python-multipart",
-    "python_multipart": "python-multipart", "prometheus_client": "prometheus-client", "pydantic": "pydantic",
-    "tenacity": "tenacity", "kubernetes": "kubernetes", "urllib3": "kubernetes", "httpx": "httpx", "yaml": "PyYAML",
-    "sse_starlette": "sse-starlette", "psutil": "psutil",
+    "pika": "pika",
+    "starlette": "starlette",
+    "uvicorn": "uvicorn",
+    "multipart": "python-multipart",
+    "python_multipart": "python-multipart",
+    "prometheus_client": "prometheus-client",
+    "pydantic": "pydantic",
+    "tenacity": "tenacity",
+    "kubernetes": "kubernetes",
+    "urllib3": "kubernetes",
+    "httpx": "httpx",
+    "yaml": "PyYAML",
+    "sse_starlette": "sse-starlette",
+    "psutil": "psutil",
 }
 
 
@@ -239,8 +321,13 @@ def imported_modules(paths: list[Path]) -> set[str]:
 def test_dockerfile_installs_every_third_party_package_its_code_imports(dockerfile: Path) -> None:
     text = dockerfile.read_text()
     copied = [REPO / source.rstrip("/") for source in re.findall(r"^COPY (\S+) ", text, re.M)]
-    files = [path for pattern in copied for path in (REPO.glob(str(pattern.relative_to(REPO))) if "*" in str(pattern) else [pattern])
-             for path in ([path] if path.is_file() else path.rglob("*.py")) if path.suffix == ".py"]
+    files = [
+        path
+        for pattern in copied
+        for path in (REPO.glob(str(pattern.relative_to(REPO))) if "*" in str(pattern) else [pattern])
+        for path in ([path] if path.is_file() else path.rglob("*.py"))
+        if path.suffix == ".py"
+    ]
     local = {"jobtypes", "producer", "scaler", "workers"}
     copied_packages = {path.relative_to(REPO).parts[0] for path in files}
     third_party = {name for name in imported_modules(files) - local - set(sys.stdlib_module_names)}
@@ -264,12 +351,23 @@ def test_the_deploy_guide_examples_are_valid() -> None:
     validate(render_job_manifest(job_type, settings=ClusterSettings()))
     [overlay] = [yaml.safe_load(textwrap.dedent(body)) for kind, body in blocks if kind == "yaml"]
     assert overlay["resources"] == ["../../infra/k8s"]
-    images = {c["image"].split(":")[0] for d in infra_documents() if d["kind"] == "Deployment" for c in d["spec"]["template"]["spec"]["containers"]}
+    images = {
+        c["image"].split(":")[0]
+        for d in infra_documents()
+        if d["kind"] == "Deployment"
+        for c in d["spec"]["template"]["spec"]["containers"]
+    }
     assert {image["name"] for image in overlay["images"]} == images
-    deleted = {yaml.safe_load(p["patch"])["metadata"]["name"] for p in overlay["patches"] if "$patch: delete" in p.get("patch", "")}
+    deleted = {
+        yaml.safe_load(p["patch"])["metadata"]["name"]
+        for p in overlay["patches"]
+        if "$patch: delete" in p.get("patch", "")
+    }
     assert deleted == {d["metadata"]["name"] for d in infra_documents() if d["kind"] == "Secret"}
     for command in re.findall(r"\./manage\.sh ([a-z0-9-]+)", guide):
-        assert re.search(rf"^\s+{command}\)", (REPO / "manage.sh").read_text(), re.M), f"./manage.sh {command} does not exist"
+        assert re.search(rf"^\s+{command}\)", (REPO / "manage.sh").read_text(), re.M), (
+            f"./manage.sh {command} does not exist"
+        )
 
 
 def test_long_type_names_stay_distinct_when_shortened() -> None:
@@ -279,4 +377,6 @@ def test_long_type_names_stay_distinct_when_shortened() -> None:
     assert one["metadata"]["labels"][TYPE_LABEL] != other["metadata"]["labels"][TYPE_LABEL]
     assert len(one["metadata"]["labels"][TYPE_LABEL]) <= 63
     names = {render_job_manifest(first, settings=ClusterSettings())["metadata"]["name"] for _ in range(50)}
-    assert len(names) == 50 and all(len(name) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) for name in names)
+    assert len(names) == 50 and all(
+        len(name) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) for name in names
+    )

@@ -22,10 +22,16 @@ PLAN = ["alpha", "beta", "alpha", "beta", "alpha"]
 
 def test_five_concurrent_large_uploads(broker: Broker, tmp_path: Path) -> None:
     # max_workers 0: nothing consumes, so every confirmed row must still be in its queue at the end.
-    stack = Stack(broker, tmp_path, {"alpha": {"handler": "sleep", "max_workers": 0}, "beta": {"handler": "sleep", "max_workers": 0}},
-                  tick_seconds=1.0)
+    stack = Stack(
+        broker,
+        tmp_path,
+        {"alpha": {"handler": "sleep", "max_workers": 0}, "beta": {"handler": "sleep", "max_workers": 0}},
+        tick_seconds=1.0,
+    )
     stack.start()
-    body = b"Date,Item Description,Quantity,Amount\n" + b"".join(b"2024-01-01,Item %d,%d,%d.50\n" % (i, i % 9 + 1, i) for i in range(ROWS))
+    body = b"Date,Item Description,Quantity,Amount\n" + b"".join(
+        b"2024-01-01,Item %d,%d,%d.50\n" % (i, i % 9 + 1, i) for i in range(ROWS)
+    )
     process = psutil.Process(stack.producer.pid)
     idle_rss = process.memory_info().rss
     peak = [idle_rss]
@@ -61,15 +67,26 @@ def test_five_concurrent_large_uploads(broker: Broker, tmp_path: Path) -> None:
         for job_type in ("alpha", "beta"):
             assert broker.queue_depth(stack.queue_of(job_type)) == PLAN.count(job_type) * ROWS
         durations = sorted({at: ms for at, ms in ticks}.values())
-        gaps = sorted(b - a for a, b in zip(sorted({at for at, _ in ticks}), sorted({at for at, _ in ticks})[1:]))
+        gaps = sorted(
+            b - a for a, b in zip(sorted({at for at, _ in ticks}), sorted({at for at, _ in ticks})[1:], strict=False)
+        )
         p50, p99 = statistics.median(durations), durations[int(0.99 * (len(durations) - 1))]
         mib = 1024 * 1024
-        print(f"\nload: {len(PLAN)} x {ROWS:,} rows in {elapsed:.1f} s ({len(PLAN) * ROWS / elapsed:,.0f} rows/s); "
-              f"producer RSS idle {idle_rss / mib:.0f} MiB, peak {peak[0] / mib:.0f} MiB; "
-              f"scaler tick p50 {p50:.1f} ms, p99 {p99:.1f} ms, longest gap between ticks {max(gaps):.2f} s")
-        fault_report.record(fault_report.FaultRow(
-            f"load: 5 concurrent 100k uploads (producer peak {peak[0] / mib:.0f} MiB; tick p50 {p50:.0f} ms, p99 {p99:.0f} ms)",
-            len(PLAN) * ROWS, len(PLAN) * ROWS, 0, 0, None))
+        print(
+            f"\nload: {len(PLAN)} x {ROWS:,} rows in {elapsed:.1f} s ({len(PLAN) * ROWS / elapsed:,.0f} rows/s); "
+            f"producer RSS idle {idle_rss / mib:.0f} MiB, peak {peak[0] / mib:.0f} MiB; "
+            f"scaler tick p50 {p50:.1f} ms, p99 {p99:.1f} ms, longest gap between ticks {max(gaps):.2f} s"
+        )
+        fault_report.record(
+            fault_report.FaultRow(
+                f"load: 5 concurrent 100k uploads (producer peak {peak[0] / mib:.0f} MiB; tick p50 {p50:.0f} ms, p99 {p99:.0f} ms)",
+                len(PLAN) * ROWS,
+                len(PLAN) * ROWS,
+                0,
+                0,
+                None,
+            )
+        )
         assert peak[0] < idle_rss + 150 * mib, "the producer's memory stays flat under concurrent large uploads"
         assert max(gaps) < 3.0, "the scaler keeps ticking under load"
     finally:

@@ -83,7 +83,11 @@ def test_busy_workers_are_never_stopped() -> None:
 
 
 def test_unschedulable_workers_stop_further_scaling() -> None:
-    stuck = [WorkerView("p", WorkerState.STARTING, 0.0, unschedulable_reason="0/3 nodes are available: insufficient nvidia.com/gpu")]
+    stuck = [
+        WorkerView(
+            "p", WorkerState.STARTING, 0.0, unschedulable_reason="0/3 nodes are available: insufficient nvidia.com/gpu"
+        )
+    ]
     decision = decide(JOB, QueueStats(900, 0), stuck, TypeMemory(), now=100.0)
     assert decision.start == 0 and decision.state == "unschedulable"
     assert "insufficient nvidia.com/gpu" in decision.reason
@@ -99,15 +103,27 @@ def test_removed_type_drains_then_stops_without_waiting() -> None:
 counts = st.integers(min_value=0, max_value=5000)
 jobs = st.builds(
     lambda threshold, extra, burst, maximum, minimum: JobType(
-        name="t", queue="q", threshold=threshold, burst_threshold=threshold + extra, burst_size=burst,
-        max_workers=maximum, min_workers=min(minimum, maximum), idle_seconds=30,
+        name="t",
+        queue="q",
+        threshold=threshold,
+        burst_threshold=threshold + extra,
+        burst_size=burst,
+        max_workers=maximum,
+        min_workers=min(minimum, maximum),
+        idle_seconds=30,
     ),
-    st.integers(0, 100), st.integers(0, 100), st.integers(1, 10), st.integers(0, 20), st.integers(0, 3),
+    st.integers(0, 100),
+    st.integers(0, 100),
+    st.integers(1, 10),
+    st.integers(0, 20),
+    st.integers(0, 3),
 )
 worker_lists = st.lists(
     st.builds(
         lambda i, state, busy: WorkerView(f"w{i}", state, float(i), busy=busy),
-        st.integers(0, 10_000), st.sampled_from([WorkerState.STARTING, WorkerState.RUNNING]), st.booleans(),
+        st.integers(0, 10_000),
+        st.sampled_from([WorkerState.STARTING, WorkerState.RUNNING]),
+        st.booleans(),
     ),
     max_size=25,
     unique_by=lambda w: w.worker_id,

@@ -38,23 +38,68 @@ CASES = [
     Case("PNG renamed .csv", 415, ["PNG image"], b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256))),
     Case("empty file", 422, ["empty"], b""),
     Case("header only", 422, ["no data rows"], HEADER),
-    Case("duplicate header names", 422, ["line 1", "'Amount' twice", "columns 4 and 5"], b"Date,Item,Quantity,Amount,Amount\n1,2,3,4,5\n"),
+    Case(
+        "duplicate header names",
+        422,
+        ["line 1", "'Amount' twice", "columns 4 and 5"],
+        b"Date,Item,Quantity,Amount,Amount\n1,2,3,4,5\n",
+    ),
     Case("empty header name", 422, ["line 1", "column 2"], b"Date,,Quantity\n1,2,3\n"),
     Case("ragged row", 422, ["line 3", "3 fields", "header has 4"], HEADER + b"a,b,c,d\na,b,c\n"),
     Case("unterminated quote", 422, ["line 2", "never closed"], HEADER + b'a,"b,c,d\ne,f,g,h\n'),
     Case("NUL byte", 422, ["line 3", "NUL"], HEADER + b"a,b,c,d\na,b\x00,c,d\n"),
-    Case("10 MB single field", 422, ["line 2", "longer than the limit"], HEADER + b"a," + b"x" * 10_000_000 + b",1,2\n"),
-    Case("a million columns", 422, ["line 1", "1000000 fields", "PRODUCER_MAX_COLUMNS"], b",".join(b"c%d" % i for i in range(1_000_000)) + b"\n" + b"1\n"),
+    Case(
+        "10 MB single field", 422, ["line 2", "longer than the limit"], HEADER + b"a," + b"x" * 10_000_000 + b",1,2\n"
+    ),
+    Case(
+        "a million columns",
+        422,
+        ["line 1", "1000000 fields", "PRODUCER_MAX_COLUMNS"],
+        b",".join(b"c%d" % i for i in range(1_000_000)) + b"\n" + b"1\n",
+    ),
     Case("unknown job type", 404, ["unknown job type 'nope'", "sales"], HEADER + b"a,b,c,d\n", path="/submit/nope"),
-    Case("job type with path characters", 400, ["not a job type name"], HEADER + b"a,b,c,d\n", path="/submit/..%2F..%2Fetc%2Fpasswd"),
-    Case("job type field with path characters", 400, ["not a job type name"], path="/upload", content_type="",
-         files=[("file", ("x.csv", HEADER + b"a,b,c,d\n", "text/csv"))], data={"job_type": "../sales"}),
-    Case("missing file field", 400, ["no file", "'file'"], path="/upload", content_type="", data={"job_type": "sales"},
-         files=[("other", ("x.csv", HEADER + b"a,b,c,d\n", "text/csv"))]),
-    Case("two file fields", 400, ["two files"], path="/upload", content_type="",
-         files=[("file", ("x.csv", HEADER + b"a,b,c,d\n", "text/csv")), ("file", ("y.csv", HEADER + b"a,b,c,d\n", "text/csv"))]),
-    Case("wrong content type (JSON)", 415, ["application/json", "text/csv"], b'{"a": 1}', content_type="application/json"),
-    Case("raw body to the multipart-only endpoint", 415, ["multipart/form-data"], HEADER + b"a,b,c,d\n", path="/upload"),
+    Case(
+        "job type with path characters",
+        400,
+        ["not a job type name"],
+        HEADER + b"a,b,c,d\n",
+        path="/submit/..%2F..%2Fetc%2Fpasswd",
+    ),
+    Case(
+        "job type field with path characters",
+        400,
+        ["not a job type name"],
+        path="/upload",
+        content_type="",
+        files=[("file", ("x.csv", HEADER + b"a,b,c,d\n", "text/csv"))],
+        data={"job_type": "../sales"},
+    ),
+    Case(
+        "missing file field",
+        400,
+        ["no file", "'file'"],
+        path="/upload",
+        content_type="",
+        data={"job_type": "sales"},
+        files=[("other", ("x.csv", HEADER + b"a,b,c,d\n", "text/csv"))],
+    ),
+    Case(
+        "two file fields",
+        400,
+        ["two files"],
+        path="/upload",
+        content_type="",
+        files=[
+            ("file", ("x.csv", HEADER + b"a,b,c,d\n", "text/csv")),
+            ("file", ("y.csv", HEADER + b"a,b,c,d\n", "text/csv")),
+        ],
+    ),
+    Case(
+        "wrong content type (JSON)", 415, ["application/json", "text/csv"], b'{"a": 1}', content_type="application/json"
+    ),
+    Case(
+        "raw body to the multipart-only endpoint", 415, ["multipart/form-data"], HEADER + b"a,b,c,d\n", path="/upload"
+    ),
     Case("oversize body", 413, ["PRODUCER_MAX_UPLOAD_BYTES"], HEADER + (b"a,b,c,d\n" * (MAX_UPLOAD // 8 + 10))),
     Case("Excel workbook renamed .csv", 415, ["ZIP archive", "xlsx"], b"PK\x03\x04" + b"\x00" * 100),
 ]
@@ -101,7 +146,9 @@ def test_chunked_body_over_the_limit_is_cut_off(stack: Stack, broker: Broker) ->
         for _ in range(MAX_UPLOAD // (1 << 20) + 2):
             yield b"a,b,c,d\n" * (1 << 17)
 
-    response = httpx.post(f"{stack.producer_url}/submit/sales", content=chunks(), headers={"Content-Type": "text/csv"}, timeout=60)
+    response = httpx.post(
+        f"{stack.producer_url}/submit/sales", content=chunks(), headers={"Content-Type": "text/csv"}, timeout=60
+    )
     assert response.status_code == 413
     assert "PRODUCER_MAX_UPLOAD_BYTES" in response.json()["error"]
     assert_nothing_queued(stack, broker)

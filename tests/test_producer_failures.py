@@ -54,7 +54,9 @@ def test_broker_unreachable_gives_503_and_health_says_so(proxied: tuple[Stack, C
     assert broker.queue_depth(stack.queue_of("sleep")) == 10
 
 
-def test_broker_lost_mid_upload_reports_only_confirmed_rows(proxied: tuple[Stack, CuttableProxy], broker: Broker) -> None:
+def test_broker_lost_mid_upload_reports_only_confirmed_rows(
+    proxied: tuple[Stack, CuttableProxy], broker: Broker
+) -> None:
     stack, proxy = proxied
     queue = stack.queue_of("sleep")
     rows = 150_000
@@ -66,7 +68,9 @@ def test_broker_lost_mid_upload_reports_only_confirmed_rows(proxied: tuple[Stack
 
     thread = threading.Thread(target=upload)
     thread.start()
-    wait_until(lambda: broker.queue(queue)["messages"] > 5_000, timeout=60, interval=0.05, what="publishing to be under way")
+    wait_until(
+        lambda: broker.queue(queue)["messages"] > 5_000, timeout=60, interval=0.05, what="publishing to be under way"
+    )
     proxy.cut()
     thread.join(120)
     assert answer["status"] == 503, answer
@@ -83,7 +87,12 @@ def test_token_required_when_set(broker: Broker, tmp_path) -> None:
     stack = Stack(broker, tmp_path, {"sleep": {}}, env={"PRODUCER_TOKEN": token})
     stack.start_producer()
     try:
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": token}, {"Authorization": f"Basic {token}"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": token},
+            {"Authorization": f"Basic {token}"},
+        ):
             response = stack.upload(sample_rows(1), "sleep", headers=headers)
             assert response.status_code == 401, headers
             assert "token" in response.json()["error"]
@@ -98,4 +107,3 @@ def test_token_required_when_set(broker: Broker, tmp_path) -> None:
         assert token not in stack.producer.log()
     finally:
         stack.stop()
-

@@ -19,7 +19,14 @@ from tests.support.proxy import CuttableProxy
 from tests.support.stack import Stack
 from tests.support.waiting import wait_until
 
-SLEEP = {"handler": "sleep", "threshold": 20, "burst_size": 5, "max_workers": 8, "idle_seconds": 5, "env": {"SLEEP_MS": "100"}}
+SLEEP = {
+    "handler": "sleep",
+    "threshold": 20,
+    "burst_size": 5,
+    "max_workers": 8,
+    "idle_seconds": 5,
+    "env": {"SLEEP_MS": "100"},
+}
 
 
 def rows(count: int) -> bytes:
@@ -49,7 +56,9 @@ def test_burst_drain_exactly_once_and_scale_to_zero(stack: Stack, broker: Broker
 
     queue = stack.queue_of("sleep")
     wait_until(lambda: broker.queue(queue)["messages"] == 0, timeout=120, what="the queue to drain")
-    processed = wait_until(lambda: sum((p := stack.processed()).values()) >= 400 and p, timeout=30, what="400 rows processed")
+    processed = wait_until(
+        lambda: sum((p := stack.processed()).values()) >= 400 and p, timeout=30, what="400 rows processed"
+    )
     upload_id = response.json()["upload_id"]
     assert set(processed) == {f"{upload_id}:{n}" for n in range(1, 401)}
     assert max(processed.values()) == 1, "a row was processed twice"
@@ -93,7 +102,8 @@ def test_killed_worker_is_replaced_while_backlog_remains(stack: Stack) -> None:
     wait_until(lambda: victim not in stack.live_worker_pids(), timeout=10, what="the victim to die")
     replaced = wait_until(
         lambda: len(stack.live_worker_pids()) == 8 and victim not in stack.live_worker_pids(),
-        timeout=15, what="a replacement worker",
+        timeout=15,
+        what="a replacement worker",
     )
     assert replaced
     failed = [w for w in stack.status()["workers"] if w["id"] == victim]
@@ -103,16 +113,23 @@ def test_killed_worker_is_replaced_while_backlog_remains(stack: Stack) -> None:
 def test_broker_unreachable_keeps_loop_and_workers_then_resumes(broker: Broker, tmp_path: Path) -> None:
     amqp, api = CuttableProxy(), CuttableProxy(target_port=15672)
     stack = Stack(
-        broker, tmp_path, {"sleep": {**SLEEP, "idle_seconds": 2, "min_workers": 1}}, tick_seconds=0.5,
-        env={"RABBITMQ_URL": amqp.url(quote(broker.vhost, safe="")),
-             "RABBITMQ_API_URL": f"http://guest:guest@127.0.0.1:{api.port}/api"},
+        broker,
+        tmp_path,
+        {"sleep": {**SLEEP, "idle_seconds": 2, "min_workers": 1}},
+        tick_seconds=0.5,
+        env={
+            "RABBITMQ_URL": amqp.url(quote(broker.vhost, safe="")),
+            "RABBITMQ_API_URL": f"http://guest:guest@127.0.0.1:{api.port}/api",
+        },
     )
     try:
         stack.start()
         stack.wait_workers("sleep", lambda s: s["running"] == 1, timeout=30, what="the warm worker")
         amqp.cut()
         api.cut()
-        down = stack.wait_workers("sleep", lambda s: s["state"] == "broker-unreachable", timeout=15, what="broker unreachable")
+        down = stack.wait_workers(
+            "sleep", lambda s: s["state"] == "broker-unreachable", timeout=15, what="broker unreachable"
+        )
         assert down["reason"] == "broker unreachable: no scaling decision"
         assert stack.status()["broker"]["reachable"] is False
         ticks = stack.status()["tick"]["number"]

@@ -24,11 +24,15 @@ def stack(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     create_user(broker, USER, PASSWORD)
     vhost = quote(broker.vhost, safe="")
     created = Stack(
-        broker, tmp_path_factory.mktemp("security"), {"sleep": {"handler": "sleep", "threshold": 1, "max_workers": 2,
-                                                               "idle_seconds": 2, "env": {"SLEEP_MS": "20"}}},
+        broker,
+        tmp_path_factory.mktemp("security"),
+        {"sleep": {"handler": "sleep", "threshold": 1, "max_workers": 2, "idle_seconds": 2, "env": {"SLEEP_MS": "20"}}},
         tick_seconds=0.5,
-        env={"PRODUCER_TOKEN": TOKEN, "RABBITMQ_URL": f"amqp://{USER}:{PASSWORD}@127.0.0.1:5672/{vhost}",
-             "RABBITMQ_API_URL": f"http://{USER}:{PASSWORD}@127.0.0.1:15672/api"},
+        env={
+            "PRODUCER_TOKEN": TOKEN,
+            "RABBITMQ_URL": f"amqp://{USER}:{PASSWORD}@127.0.0.1:5672/{vhost}",
+            "RABBITMQ_API_URL": f"http://{USER}:{PASSWORD}@127.0.0.1:15672/api",
+        },
     )
     created.start()
     yield created
@@ -51,19 +55,27 @@ def test_uploads_need_the_token_also_through_the_dashboard(stack: Stack) -> None
     assert stack.upload(body, "sleep", headers={"Authorization": "Bearer " + TOKEN[:-1]}).status_code == 401
     proxied = httpx.post(f"{stack.scaler_url}/api/upload", files={"file": ("x.csv", body)}, data={"job_type": "sleep"})
     assert proxied.status_code == 401
-    ok = httpx.post(f"{stack.scaler_url}/api/upload", files={"file": ("x.csv", body)}, data={"job_type": "sleep"},
-                    headers={"Authorization": f"Bearer {TOKEN}"})
+    ok = httpx.post(
+        f"{stack.scaler_url}/api/upload",
+        files={"file": ("x.csv", body)},
+        data={"job_type": "sleep"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
     assert ok.status_code == 200 and ok.json()["rows"] == 2
 
 
-@pytest.mark.parametrize("path", ["/", "/api/status", "/api/history", "/api/stream", "/metrics", "/healthz", "/api/workers/x/log"])
+@pytest.mark.parametrize(
+    "path", ["/", "/api/status", "/api/history", "/api/stream", "/metrics", "/healthz", "/api/workers/x/log"]
+)
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
 def test_scaler_endpoints_change_nothing(stack: Stack, path: str, method: str) -> None:
     assert httpx.request(method, f"{stack.scaler_url}{path}").status_code == 405
 
 
 def test_no_secret_in_logs_status_metrics_or_page(stack: Stack) -> None:
-    stack.upload(b"n\n" + b"".join(b"%d\n" % i for i in range(20)), "sleep", headers={"Authorization": f"Bearer {TOKEN}"}).raise_for_status()
+    stack.upload(
+        b"n\n" + b"".join(b"%d\n" % i for i in range(20)), "sleep", headers={"Authorization": f"Bearer {TOKEN}"}
+    ).raise_for_status()
     stack.wait_workers("sleep", lambda s: s["workers"] >= 1, timeout=20, what="a worker")
     wait_until(lambda: sum(stack.processed().values()) >= 20, timeout=30, what="rows processed")
     places = {

@@ -44,7 +44,9 @@ class Harness:
         return response.json()["upload_id"]
 
     def start_worker(self, name: str, env: dict[str, str] | None = None) -> Service:
-        worker = Service("workers", ["work"], {**self.stack.env, "WORKER_ID": name, **(env or {})}, self.directory / f"{name}.log")
+        worker = Service(
+            "workers", ["work"], {**self.stack.env, "WORKER_ID": name, **(env or {})}, self.directory / f"{name}.log"
+        )
         self.workers.append(worker)
         return worker
 
@@ -60,7 +62,9 @@ class Harness:
         return self.broker.queue_depth(self.queue + suffix)
 
     def wait_records(self, count: int, timeout: float = 60) -> list[dict]:
-        return wait_until(lambda: len(self.records()) >= count and self.records(), timeout=timeout, what=f"{count} processed rows")
+        return wait_until(
+            lambda: len(self.records()) >= count and self.records(), timeout=timeout, what=f"{count} processed rows"
+        )
 
     def unacked(self) -> int:
         return self.broker.queue(self.queue).get("messages_unacknowledged", 0)
@@ -82,7 +86,9 @@ def harness(broker: Broker, tmp_path: Path, request: pytest.FixtureRequest) -> I
 def test_every_row_is_processed_exactly_once(harness: Harness) -> None:
     workers = [harness.start_worker(name) for name in ("w1", "w2", "w3")]
     for worker in workers:
-        wait_until(lambda: '"event": "consuming"' in worker.log(), timeout=30, what="every worker consuming")
+        wait_until(
+            lambda worker=worker: '"event": "consuming"' in worker.log(), timeout=30, what="every worker consuming"
+        )
     upload_id = harness.enqueue([{"n": i, "sleep_ms": 10} for i in range(60)])
     records = harness.wait_records(60)
     wait_until(lambda: harness.depth() == 0 and harness.unacked() == 0, timeout=30, what="the queue to drain")
@@ -98,7 +104,9 @@ def test_row_failing_twice_succeeds_on_attempt_three(harness: Harness) -> None:
     worker = harness.start_worker("w1")
     [record] = harness.wait_records(1)
     assert record == {"id": f"{upload_id}:1", "attempt": 3, "worker": "w1", "redelivered": False}
-    wait_until(lambda: harness.depth() + harness.depth(".retry") + harness.depth(".dead") == 0, timeout=10, what="empty queues")
+    wait_until(
+        lambda: harness.depth() + harness.depth(".retry") + harness.depth(".dead") == 0, timeout=10, what="empty queues"
+    )
     events = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
     assert [e["attempt"] for e in events if e["event"] == "failed, retry"] == [1, 2]
 
@@ -124,7 +132,9 @@ def test_unreadable_message_goes_straight_to_dead(harness: Harness, broker: Brok
     worker = harness.start_worker("w1")
     wait_until(lambda: '"event": "consuming"' in worker.log(), timeout=30, what="the worker to declare and consume")
     with broker.channel() as channel:
-        channel.basic_publish("", harness.queue, b"not json", pika.BasicProperties(message_id="manual:1", delivery_mode=2))
+        channel.basic_publish(
+            "", harness.queue, b"not json", pika.BasicProperties(message_id="manual:1", delivery_mode=2)
+        )
     wait_until(lambda: harness.depth(".dead") == 1, timeout=30, what="the unreadable message in .dead")
     [(properties, _)] = broker.drain(harness.queue + ".dead")
     assert "unreadable body" in properties.headers["x-error"]
@@ -202,8 +212,12 @@ def test_unusable_type_or_handler_exits_2_with_a_message(tmp_path: Path, config:
     path = tmp_path / "jobs.config.json"
     path.write_text(json.dumps(config))
     result = subprocess.run(
-        [sys.executable, "-m", "workers", "nope"], cwd=REPO, env={"JOBS_CONFIG": str(path), "PATH": "/usr/bin:/bin"},
-        capture_output=True, text=True, timeout=30,
+        [sys.executable, "-m", "workers", "nope"],
+        cwd=REPO,
+        env={"JOBS_CONFIG": str(path), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2
     assert expected in result.stderr

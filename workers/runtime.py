@@ -45,7 +45,11 @@ from workers.handlers import Handler
 from workers.retry import Republish, after_failure, attempt_of, unreadable
 
 #: Errors that mean "the connection is gone": reconnect and carry on.
-CONNECTION_ERRORS = (pika.exceptions.AMQPConnectionError, pika.exceptions.ChannelClosed, pika.exceptions.StreamLostError)
+CONNECTION_ERRORS = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.ChannelClosed,
+    pika.exceptions.StreamLostError,
+)
 
 
 @dataclass
@@ -134,7 +138,9 @@ class Worker:
                 try:
                     self._connect()
                 except CONNECTION_ERRORS as error:
-                    self.log.warning("cannot reach RabbitMQ, retrying", extra={"error": str(error) or type(error).__name__})
+                    self.log.warning(
+                        "cannot reach RabbitMQ, retrying", extra={"error": str(error) or type(error).__name__}
+                    )
                     raise
 
     def _connect(self) -> None:

@@ -1,7 +1,7 @@
 """`python -m workers.sample N`: print a sample sales CSV with N rows (constant memory).
 
-    ./manage.sh sample 10000 > data.csv
-    ./manage.sh sample 1000 --bad-every 100 > with-poison.csv   # every 100th Quantity is not a number
+./manage.sh sample 10000 > data.csv
+./manage.sh sample 1000 --bad-every 100 > with-poison.csv   # every 100th Quantity is not a number
 """
 
 from __future__ import annotations
@@ -12,8 +12,18 @@ import random
 import sys
 from datetime import date, timedelta
 
-ITEMS = ["Coffee beans 1kg", "Green tea, loose", "Croissant", "Bagel \"everything\"", "Oat milk", "Crème brûlée",
-         "Sandwich, ham & cheese", "Orange juice", "Muffin", "Espresso cups (set of 6)"]
+ITEMS = [
+    "Coffee beans 1kg",
+    "Green tea, loose",
+    "Croissant",
+    'Bagel "everything"',
+    "Oat milk",
+    "Crème brûlée",
+    "Sandwich, ham & cheese",
+    "Orange juice",
+    "Muffin",
+    "Espresso cups (set of 6)",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,12 +42,14 @@ def main(argv: list[str] | None = None) -> int:
         quantity = rng.randint(1, 12)
         price = rng.choice([1.5, 2.25, 3.8, 4.0, 12.5, 19.99])
         bad = args.bad_every and number % args.bad_every == 0
-        writer.writerow([
-            (start + timedelta(days=number % 365)).isoformat(),
-            rng.choice(ITEMS),
-            "lots" if bad else quantity,
-            f"{quantity * price:.2f}",
-        ])
+        writer.writerow(
+            [
+                (start + timedelta(days=number % 365)).isoformat(),
+                rng.choice(ITEMS),
+                "lots" if bad else quantity,
+                f"{quantity * price:.2f}",
+            ]
+        )
     return 0
 
 

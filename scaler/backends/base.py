@@ -38,6 +38,11 @@ class WorkerInfo:
     exit_code: int | None = None
     #: Why a worker cannot start, e.g. the scheduler's "0/3 nodes are available: ...".
     unschedulable_reason: str | None = None
+    #: Why a worker failed or cannot run, in the worker's or the platform's own words: the last lines
+    #: of a local worker's log after a non-zero exit; on Kubernetes the pod's waiting or termination
+    #: reason and message (CrashLoopBackOff, ErrImagePull, ...). The policy turns a type whose workers
+    #: fail before they ever consumed into `failing` with this text as the reason.
+    failure_reason: str | None = None
     #: Backend-specific facts worth showing (pid, node, pod name).
     details: dict[str, str] = field(default_factory=dict)
 
@@ -47,6 +52,10 @@ class Backend(Protocol):
 
     def list_workers(self) -> list[WorkerInfo]:
         """Every worker this scaler started that is not yet forgotten, all types, in one call."""
+
+    def check(self, job_type: JobType) -> str | None:
+        """Why `job_type` cannot start a worker at all, found without starting one (e.g. the local
+        backend finds no handler module); None when nothing is known to be wrong."""
 
     def start_worker(self, job_type: JobType) -> WorkerInfo:
         """Start one worker for `job_type` and return it in state STARTING."""

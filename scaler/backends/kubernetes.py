@@ -41,9 +41,15 @@ T = TypeVar("T")
 RETRIED_STATUSES = {409, 429, 500, 502, 503, 504}
 KEEP_FINISHED_SECONDS = 60.0
 #: Waiting reasons of a Pending pod's container that will not pass by themselves.
-CANNOT_START_REASONS = frozenset({
-    "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError",
-})
+CANNOT_START_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+    }
+)
 
 
 def _retriable(error: BaseException) -> bool:
@@ -83,7 +89,9 @@ def with_retries(call: Callable[[], T], what: str, attempts: int = 4) -> T:
             wait=wait_exponential(multiplier=0.2, max=2),
             stop=stop_after_attempt(attempts),
             reraise=True,
-            before_sleep=lambda state: log.warning("%s failed (%s), retrying", what, describe(state.outcome.exception())),
+            before_sleep=lambda state: log.warning(
+                "%s failed (%s), retrying", what, describe(state.outcome.exception())
+            ),
         ):
             with attempt:
                 return call()
@@ -98,15 +106,21 @@ def load_client_configuration() -> None:
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None,
-                                context=os.environ.get("SCALER_KUBE_CONTEXT") or None)
+        config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG") or None, context=os.environ.get("SCALER_KUBE_CONTEXT") or None
+        )
 
 
 class KubernetesBackend:
     name = "kubernetes"
 
-    def __init__(self, api: client.ApiClient, settings: ClusterSettings, unschedulable_grace: float = 30.0,
-                 request_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        settings: ClusterSettings,
+        unschedulable_grace: float = 30.0,
+        request_timeout: float = 10.0,
+    ) -> None:
         self.batch = client.BatchV1Api(api)
         self.core = client.CoreV1Api(api)
         self.settings = settings
@@ -133,11 +147,15 @@ class KubernetesBackend:
     def list_workers(self) -> list[WorkerInfo]:
         self.calls += 1
         jobs = with_retries(
-            lambda: self.batch.list_namespaced_job(self.namespace, label_selector=MANAGED_SELECTOR, _request_timeout=self.request_timeout),
+            lambda: self.batch.list_namespaced_job(
+                self.namespace, label_selector=MANAGED_SELECTOR, _request_timeout=self.request_timeout
+            ),
             "listing worker Jobs",
         ).items
         pods = with_retries(
-            lambda: self.core.list_namespaced_pod(self.namespace, label_selector=MANAGED_SELECTOR, _request_timeout=self.request_timeout),
+            lambda: self.core.list_namespaced_pod(
+                self.namespace, label_selector=MANAGED_SELECTOR, _request_timeout=self.request_timeout
+            ),
             "listing worker Pods",
         ).items
         pods_by_worker: dict[str, list[Any]] = {}
@@ -157,8 +175,15 @@ class KubernetesBackend:
             pod = _newest(orphans)
             if pod is not None and _pod_phase(pod) not in ("Succeeded", "Failed"):
                 job_type = (pod.metadata.annotations or {}).get(TYPE_ANNOTATION, "")
-                workers.append(WorkerInfo(worker_id, job_type, WorkerState.STOPPING, _time(pod.metadata.creation_timestamp) or now,
-                                          details=_pod_details(pod, {"job": worker_id, "job_deleted": "true"})))
+                workers.append(
+                    WorkerInfo(
+                        worker_id,
+                        job_type,
+                        WorkerState.STOPPING,
+                        _time(pod.metadata.creation_timestamp) or now,
+                        details=_pod_details(pod, {"job": worker_id, "job_deleted": "true"}),
+                    )
+                )
         live = {info.worker_id for info in workers if not info.state.finished}
         self._deleted = {name: at for name, at in self._deleted.items() if name in live}
         return workers
@@ -168,14 +193,18 @@ class KubernetesBackend:
         job_type = (job.metadata.annotations or {}).get(TYPE_ANNOTATION, "")
         started = _time(job.metadata.creation_timestamp) or now
         status = job.status
-        conditions = {c.type: c for c in (status.conditions if status is not None else None) or [] if c.status == "True"}
+        conditions = {
+            c.type: c for c in (status.conditions if status is not None else None) or [] if c.status == "True"
+        }
         finished_at = exit_code = reason = None
         state = WorkerState.STARTING
         pod = _newest(pods)
         terminated = _terminated(pod)
         if status is not None and ((status.succeeded or 0) > 0 or "Complete" in conditions):
             state = WorkerState.SUCCEEDED
-            finished_at = _time(status.completion_time) or _time(getattr(conditions.get("Complete"), "last_transition_time", None))
+            finished_at = _time(status.completion_time) or _time(
+                getattr(conditions.get("Complete"), "last_transition_time", None)
+            )
         elif "Failed" in conditions:
             state, finished_at = WorkerState.FAILED, _time(conditions["Failed"].last_transition_time)
             reason = conditions["Failed"].message if conditions["Failed"].reason == "DeadlineExceeded" else None
@@ -192,10 +221,20 @@ class KubernetesBackend:
                 reason = self._cannot_start(pod, now)
         if state.finished:
             finished_at = finished_at or (_time(terminated.finished_at) if terminated is not None else None) or started
-            exit_code = terminated.exit_code if terminated is not None else (0 if state is WorkerState.SUCCEEDED else None)
+            exit_code = (
+                terminated.exit_code if terminated is not None else (0 if state is WorkerState.SUCCEEDED else None)
+            )
         details = _pod_details(pod, {"job": name}) if pod is not None else {"job": name}
-        return WorkerInfo(name, job_type, state, started, finished_at=finished_at, exit_code=exit_code,
-                          unschedulable_reason=reason, details=details)
+        return WorkerInfo(
+            name,
+            job_type,
+            state,
+            started,
+            finished_at=finished_at,
+            exit_code=exit_code,
+            unschedulable_reason=reason,
+            details=details,
+        )
 
     def _cannot_start(self, pod: Any, now: float) -> str | None:
         """Why a Pending pod cannot start, once that has lasted the grace period: the scheduler's message for
@@ -206,8 +245,11 @@ class KubernetesBackend:
                 if now - since >= self.unschedulable_grace:
                     return condition.message or "the scheduler cannot place this pod"
                 return None
-        waiting = [status.state.waiting for status in (pod.status.container_statuses if pod.status else None) or []
-                   if status.state is not None and status.state.waiting is not None]
+        waiting = [
+            status.state.waiting
+            for status in (pod.status.container_statuses if pod.status else None) or []
+            if status.state is not None and status.state.waiting is not None
+        ]
         for state in waiting:
             if state.reason in CANNOT_START_REASONS:
                 since = _time(pod.status.start_time) or _time(pod.metadata.creation_timestamp) or now
@@ -225,7 +267,7 @@ class KubernetesBackend:
             manifest = render_job_manifest(job_type, worker_id, self.settings)
             attempts = 0
 
-            def create() -> bool:
+            def create(manifest: dict = manifest, worker_id: str = worker_id) -> bool:
                 nonlocal attempts
                 attempts += 1
                 try:
@@ -241,7 +283,9 @@ class KubernetesBackend:
 
             if with_retries(create, f"creating Job {worker_id}"):
                 log.info("created Job %s for %s", worker_id, job_type.name)
-                return WorkerInfo(worker_id, job_type.name, WorkerState.STARTING, time.time(), details={"job": worker_id})
+                return WorkerInfo(
+                    worker_id, job_type.name, WorkerState.STARTING, time.time(), details={"job": worker_id}
+                )
             log.warning("Job name %s is taken; drawing another", worker_id)
         raise KubernetesApiError(f"creating a Job for {job_type.name}: three generated names were all taken", 409)
 
@@ -260,7 +304,8 @@ class KubernetesBackend:
         def delete() -> None:
             try:
                 self.batch.delete_namespaced_job(
-                    worker.worker_id, self.namespace,
+                    worker.worker_id,
+                    self.namespace,
                     body=client.V1DeleteOptions(propagation_policy="Background", grace_period_seconds=grace),
                     _request_timeout=self.request_timeout,
                 )
@@ -276,7 +321,8 @@ class KubernetesBackend:
         """The last `lines` lines of the worker's newest pod (KeyError when it has none)."""
         pods = with_retries(
             lambda: self.core.list_namespaced_pod(
-                self.namespace, label_selector=f"{MANAGED_SELECTOR},app.kubernetes.io/instance={worker_id}",
+                self.namespace,
+                label_selector=f"{MANAGED_SELECTOR},app.kubernetes.io/instance={worker_id}",
                 _request_timeout=self.request_timeout,
             ),
             f"finding the pod of {worker_id}",
@@ -286,8 +332,9 @@ class KubernetesBackend:
             raise KeyError(worker_id)
         try:
             text = with_retries(
-                lambda: self.core.read_namespaced_pod_log(pod.metadata.name, self.namespace, tail_lines=lines,
-                                                          _request_timeout=self.request_timeout),
+                lambda: self.core.read_namespaced_pod_log(
+                    pod.metadata.name, self.namespace, tail_lines=lines, _request_timeout=self.request_timeout
+                ),
                 f"reading the log of {worker_id}",
             )
         except KubernetesApiError as error:

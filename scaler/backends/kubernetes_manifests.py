@@ -82,13 +82,18 @@ def worker_labels(job_type: JobType, worker_id: str) -> dict[str, str]:
     }
 
 
-def render_job_manifest(job_type: JobType, worker_id: str | None = None, settings: ClusterSettings | None = None) -> dict[str, Any]:
+def render_job_manifest(
+    job_type: JobType, worker_id: str | None = None, settings: ClusterSettings | None = None
+) -> dict[str, Any]:
     settings = settings or ClusterSettings.from_environment()
     worker_id = worker_id or new_worker_id(job_type)
     labels = worker_labels(job_type, worker_id)
     env = [{"name": key, "value": value} for key, value in job_type.env.items()]
     env += [
-        {"name": "WORKER_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app.kubernetes.io/instance']"}}},
+        {
+            "name": "WORKER_ID",
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app.kubernetes.io/instance']"}},
+        },
         {"name": "RABBITMQ_URL", "valueFrom": {"secretKeyRef": {"name": settings.secret, "key": settings.secret_key}}},
         {"name": "JOBS_CONFIG", "value": f"{CONFIG_MOUNT}/jobs.config.json"},
     ]
@@ -104,8 +109,11 @@ def render_job_manifest(job_type: JobType, worker_id: str | None = None, setting
         container["command"] = list(job_type.command)
     else:
         container["args"] = [job_type.name]  # the image's entrypoint is `python -m workers`
-    resources = {kind: {key: str(value) for key, value in values.items()}
-                 for kind, values in (("requests", job_type.resources.requests), ("limits", job_type.resources.limits)) if values}
+    resources = {
+        kind: {key: str(value) for key, value in values.items()}
+        for kind, values in (("requests", job_type.resources.requests), ("limits", job_type.resources.limits))
+        if values
+    }
     if resources:
         container["resources"] = resources
     pod_spec: dict[str, Any] = {
@@ -114,8 +122,13 @@ def render_job_manifest(job_type: JobType, worker_id: str | None = None, setting
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": int(job_type.stop_grace_seconds),
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
-                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         "containers": [container],
         "volumes": [{"name": "jobs-config", "configMap": {"name": settings.config_map}}],
     }
@@ -137,6 +150,9 @@ def render_job_manifest(job_type: JobType, worker_id: str | None = None, setting
         "spec": {
             "backoffLimit": job_type.backoff_limit,
             "ttlSecondsAfterFinished": job_type.ttl_seconds_after_finished,
-            "template": {"metadata": {"labels": dict(labels), "annotations": {TYPE_ANNOTATION: job_type.name}}, "spec": pod_spec},
+            "template": {
+                "metadata": {"labels": dict(labels), "annotations": {TYPE_ANNOTATION: job_type.name}},
+                "spec": pod_spec,
+            },
         },
     }

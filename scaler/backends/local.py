@@ -74,22 +74,37 @@ class LocalBackend:
             worker_id = record["worker_id"]
             if self._alive(record):
                 stopping = worker_id in self.kill_deadlines
-                workers.append(WorkerInfo(
-                    worker_id, record["job_type"], WorkerState.STOPPING if stopping else WorkerState.STARTING,
-                    record["started_at"], details={"pid": str(record["pid"]), "log": record["log"]},
-                ))
+                workers.append(
+                    WorkerInfo(
+                        worker_id,
+                        record["job_type"],
+                        WorkerState.STOPPING if stopping else WorkerState.STARTING,
+                        record["started_at"],
+                        details={"pid": str(record["pid"]), "log": record["log"]},
+                    )
+                )
                 continue
             child = self.children.pop(worker_id, None)
             code = child.returncode if child is not None else None
             state = WorkerState.SUCCEEDED if code == 0 else WorkerState.FAILED
             self.finished[worker_id] = WorkerInfo(
-                worker_id, record["job_type"], state, record["started_at"], finished_at=now, exit_code=code,
+                worker_id,
+                record["job_type"],
+                state,
+                record["started_at"],
+                finished_at=now,
+                exit_code=code,
                 details={"pid": str(record["pid"]), "log": record["log"]},
             )
             self.kill_deadlines.pop(worker_id, None)
             (self.records_dir / f"{worker_id}.json").unlink(missing_ok=True)
-            log.log(logging.INFO if code in (0, None) else logging.WARNING, "worker %s (%s) exited with %s",
-                    worker_id, record["job_type"], "an unknown code (adopted)" if code is None else code)
+            log.log(
+                logging.INFO if code in (0, None) else logging.WARNING,
+                "worker %s (%s) exited with %s",
+                worker_id,
+                record["job_type"],
+                "an unknown code (adopted)" if code is None else code,
+            )
         for worker_id, info in list(self.finished.items()):
             if now - (info.finished_at or now) > KEEP_FINISHED_SECONDS:
                 del self.finished[worker_id]
@@ -103,8 +118,13 @@ class LocalBackend:
         env = {**os.environ, **job_type.env, "WORKER_ID": worker_id, "PYTHONUNBUFFERED": "1"}
         with log_path.open("ab") as output:
             child = subprocess.Popen(
-                command, cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                command,
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         started_at = time.time()
         try:
@@ -112,8 +132,13 @@ class LocalBackend:
         except psutil.Error:
             create_time = started_at
         record = {
-            "worker_id": worker_id, "job_type": job_type.name, "pid": child.pid, "create_time": create_time,
-            "started_at": started_at, "log": str(log_path), "command": command,
+            "worker_id": worker_id,
+            "job_type": job_type.name,
+            "pid": child.pid,
+            "create_time": create_time,
+            "started_at": started_at,
+            "log": str(log_path),
+            "command": command,
         }
         temporary = self.records_dir / f".{worker_id}.tmp"
         temporary.write_text(json.dumps(record))
@@ -133,10 +158,17 @@ class LocalBackend:
             if deadline is None:
                 self.kill_deadlines[worker.worker_id] = time.time() + grace
                 os.kill(pid, signal.SIGTERM)
-                log.info("sent SIGTERM to worker %s (pid %d); SIGKILL in %.0f s if it is still running", worker.worker_id, pid, grace)
+                log.info(
+                    "sent SIGTERM to worker %s (pid %d); SIGKILL in %.0f s if it is still running",
+                    worker.worker_id,
+                    pid,
+                    grace,
+                )
             elif time.time() >= deadline:
                 os.killpg(pid, signal.SIGKILL)
-                log.warning("killed worker %s (pid %d): still running %.0f s after SIGTERM", worker.worker_id, pid, grace)
+                log.warning(
+                    "killed worker %s (pid %d): still running %.0f s after SIGTERM", worker.worker_id, pid, grace
+                )
         except ProcessLookupError:
             pass
 

@@ -20,6 +20,11 @@ def handle(row: dict[str, Any], context: Any) -> None:
     time.sleep(float(row.get("sleep_ms", 0) or 0) / 1000)
     if context.attempt < int(row.get("fail_until", 0) or 0):
         raise RuntimeError(f"planned failure on attempt {context.attempt}")
-    line = {"id": context.message_id, "attempt": context.attempt, "worker": context.worker_id, "redelivered": context.redelivered}
+    line = {
+        "id": context.message_id,
+        "attempt": context.attempt,
+        "worker": context.worker_id,
+        "redelivered": context.redelivered,
+    }
     with open(os.environ["RECORD_FILE"], "a") as record:
         record.write(json.dumps(line) + "\n")

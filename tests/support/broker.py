@@ -116,9 +116,15 @@ def start_broker_app(timeout: float = 120) -> None:
 
 def create_user(broker: Broker, username: str, password: str) -> None:
     """A broker user with full rights on the test vhost only (to check no password leaks anywhere)."""
-    httpx.put(f"{API}/users/{username}", auth=AUTH, json={"password": password, "tags": "monitoring"}, timeout=10).raise_for_status()
-    httpx.put(f"{API}/permissions/{quote(broker.vhost, safe='')}/{username}", auth=AUTH,
-              json={"configure": ".*", "write": ".*", "read": ".*"}, timeout=10).raise_for_status()
+    httpx.put(
+        f"{API}/users/{username}", auth=AUTH, json={"password": password, "tags": "monitoring"}, timeout=10
+    ).raise_for_status()
+    httpx.put(
+        f"{API}/permissions/{quote(broker.vhost, safe='')}/{username}",
+        auth=AUTH,
+        json={"configure": ".*", "write": ".*", "read": ".*"},
+        timeout=10,
+    ).raise_for_status()
 
 
 def delete_user(username: str) -> None:

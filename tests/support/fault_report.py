@@ -24,7 +24,14 @@ class FaultRow:
 
     def cells(self) -> list[str]:
         recover = "-" if self.recover_seconds is None else f"{self.recover_seconds:.1f} s"
-        return [self.fault, str(self.rows_sent), str(self.rows_processed), str(self.duplicates), str(self.lost), recover]
+        return [
+            self.fault,
+            str(self.rows_sent),
+            str(self.rows_processed),
+            str(self.duplicates),
+            str(self.lost),
+            recover,
+        ]
 
 
 HEADERS = ["fault", "rows sent", "rows processed", "duplicates", "lost", "time to recover"]

@@ -17,9 +17,9 @@ import copy
 import json
 import re
 import threading
-from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -29,11 +29,15 @@ from kubernetes import client
 ROUTE = re.compile(
     r"^/(?:api/v1|apis/(?P<group>[a-z0-9.]+)/v1)/namespaces/(?P<ns>[^/]+)/(?P<kind>jobs|pods|leases)(?:/(?P<name>[^/]+))?(?P<log>/log)?$"
 )
-LIST_KINDS = {"jobs": ("JobList", "batch/v1"), "pods": ("PodList", "v1"), "leases": ("LeaseList", "coordination.k8s.io/v1")}
+LIST_KINDS = {
+    "jobs": ("JobList", "batch/v1"),
+    "pods": ("PodList", "v1"),
+    "leases": ("LeaseList", "coordination.k8s.io/v1"),
+}
 
 
 def timestamp(moment: datetime | None = None) -> str:
-    return (moment or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (moment or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def matches(labels: dict[str, str], selector: str) -> bool:
@@ -140,21 +144,32 @@ class KubernetesEmulator:
                         pod["spec"]["nodeName"] = "node-1"
                         pod["status"]["conditions"] = [{"type": "PodScheduled", "status": "True"}]
                     if unschedulable:
-                        since = datetime.now(timezone.utc) - timedelta(seconds=since_seconds)
-                        pod["status"]["conditions"] = [{
-                            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                            "message": unschedulable, "lastTransitionTime": timestamp(since),
-                        }]
+                        since = datetime.now(UTC) - timedelta(seconds=since_seconds)
+                        pod["status"]["conditions"] = [
+                            {
+                                "type": "PodScheduled",
+                                "status": "False",
+                                "reason": "Unschedulable",
+                                "message": unschedulable,
+                                "lastTransitionTime": timestamp(since),
+                            }
+                        ]
 
     def set_waiting(self, job_name: str, reason: str, message: str = "", since_seconds: float = 0) -> None:
         """The kubelet's view of a Pending pod whose container cannot start (e.g. ImagePullBackOff)."""
         with self.lock:
             for pod in self._pods_of(job_name):
-                pod["status"]["startTime"] = timestamp(datetime.now(timezone.utc) - timedelta(seconds=since_seconds))
-                pod["status"]["containerStatuses"] = [{
-                    "name": "worker", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
-                    "state": {"waiting": {"reason": reason, "message": message}},
-                }]
+                pod["status"]["startTime"] = timestamp(datetime.now(UTC) - timedelta(seconds=since_seconds))
+                pod["status"]["containerStatuses"] = [
+                    {
+                        "name": "worker",
+                        "image": "x",
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {"waiting": {"reason": reason, "message": message}},
+                    }
+                ]
 
     def finish_job(self, name: str, namespace: str = "queue-autoscaler", exit_code: int = 0) -> None:
         """The pod's container exits with `exit_code`; the Job becomes Complete (0) or Failed (otherwise)."""
@@ -162,24 +177,51 @@ class KubernetesEmulator:
             job = self.objects["jobs"][(namespace, name)]
             now = timestamp()
             if exit_code == 0:
-                job["status"] = {"succeeded": 1, "completionTime": now,
-                                 "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": now}]}
+                job["status"] = {
+                    "succeeded": 1,
+                    "completionTime": now,
+                    "conditions": [{"type": "Complete", "status": "True", "lastTransitionTime": now}],
+                }
             else:
-                job["status"] = {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                                                              "message": "Job has reached the specified backoff limit",
-                                                              "lastTransitionTime": now}]}
+                job["status"] = {
+                    "failed": 1,
+                    "conditions": [
+                        {
+                            "type": "Failed",
+                            "status": "True",
+                            "reason": "BackoffLimitExceeded",
+                            "message": "Job has reached the specified backoff limit",
+                            "lastTransitionTime": now,
+                        }
+                    ],
+                }
             for pod in self._pods_of(name):
                 pod["status"]["phase"] = "Succeeded" if exit_code == 0 else "Failed"
-                pod["status"]["containerStatuses"] = [{
-                    "name": "worker", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
-                    "state": {"terminated": {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-                                             "finishedAt": now}},
-                }]
+                pod["status"]["containerStatuses"] = [
+                    {
+                        "name": "worker",
+                        "image": "x",
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {
+                            "terminated": {
+                                "exitCode": exit_code,
+                                "reason": "Completed" if exit_code == 0 else "Error",
+                                "finishedAt": now,
+                            }
+                        },
+                    }
+                ]
 
     def remove_pods(self, job_name: str) -> None:
         """The kubelet has finished terminating a deleted Job's pod."""
         with self.lock:
-            for key in [key for key, pod in self.objects["pods"].items() if pod["metadata"]["labels"].get("job-name") == job_name]:
+            for key in [
+                key
+                for key, pod in self.objects["pods"].items()
+                if pod["metadata"]["labels"].get("job-name") == job_name
+            ]:
                 del self.objects["pods"][key]
 
     def count(self, method: str, kind: str) -> int:
@@ -197,8 +239,14 @@ class KubernetesEmulator:
             self.requests.append((method, parts.path))
             if self.failures:
                 status = self.failures.pop(0)
-                return status, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": status,
-                                "reason": "Injected", "message": f"injected {status}"}
+                return status, {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "code": status,
+                    "reason": "Injected",
+                    "message": f"injected {status}",
+                }
             route = ROUTE.match(parts.path)
             if route is None:
                 return 404, {"kind": "Status", "code": 404, "reason": "NotFound", "message": parts.path}
@@ -209,9 +257,18 @@ class KubernetesEmulator:
                 return 200, "\n".join(self.logs.get(name, "").splitlines()[-lines:])
             if name is None and method == "GET":
                 selector = parse_qs(parts.query).get("labelSelector", [""])[0]
-                items = [obj for (ns, _), obj in store.items() if ns == namespace and matches(obj["metadata"].get("labels", {}), selector)]
+                items = [
+                    obj
+                    for (ns, _), obj in store.items()
+                    if ns == namespace and matches(obj["metadata"].get("labels", {}), selector)
+                ]
                 list_kind, version = LIST_KINDS[kind]
-                return 200, {"kind": list_kind, "apiVersion": version, "metadata": {"resourceVersion": str(self.version)}, "items": items}
+                return 200, {
+                    "kind": list_kind,
+                    "apiVersion": version,
+                    "metadata": {"resourceVersion": str(self.version)},
+                    "items": items,
+                }
             if method == "POST":
                 return self._create(kind, namespace, body)
             key = (namespace, name)
@@ -228,7 +285,12 @@ class KubernetesEmulator:
             if method == "PUT":
                 current = store[key]["metadata"]["resourceVersion"]
                 if body["metadata"].get("resourceVersion") not in (None, current):
-                    return 409, {"kind": "Status", "code": 409, "reason": "Conflict", "message": "the object has been modified"}
+                    return 409, {
+                        "kind": "Status",
+                        "code": 409,
+                        "reason": "Conflict",
+                        "message": "the object has been modified",
+                    }
                 self.version += 1
                 body["metadata"]["resourceVersion"] = str(self.version)
                 store[key] = body
@@ -237,7 +299,11 @@ class KubernetesEmulator:
                 self.deletes.append((kind, name, body or dict(parse_qs(parts.query))))
                 removed = store.pop(key)
                 if kind == "jobs":
-                    for pod_key in [k for k, pod in self.objects["pods"].items() if pod["metadata"]["labels"].get("job-name") == name]:
+                    for pod_key in [
+                        k
+                        for k, pod in self.objects["pods"].items()
+                        if pod["metadata"]["labels"].get("job-name") == name
+                    ]:
                         if self.linger_pods_on_delete:
                             self.objects["pods"][pod_key]["metadata"]["deletionTimestamp"] = timestamp()
                         else:
@@ -249,17 +315,32 @@ class KubernetesEmulator:
         name = body["metadata"]["name"]
         store = self.objects[kind]
         if (namespace, name) in store:
-            return 409, {"kind": "Status", "code": 409, "reason": "AlreadyExists", "message": f"{kind} {name} already exists"}
+            return 409, {
+                "kind": "Status",
+                "code": 409,
+                "reason": "AlreadyExists",
+                "message": f"{kind} {name} already exists",
+            }
         self.version += 1
-        body["metadata"].update(namespace=namespace, resourceVersion=str(self.version), creationTimestamp=timestamp(), uid=f"uid-{self.version}")
+        body["metadata"].update(
+            namespace=namespace,
+            resourceVersion=str(self.version),
+            creationTimestamp=timestamp(),
+            uid=f"uid-{self.version}",
+        )
         store[(namespace, name)] = body
         if kind == "jobs":
             template = body["spec"]["template"]
             pod = {
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": f"{name}-pod", "namespace": namespace, "creationTimestamp": timestamp(),
-                             "labels": {**template["metadata"]["labels"], "job-name": name},
-                             "annotations": dict(template["metadata"].get("annotations", {}))},
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": f"{name}-pod",
+                    "namespace": namespace,
+                    "creationTimestamp": timestamp(),
+                    "labels": {**template["metadata"]["labels"], "job-name": name},
+                    "annotations": dict(template["metadata"].get("annotations", {})),
+                },
                 "spec": copy.deepcopy(template["spec"]),
                 "status": {"phase": "Pending"},
             }

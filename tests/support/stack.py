@@ -80,7 +80,9 @@ class Stack:
         self.start_scaler()
         return self
 
-    def upload(self, csv: bytes, job_type: str, timeout: float = 120, headers: dict[str, str] | None = None) -> httpx.Response:
+    def upload(
+        self, csv: bytes, job_type: str, timeout: float = 120, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
         return httpx.post(
             f"{self.producer_url}/submit/{job_type}",
             content=csv,

@@ -98,6 +98,11 @@ def handle(row: dict[str, Any], context: Any) -> None:
     ).fetchone()
     context.logger.info(
         "sale recorded",
-        extra={"item": item, "unit_price": str(unit_price), "item_rows": total_rows,
-               "item_quantity": total_quantity, "item_amount": total_amount},
+        extra={
+            "item": item,
+            "unit_price": str(unit_price),
+            "item_rows": total_rows,
+            "item_quantity": total_quantity,
+            "item_amount": total_amount,
+        },
     )

@@ -1,0 +1,139 @@
+"""What workers tell the upload record about the rows they finished, and what it tells them back.
+
+Workers never write the upload store: they publish one `OutcomeReport` per
+batch of finished rows to the durable queue `OUTCOMES_QUEUE`, persistent and
+publisher-confirmed, *before* they ack those rows. A worker killed between
+the report and the ack has its rows redelivered and reported again; the store
+keeps the first final outcome of every row, so each row counts exactly once.
+
+The other way, cancelling an upload is announced on the fanout exchange
+`UPLOADS_EXCHANGE` as a `CancelNotice` listing the cancelled uploads still in
+progress (sent at once and repeated while any is in progress, so a worker that
+starts later learns it too). Workers skip and ack those uploads' rows and
+report them as `cancelled`.
+
+Every parser here raises ValueError for anything malformed, so a consumer can
+log and drop a bad message instead of dying on it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pika.adapters.blocking_connection import BlockingChannel
+
+OUTCOMES_QUEUE = "autoscaler.outcomes"
+UPLOADS_EXCHANGE = "autoscaler.uploads"
+#: Final and intermediate outcomes of one delivery of a row.
+OUTCOMES = ("succeeded", "retrying", "dead", "cancelled")
+#: Header on a replayed row: which replay of the upload's dead rows it belongs to (absent = 0).
+REPLAY_HEADER = "x-replay"
+
+
+def declare_outcome_routes(channel: BlockingChannel) -> None:
+    """Declare the report queue and the cancel exchange (idempotent, same arguments everywhere)."""
+    channel.queue_declare(queue=OUTCOMES_QUEUE, durable=True)
+    channel.exchange_declare(exchange=UPLOADS_EXCHANGE, exchange_type="fanout", durable=True)
+
+
+def split_message_id(message_id: str | None) -> tuple[str, int] | None:
+    """`<upload_id>:<row>` -> (upload_id, row); None for a message that is not an upload's row."""
+    if not message_id:
+        return None
+    upload_id, _, row = message_id.rpartition(":")
+    if not upload_id or not row.isdigit():
+        return None
+    return upload_id, int(row)
+
+
+@dataclass(frozen=True)
+class RowOutcome:
+    """One row's outcome. `body` (the original JSON object text) is sent for dead rows only."""
+
+    upload_id: str
+    row: int
+    outcome: str
+    attempts: int = 1
+    replay: int = 0
+    error: str | None = None
+    body: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RowOutcome:
+        if not isinstance(data, dict):
+            raise ValueError("a row outcome must be an object")
+        outcome = cls(
+            upload_id=_typed(data, "upload_id", str),
+            row=_typed(data, "row", int),
+            outcome=_typed(data, "outcome", str),
+            attempts=_typed(data, "attempts", int, 1),
+            replay=_typed(data, "replay", int, 0),
+            error=_typed(data, "error", str, None),
+            body=_typed(data, "body", str, None),
+        )
+        if outcome.outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {outcome.outcome!r}; expected one of {', '.join(OUTCOMES)}")
+        return outcome
+
+
+@dataclass(frozen=True)
+class OutcomeReport:
+    worker_id: str
+    job_type: str
+    rows: list[RowOutcome] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, body: bytes) -> OutcomeReport:
+        data = _object(body, "an outcome report")
+        rows = data.get("rows")
+        if not isinstance(rows, list):
+            raise ValueError("an outcome report needs a list 'rows'")
+        return cls(
+            worker_id=_typed(data, "worker_id", str),
+            job_type=_typed(data, "job_type", str),
+            rows=[RowOutcome.from_dict(row) for row in rows],
+        )
+
+
+@dataclass(frozen=True)
+class CancelNotice:
+    cancelled: list[str]
+
+    def to_json(self) -> bytes:
+        return json.dumps({"cancelled": self.cancelled}).encode()
+
+    @classmethod
+    def from_json(cls, body: bytes) -> CancelNotice:
+        cancelled = _object(body, "a cancel notice").get("cancelled")
+        if not isinstance(cancelled, list) or not all(isinstance(item, str) for item in cancelled):
+            raise ValueError("a cancel notice needs a list of upload ids 'cancelled'")
+        return cls(cancelled)
+
+
+_MISSING = object()
+
+
+def _object(body: bytes, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{what} is not JSON: {error}") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} must be a JSON object")
+    return data
+
+
+def _typed(data: dict[str, Any], key: str, kind: type, default: Any = _MISSING) -> Any:
+    value = data.get(key, default)
+    if value is _MISSING:
+        raise ValueError(f"missing field {key!r}")
+    if value is default and default is not _MISSING:
+        return value
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"field {key!r} must be {kind.__name__}, got {type(value).__name__}")
+    return value
