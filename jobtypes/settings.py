@@ -1,4 +1,4 @@
-"""Connection settings from the environment, with the defaults of DESIGN.md.
+"""Connection settings from the environment, with the documented defaults (README, configuration reference).
 
 Every component reads the broker's address, the management API's address and
 the config path from here, so one environment works for the whole stack.

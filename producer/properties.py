@@ -29,7 +29,7 @@ class _Encoded(spec.BasicProperties):
 
 
 def row_properties(job_type: str, upload_id: str, timestamp: int) -> Callable[[int], spec.BasicProperties]:
-    """A factory: row number -> the row's properties, as DESIGN.md's message contract says."""
+    """A factory: row number -> the row's properties, as docs/design.md, "The message contract", says."""
     template = pika.BasicProperties(
         content_type="application/json",
         delivery_mode=pika.DeliveryMode.Persistent,
