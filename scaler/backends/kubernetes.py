@@ -343,6 +343,10 @@ class KubernetesBackend:
             raise
         return text if not text or text.endswith("\n") else text + "\n"
 
+    def check(self, job_type: JobType) -> str | None:
+        """Nothing to check before creating a Job: the cluster reports what fails (see `_cannot_start`)."""
+        return None
+
     def close(self) -> None:
         self.batch.api_client.close()
 
