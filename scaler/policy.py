@@ -170,7 +170,8 @@ class Decision:
     code: Code = Code.IDLE
     reason: str = ""
     memory: TypeMemory = field(default_factory=TypeMemory)
-    #: Workers the type wants, not counting those already stopping.
+    #: Workers the type claims from a shared budget (not counting those already stopping): what it is
+    #: growing towards while its backlog is above the threshold, else what it keeps after this decision.
     desired: int = 0
     #: Failed starts first seen on this tick (for the metric).
     new_failures: int = 0
@@ -207,8 +208,21 @@ def decide(
     """
     memory, new_failures = _account_exits(memory, workers, finished, now, backoff)
     decision = _decide(job_type, stats, workers, memory, now, removed, check, control)
-    active = len(workers)
-    return replace(decision, desired=active + decision.start - len(decision.stop), new_failures=new_failures)
+    return replace(decision, desired=_desired(job_type, stats, len(workers), decision), new_failures=new_failures)
+
+
+#: Rules under which a type with a backlog above its threshold keeps growing, one step per tick.
+GROWING = frozenset({Code.BURST, Code.SCALE_UP, Code.WAIT_START, Code.AT_MAX})
+
+
+def _desired(job_type: JobType, stats: QueueStats | None, active: int, decision: Decision) -> int:
+    """How many workers the type claims from a shared budget: the size it is growing towards, not only this
+    tick's step, so a type whose new workers are still starting does not hand its slots back meanwhile."""
+    if stats is not None and decision.code in GROWING and stats.backlog > job_type.threshold:
+        return max(job_type.max_workers, active)
+    if decision.code in (Code.PROBING, Code.BACKOFF) and stats is not None and stats.backlog:
+        return max(active, 1)
+    return active + decision.start - len(decision.stop)
 
 
 def _account_exits(
