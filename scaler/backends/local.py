@@ -46,6 +46,7 @@ class LocalBackend:
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.finished: dict[str, WorkerInfo] = {}
         self.kill_deadlines: dict[str, float] = {}
+        self.handlers_found: set[str] = set()  # found once, not looked up again; a missing one is, every tick
         self.calls = 0
 
     # listing ---------------------------------------------------------------
@@ -119,7 +120,8 @@ class LocalBackend:
         if job_type.command is not None:
             return None
         module = handler_module(job_type)
-        if find_module(module, [str(REPO_ROOT), *sys.path]):
+        if module in self.handlers_found or find_module(module, [str(REPO_ROOT), *sys.path]):
+            self.handlers_found.add(module)
             return None
         if "." in job_type.handler:
             return f"no handler module {module} on the Python path (the type's 'handler' field names it)"
