@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from jobtypes.config import JobType
+from jobtypes.config import DEFAULT_STOP_GRACE_SECONDS, JobType
 from jobtypes.settings import REPO_ROOT
 from scaler.backends.base import WorkerInfo, WorkerState
 
@@ -173,7 +173,7 @@ class LocalBackend:
         if pid <= 0 or worker.state.finished:
             return
         deadline = self.kill_deadlines.get(worker.worker_id)
-        grace = job_type.stop_grace_seconds if job_type else 30.0  # the default of stop_grace_seconds
+        grace = job_type.stop_grace_seconds if job_type else DEFAULT_STOP_GRACE_SECONDS
         try:
             if deadline is None:
                 self.kill_deadlines[worker.worker_id] = time.time() + grace
