@@ -20,7 +20,8 @@ budget across types is a second pure step (`scaler.budget.allocate`). The rules
 * Scale down only after ready = 0, unacked = 0 and nothing waiting for retry
   held continuously for `idle_seconds`; any message resets the clock. Only
   workers not reported busy are stopped, newest first, down to `min_workers`.
-* A worker that ends with an error before it ever consumed is a failed start:
+* A worker that ends with an error before it ever consumed (and was not killed
+  from outside) is a failed start:
   the type turns `failing`, and starts one probe at a time after an
   exponential backoff, until a worker started after the failure consumes. A
   type the backend finds unusable without starting anything (`check`) is
@@ -108,6 +109,10 @@ class QueueStats:
         return self.ready == 0 and self.unacked == 0 and self.retrying == 0
 
 
+#: Local exit codes of a process ended by a signal someone else sent: no failure of the worker's own.
+KILLED_FROM_OUTSIDE = frozenset({-9, -15})
+
+
 @dataclass(frozen=True)
 class WorkerView:
     """What the policy needs to know of one worker."""
@@ -126,8 +131,10 @@ class WorkerView:
 
     @property
     def failed_start(self) -> bool:
-        """It ended in failure without ever consuming, and nobody asked it to stop."""
-        return self.state is WorkerState.FAILED and not self.consumed and not self.stop_requested
+        """It ended in failure without ever consuming, nobody asked it to stop, and it was not killed from
+        outside (SIGKILL or SIGTERM by an operator: a local exit code of -9 or -15)."""
+        killed = self.exit_code in KILLED_FROM_OUTSIDE
+        return self.state is WorkerState.FAILED and not self.consumed and not self.stop_requested and not killed
 
 
 @dataclass(frozen=True)
