@@ -131,10 +131,13 @@ class WorkerView:
 
     @property
     def failed_start(self) -> bool:
-        """It ended in failure without ever consuming, nobody asked it to stop, and it was not killed from
-        outside (SIGKILL or SIGTERM by an operator: a local exit code of -9 or -15)."""
-        killed = self.exit_code in KILLED_FROM_OUTSIDE
-        return self.state is WorkerState.FAILED and not self.consumed and not self.stop_requested and not killed
+        """It ended in failure without ever consuming, nobody asked it to stop, it was not killed from outside
+        (SIGKILL or SIGTERM by an operator: a local exit code of -9 or -15), and how it ended is known (a worker
+        adopted after a scaler restart may end with no exit code and no reason: no evidence of a failure)."""
+        if self.state is not WorkerState.FAILED or self.consumed or self.stop_requested:
+            return False
+        known = self.exit_code is not None or self.failure_reason is not None
+        return known and self.exit_code not in KILLED_FROM_OUTSIDE
 
 
 @dataclass(frozen=True)

@@ -95,11 +95,18 @@ def test_an_old_worker_that_consumed_before_the_failures_does_not_clear_them() -
         WorkerView("b", WorkerState.FAILED, 0.0, stop_requested=True, exit_code=-15),  # we stopped it
         WorkerView("c", WorkerState.SUCCEEDED, 0.0, exit_code=0),
         WorkerView("d", WorkerState.FAILED, 0.0, exit_code=-9),  # kill -9 by someone else while it started
+        WorkerView("e", WorkerState.FAILED, 0.0),  # adopted after a restart: how it ended is unknown
     ],
 )
 def test_exits_that_are_not_failed_starts(exit_view: WorkerView) -> None:
     decision = decide(JOB, BACKLOG, [], TypeMemory(), now=10.0, finished=[exit_view])
     assert decision.memory.failures == 0 and decision.state is State.BURST
+
+
+def test_a_platform_reason_without_an_exit_code_is_a_failed_start() -> None:
+    pulled = WorkerView("k", WorkerState.FAILED, 0.0, failure_reason="ImagePullBackOff: worker-new:latest not found")
+    decision = decide(JOB, BACKLOG, [], TypeMemory(), now=10.0, finished=[pulled])
+    assert decision.state is State.FAILING and "ImagePullBackOff" in decision.reason
 
 
 def test_without_the_workers_words_the_reason_is_the_exit_code() -> None:
