@@ -4,6 +4,9 @@ and the HTTP contract of the control endpoints."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,6 +15,7 @@ import httpx
 import psutil
 
 from tests.support.broker import Broker
+from tests.support.processes import REPO
 from tests.support.stack import Stack
 from tests.support.waiting import wait_until
 
@@ -178,5 +182,17 @@ def test_control_endpoints_need_the_token_and_a_known_type(broker: Broker, tmp_p
         stack.wait_workers("sleep", lambda s: s["control"] == "drain", timeout=10, what="drain in the status")
         assert control(stack, "retry", "sleep", token="s3cret").json() == {"job_type": "sleep", "retry": True}
         assert httpx.get(f"{stack.scaler_url}/api/job-types/sleep/pause").status_code == 405
+
+        # What ./manage.sh pause|resume TYPE runs, with the token from the environment.
+        def command(*args: str, token: str) -> subprocess.CompletedProcess[str]:
+            argv = [sys.executable, "-m", "scaler", "control", *args, "--url", stack.scaler_url]
+            env = {**os.environ, "PRODUCER_TOKEN": token}
+            return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, cwd=REPO)
+
+        paused = command("pause", "sleep", token="s3cret")
+        assert paused.returncode == 0 and paused.stdout.strip() == "sleep: pause in force"
+        refused = command("resume", "sleep", token="wrong")
+        assert refused.returncode == 1 and "401: missing or wrong token" in refused.stderr
+        assert command("resume", "nope", token="s3cret").stderr.startswith("scaler: 404: unknown job type 'nope'")
     finally:
         stack.stop()
