@@ -19,6 +19,7 @@ them back while a higher one still wants them: no flapping. No I/O, no clock.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -131,14 +132,33 @@ def _shares(claims: Sequence[Claim], budget: Budget) -> dict[str, int]:
             free = _take(costs[claim.name], free, 1)
     for priority in sorted({claim.priority for claim in claims}, reverse=True):
         tier = [claim for claim in claims if claim.priority == priority]
-        while True:
-            wanting = [c for c in tier if share[c.name] < c.decision.desired and _fits(costs[c.name], free)]
-            if not wanting:
-                break
-            chosen = min(wanting, key=lambda c: ((share[c.name] + 1) / c.weight, c.name))
-            share[chosen.name] += 1
-            free = _take(costs[chosen.name], free, 1)
+        wanted = {c.name: max(c.decision.desired - share[c.name], 0) for c in tier}
+        total = {key: sum(costs[c.name][key] * wanted[c.name] for c in tier) for key in free}
+        if _fits(total, free):  # the whole tier fits: no need to share it slot by slot
+            for c in tier:
+                share[c.name] += wanted[c.name]
+            free = _take(total, free, 1)
+            continue
+        free = _fair_share(tier, share, costs, free)
     return share
+
+
+def _fair_share(
+    tier: Sequence[Claim], share: dict[str, int], costs: Mapping[str, Mapping[str, float]], free: dict[str, float]
+) -> dict[str, float]:
+    """Slot by slot to the type of the tier with the lowest share per weight (a heap: a type that does not fit
+    now never fits later, as `free` only shrinks). Fills `share`; returns what is left free."""
+    heap = [((share[c.name] + 1) / c.weight, c.name, c) for c in tier if share[c.name] < c.decision.desired]
+    heapq.heapify(heap)
+    while heap:
+        _, name, claim = heapq.heappop(heap)
+        if not _fits(costs[name], free):
+            continue
+        share[name] += 1
+        free = _take(costs[name], free, 1)
+        if share[name] < claim.decision.desired:
+            heapq.heappush(heap, ((share[name] + 1) / claim.weight, name, claim))
+    return free
 
 
 def _apply(
