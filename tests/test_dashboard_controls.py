@@ -79,4 +79,6 @@ def test_budget_pause_resume_and_a_failing_type(stack: Stack, page: tuple[Page, 
         browser_page,
         f"Number(document.querySelector('{card('sleep')} .stat.workers .value').textContent.split('/')[0]) > 0",
     )
+    browser_page.set_viewport_size({"width": 390, "height": 844})
+    assert browser_page.evaluate("document.documentElement.scrollWidth") <= 390, "nothing widens the page on a phone"
     assert problems == [], "no console errors or warnings"
