@@ -26,7 +26,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from jobtypes.config import JobType
+from jobtypes.config import DEFAULT_STOP_GRACE_SECONDS, JobType
 from scaler.backends.base import WorkerInfo, WorkerState
 from scaler.backends.kubernetes_manifests import (
     MANAGED_SELECTOR,
@@ -296,7 +296,7 @@ class KubernetesBackend:
         (only once its grace period has passed, in case the first deletion was lost)."""
         if worker.state.finished:
             return
-        grace = int(job_type.stop_grace_seconds) if job_type else 30
+        grace = int(job_type.stop_grace_seconds if job_type else DEFAULT_STOP_GRACE_SECONDS)
         deleted_at = self._deleted.get(worker.worker_id)
         if deleted_at is not None and time.time() - deleted_at < grace + 10:
             return
@@ -342,6 +342,10 @@ class KubernetesBackend:
                 return ""
             raise
         return text if not text or text.endswith("\n") else text + "\n"
+
+    def check(self, job_type: JobType) -> str | None:
+        """Nothing to check before creating a Job: the cluster reports what fails (see `_cannot_start`)."""
+        return None
 
     def close(self) -> None:
         self.batch.api_client.close()
