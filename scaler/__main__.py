@@ -37,10 +37,9 @@ def _run(args: argparse.Namespace) -> int:
         from scaler.backends.kubernetes import KubernetesBackend
         from scaler.leader import LeaseElector
 
-        backend = KubernetesBackend.from_environment()
         if os.environ.get("SCALER_LEADER_ELECTION", "true").lower() not in ("0", "false", "no"):
-            elector = LeaseElector.from_environment()
-            elector.start()
+            elector = LeaseElector.from_environment().start()
+        backend = KubernetesBackend.from_environment(leadership=elector)
     else:
         from scaler.backends.local import LocalBackend
 
@@ -68,11 +67,11 @@ def _run(args: argparse.Namespace) -> int:
         uvicorn.run(create_app(scaler), host=args.host, port=args.port, access_log=False, log_level="warning")
     finally:
         scaler.stop()
-        loop.join(timeout=10)
+        loop.join(timeout=60)
+        if elector:  # the Lease is handed back only once the loop can no longer act
+            elector.stop(release=not loop.is_alive())
         channel.close()
         backend.close()
-        if elector:
-            elector.stop()
     return 0
 
 

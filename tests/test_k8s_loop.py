@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from jobtypes.config_watch import ConfigWatcher
-from scaler.backends.kubernetes import KubernetesApiError, KubernetesBackend
+from scaler.backends.kubernetes import KubernetesBackend
+from scaler.backends.kubernetes_api import KubernetesApiError
 from scaler.backends.kubernetes_manifests import TYPE_LABEL, ClusterSettings
 from scaler.loop import Scaler
 from tests.support.configs import write_config
@@ -34,7 +35,7 @@ RENDER = {
 @pytest.fixture()
 def parts(emulator: KubernetesEmulator, tmp_path: Path):
     config = write_config(tmp_path, {"render": RENDER}, unique_queues=False)
-    backend = KubernetesBackend(emulator.api_client(), ClusterSettings(), unschedulable_grace=30)
+    backend = KubernetesBackend(emulator.api_client(), ClusterSettings())
     stats, channel, clock = FakeStats(), FakeChannel(), FakeClock()
     leader = {"value": True}
     scaler = Scaler(ConfigWatcher(config), backend, stats, channel, is_leader=lambda: leader["value"], clock=clock)
@@ -86,13 +87,16 @@ def test_burst_pending_unschedulable_and_scale_down_of_idle_workers_only(parts, 
     assert sorted(channel.stop_requests) == sorted(jobs[1:]), "only the idle workers are asked to stop"
     assert len(emulator.names("jobs")) == 3 and emulator.deletes == [], "asked over AMQP first, no Job deleted yet"
 
-    # One idle worker exits by itself (its Job completes); the other ignores the request past the grace period.
+    # One idle worker exits by itself (its Job completes and is removed once reported); the other ignores the
+    # request past the grace period and its Job is deleted with the grace period.
     emulator.finish_job(jobs[1])
     clock.now += 21
     scaler.tick()
-    assert [(kind, name) for kind, name, _ in emulator.deletes] == [("jobs", jobs[2])]
-    assert emulator.deletes[0][2]["gracePeriodSeconds"] == 20
-    assert sorted(emulator.names("jobs")) == sorted(jobs[:2]), "the busy worker's Job and the finished record stay"
+    deletes = {name: options for _, name, options in emulator.deletes}
+    assert sorted(deletes) == sorted(jobs[1:])
+    assert deletes[jobs[2]]["gracePeriodSeconds"] == 20 and deletes[jobs[1]].get("gracePeriodSeconds") is None
+    assert emulator.names("jobs") == [jobs[0]], "only the busy worker's Job stays"
+    assert {w["id"]: w["state"] for w in scaler.board.document()["workers"]}[jobs[1]] == "succeeded"
 
 
 def test_a_standby_replica_observes_but_never_creates_or_deletes(parts, emulator: KubernetesEmulator) -> None:
