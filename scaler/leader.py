@@ -105,7 +105,7 @@ class LeaseElector:
         The view must be taken during the current leadership (an older one may miss the previous leader's last
         writes) and be younger than the tick deadline; the leadership must not be past its renew deadline."""
         renewed_at, term_started = self._renewed_at, self._term_started
-        if renewed_at is None or term_started is None or observed_at is None or observed_at < term_started:
+        if renewed_at is None or term_started is None or observed_at is None or observed_at <= term_started:
             return 0.0
         return min(renewed_at + self.renew_deadline, observed_at + self.tick_deadline) - self.clock()
 

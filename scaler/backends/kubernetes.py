@@ -269,15 +269,19 @@ class KubernetesBackend:
         """Delete the worker's Job (and so its pod): Kubernetes sends SIGTERM and kills after the grace period.
 
         Idempotent: a Job already gone is fine, and a Job deleted moments ago is not deleted again on every tick
-        (only once its grace period has passed, in case the first deletion was lost). A replica that does not
-        lead deletes nothing (NotLeading)."""
+        (only once its grace period has passed, in case the first deletion was lost). A replica that may not act
+        deletes nothing: the leader does, on its own view."""
         if worker.state.finished or worker.worker_id in self._finished:
             return
         grace = int(job_type.stop_grace_seconds) if job_type else 30
         deleted_at = self._deleted.get(worker.worker_id)
         if deleted_at is not None and self.clock() - deleted_at < grace + 10:
             return
-        self._delete_job(worker.worker_id, grace)
+        try:
+            self._delete_job(worker.worker_id, grace)
+        except NotLeading as refused:
+            log.info("%s", refused)
+            return
         self._deleted[worker.worker_id] = self.clock()
         log.info("deleted Job %s (grace %d s)", worker.worker_id, grace)
 

@@ -10,7 +10,8 @@ Job (optionally straight into a waiting state such as ImagePullBackOff); with
 `linger_pods_on_delete` a deleted Job's pod stays, terminating, as the garbage
 collector and the kubelet would leave it for its grace period. Tests can
 inject error answers (409/429/500...) for the next N requests, slow the API
-down for every client or for one (`client_api` tags a client), move pods
+down for every client or for one (`client_api` tags a client), from its next
+Job create on if they like, move pods
 through their phases, conditions and container states, and run it on a clock
 of their own. A delayed request whose client has hung up (timed out) before
 it is served is dropped, as the real server cancels a request whose
@@ -105,6 +106,9 @@ class KubernetesEmulator:
         #: Seconds every request waits before it is served, and per client tag (`client_api(tag)`).
         self.latency = 0.0
         self.client_latency: dict[str, float] = {}
+        #: Per client tag: from its next Job create on (that create included), its requests take this long.
+        self.stall_on_create: dict[str, float] = {}
+        self.stalls_resolved = 0
         self.dropped = 0
         self.expire_continue_tokens = False
         self.peak_live_jobs = 0
@@ -118,7 +122,17 @@ class KubernetesEmulator:
 
             def _answer(self) -> None:
                 request = self._body()
-                delay = emulator.client_latency.get(self.headers.get(CLIENT_HEADER, ""), emulator.latency)
+                tag = self.headers.get(CLIENT_HEADER, "")
+                stalled = self.command == "POST" and emulator.stall_if_armed(tag, self.path)
+                try:
+                    self._serve(tag, request)
+                finally:
+                    if stalled:
+                        with emulator.lock:
+                            emulator.stalls_resolved += 1
+
+            def _serve(self, tag: str, request: Any) -> None:
+                delay = emulator.client_latency.get(tag, emulator.latency)
                 if delay:
                     time.sleep(delay)
                     if self._client_gone():
@@ -167,6 +181,14 @@ class KubernetesEmulator:
         api = self.api_client()
         api.set_default_header(CLIENT_HEADER, tag)
         return api
+
+    def stall_if_armed(self, tag: str, path: str) -> bool:
+        """The worst moment for a slow API: a replica's link slows down while its Job create is in flight."""
+        with self.lock:
+            if tag not in self.stall_on_create or not urlsplit(path).path.endswith("/jobs"):
+                return False
+            self.client_latency[tag] = self.stall_on_create.pop(tag)
+            return True
 
     def timestamp(self, ago: float = 0.0) -> str:
         return datetime.fromtimestamp(self.clock() - ago, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
