@@ -240,6 +240,10 @@ usage: ./manage.sh COMMAND [ARGS]
   down             stop what 'up' started
   status           one-screen summary of queues and workers
   watch            the same summary, refreshed every second
+  pause T          stop starting workers for job type T; running ones finish their row (rows stay queued)
+  resume T         scale job type T normally again (after pause or drain)
+  drain T          work off job type T's backlog, then hold it at zero workers
+  retry T          probe a failing job type T at once instead of after its backoff
   submit FILE [T]  upload a CSV file (to job type T)
   sample N         print a sample sales CSV with N rows
   test [ARGS]      run the whole test suite (pytest ARGS)
@@ -261,6 +265,9 @@ main() {
     submit) cmd_submit "$@" ;;
     status) ensure_venv; "$PY" -m scaler status --url "http://$SCALER_ADDR" "$@" ;;
     watch) ensure_venv; "$PY" -m scaler status --url "http://$SCALER_ADDR" --watch "$@" ;;
+    pause | resume | drain | retry)
+      [ $# -eq 1 ] || die "usage: ./manage.sh $command JOB_TYPE"
+      ensure_venv; "$PY" -m scaler control "$command" "$1" --url "http://$SCALER_ADDR" ;;
     sample) ensure_venv; "$PY" -m workers.sample "$@" ;;
     bench) cmd_bench "$@" ;;
     images) cmd_images "$@" ;;

@@ -32,6 +32,10 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+#: How long a worker asked to stop may take to finish its row before it is killed (the default of
+#: `stop_grace_seconds`, and what every component uses for a worker of a type it no longer knows).
+DEFAULT_STOP_GRACE_SECONDS = 30.0
 
 
 class ConfigError(ValueError):
@@ -77,11 +81,14 @@ class JobType(BaseModel):
     max_workers: NonNegativeInt = 10
     min_workers: NonNegativeInt = 0
     idle_seconds: NonNegativeFloat = 30.0
+    #: Across types sharing a budget: higher priority first, `weight` the fair share among equal priorities.
+    priority: int = 0
+    weight: PositiveFloat = 1.0
 
     prefetch: PositiveInt = 1
     max_attempts: PositiveInt = 3
     retry_delay_seconds: NonNegativeFloat = 1.0
-    stop_grace_seconds: NonNegativeFloat = 30.0
+    stop_grace_seconds: NonNegativeFloat = DEFAULT_STOP_GRACE_SECONDS
 
     resources: Resources = Field(default_factory=Resources)
     node_selector: dict[str, str] = Field(default_factory=dict)

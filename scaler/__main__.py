@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import threading
-from pathlib import Path
+from dataclasses import replace
 
-from jobtypes.config import ConfigError
-from jobtypes.settings import REPO_ROOT, jobs_config_path, rabbitmq_api_url, rabbitmq_url, redact_url
+from jobtypes.config import DEFAULT_STOP_GRACE_SECONDS, ConfigError
+from jobtypes.settings import jobs_config_path, rabbitmq_api_url, rabbitmq_url, redact_url
+from scaler.settings import ScalerSettings, SettingsError
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -28,43 +28,37 @@ def _run(args: argparse.Namespace) -> int:
     from scaler.worker_channel import WorkerChannel
 
     try:
+        settings = _settings(args)
         watcher = ConfigWatcher(jobs_config_path())
-    except ConfigError as error:
+    except (ConfigError, SettingsError) as error:
         print(f"scaler: cannot start: {error}", file=sys.stderr)
         return 2
-    elector = None
-    if args.backend == "kubernetes":
-        from scaler.backends.kubernetes import KubernetesBackend
-        from scaler.leader import LeaseElector
-
-        if os.environ.get("SCALER_LEADER_ELECTION", "true").lower() not in ("0", "false", "no"):
-            elector = LeaseElector.from_environment().start()
-        backend = KubernetesBackend.from_environment(leadership=elector)
-    else:
-        from scaler.backends.local import LocalBackend
-
-        backend = LocalBackend(_state_dir())
+    backend, controls, elector = _backend(settings)
     channel = WorkerChannel(rabbitmq_url()).start()
     scaler = Scaler(
         watcher,
         backend,
         QueueStatsSource(rabbitmq_api_url(), rabbitmq_url()),
         channel,
-        tick_seconds=args.tick,
         is_leader=elector.is_leader if elector else (lambda: True),
+        settings=settings,
+        controls=controls,
     )
     loop = threading.Thread(target=scaler.run, name="control-loop", daemon=True)
     loop.start()
     logging.getLogger("scaler").info(
-        "scaler on http://%s:%d (dashboard), broker %s, management API %s, config %s",
-        args.host,
-        args.port,
+        "scaler on http://%s:%d (dashboard), broker %s, management API %s, config %s, budget %s",
+        settings.host,
+        settings.port,
         redact_url(rabbitmq_url()),
         redact_url(rabbitmq_api_url()),
         watcher.path,
+        _describe_budget(settings),
     )
     try:
-        uvicorn.run(create_app(scaler), host=args.host, port=args.port, access_log=False, log_level="warning")
+        uvicorn.run(
+            create_app(scaler, settings), host=settings.host, port=settings.port, access_log=False, log_level="warning"
+        )
     finally:
         scaler.stop()
         loop.join(timeout=60)
@@ -73,6 +67,40 @@ def _run(args: argparse.Namespace) -> int:
         channel.close()
         backend.close()
     return 0
+
+
+def _settings(args: argparse.Namespace) -> ScalerSettings:
+    """The environment's settings, with what the command line says on top."""
+    settings = ScalerSettings.from_environment()
+    overrides = {"backend": args.backend, "host": args.host, "port": args.port, "tick_seconds": args.tick}
+    return replace(settings, **{key: value for key, value in overrides.items() if value is not None})
+
+
+def _backend(settings: ScalerSettings):
+    """The backend, where the pause/drain set is kept, and (Kubernetes) the leader elector."""
+    from scaler.control_state import Controls, FileControlStore, LeaseControlStore
+
+    if settings.backend != "kubernetes":
+        from scaler.backends.local import LocalBackend
+
+        store = FileControlStore(settings.state_dir / "controls.json")
+        return LocalBackend(settings.state_dir), Controls(store, settings.controls_refresh_seconds), None
+    from kubernetes import client
+
+    from scaler.backends.kubernetes import KubernetesBackend
+    from scaler.leader import LeaseElector
+
+    elector = LeaseElector.from_environment().start() if settings.leader_election else None
+    backend = KubernetesBackend.from_environment(leadership=elector)
+    store = LeaseControlStore(client.ApiClient(), backend.namespace, settings.controls_lease)
+    return backend, Controls(store, settings.controls_refresh_seconds), elector
+
+
+def _describe_budget(settings: ScalerSettings) -> str:
+    budget = settings.budget
+    parts = [f"{budget.max_workers} workers"] if budget.max_workers is not None else []
+    parts += [f"{name} {total:g}" for name, total in budget.resources.items()]
+    return ", ".join(parts) or "none"
 
 
 def _render_job(args: argparse.Namespace) -> int:
@@ -94,17 +122,13 @@ def _render_job(args: argparse.Namespace) -> int:
     return 0
 
 
-def _state_dir() -> Path:
-    return Path(os.environ.get("SCALER_STATE_DIR", REPO_ROOT / ".run" / "scaler"))
-
-
 def _stop_workers(args: argparse.Namespace) -> int:
     """Stop every local worker gracefully (SIGTERM, SIGKILL after the grace period): `./manage.sh down`."""
     import time
 
     from scaler.backends.local import LocalBackend
 
-    backend = LocalBackend(_state_dir())
+    backend = LocalBackend(ScalerSettings.from_environment().state_dir)
     deadline = time.monotonic() + args.grace + 5
     while live := [w for w in backend.list_workers() if not w.state.finished]:
         if time.monotonic() > deadline:
@@ -116,35 +140,57 @@ def _stop_workers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scaler_url(args: argparse.Namespace) -> str:
+    return args.url or f"http://127.0.0.1:{ScalerSettings.from_environment().port}"
+
+
 def _status(args: argparse.Namespace) -> int:
     from scaler.terminal import main
 
-    return main(args.url, args.watch)
+    return main(_scaler_url(args), args.watch)
+
+
+def _control(args: argparse.Namespace) -> int:
+    """POST /api/job-types/{type}/{action} with the token, and say what happened."""
+    import httpx
+
+    token = ScalerSettings.from_environment().token
+    url = f"{_scaler_url(args).rstrip('/')}/api/job-types/{args.job_type}/{args.action}"
+    try:
+        answer = httpx.post(url, headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=10)
+    except httpx.HTTPError as error:
+        print(f"scaler: {url} is not answering: {error}", file=sys.stderr)
+        return 1
+    if answer.status_code != 200:
+        print(f"scaler: {answer.status_code}: {answer.json().get('error', answer.text)}", file=sys.stderr)
+        return 1
+    print(f"{args.job_type}: {args.action} {'requested' if args.action == 'retry' else 'in force'}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scaler", description="Autoscale workers to their queues.")
-    parser.add_argument("--backend", choices=["local", "kubernetes"], default=os.environ.get("SCALER_BACKEND", "local"))
-    parser.add_argument("--host", default=os.environ.get("SCALER_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("SCALER_PORT", "8080")))
-    parser.add_argument(
-        "--tick",
-        type=float,
-        default=float(os.environ.get("SCALER_TICK_SECONDS", "1")),
-        help="seconds between ticks (default 1)",
-    )
+    parser.add_argument("--backend", choices=["local", "kubernetes"], help="default: $SCALER_BACKEND or local")
+    parser.add_argument("--host", help="default: $SCALER_HOST or 127.0.0.1")
+    parser.add_argument("--port", type=int, help="default: $SCALER_PORT or 8080")
+    parser.add_argument("--tick", type=float, help="seconds between ticks (default: $SCALER_TICK_SECONDS or 1)")
     parser.set_defaults(command=_run)
     commands = parser.add_subparsers(dest="subcommand")
     render = commands.add_parser("render-job", help="print the Kubernetes Job the scaler would create for a type")
     render.add_argument("job_type")
     render.set_defaults(command=_render_job)
     stop = commands.add_parser("stop-workers", help="stop every local worker gracefully (./manage.sh down)")
-    stop.add_argument("--grace", type=float, default=30.0)
+    stop.add_argument("--grace", type=float, default=DEFAULT_STOP_GRACE_SECONDS)
     stop.set_defaults(command=_stop_workers)
     status = commands.add_parser("status", help="print the scaler's status (from its /api/status)")
-    status.add_argument("--url", default=f"http://127.0.0.1:{os.environ.get('SCALER_PORT', '8080')}")
+    status.add_argument("--url", help="default: http://127.0.0.1:$SCALER_PORT")
     status.add_argument("--watch", action="store_true", help="refresh every second")
     status.set_defaults(command=_status)
+    control = commands.add_parser("control", help="pause, resume, drain or retry a job type (./manage.sh pause T)")
+    control.add_argument("action", choices=["pause", "resume", "drain", "retry"])
+    control.add_argument("job_type")
+    control.add_argument("--url", help="default: http://127.0.0.1:$SCALER_PORT")
+    control.set_defaults(command=_control)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     logging.getLogger("pika").setLevel(logging.WARNING)

@@ -1,10 +1,13 @@
-"""The control loop: observe everything once, decide per job type, act, publish what happened.
+"""The control loop: observe everything once, decide per job type, share the budget, act, publish.
 
 One tick makes one management API call (all queues), one backend call (all
 workers) and reads the heartbeats already received; then the pure policy
-decides for every type and the loop carries the decisions out. Any failure
-inside a tick is logged and the next tick runs as usual: the loop never dies,
-and without queue data it makes no decision at all.
+decides what every type wants (`scaler.policy.decide`), the pure budget step
+shares the budget across types (`scaler.budget.allocate`), and the loop
+carries the result out. Any failure inside a tick is logged and the next tick
+runs as usual: the loop never dies, and without queue data it makes no
+decision at all. A change of a type's state is one event; a failing type's
+probes are not events of their own.
 """
 
 from __future__ import annotations
@@ -14,34 +17,47 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from jobtypes.config import JobType
+from jobtypes.config import DEFAULT_STOP_GRACE_SECONDS, JobType
 from jobtypes.config_watch import ConfigWatcher
 from jobtypes.control import Heartbeat
+from scaler import metrics
 from scaler.backends.base import Backend, WorkerInfo, WorkerState
-from scaler.metrics import BROKER_UP, QUEUE_DEAD, QUEUE_READY, QUEUE_UNACKED, SCALE_EVENTS, TICK_SECONDS, WORKERS
-from scaler.policy import Decision, QueueStats, TypeMemory, WorkerView, decide
-from scaler.queue_stats import QueueStatsSource, stats_for
+from scaler.budget import Allocation, Claim, allocate, worker_requests
+from scaler.control_state import Controls
+from scaler.policy import Control, Decision, State, TypeMemory, WorkerView, decide
+from scaler.queue_stats import QueueStatsSource, RawCounts, stats_for
+from scaler.settings import ScalerSettings
 from scaler.status import StatusBoard
+from scaler.status_document import (
+    RUNNING_HEARTBEATS,
+    TypeFacts,
+    budget_document,
+    busy,
+    effective_state,
+    tick_document,
+    type_document,
+    worker_document,
+)
 from scaler.worker_channel import WorkerChannel
 
 log = logging.getLogger("scaler")
-RUNNING_HEARTBEATS = ("idle", "busy")
+#: States worth an event of their own when a type enters them.
+NOTABLE_STATES = frozenset({State.FAILING, State.PAUSED, State.WAITING_FOR_BUDGET, State.UNSCHEDULABLE})
 
 
-def effective_state(info: WorkerInfo, heartbeat: Heartbeat | None, stop_requested: bool) -> WorkerState:
-    """The backend says whether a worker exists; its heartbeat says whether it consumes yet."""
-    if info.state.finished:
-        return info.state
-    if stop_requested or info.state is WorkerState.STOPPING:
-        return WorkerState.STOPPING
-    if heartbeat is not None:
-        if heartbeat.state in RUNNING_HEARTBEATS:
-            return WorkerState.RUNNING
-        if heartbeat.state in ("stopping", "stopped"):
-            return WorkerState.STOPPING
-    return info.state
+@dataclass
+class Observation:
+    """Everything one tick saw, taken once at its start."""
+
+    queues: dict[str, RawCounts] | None
+    infos: list[WorkerInfo]
+    heartbeats: dict[str, Heartbeat]
+    leader: bool
+    now: float
+    controls: dict[str, Control]
 
 
 class Scaler:
@@ -51,21 +67,29 @@ class Scaler:
         backend: Backend,
         stats: QueueStatsSource,
         channel: WorkerChannel,
-        tick_seconds: float = 1.0,
+        tick_seconds: float | None = None,
         is_leader: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.time,
+        settings: ScalerSettings | None = None,
+        controls: Controls | None = None,
     ) -> None:
+        self.settings = settings or ScalerSettings()
         self.watcher = watcher
         self.backend = backend
         self.stats = stats
         self.channel = channel
-        self.tick_seconds = tick_seconds
+        self.tick_seconds = tick_seconds if tick_seconds is not None else self.settings.tick_seconds
         self.is_leader = is_leader
         self.clock = clock
-        self.board = StatusBoard(tick_seconds)
+        self.controls = controls or Controls()
+        self.board = StatusBoard(self.tick_seconds)
         self.memory: dict[str, TypeMemory] = {}
         self.known: dict[str, JobType] = {}
+        self.states: dict[str, State] = {}
         self.stop_requested: dict[str, float] = {}
+        #: Workers seen consuming (an idle or busy heartbeat) at least once: their exit is no failed start.
+        self.consumed: set[str] = set()
+        self._was_leader = False
         self._stopping = threading.Event()
         self.last_duration = 0.0
         self.last_at = 0.0
@@ -90,66 +114,145 @@ class Scaler:
     # one tick -----------------------------------------------------------------------
     def tick(self) -> None:
         started = time.perf_counter()
-        self.watcher.refresh()
-        config = self.watcher.config
+        seen = self._observe()
+        facts, claims = self._decide(seen)
+        allocation = allocate(claims, self.settings.budget)
+        workers = {info.worker_id: info for info in seen.infos}
+        for claim in claims:
+            self._act(facts[claim.name], allocation.decisions[claim.name], claim, workers if seen.leader else None)
+        self.last_duration = time.perf_counter() - started
+        self.durations.append(self.last_duration)
+        self.last_at = time.time()
+        metrics.TICK_SECONDS.observe(self.last_duration)
+        self._export_budget(allocation)
+        self._publish(seen, facts, allocation)
+
+    def _observe(self) -> Observation:
+        self._refresh_config()
         queues = self.stats.fetch()
         infos = self.backend.list_workers()
         heartbeats = self.channel.snapshot()
         leader = self.is_leader()
+        self.controls.refresh(force=leader and not self._was_leader)
+        self._was_leader = leader
+        for name in self.controls.take_retries():
+            self._retry(name, "retry requested")
+        self.consumed = {info.worker_id for info in infos if info.worker_id in self.consumed} | {
+            worker_id for worker_id, beat in heartbeats.items() if beat.state in RUNNING_HEARTBEATS
+        }
+        metrics.BROKER_UP.set(queues is not None)
         now = self.clock()
-        BROKER_UP.set(queues is not None)
-
-        self.known.update(config.job_types)
-        by_type: dict[str, list[tuple[WorkerInfo, WorkerState]]] = {}
-        for info in infos:
-            state = effective_state(info, heartbeats.get(info.worker_id), info.worker_id in self.stop_requested)
-            by_type.setdefault(info.job_type, []).append((info, state))
         self._escalate_stops(infos, now)
+        return Observation(queues, infos, heartbeats, leader, now, self.controls.snapshot())
 
-        type_documents: dict[str, Any] = {}
-        samples: dict[str, tuple[int, int, int]] = {}
+    def _refresh_config(self) -> None:
+        """Pick up config edits; a type whose settings changed gets its failure memory reset (retried at once)."""
+        self.watcher.refresh()
+        for name, job_type in self.watcher.config.job_types.items():
+            if name in self.known and self.known[name] != job_type:
+                self._retry(name, "its config changed")
+            self.known[name] = job_type
+
+    def _retry(self, name: str, why: str) -> None:
+        memory = self.memory.get(name)
+        if memory is not None and memory.failures:
+            log.info("%s: retrying at once: %s", name, why)
+            self.memory[name] = memory.retried()
+
+    def _decide(self, seen: Observation) -> tuple[dict[str, TypeFacts], list[Claim]]:
+        by_type: dict[str, list[tuple[WorkerInfo, WorkerState]]] = {}
+        for info in seen.infos:
+            stop_requested = info.worker_id in self.stop_requested
+            state = effective_state(info, seen.heartbeats.get(info.worker_id), stop_requested)
+            by_type.setdefault(info.job_type, []).append((info, state))
+        facts: dict[str, TypeFacts] = {}
+        claims: list[Claim] = []
         for name in list(self.known):
-            removed = name not in config.job_types
             workers = by_type.get(name, [])
+            removed = name not in self.watcher.config.job_types
             live = [(info, state) for info, state in workers if not state.finished]
             if removed and not live:
-                del self.known[name]
-                self.memory.pop(name, None)
+                self._forget(name)
                 continue
             job_type = self.known[name]
-            stats = stats_for(job_type, queues)
-            views = [
-                WorkerView(
-                    info.worker_id,
-                    state,
-                    info.started_at,
-                    busy=_busy(heartbeats.get(info.worker_id)),
-                    unschedulable_reason=info.unschedulable_reason,
-                )
-                for info, state in live
-                if state is not WorkerState.STOPPING
-            ]
-            decision = decide(job_type, stats, views, self.memory.get(name, TypeMemory()), now, removed=removed)
-            self.memory[name] = decision.memory
-            if leader and decision.direction:
-                self._carry_out(job_type, decision, {info.worker_id: (info, state) for info, state in live})
-            type_documents[name] = _type_document(job_type, stats, live, decision, now, removed, leader)
-            samples[name] = (stats.ready if stats else 0, stats.unacked if stats else 0, len(live))
-            _export_metrics(name, stats, live)
+            fact = TypeFacts(
+                job_type, stats_for(job_type, seen.queues), live, removed, seen.controls.get(name, Control.RUN)
+            )
+            facts[name] = fact
+            claims.append(self._claim(fact, workers, seen))
+        return facts, claims
 
-        self.last_duration = time.perf_counter() - started
-        self.durations.append(self.last_duration)
-        self.last_at = time.time()
-        TICK_SECONDS.observe(self.last_duration)
-        self.board.publish(self._document(type_documents, infos, heartbeats, queues is not None, leader), samples)
+    def _claim(self, fact: TypeFacts, workers: list[tuple[WorkerInfo, WorkerState]], seen: Observation) -> Claim:
+        job_type = fact.job_type
+        views = [self._view(info, state, seen.heartbeats.get(info.worker_id)) for info, state in workers]
+        active = [view for view in views if not view.state.finished and view.state is not WorkerState.STOPPING]
+        decision = decide(
+            job_type,
+            fact.stats,
+            active,
+            self.memory.get(job_type.name, TypeMemory()),
+            seen.now,
+            removed=fact.removed,
+            finished=[view for view in views if view.state.finished],
+            check=None if fact.removed else self.backend.check(job_type),
+            control=fact.control,
+            backoff=self.settings.backoff,
+        )
+        self.memory[job_type.name] = decision.memory
+        return Claim(
+            job_type.name,
+            decision,
+            active=active,
+            stopping=sum(1 for _, state in fact.live if state is WorkerState.STOPPING),
+            priority=job_type.priority,
+            weight=job_type.weight,
+            min_workers=0 if fact.removed else job_type.min_workers,
+            requests=worker_requests(job_type.resources),
+        )
 
-    def _carry_out(
-        self, job_type: JobType, decision: Decision, live: dict[str, tuple[WorkerInfo, WorkerState]]
-    ) -> None:
+    def _view(self, info: WorkerInfo, state: WorkerState, heartbeat: Heartbeat | None) -> WorkerView:
+        return WorkerView(
+            info.worker_id,
+            state,
+            info.started_at,
+            busy=busy(heartbeat),
+            unschedulable_reason=info.unschedulable_reason,
+            consumed=info.worker_id in self.consumed,
+            stop_requested=info.worker_id in self.stop_requested,
+            exit_code=info.exit_code,
+            failure_reason=info.failure_reason,
+        )
+
+    def _forget(self, name: str) -> None:
+        del self.known[name]
+        self.memory.pop(name, None)
+        self.states.pop(name, None)
+        metrics.forget_type(name)
+
+    # acting ---------------------------------------------------------------------------
+    def _act(self, fact: TypeFacts, decision: Decision, claim: Claim, workers: dict[str, WorkerInfo] | None) -> None:
+        """Count, announce and (when `workers` is given: only the leader acts) carry out one type's decision."""
+        name = fact.job_type.name
+        if decision.new_failures:
+            metrics.FAILED_STARTS.labels(name).inc(decision.new_failures)
+        previous = self.states.get(name)
+        self.states[name] = decision.state
+        if decision.state is not previous and (decision.state in NOTABLE_STATES or previous in NOTABLE_STATES):
+            kind = "error" if decision.state is State.FAILING else "state"
+            log.log(logging.WARNING if kind == "error" else logging.INFO, "%s: %s", name, decision.reason)
+            self.board.event(name, kind, decision.reason)
+        if workers is not None and decision.direction:
+            self._carry_out(fact.job_type, decision, claim, workers)
+        self._export_type(fact, decision)
+
+    def _carry_out(self, job_type: JobType, decision: Decision, claim: Claim, workers: dict[str, WorkerInfo]) -> None:
         direction = decision.direction or ""
-        log.info("%s: %s", job_type.name, decision.reason)
-        self.board.event(job_type.name, direction, decision.reason)
-        SCALE_EVENTS.labels(job_type.name, direction).inc()
+        if decision.state is State.FAILING:
+            log.info("%s: %s", job_type.name, decision.reason.splitlines()[0])
+        else:
+            log.info("%s: %s", job_type.name, decision.reason)
+            self.board.event(job_type.name, direction, decision.reason)
+        metrics.SCALE_EVENTS.labels(job_type.name, direction).inc()
         for _ in range(decision.start):
             try:
                 self.backend.start_worker(job_type)
@@ -157,11 +260,11 @@ class Scaler:
                 log.error("%s: could not start a worker: %s", job_type.name, error)
                 self.board.event(job_type.name, "error", f"could not start a worker: {error}")
                 break
+        starting = {view.worker_id for view in claim.active if view.state is WorkerState.STARTING}
         for worker_id in decision.stop:
-            info, state = live[worker_id]
             self.stop_requested[worker_id] = self.clock()
-            if state is WorkerState.STARTING:
-                self.backend.terminate(info, job_type)  # it holds no message yet and may not listen yet
+            if worker_id in starting:
+                self.backend.terminate(workers[worker_id], job_type)  # it holds no message yet and may not listen yet
             else:
                 self.channel.request_stop(worker_id)
 
@@ -171,120 +274,61 @@ class Scaler:
         for worker_id, asked_at in list(self.stop_requested.items()):
             info = alive.get(worker_id)
             if info is None:
-                del self.stop_requested[worker_id]
+                if not any(i.worker_id == worker_id for i in infos):
+                    del self.stop_requested[worker_id]
                 continue
             job_type = self.known.get(info.job_type)
-            grace = job_type.stop_grace_seconds if job_type else 30.0
+            grace = job_type.stop_grace_seconds if job_type else DEFAULT_STOP_GRACE_SECONDS
             if now - asked_at >= grace:
                 self.backend.terminate(info, job_type)
 
-    def _document(
-        self,
-        types: dict[str, Any],
-        infos: list[WorkerInfo],
-        heartbeats: dict[str, Heartbeat],
-        reachable: bool,
-        leader: bool,
-    ) -> dict[str, Any]:
-        return {
+    # publishing -----------------------------------------------------------------------
+    def _export_type(self, fact: TypeFacts, decision: Decision) -> None:
+        name = fact.job_type.name
+        if fact.stats is not None:
+            metrics.QUEUE_READY.labels(name).set(fact.stats.ready)
+            metrics.QUEUE_UNACKED.labels(name).set(fact.stats.unacked)
+            metrics.QUEUE_DEAD.labels(name).set(fact.stats.dead)
+        for state in (WorkerState.STARTING, WorkerState.RUNNING, WorkerState.STOPPING):
+            metrics.WORKERS.labels(name, state.value).set(sum(1 for _, s in fact.live if s is state))
+        metrics.DESIRED.labels(name).set(decision.desired)
+
+    def _export_budget(self, allocation: Allocation) -> None:
+        budget = self.settings.budget
+        metrics.BUDGET_USED.labels("workers").set(allocation.used)
+        if budget.max_workers is not None:
+            metrics.BUDGET_TOTAL.labels("workers").set(budget.max_workers)
+        for resource, total in budget.resources.items():
+            metrics.BUDGET_USED.labels(resource).set(allocation.resources_used.get(resource, 0.0))
+            metrics.BUDGET_TOTAL.labels(resource).set(total)
+        for name, share in allocation.shares.items():
+            metrics.SHARE.labels(name).set(share)
+
+    def _publish(self, seen: Observation, facts: dict[str, TypeFacts], allocation: Allocation) -> None:
+        types = {
+            name: type_document(fact, allocation.decisions[name], allocation.shares.get(name), seen.now, seen.leader)
+            for name, fact in facts.items()
+        }
+        samples = {
+            name: (fact.stats.ready if fact.stats else 0, fact.stats.unacked if fact.stats else 0, len(fact.live))
+            for name, fact in facts.items()
+        }
+        document: dict[str, Any] = {
             "job_types": types,
             "workers": [
-                _worker_document(info, heartbeats.get(info.worker_id), info.worker_id in self.stop_requested)
-                for info in sorted(infos, key=lambda i: i.started_at, reverse=True)
+                worker_document(info, seen.heartbeats.get(info.worker_id), info.worker_id in self.stop_requested)
+                for info in sorted(seen.infos, key=lambda i: i.started_at, reverse=True)
             ],
-            "broker": {"reachable": reachable, "error": self.stats.error},
+            "budget": budget_document(self.settings.budget, allocation),
+            "broker": {"reachable": seen.queues is not None, "error": self.stats.error},
             "config": {
                 "path": str(self.watcher.path),
                 "error": self.watcher.error,
                 "loaded_at": self.watcher.loaded_at,
             },
-            "leader": leader,
+            "controls": {"error": self.controls.error},
+            "leader": seen.leader,
             "backend": self.backend.name,
-            "tick": {
-                "interval": self.tick_seconds,
-                "last_duration_ms": round(self.last_duration * 1000, 2),
-                "p50_ms": _percentile(self.durations, 0.50),
-                "p99_ms": _percentile(self.durations, 0.99),
-                "last_at": self.last_at,
-            },
+            "tick": tick_document(self.tick_seconds, self.last_duration, self.durations, self.last_at),
         }
-
-
-def _percentile(values: deque[float], fraction: float) -> float | None:
-    """The `fraction` percentile of the recent tick durations, in ms (nearest rank)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(int(fraction * len(ordered)), len(ordered) - 1)] * 1000, 2)
-
-
-def _busy(heartbeat: Heartbeat | None) -> bool:
-    return heartbeat is not None and (heartbeat.state == "busy" or heartbeat.current_message is not None)
-
-
-def _type_document(
-    job_type: JobType,
-    stats: QueueStats | None,
-    live: list[tuple[WorkerInfo, WorkerState]],
-    decision: Decision,
-    now: float,
-    removed: bool,
-    leader: bool,
-) -> dict[str, Any]:
-    count = {
-        state: sum(1 for _, s in live if s is state)
-        for state in (WorkerState.STARTING, WorkerState.RUNNING, WorkerState.STOPPING)
-    }
-    stuck = next((info.unschedulable_reason for info, _ in live if info.unschedulable_reason), None)
-    idle_since = decision.memory.idle_since
-    return {
-        "queue": job_type.queue,
-        "ready": stats.ready if stats else None,
-        "unacked": stats.unacked if stats else None,
-        "consumers": count[WorkerState.RUNNING] if stats else None,
-        "retrying": stats.retrying if stats else None,
-        "dead": stats.dead if stats else None,
-        "workers": len(live),
-        "starting": count[WorkerState.STARTING],
-        "running": count[WorkerState.RUNNING],
-        "stopping": count[WorkerState.STOPPING],
-        "max_workers": job_type.max_workers,
-        "min_workers": job_type.min_workers,
-        "threshold": job_type.threshold,
-        "burst_threshold": job_type.effective_burst_threshold,
-        "burst_size": job_type.burst_size,
-        "idle_seconds": job_type.idle_seconds,
-        "idle_for": round(now - idle_since, 1) if idle_since is not None else None,
-        "state": decision.state,
-        "reason": decision.reason if leader else f"standby (not the leader): {decision.reason}",
-        "unschedulable": stuck,
-        "removed": removed,
-    }
-
-
-def _worker_document(info: WorkerInfo, heartbeat: Heartbeat | None, stop_requested: bool) -> dict[str, Any]:
-    return {
-        "id": info.worker_id,
-        "job_type": info.job_type,
-        "state": effective_state(info, heartbeat, stop_requested).value,
-        "started_at": info.started_at,
-        "finished_at": info.finished_at,
-        "exit_code": info.exit_code,
-        "processed": heartbeat.processed if heartbeat else 0,
-        "failed": heartbeat.failed if heartbeat else 0,
-        "retried": heartbeat.retried if heartbeat else 0,
-        "dead": heartbeat.dead if heartbeat else 0,
-        "current_message": heartbeat.current_message if heartbeat else None,
-        "busy": _busy(heartbeat),
-        "unschedulable_reason": info.unschedulable_reason,
-        "details": info.details,
-    }
-
-
-def _export_metrics(name: str, stats: QueueStats | None, live: list[tuple[WorkerInfo, WorkerState]]) -> None:
-    if stats is not None:
-        QUEUE_READY.labels(name).set(stats.ready)
-        QUEUE_UNACKED.labels(name).set(stats.unacked)
-        QUEUE_DEAD.labels(name).set(stats.dead)
-    for state in (WorkerState.STARTING, WorkerState.RUNNING, WorkerState.STOPPING):
-        WORKERS.labels(name, state.value).set(sum(1 for _, s in live if s is state))
+        self.board.publish(document, samples)

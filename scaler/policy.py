@@ -1,9 +1,12 @@
-"""The scaling policy: a pure function from what is observed to what to do, for one job type.
+"""The scaling policy: a pure function from what is observed to what one job type wants.
 
 No I/O and no clock of its own: `decide(job_type, stats, workers, memory, now)`
 gets everything it needs and returns a `Decision` with the type's new memory,
 so it is tested exhaustively without a broker and can be replayed in a
-simulator. The rules (DESIGN.md, "Scaling rules"):
+simulator. Every decision names its `state` (what the status API shows) and a
+short machine `code` (which rule fired) beside the human `reason`. Sharing a
+budget across types is a second pure step (`scaler.budget.allocate`). The rules
+(the design document's "Scaling rules"):
 
 * Scale up when the backlog (ready + rows waiting to be retried) is above
   `threshold` and fewer than `max_workers` are alive: one worker, or up to
@@ -17,15 +20,75 @@ simulator. The rules (DESIGN.md, "Scaling rules"):
 * Scale down only after ready = 0, unacked = 0 and nothing waiting for retry
   held continuously for `idle_seconds`; any message resets the clock. Only
   workers not reported busy are stopped, newest first, down to `min_workers`.
+* A worker that ends with an error before it ever consumed is a failed start:
+  the type turns `failing`, and starts one probe at a time after an
+  exponential backoff, until a worker started after the failure consumes. A
+  type the backend finds unusable without starting anything (`check`) is
+  `failing` and starts nothing.
+* Paused: no new worker, every worker is asked to stop (it finishes its row).
+  Draining: the backlog is worked off, then the type holds at zero.
 * No data (broker unreachable): no decision at all, and the idle clock stops.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from enum import Enum
 
 from jobtypes.config import JobType
 from scaler.backends.base import WorkerState
+
+
+class State(str, Enum):
+    """A type's state as the status API shows it."""
+
+    IDLE = "idle"
+    BUSY = "busy"
+    SCALING_UP = "scaling-up"
+    BURST = "burst"
+    SCALING_DOWN = "scaling-down"
+    FAILING = "failing"
+    PAUSED = "paused"
+    DRAINING = "draining"
+    UNSCHEDULABLE = "unschedulable"
+    WAITING_FOR_BUDGET = "waiting-for-budget"
+    BROKER_UNREACHABLE = "broker-unreachable"
+
+
+class Code(str, Enum):
+    """Which rule made the decision: what tests and alerts match on, never the prose."""
+
+    NO_DATA = "no-data"
+    IDLE = "idle"
+    IDLE_WAIT = "idle-wait"
+    WAIT_BUSY = "wait-busy"
+    SCALE_DOWN = "scale-down"
+    WARM_POOL = "warm-pool"
+    SCALE_UP = "scale-up"
+    BURST = "burst"
+    NO_WORKER = "no-worker"
+    WAIT_START = "wait-start"
+    AT_MAX = "at-max"
+    BUSY = "busy"
+    UNSCHEDULABLE = "unschedulable"
+    REMOVED = "removed"
+    CHECK_FAILED = "check-failed"
+    BACKOFF = "backoff"
+    PROBE = "probe"
+    PROBING = "probing"
+    PAUSED = "paused"
+    DRAINED = "drained"
+    BUDGET = "budget"
+    PREEMPTED = "preempted"
+
+
+class Control(str, Enum):
+    """What an operator set for a type (pause, drain) or not."""
+
+    RUN = "run"
+    PAUSED = "paused"
+    DRAIN = "drain"
 
 
 @dataclass(frozen=True)
@@ -47,13 +110,35 @@ class QueueStats:
 
 @dataclass(frozen=True)
 class WorkerView:
-    """What the policy needs to know of one live worker."""
+    """What the policy needs to know of one worker."""
 
     worker_id: str
     state: WorkerState
     started_at: float
     busy: bool = False
     unschedulable_reason: str | None = None
+    #: It reported idle or busy at least once: it got as far as consuming.
+    consumed: bool = False
+    #: The scaler asked it to stop (an exit then is no failed start).
+    stop_requested: bool = False
+    exit_code: int | None = None
+    failure_reason: str | None = None
+
+    @property
+    def failed_start(self) -> bool:
+        """It ended in failure without ever consuming, and nobody asked it to stop."""
+        return self.state is WorkerState.FAILED and not self.consumed and not self.stop_requested
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Seconds before the next probe of a failing type: `initial`, doubling per failure, at most `maximum`."""
+
+    initial: float = 5.0
+    maximum: float = 300.0
+
+    def delay(self, failures: int) -> float:
+        return min(self.initial * 2 ** max(failures - 1, 0), self.maximum)
 
 
 @dataclass(frozen=True)
@@ -61,16 +146,34 @@ class TypeMemory:
     """What the policy remembers of a type between ticks."""
 
     idle_since: float | None = None
+    #: Consecutive rounds of failed starts, and when the next probe may start.
+    failures: int = 0
+    retry_at: float | None = None
+    failure_reason: str | None = None
+    #: The latest start time among the failed workers: a worker started since then that consumes clears it.
+    failed_started_at: float = 0.0
+    #: Finished workers already accounted for (each stays listed for a while).
+    counted: frozenset[str] = frozenset()
+    #: A draining type worked off its backlog and holds at zero.
+    drained: bool = False
+
+    def retried(self) -> TypeMemory:
+        """Forget the failures: the next tick may start at once (retry, or a config change)."""
+        return replace(self, failures=0, retry_at=None, failure_reason=None)
 
 
 @dataclass(frozen=True)
 class Decision:
     start: int = 0
     stop: tuple[str, ...] = ()
-    #: idle, busy, scaling-up, burst, scaling-down, draining, unschedulable, broker-unreachable
-    state: str = "idle"
+    state: State = State.IDLE
+    code: Code = Code.IDLE
     reason: str = ""
     memory: TypeMemory = field(default_factory=TypeMemory)
+    #: Workers the type wants, not counting those already stopping.
+    desired: int = 0
+    #: Failed starts first seen on this tick (for the metric).
+    new_failures: int = 0
 
     @property
     def direction(self) -> str | None:
@@ -84,83 +187,237 @@ class Decision:
 def decide(
     job_type: JobType,
     stats: QueueStats | None,
-    workers: list[WorkerView],
+    workers: Sequence[WorkerView],
     memory: TypeMemory,
     now: float,
     removed: bool = False,
+    *,
+    finished: Sequence[WorkerView] = (),
+    check: str | None = None,
+    control: Control = Control.RUN,
+    backoff: Backoff = Backoff(),
 ) -> Decision:
-    """One type's decision for this tick. `workers` are the type's live workers, stopping ones excluded.
+    """One type's decision for this tick.
 
-    `removed` is true for a type no longer in the config: it gets no new worker
-    and its workers are stopped once it is idle, without waiting.
+    `workers` are the type's live workers, stopping ones excluded; `finished`
+    the ones that ended recently (the same worker may be listed on several
+    ticks). `removed` is true for a type no longer in the config: it gets no
+    new worker and its workers are stopped once it is idle, without waiting.
+    `check` is what the backend found wrong with the type without starting it.
     """
-    if stats is None:
-        return Decision(state="broker-unreachable", reason="broker unreachable: no scaling decision", memory=memory)
+    memory, new_failures = _account_exits(memory, workers, finished, now, backoff)
+    decision = _decide(job_type, stats, workers, memory, now, removed, check, control)
+    active = len(workers)
+    return replace(decision, desired=active + decision.start - len(decision.stop), new_failures=new_failures)
 
+
+def _account_exits(
+    memory: TypeMemory, workers: Sequence[WorkerView], finished: Sequence[WorkerView], now: float, backoff: Backoff
+) -> tuple[TypeMemory, int]:
+    """Count failed starts once each (one backoff step per tick that saw any); a consuming worker clears them."""
+    new = [worker for worker in finished if worker.worker_id not in memory.counted]
+    memory = replace(memory, counted=frozenset(worker.worker_id for worker in finished))
+    failed = [worker for worker in new if worker.failed_start]
+    if failed:
+        latest = max(failed, key=lambda worker: worker.started_at)
+        failures = memory.failures + 1
+        memory = replace(
+            memory,
+            failures=failures,
+            retry_at=now + backoff.delay(failures),
+            failure_reason=latest.failure_reason or _exit_text(latest.exit_code),
+            failed_started_at=max(memory.failed_started_at, latest.started_at),
+        )
+    elif memory.failures and any(w.consumed and w.started_at >= memory.failed_started_at for w in [*workers, *new]):
+        memory = memory.retried()
+    return memory, len(failed)
+
+
+def _exit_text(code: int | None) -> str:
+    return "the worker exited before it consumed" + (f" (exit {code})" if code is not None else "")
+
+
+def _decide(
+    job_type: JobType,
+    stats: QueueStats | None,
+    workers: Sequence[WorkerView],
+    memory: TypeMemory,
+    now: float,
+    removed: bool,
+    check: str | None,
+    control: Control,
+) -> Decision:
+    if stats is None:
+        return Decision(
+            state=State.BROKER_UNREACHABLE,
+            code=Code.NO_DATA,
+            reason="broker unreachable: no scaling decision",
+            memory=memory,
+        )
     idle_since = (memory.idle_since if memory.idle_since is not None else now) if stats.idle else None
-    memory = replace(memory, idle_since=idle_since)
+    drained = control is Control.DRAIN and (memory.drained or (stats.idle and not workers))
+    memory = replace(memory, idle_since=idle_since, drained=drained)
+    if control is Control.PAUSED or drained:
+        return _held(stats, workers, memory, drained)
+    if check is not None and not removed:
+        return Decision(state=State.FAILING, code=Code.CHECK_FAILED, reason=f"failing: {check}", memory=memory)
+    if memory.failures and not removed and (idle_since is None or not workers):
+        return _failing(job_type, stats, workers, memory, now)
+    decision = _scale(job_type, stats, workers, memory, now, removed, draining=control is Control.DRAIN)
+    if control is Control.DRAIN:
+        return replace(decision, state=State.DRAINING, reason=f"draining: {decision.reason}")
+    return decision
+
+
+def _held(stats: QueueStats, workers: Sequence[WorkerView], memory: TypeMemory, drained: bool) -> Decision:
+    """Paused, or drained: no new worker; every worker is asked to stop after the row in hand."""
+    code = Code.DRAINED if drained else Code.PAUSED
+    why = "drained, held at zero until resumed" if drained else f"paused: ready {stats.ready} kept in the queue"
+    stop = tuple(worker.worker_id for worker in workers)
+    if stop:
+        why += f"; stopping {len(stop)} worker(s) after their row"
+    return Decision(stop=stop, state=State.PAUSED, code=code, reason=why, memory=memory)
+
+
+def _failing(
+    job_type: JobType, stats: QueueStats, workers: Sequence[WorkerView], memory: TypeMemory, now: float
+) -> Decision:
+    """At most one probe at a time, each after the backoff: never a storm of doomed workers."""
+    why = f"{memory.failures} failed start round(s): {memory.failure_reason}"
+    if any(worker.state is WorkerState.STARTING for worker in workers):
+        return Decision(
+            state=State.FAILING, code=Code.PROBING, reason=f"failing, a probe is starting; {why}", memory=memory
+        )
+    wait = (memory.retry_at or now) - now
+    needed = stats.backlog > 0 or len(workers) < job_type.min_workers
+    if wait > 0 or not needed or len(workers) >= job_type.max_workers:
+        return Decision(
+            state=State.FAILING,
+            code=Code.BACKOFF,
+            reason=f"failing, next probe in {max(wait, 0):.0f} s; {why}",
+            memory=memory,
+        )
+    return Decision(start=1, state=State.FAILING, code=Code.PROBE, reason=f"failing, probe +1; {why}", memory=memory)
+
+
+def _scale(
+    job_type: JobType,
+    stats: QueueStats,
+    workers: Sequence[WorkerView],
+    memory: TypeMemory,
+    now: float,
+    removed: bool,
+    draining: bool,
+) -> Decision:
     capacity = len(workers)
     starting = sum(1 for worker in workers if worker.state is WorkerState.STARTING)
     stuck = [worker for worker in workers if worker.unschedulable_reason]
     maximum = 0 if removed else job_type.max_workers
-    minimum = 0 if removed else job_type.min_workers
+    minimum = 0 if removed or draining else job_type.min_workers
     summary = f"ready {stats.ready}, unacked {stats.unacked}, {capacity} worker{'s' if capacity != 1 else ''}"
 
-    if idle_since is not None:
-        return _when_idle(job_type, workers, memory, now - idle_since, minimum, removed)
-
+    if memory.idle_since is not None:
+        at_once = "removed from the config" if removed else "drained" if draining else None
+        return _when_idle(job_type, workers, memory, now - memory.idle_since, minimum, at_once)
     if removed:
-        return Decision(state="draining", reason=f"removed from the config, draining: {summary}", memory=memory)
+        return Decision(
+            state=State.DRAINING,
+            code=Code.REMOVED,
+            reason=f"removed from the config, draining: {summary}",
+            memory=memory,
+        )
     if stuck:
-        return Decision(state="unschedulable", reason=f"unschedulable: {stuck[0].unschedulable_reason}", memory=memory)
+        return Decision(
+            state=State.UNSCHEDULABLE,
+            code=Code.UNSCHEDULABLE,
+            reason=f"unschedulable: {stuck[0].unschedulable_reason}",
+            memory=memory,
+        )
     if capacity < minimum:
-        add = minimum - capacity
-        return Decision(start=add, state="scaling-up", reason=f"warm pool +{add}: min_workers {minimum}", memory=memory)
+        return _warm_pool(minimum - capacity, minimum, memory)
 
     backlog = stats.backlog
     room = maximum - capacity
     if starting and backlog > 0:
         return Decision(
-            state="scaling-up", reason=f"waiting for {starting} starting worker(s): {summary}", memory=memory
+            state=State.SCALING_UP,
+            code=Code.WAIT_START,
+            reason=f"waiting for {starting} starting worker(s): {summary}",
+            memory=memory,
         )
     if backlog > job_type.threshold and room > 0:
         burst_threshold = job_type.effective_burst_threshold
         if backlog > burst_threshold and job_type.burst_size > 1:
             add = min(job_type.burst_size, room)
             return Decision(
-                start=add, state="burst", reason=f"burst +{add}: ready {backlog} > {burst_threshold}", memory=memory
+                start=add,
+                state=State.BURST,
+                code=Code.BURST,
+                reason=f"burst +{add}: ready {backlog} > {burst_threshold}",
+                memory=memory,
             )
         return Decision(
-            start=1, state="scaling-up", reason=f"scale up +1: ready {backlog} > {job_type.threshold}", memory=memory
+            start=1,
+            state=State.SCALING_UP,
+            code=Code.SCALE_UP,
+            reason=f"scale up +1: ready {backlog} > {job_type.threshold}",
+            memory=memory,
         )
     if backlog > 0 and capacity == 0 and room > 0:
         return Decision(
-            start=1, state="scaling-up", reason=f"scale up +1: ready {backlog} and no worker", memory=memory
+            start=1,
+            state=State.SCALING_UP,
+            code=Code.NO_WORKER,
+            reason=f"scale up +1: ready {backlog} and no worker",
+            memory=memory,
         )
-    return Decision(state="busy", reason=summary + (f" (max_workers {maximum})" if room <= 0 else ""), memory=memory)
+    if room <= 0:
+        return Decision(state=State.BUSY, code=Code.AT_MAX, reason=f"{summary} (max_workers {maximum})", memory=memory)
+    return Decision(state=State.BUSY, code=Code.BUSY, reason=summary, memory=memory)
+
+
+def _warm_pool(add: int, minimum: int, memory: TypeMemory) -> Decision:
+    return Decision(
+        start=add,
+        state=State.SCALING_UP,
+        code=Code.WARM_POOL,
+        reason=f"warm pool +{add}: min_workers {minimum}",
+        memory=memory,
+    )
 
 
 def _when_idle(
-    job_type: JobType, workers: list[WorkerView], memory: TypeMemory, idle_for: float, minimum: int, removed: bool
+    job_type: JobType,
+    workers: Sequence[WorkerView],
+    memory: TypeMemory,
+    idle_for: float,
+    minimum: int,
+    at_once: str | None,
 ) -> Decision:
+    """Scale down after `idle_seconds`, or at once (`at_once` says why) for a removed or draining type."""
     surplus = len(workers) - minimum
     if surplus <= 0:
         if len(workers) < minimum:
-            add = minimum - len(workers)
-            return Decision(
-                start=add, state="scaling-up", reason=f"warm pool +{add}: min_workers {minimum}", memory=memory
-            )
-        return Decision(state="idle", reason="idle", memory=memory)
-    wait = 0.0 if removed else job_type.idle_seconds
+            return _warm_pool(minimum - len(workers), minimum, memory)
+        return Decision(state=State.IDLE, code=Code.IDLE, reason="idle", memory=memory)
+    wait = 0.0 if at_once is not None else job_type.idle_seconds
     if idle_for < wait:
-        return Decision(state="idle", reason=f"idle {idle_for:.0f}/{wait:.0f} s", memory=memory)
+        return Decision(
+            state=State.IDLE, code=Code.IDLE_WAIT, reason=f"idle {idle_for:.0f}/{wait:.0f} s", memory=memory
+        )
     candidates = sorted((w for w in workers if not w.busy), key=lambda w: w.started_at, reverse=True)[:surplus]
     if not candidates:
-        return Decision(state="idle", reason="idle, waiting for busy workers to report idle", memory=memory)
-    why = "removed from the config" if removed else f"idle for {idle_for:.0f} s"
+        return Decision(
+            state=State.IDLE,
+            code=Code.WAIT_BUSY,
+            reason="idle, waiting for busy workers to report idle",
+            memory=memory,
+        )
+    why = at_once or f"idle for {idle_for:.0f} s"
     return Decision(
         stop=tuple(w.worker_id for w in candidates),
-        state="scaling-down",
+        state=State.SCALING_DOWN,
+        code=Code.SCALE_DOWN,
         reason=f"scale down -{len(candidates)}: {why}",
         memory=memory,
     )

@@ -28,14 +28,24 @@ def render(document: dict[str, Any]) -> str:
     )
     if document.get("config", {}).get("error"):
         lines.append(f"CONFIG ERROR (last good config in force): {document['config']['error']}")
+    budget = document.get("budget") or {}
+    if budget.get("max_workers") is not None or budget.get("resources"):
+        limits = [f"workers {budget['used']}/{budget['max_workers']}"] if budget.get("max_workers") is not None else []
+        limits += [f"{name} {item['used']:g}/{item['total']:g}" for name, item in budget.get("resources", {}).items()]
+        held = ", ".join(f"{name} {count}" for name, count in budget.get("by_type", {}).items()) or "nothing"
+        lines.append(f"BUDGET {'  '.join(limits)}  (held by {held})")
     lines.append("")
-    lines.append(f"{'JOB TYPE':<20} {'READY':>7} {'UNACKED':>7} {'DEAD':>5} {'WORKERS':>9}  {'STATE':<18} REASON")
+    lines.append(
+        f"{'JOB TYPE':<20} {'READY':>7} {'UNACKED':>7} {'DEAD':>5} {'WORKERS':>9} {'WANT':>5}  {'STATE':<18} REASON"
+    )
     for name, item in document.get("job_types", {}).items():
         workers = f"{item['workers']}/{item['max_workers']}"
+        first, *rest = str(item["reason"]).splitlines() or [""]
         lines.append(
-            f"{name[:20]:<20} {_n(item['ready']):>7} {_n(item['unacked']):>7} {_n(item['dead']):>5} {workers:>9}  "
-            f"{item['state']:<18} {item['reason']}"
+            f"{name[:20]:<20} {_n(item['ready']):>7} {_n(item['unacked']):>7} {_n(item['dead']):>5} {workers:>9} "
+            f"{_n(item.get('desired')):>5}  {item['state']:<18} {first}"
         )
+        lines.extend(f"{'':>22}| {line}" for line in rest)
     workers = document.get("workers", [])
     if workers:
         lines.append("")

@@ -1,16 +1,17 @@
 """The scaler's HTTP side: dashboard, status API, live stream, worker logs, metrics, health.
 
-Read-only by design: nothing here changes what the scaler does. The one POST,
-`/api/upload`, is a pass-through to the producer (same origin for the
-dashboard's upload form, locally and behind one port-forward in a cluster);
-the producer checks its token as for any upload.
+Starlette-shaped: endpoints are module-level functions that find the control
+loop in `request.app.state.scaler`; errors are named `AutoscalerError`s mapped
+to `{"error": ...}` with their status once, in `create_app`. Reads live here;
+the writes (pause, resume, drain, retry) are in `scaler.controls`. The one
+other POST, `/api/upload`, is a pass-through to the producer (same origin for
+the dashboard's upload form), which checks its token as for any upload.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,73 +26,109 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from jobtypes.errors import AutoscalerError
+from scaler import controls
 from scaler.loop import Scaler
+from scaler.settings import ScalerSettings
 
 DASHBOARD = Path(__file__).resolve().parent / "dashboard"
 FORWARDED_HEADERS = ("content-type", "content-length", "authorization")
+MAX_LOG_LINES = 5000
 
 
-def create_app(scaler: Scaler, producer_url: str | None = None) -> Starlette:
-    producer_url = (producer_url or os.environ.get("PRODUCER_URL", "http://127.0.0.1:8000")).rstrip("/")
+class BadRequest(AutoscalerError):
+    status = 400
 
-    async def index(request: Request) -> Response:
-        return FileResponse(DASHBOARD / "index.html", headers={"Cache-Control": "no-cache"})
 
-    async def healthz(request: Request) -> Response:
-        age = max(0.0, time.time() - scaler.last_at) if scaler.last_at else None
-        return JSONResponse({"status": "ok", "last_tick_age_seconds": age, "leader": scaler.is_leader()})
+class WorkerLogNotFound(AutoscalerError):
+    status = 404
 
-    async def status(request: Request) -> Response:
-        return JSONResponse(scaler.board.document())
 
-    async def history(request: Request) -> Response:
-        return JSONResponse(scaler.board.history())
+class ProducerUnreachable(AutoscalerError):
+    status = 502
 
-    async def stream(request: Request) -> Response:
-        async def events() -> AsyncIterator[dict[str, str]]:
-            seen = -1
-            while True:
-                if scaler.board.tick_number != seen:
-                    seen = scaler.board.tick_number
-                    yield {"event": "status", "data": json.dumps(scaler.board.document())}
-                await asyncio.sleep(0.2)
 
-        return EventSourceResponse(events(), ping=15)
+async def index(request: Request) -> Response:
+    return FileResponse(DASHBOARD / "index.html", headers={"Cache-Control": "no-cache"})
 
-    async def worker_log(request: Request) -> Response:
-        worker_id = request.path_params["worker_id"]
-        try:
-            lines = min(max(int(request.query_params.get("lines", "200")), 1), 5000)
-        except ValueError:
-            return JSONResponse({"error": "lines must be a whole number"}, status_code=400)
-        try:
-            text = await run_in_threadpool(scaler.backend.read_log, worker_id, lines)
-        except KeyError:
-            return JSONResponse({"error": f"no log for worker {worker_id!r}"}, status_code=404)
-        return PlainTextResponse(text)
 
-    async def upload(request: Request) -> Response:
-        headers = {name: value for name, value in request.headers.items() if name in FORWARDED_HEADERS}
-        try:
-            async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=5)) as client:
-                answer = await client.post(f"{producer_url}/upload", content=request.stream(), headers=headers)
-        except httpx.HTTPError as error:
-            return JSONResponse({"error": f"the producer at {producer_url} is unreachable: {error}"}, status_code=502)
-        return Response(answer.content, status_code=answer.status_code, media_type=answer.headers.get("content-type"))
+async def healthz(request: Request) -> Response:
+    scaler: Scaler = request.app.state.scaler
+    age = max(0.0, time.time() - scaler.last_at) if scaler.last_at else None
+    return JSONResponse({"status": "ok", "last_tick_age_seconds": age, "leader": scaler.is_leader()})
 
-    async def metrics(request: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(
-        routes=[
-            Route("/", index),
-            Route("/healthz", healthz),
-            Route("/metrics", metrics),
-            Route("/api/status", status),
-            Route("/api/history", history),
-            Route("/api/stream", stream),
-            Route("/api/workers/{worker_id}/log", worker_log),
-            Route("/api/upload", upload, methods=["POST"]),
-            Mount("/static", app=StaticFiles(directory=DASHBOARD), name="static"),
-        ]
-    )
+async def status(request: Request) -> Response:
+    return JSONResponse(request.app.state.scaler.board.document())
+
+
+async def history(request: Request) -> Response:
+    return JSONResponse(request.app.state.scaler.board.history())
+
+
+async def stream(request: Request) -> Response:
+    board = request.app.state.scaler.board
+
+    async def events() -> AsyncIterator[dict[str, str]]:
+        seen = -1
+        while True:
+            if board.tick_number != seen:
+                seen = board.tick_number
+                yield {"event": "status", "data": json.dumps(board.document())}
+            await asyncio.sleep(0.2)
+
+    return EventSourceResponse(events(), ping=15)
+
+
+async def worker_log(request: Request) -> Response:
+    worker_id = request.path_params["worker_id"]
+    try:
+        lines = min(max(int(request.query_params.get("lines", "200")), 1), MAX_LOG_LINES)
+    except ValueError:
+        raise BadRequest("lines must be a whole number") from None
+    try:
+        text = await run_in_threadpool(request.app.state.scaler.backend.read_log, worker_id, lines)
+    except KeyError:  # the Backend protocol's "no such log"
+        raise WorkerLogNotFound(f"no log for worker {worker_id!r}") from None
+    return PlainTextResponse(text)
+
+
+async def upload(request: Request) -> Response:
+    producer_url = request.app.state.settings.producer_url
+    headers = {name: value for name, value in request.headers.items() if name in FORWARDED_HEADERS}
+    try:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=5)) as client:
+            answer = await client.post(f"{producer_url}/upload", content=request.stream(), headers=headers)
+    except httpx.HTTPError as error:
+        raise ProducerUnreachable(f"the producer at {producer_url} is unreachable: {error}") from None
+    return Response(answer.content, status_code=answer.status_code, media_type=answer.headers.get("content-type"))
+
+
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def named_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, AutoscalerError)
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+ROUTES = [
+    Route("/", index),
+    Route("/healthz", healthz),
+    Route("/metrics", metrics),
+    Route("/api/status", status),
+    Route("/api/history", history),
+    Route("/api/stream", stream),
+    Route("/api/workers/{worker_id}/log", worker_log),
+    Route("/api/upload", upload, methods=["POST"]),
+    *controls.ROUTES,
+    Mount("/static", app=StaticFiles(directory=DASHBOARD), name="static"),
+]
+
+
+def create_app(scaler: Scaler, settings: ScalerSettings | None = None) -> Starlette:
+    app = Starlette(routes=ROUTES, exception_handlers={AutoscalerError: named_error})
+    app.state.scaler = scaler
+    app.state.settings = settings or scaler.settings
+    return app

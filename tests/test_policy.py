@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from jobtypes.config import JobType
 from scaler.backends.base import WorkerState
-from scaler.policy import QueueStats, TypeMemory, WorkerView, decide
+from scaler.policy import Code, QueueStats, TypeMemory, WorkerView, decide
 
 JOB = JobType(name="t", queue="q", threshold=20, burst_size=5, max_workers=8, idle_seconds=30)
 
@@ -22,27 +22,37 @@ def starting(count: int) -> list[WorkerView]:
 
 
 @pytest.mark.parametrize(
-    ("stats", "workers", "start", "state", "reason"),
+    ("stats", "workers", "start", "state", "reason", "code"),
     [
-        (QueueStats(812, 0), [], 5, "burst", "burst +5: ready 812 > 40"),
-        (QueueStats(41, 0), [], 5, "burst", "burst +5: ready 41 > 40"),
-        (QueueStats(40, 0), running(1), 1, "scaling-up", "scale up +1: ready 40 > 20"),
-        (QueueStats(21, 3), running(2), 1, "scaling-up", "scale up +1: ready 21 > 20"),
-        (QueueStats(20, 0), running(1), 0, "busy", "ready 20, unacked 0, 1 worker"),
-        (QueueStats(500, 0), running(6), 2, "burst", "burst +2: ready 500 > 40"),
-        (QueueStats(500, 8), running(8), 0, "busy", "(max_workers 8)"),
-        (QueueStats(500, 0), starting(5), 0, "scaling-up", "waiting for 5 starting worker(s)"),
-        (QueueStats(500, 0), running(2) + starting(1), 0, "scaling-up", "waiting for 1 starting worker(s)"),
-        (QueueStats(3, 0), [], 1, "scaling-up", "scale up +1: ready 3 and no worker"),
-        (QueueStats(0, 0, retrying=50), [], 5, "burst", "burst +5: ready 50 > 40"),
-        (QueueStats(3, 1), running(1), 0, "busy", "ready 3, unacked 1, 1 worker"),
+        (QueueStats(812, 0), [], 5, "burst", "burst +5: ready 812 > 40", Code("burst")),
+        (QueueStats(41, 0), [], 5, "burst", "burst +5: ready 41 > 40", Code("burst")),
+        (QueueStats(40, 0), running(1), 1, "scaling-up", "scale up +1: ready 40 > 20", Code("scale-up")),
+        (QueueStats(21, 3), running(2), 1, "scaling-up", "scale up +1: ready 21 > 20", Code("scale-up")),
+        (QueueStats(20, 0), running(1), 0, "busy", "ready 20, unacked 0, 1 worker", Code("busy")),
+        (QueueStats(500, 0), running(6), 2, "burst", "burst +2: ready 500 > 40", Code("burst")),
+        (QueueStats(500, 8), running(8), 0, "busy", "(max_workers 8)", Code("at-max")),
+        (QueueStats(500, 0), starting(5), 0, "scaling-up", "waiting for 5 starting worker(s)", Code("wait-start")),
+        (
+            QueueStats(500, 0),
+            running(2) + starting(1),
+            0,
+            "scaling-up",
+            "waiting for 1 starting worker(s)",
+            Code("wait-start"),
+        ),
+        (QueueStats(3, 0), [], 1, "scaling-up", "scale up +1: ready 3 and no worker", Code("no-worker")),
+        (QueueStats(0, 0, retrying=50), [], 5, "burst", "burst +5: ready 50 > 40", Code("burst")),
+        (QueueStats(3, 1), running(1), 0, "busy", "ready 3, unacked 1, 1 worker", Code("busy")),
     ],
 )
-def test_scale_up_rules(stats: QueueStats, workers: list[WorkerView], start: int, state: str, reason: str) -> None:
+def test_scale_up_rules(
+    stats: QueueStats, workers: list[WorkerView], start: int, state: str, reason: str, code: Code
+) -> None:
     decision = decide(JOB, stats, workers, TypeMemory(), now=1000.0)
     assert decision.start == start
     assert decision.stop == ()
-    assert decision.state == state
+    assert decision.state == state and decision.code is code
+    assert decision.desired == len(workers) + start
     assert reason in decision.reason
 
 

@@ -11,6 +11,7 @@ ended), then their records are dropped; their logs stay.
 
 from __future__ import annotations
 
+import importlib.machinery
 import json
 import logging
 import os
@@ -30,6 +31,8 @@ from scaler.backends.base import WorkerInfo, WorkerState
 
 log = logging.getLogger(__name__)
 KEEP_FINISHED_SECONDS = 60.0
+#: How many lines of an exited worker's log become its failure reason.
+FAILURE_LINES = 8
 
 
 class LocalBackend:
@@ -94,6 +97,7 @@ class LocalBackend:
                 record["started_at"],
                 finished_at=now,
                 exit_code=code,
+                failure_reason=last_lines(Path(record["log"])) if code not in (0, None) else None,
                 details={"pid": str(record["pid"]), "log": record["log"]},
             )
             self.kill_deadlines.pop(worker_id, None)
@@ -109,6 +113,20 @@ class LocalBackend:
             if now - (info.finished_at or now) > KEEP_FINISHED_SECONDS:
                 del self.finished[worker_id]
         return workers + list(self.finished.values())
+
+    def check(self, job_type: JobType) -> str | None:
+        """A type run by the default command whose handler module cannot be found, without importing it."""
+        if job_type.command is not None:
+            return None
+        module = handler_module(job_type)
+        if find_module(module, [str(REPO_ROOT), *sys.path]):
+            return None
+        if "." in job_type.handler:
+            return f"no handler module {module} on the Python path (the type's 'handler' field names it)"
+        return (
+            f"no handler module {module} (create workers/{job_type.handler}/handler.py with a "
+            "handle(row, context) function, or name an existing module in the type's 'handler' field)"
+        )
 
     # starting and ending ------------------------------------------------------
     def start_worker(self, job_type: JobType) -> WorkerInfo:
@@ -184,3 +202,35 @@ class LocalBackend:
 
     def close(self) -> None:
         """Workers keep running: a restarted scaler adopts them from their records."""
+
+
+def handler_module(job_type: JobType) -> str:
+    """The module a worker of `job_type` imports for its handler (the runtime's convention)."""
+    return job_type.handler if "." in job_type.handler else f"workers.{job_type.handler}.handler"
+
+
+def find_module(dotted: str, search_path: list[str]) -> bool:
+    """Whether `dotted` can be found on `search_path`, one package level at a time and without importing
+    anything (so no user code runs in the scaler)."""
+    path: list[str] | None = search_path
+    spec = None
+    for part in dotted.split("."):
+        if path is None:
+            return False
+        spec = importlib.machinery.PathFinder.find_spec(part, path)
+        if spec is None:
+            return False
+        path = list(spec.submodule_search_locations or []) or None
+    return spec is not None
+
+
+def last_lines(log_path: Path, count: int = FAILURE_LINES) -> str | None:
+    """The last `count` non-empty lines of an exited worker's log: its own words for why it failed."""
+    try:
+        with log_path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(handle.tell() - 8192, 0))
+            lines = [line for line in handle.read().decode("utf-8", "replace").splitlines() if line.strip()]
+    except OSError:
+        return None
+    return "\n".join(lines[-count:]) or None

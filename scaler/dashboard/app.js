@@ -73,25 +73,145 @@ function chart(name, maxWorkers) {
   return svg;
 }
 
+// ---- budget ------------------------------------------------------------------
+// One colour per job type, stable across ticks (by name), for the stacked bar and chart.
+const PALETTE = ["#2563eb", "#d97706", "#059669", "#7c3aed", "#db2777", "#0891b2", "#65a30d", "#dc2626"];
+const colourOf = (name, names) => PALETTE[names.indexOf(name) % PALETTE.length];
+
+function budgetTotal(budget) {
+  if (budget.max_workers !== null && budget.max_workers !== undefined) return budget.max_workers;
+  return null;
+}
+
+function renderBudget(status) {
+  const budget = status.budget || {};
+  const total = budgetTotal(budget);
+  const resources = Object.entries(budget.resources || {});
+  const panel = $("budget-panel");
+  panel.hidden = total === null && !resources.length;
+  if (panel.hidden) return;
+  const names = Object.keys(status.job_types).sort();
+  const held = budget.by_type || {};
+  const parts = [];
+  if (total !== null) parts.push(`${budget.used} / ${total} workers`);
+  for (const [name, item] of resources) parts.push(`${name} ${item.used} / ${item.total}`);
+  $("budget-text").textContent = parts.join(" · ") + " — " +
+    (Object.entries(held).map(([name, count]) => `${name} ${count}`).join(", ") || "nothing held");
+  const bar = $("budget-bar");
+  const capacity = Math.max(total || 0, budget.used || 0, 1);
+  bar.replaceChildren(...names.filter((name) => held[name]).map((name) => {
+    const part = el("span", { class: "budget-part", "data-type": name, title: `${name}: ${held[name]}` }, String(held[name]));
+    part.style.width = `${(100 * held[name]) / capacity}%`;
+    part.style.background = colourOf(name, names);
+    return part;
+  }));
+  bar.setAttribute("aria-label", $("budget-text").textContent);
+  bar.dataset.used = String(budget.used);
+  bar.dataset.total = String(total);
+  $("budget-chart").replaceChildren(stackedChart(names, capacity));
+  $("budget-legend").replaceChildren(...names.map((name) => {
+    const key = el("span", { class: "swatch" }, name);
+    key.style.setProperty("--swatch", colourOf(name, names));
+    return key;
+  }));
+}
+
+function stackedChart(names, capacity) {
+  // Workers held per type over time, stacked: how the budget was shared.
+  const width = 600, height = 110, pad = 2;
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  svg.setAttribute("class", "chart stacked");
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", "Workers of every job type over time, stacked against the budget");
+  const now = Date.now() / 1000;
+  const times = [...new Set(names.flatMap((name) => (history[name] || []).map((p) => Math.round(p[0]))))].sort((a, b) => a - b);
+  if (!times.length) return svg;
+  const window = Math.min(HISTORY_SECONDS, Math.max(120, now - times[0]));
+  const x = (t) => pad + (width - 2 * pad) * (1 - (now - t) / window);
+  const y = (v) => height - pad - (height - 2 * pad) * (v / capacity);
+  const at = (name, t) => {
+    let value = 0;
+    for (const point of history[name] || []) { if (point[0] <= t + 0.5) value = point[3]; else break; }
+    return value;
+  };
+  let below = times.map(() => 0);
+  for (const name of names) {
+    const above = times.map((t, i) => below[i] + at(name, t));
+    if (above.some((v, i) => v !== below[i])) {
+      const top = times.map((t, i) => `${i ? "L" : "M"}${x(t).toFixed(1)},${y(above[i]).toFixed(1)}`).join(" ");
+      const bottom = times.map((t, i) => `L${x(t).toFixed(1)},${y(below[i]).toFixed(1)}`).reverse().join(" ");
+      const area = document.createElementNS("http://www.w3.org/2000/svg", "path");
+      area.setAttribute("d", `${top} ${bottom} Z`);
+      area.setAttribute("class", "area");
+      area.dataset.type = name;
+      area.style.fill = colourOf(name, names);
+      svg.append(area);
+    }
+    below = above;
+  }
+  svg.dataset.points = String(times.length);
+  return svg;
+}
+
 // ---- rendering -------------------------------------------------------------
+const CONTROLS = {
+  run: [["pause", "Pause"], ["drain", "Drain"]],
+  paused: [["resume", "Resume"]],
+  drain: [["resume", "Resume"], ["pause", "Pause"]],
+};
+
+function controlButtons(name, item) {
+  const actions = [...(CONTROLS[item.control] || CONTROLS.run)];
+  if (item.state === "failing") actions.push(["retry", "Retry now"]);
+  const box = el("div", { class: "controls" });
+  if (item.removed) return box;
+  for (const [action, label] of actions) {
+    const button = el("button", { type: "button", class: `control ${action}`, "data-action": action, "data-type": name }, label);
+    button.setAttribute("aria-label", `${label} ${name}`);
+    box.append(button);
+  }
+  return box;
+}
+
+async function control(action, name) {
+  const answer = $("control-answer");
+  const headers = {};
+  const token = $("upload-token").value.trim();
+  if (token) headers.Authorization = `Bearer ${token}`;
+  try {
+    const response = await fetch(`/api/job-types/${encodeURIComponent(name)}/${action}`, { method: "POST", headers });
+    const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+    answer.textContent = response.ok ? `${name}: ${action} accepted.` : `${name}: ${action} refused (${response.status}): ${body.error}`;
+    answer.className = "answer " + (response.ok ? "ok" : "error");
+  } catch (error) {
+    answer.textContent = "The scaler is unreachable; nothing changed.";
+    answer.className = "answer error";
+  }
+}
+
 function renderCards(status) {
   const cards = $("cards");
   cards.replaceChildren();
   for (const [name, item] of Object.entries(status.job_types)) {
     const stat = (label, value, cls = "") => el("div", { class: "stat " + cls }, el("span", { class: "value" }, value), el("span", { class: "label" }, label));
-    const card = el("article", { class: `card state-${item.state}`, "data-type": name },
+    const [first, ...rest] = String(item.reason).split("\n");
+    const share = item.share === null || item.share === undefined ? "" : ` / ${item.share}`;
+    const card = el("article", { class: `card state-${item.state}`, "data-type": name, "data-control": item.control },
       el("header", {}, el("h3", {}, name), el("span", { class: "badge" }, item.state)),
-      el("p", { class: "reason", "data-field": "reason" }, item.reason),
+      el("p", { class: "reason", "data-field": "reason" }, first),
       el("div", { class: "stats" },
         stat("ready", number(item.ready), "ready"),
         stat("unacked", number(item.unacked), "unacked"),
         stat("consumers", number(item.consumers)),
         stat("workers", `${item.workers}/${item.max_workers}`, "workers"),
-        stat("starting / running", `${item.starting} / ${item.running}`),
+        stat(share ? "desired / share" : "desired", `${number(item.desired)}${share}`, "desired"),
         stat("dead letters", number(item.dead), item.dead ? "dead warn" : "dead")),
       chart(name, item.max_workers),
       el("p", { class: "legend" }, el("span", { class: "key depth" }, "queue depth"), " ", el("span", { class: "key workers" }, "workers"),
-        ` · threshold ${item.threshold}, burst > ${item.burst_threshold} (+${item.burst_size}), idle ${item.idle_seconds} s`));
+        ` · threshold ${item.threshold}, burst > ${item.burst_threshold} (+${item.burst_size}), idle ${item.idle_seconds} s, priority ${item.priority}`),
+      controlButtons(name, item));
+    if (rest.length) card.insertBefore(el("pre", { class: "failure", "data-field": "failure" }, rest.join("\n")), card.querySelector(".stats"));
     if (item.unschedulable) card.append(el("p", { class: "warn" }, "Unschedulable: " + item.unschedulable));
     cards.append(card);
   }
@@ -144,9 +264,11 @@ function render(status) {
   const problems = [];
   if (!status.broker.reachable) problems.push("RabbitMQ is unreachable: the scaler makes no scaling decision until it is back. " + (status.broker.error || ""));
   if (status.config.error) problems.push("Config error (the last good config stays in force): " + status.config.error);
+  if (status.controls && status.controls.error) problems.push("The pause/drain settings cannot be read (the last ones stay in force): " + status.controls.error);
   if (!status.leader) problems.push("This scaler is a standby: another replica holds the leadership and makes the decisions.");
   banner.hidden = !problems.length;
   banner.textContent = problems.join("\n");
+  renderBudget(status);
   renderCards(status);
   renderWorkers(status);
   renderEvents(status);
@@ -261,6 +383,11 @@ function setUpDrop() {
 document.addEventListener("DOMContentLoaded", async () => {
   $("upload-form").addEventListener("submit", upload);
   $("log-close").addEventListener("click", () => $("log-dialog").close());
+  // The cards are redrawn every tick: one listener on their container serves every button.
+  $("cards").addEventListener("click", (event) => {
+    const button = event.target.closest("button[data-action]");
+    if (button) control(button.dataset.action, button.dataset.type);
+  });
   setUpDrop();
   await loadHistory();
   await poll();

@@ -1,0 +1,81 @@
+"""The scaler's writes: pause, resume, drain and retry a job type (`POST /api/job-types/{name}/...`).
+
+Each endpoint checks the token, checks that the type exists, and changes the
+`Controls` the control loop reads on its next tick; pause and drain are
+persisted before they are acknowledged (see `scaler.control_state`), so a
+200 means the setting survives a restart. Pause: no new workers, running
+ones finish their row and stop, rows stay queued, uploads are still
+accepted. Drain: the backlog is worked off, then the type holds at zero.
+Resume: back to normal scaling. Retry: a failing type probes at once.
+Errors are named `AutoscalerError`s; the app maps them to their status once.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from jobtypes.errors import AutoscalerError
+from scaler.policy import Control
+
+
+class UnknownJobType(AutoscalerError):
+    status = 404
+
+
+class Unauthorized(AutoscalerError):
+    status = 401
+
+
+def require_token(request: Request) -> None:
+    """The producer's bearer token, when one is set (every write needs it)."""
+    token = request.app.state.settings.token
+    scheme, _, supplied = request.headers.get("authorization", "").partition(" ")
+    if token and not (scheme.lower() == "bearer" and hmac.compare_digest(supplied.strip().encode(), token.encode())):
+        raise Unauthorized("missing or wrong token: send 'Authorization: Bearer <PRODUCER_TOKEN>'")
+
+
+def _job_type(request: Request) -> str:
+    name = request.path_params["name"]
+    known = request.app.state.scaler.watcher.config.job_types
+    if name not in known:
+        raise UnknownJobType(f"unknown job type {name!r}; known: {', '.join(known)}")
+    return name
+
+
+async def _set(request: Request, control: Control) -> Response:
+    require_token(request)
+    name = _job_type(request)
+    await run_in_threadpool(request.app.state.scaler.controls.set, name, control)
+    return JSONResponse({"job_type": name, "control": control.value})
+
+
+async def pause(request: Request) -> Response:
+    return await _set(request, Control.PAUSED)
+
+
+async def resume(request: Request) -> Response:
+    return await _set(request, Control.RUN)
+
+
+async def drain(request: Request) -> Response:
+    return await _set(request, Control.DRAIN)
+
+
+async def retry(request: Request) -> Response:
+    require_token(request)
+    name = _job_type(request)
+    request.app.state.scaler.controls.retry(name)
+    return JSONResponse({"job_type": name, "retry": True})
+
+
+ROUTES = [
+    Route("/api/job-types/{name}/pause", pause, methods=["POST"]),
+    Route("/api/job-types/{name}/resume", resume, methods=["POST"]),
+    Route("/api/job-types/{name}/drain", drain, methods=["POST"]),
+    Route("/api/job-types/{name}/retry", retry, methods=["POST"]),
+]
