@@ -116,6 +116,21 @@ def test_a_failed_job_carries_its_exit_code_termination_message_condition_and_lo
     assert emulator.names("jobs") == []
 
 
+def test_an_evicted_pod_is_failed_with_the_kubelets_reason_before_the_job_controller_notices(
+    backend: KubernetesBackend, emulator: KubernetesEmulator, clock: FakeClock
+) -> None:
+    worker = backend.start_worker(NEW_JOB)
+    clock.now += 3600  # long-running, then evicted: still news
+    emulator.set_pod(worker.worker_id, "Failed")
+    with emulator.lock:
+        status = emulator.objects["pods"][("queue-autoscaler", f"{worker.worker_id}-pod")]["status"]
+        status.update(reason="Evicted", message="The node was low on resource: memory.")
+    [listed] = backend.list_workers()
+    assert listed.state is WorkerState.FAILED
+    assert listed.failure_reason == "Evicted: The node was low on resource: memory."
+    assert emulator.names("jobs") == []
+
+
 def test_a_succeeded_worker_is_listed_for_a_minute_and_its_job_removed(
     backend: KubernetesBackend, emulator: KubernetesEmulator, clock: FakeClock
 ) -> None:

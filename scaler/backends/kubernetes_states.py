@@ -103,19 +103,28 @@ def failed_waiting(status: Any | None) -> Any | None:
     return waiting if waiting is not None and waiting.reason in FAILED_START_REASONS else None
 
 
-def failure_reason(condition: Any | None, status: Any | None) -> str:
-    """`CrashLoopBackOff: back-off 10s ...; exit code 2 (Error): no handler module ...; BackoffLimitExceeded: ...`"""
+def failure_reason(condition: Any | None, pod: Any | None) -> str:
+    """In Kubernetes' words, most specific first: the container's waiting reason, its exit code and termination
+    message, the pod's own reason (Evicted, ...), the Job's failure condition; e.g. `CrashLoopBackOff: back-off
+    10s ...; exit code 2 (Error): no handler module ...`."""
+    status = container_status(pod)
     parts = []
     waiting = failed_waiting(status)
     if waiting is not None:
-        parts.append(f"{waiting.reason}: {waiting.message}" if waiting.message else waiting.reason)
+        parts.append(_said(waiting.reason, waiting.message))
     terminated = terminated_state(status)
     if terminated is not None and terminated.exit_code != 0:
         ended = f"exit code {terminated.exit_code}" + (f" ({terminated.reason})" if terminated.reason else "")
-        parts.append(f"{ended}: {terminated.message.strip()}" if terminated.message else ended)
+        parts.append(_said(ended, (terminated.message or "").strip()))
+    if pod is not None and pod.status is not None and pod.status.reason:
+        parts.append(_said(pod.status.reason, pod.status.message))
     if condition is not None:
-        parts.append(f"{condition.reason}: {condition.message}" if condition.message else str(condition.reason))
+        parts.append(_said(condition.reason, condition.message))
     return "; ".join(parts) or "the worker failed"
+
+
+def _said(what: str, message: str | None) -> str:
+    return f"{what}: {message}" if message else str(what)
 
 
 def read_worker(job: Any, pods: list[Any], now: float, limits: StartLimits, deleting: bool = False) -> WorkerInfo:
@@ -134,20 +143,22 @@ def read_worker(job: Any, pods: list[Any], now: float, limits: StartLimits, dele
         return _finished(info, WorkerState.SUCCEEDED, terminated, time_of(job.status.completion_time) or _at(complete))
     if "Failed" in conditions:
         failed = conditions["Failed"]
-        return _failed(info, failure_reason(failed, status), terminated, _at(failed) or now)
+        return _failed(info, failure_reason(failed, pod), terminated, _at(failed) or now)
     if job.metadata.deletion_timestamp is not None or deleting:
         info.state = WorkerState.STOPPING
         return info
+    return _from_pod(info, pod, now, limits)
+
+
+def _from_pod(info: WorkerInfo, pod: Any | None, now: float, limits: StartLimits) -> WorkerInfo:
+    """A worker whose Job has not finished, from its pod."""
     if pod is None:
         return _timed_out(info, now, limits, "no pod was created (a ResourceQuota or an admission webhook?)")
-    phase = pod_phase(pod)
-    if phase in ("Succeeded", "Failed"):  # the Job controller has not caught up yet
-        state = WorkerState.SUCCEEDED if phase == "Succeeded" else WorkerState.FAILED
-        if state is WorkerState.FAILED:
-            return _failed(info, failure_reason(None, status), terminated, now)
-        return _finished(info, state, terminated, None)
-    if failed_waiting(status) is not None:
-        return _failed(info, failure_reason(None, status), terminated, now)
+    phase, status = pod_phase(pod), container_status(pod)
+    if phase == "Failed" or failed_waiting(status) is not None:  # a Failed pod: the Job controller lags behind
+        return _failed(info, failure_reason(None, pod), terminated_state(status), now)
+    if phase == "Succeeded":
+        return _finished(info, WorkerState.SUCCEEDED, terminated_state(status), None)
     if phase == "Running":
         info.state = WorkerState.RUNNING
         return info
