@@ -91,7 +91,7 @@ def _backend(settings: ScalerSettings):
     from scaler.leader import LeaseElector
 
     elector = LeaseElector.from_environment().start() if settings.leader_election else None
-    backend = KubernetesBackend.from_environment(leadership=elector)
+    backend = KubernetesBackend.from_environment(leadership=elector, backoff=settings.backoff)
     store = LeaseControlStore(client.ApiClient(), backend.namespace, settings.controls_lease)
     return backend, Controls(store, settings.controls_refresh_seconds), elector
 

@@ -3,6 +3,7 @@ emulated API server, through the official client, on a clock the test moves."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from jobtypes.config import JobType
 from scaler.backends.base import WorkerState
 from scaler.backends.kubernetes import KEEP_FINISHED_SECONDS, KubernetesBackend
-from scaler.backends.kubernetes_api import NotLeading
+from scaler.backends.kubernetes_api import KubernetesApiError, NotLeading
 from scaler.backends.kubernetes_manifests import ClusterSettings
 from scaler.backends.kubernetes_states import StartLimits
 from tests.support.k8s_emulator import KubernetesEmulator
@@ -208,3 +209,25 @@ def test_leftover_finished_jobs_are_removed_a_few_per_tick_without_reading_their
     assert len(emulator.names("jobs")) == 5
     assert backend.list_workers() == [] and emulator.names("jobs") == []
     assert log_reads(emulator) == 0
+
+
+def test_a_type_whose_jobs_are_refused_is_reported_by_check_and_tried_again_after_a_backoff(
+    backend: KubernetesBackend, emulator: KubernetesEmulator, clock: FakeClock
+) -> None:
+    other = JobType(name="other", queue="q_other")
+    emulator.fail_next(403)
+    with pytest.raises(KubernetesApiError):
+        backend.start_worker(NEW_JOB)
+    assert re.fullmatch(
+        r"creating Job new-job-\S+: 403 Forbidden: injected 403 \(next try in 5 s\)", backend.check(NEW_JOB)
+    )
+    assert backend.check(other) is None
+    clock.now += 5
+    assert backend.check(NEW_JOB) is None, "one more try after the backoff"
+    emulator.fail_next(422)
+    with pytest.raises(KubernetesApiError):
+        backend.start_worker(NEW_JOB)
+    assert backend.check(NEW_JOB).endswith("422 Unprocessable Entity: injected 422 (next try in 10 s)")
+    clock.now += 10
+    backend.start_worker(NEW_JOB)
+    assert backend.check(NEW_JOB) is None, "a Job created clears it"

@@ -219,3 +219,19 @@ def test_a_gpu_budget_counts_starting_running_and_stopping_workers(simulated) ->
     clock.now += 1
     scaler.tick()
     assert len(server.names("jobs")) == 4, "its GPU is free once the pod is gone"
+
+
+def test_a_type_whose_jobs_are_forbidden_is_failing_with_the_servers_words_and_backs_off(simulated) -> None:
+    server, clock, build = simulated
+    scaler, stats, _ = build({"new-job": NEW_JOB})
+    stats.set("queue_new", 100)
+    forbidden = 'jobs.batch is forbidden: User "system:serviceaccount:queue-autoscaler:scaler" cannot create resource'
+    server.refuse_job_creates = (403, forbidden)
+    for _ in range(300):
+        clock.now += 1
+        scaler.tick()
+    status = scaler.board.document()["job_types"]["new-job"]
+    assert status["state"] == "failing" and f"403 Forbidden: {forbidden}" in status["reason"]
+    attempts = server.count("POST", "jobs")
+    print(f"{attempts} refused creates in 5 simulated minutes")
+    assert attempts <= 8, f"{attempts} creates refused in 5 minutes"

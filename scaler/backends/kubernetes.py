@@ -12,6 +12,9 @@ every Job as a backstop when no scaler leads. A deleted Job whose pod is still
 terminating is a stopping worker until the pod is gone. Every create and
 delete first asks the leader election whether this replica may still act, on
 the view of this tick (`Leadership`); API errors are retried (`kubernetes_api`).
+A type whose Job the API server refuses (403 Forbidden, a namespace that does
+not exist, an invalid spec) is reported by `check()` with the server's words
+and not tried again before a backoff, so it does not fail once per tick.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from scaler.backends.kubernetes_states import (
     terminated_state,
     time_of,
 )
+from scaler.policy import Backoff
 
 log = logging.getLogger(__name__)
 #: Seconds a finished worker stays listed (and its log readable) after its Job is removed.
@@ -69,6 +73,15 @@ class Leadership(Protocol):
     def acting_window(self, observed_at: float | None) -> float:
         """Seconds during which writes based on a view taken at `observed_at` are safe; <= 0 when this replica
         does not lead, its view predates its leadership, or the tick's deadline has passed."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The API server refused a type's Jobs `failures` times in a row; the next try waits until `until`."""
+
+    reason: str
+    failures: int
+    until: float
 
 
 @dataclass
@@ -93,6 +106,7 @@ class KubernetesBackend:
         leadership: Leadership | None = None,
         clock: Callable[[], float] = time.time,
         finished_per_tick: int = 20,
+        backoff: Backoff | None = None,
     ) -> None:
         self.batch = client.BatchV1Api(api)
         self.core = client.CoreV1Api(api)
@@ -104,14 +118,19 @@ class KubernetesBackend:
         self.clock = clock
         #: Finished workers whose logs are read and Jobs removed per tick at most (the rest wait a tick).
         self.finished_per_tick = finished_per_tick
+        #: How long a type whose Jobs the API server refuses waits before the next try.
+        self.backoff = backoff or Backoff()
         self.calls = 0
+        self._refused: dict[str, Refusal] = {}
         #: Jobs this scaler deleted to stop their worker, and when: reported STOPPING, not deleted every tick.
         self._deleted: dict[str, float] = {}
         self._finished: dict[str, Finished] = {}
         self._observed_at: float | None = None
 
     @classmethod
-    def from_environment(cls, leadership: Leadership | None = None) -> KubernetesBackend:
+    def from_environment(
+        cls, leadership: Leadership | None = None, backoff: Backoff | None = None
+    ) -> KubernetesBackend:
         load_client_configuration()
         return cls(
             client.ApiClient(),
@@ -122,6 +141,7 @@ class KubernetesBackend:
             ),
             page_size=int(os.environ.get("SCALER_LIST_PAGE_SIZE", "500")),
             leadership=leadership,
+            backoff=backoff,
         )
 
     @property
@@ -129,9 +149,12 @@ class KubernetesBackend:
         return self.settings.namespace
 
     def check(self, job_type: JobType) -> str | None:
-        """Nothing to find out without a Job: the image is pulled on a node, and a missing Secret, namespace or
-        permission shows as the pod's reason or as the create's readable API error."""
-        return None
+        """Why the API server will not take `job_type`'s Jobs now: its last refusal, until the backoff after it has
+        passed (then one more try). Nothing else is known without a Job: an image is pulled on a node, a missing
+        Secret shows as the pod's reason."""
+        refusal = self._refused.get(job_type.name)
+        left = refusal.until - self.clock() if refusal is not None else 0.0
+        return f"{refusal.reason} (next try in {left:.0f} s)" if refusal is not None and left > 0 else None
 
     # listing -----------------------------------------------------------------
     def list_workers(self) -> list[WorkerInfo]:
@@ -234,6 +257,19 @@ class KubernetesBackend:
 
     # starting and ending --------------------------------------------------------
     def start_worker(self, job_type: JobType) -> WorkerInfo:
+        """Create one Job (see `_create`); a refusal by the API server is remembered for `check()`."""
+        try:
+            worker = self._create(job_type)
+        except NotLeading:
+            raise
+        except KubernetesApiError as error:
+            failures = self._refused[job_type.name].failures + 1 if job_type.name in self._refused else 1
+            self._refused[job_type.name] = Refusal(str(error), failures, self.clock() + self.backoff.delay(failures))
+            raise
+        self._refused.pop(job_type.name, None)
+        return worker
+
+    def _create(self, job_type: JobType) -> WorkerInfo:
         """Create one Job. Its name is chosen before the first attempt, so when an attempt whose answer was
         lost (timeout, 5xx) is retried and meets 409 AlreadyExists, that is this worker's own Job: counted
         once. A 409 AlreadyExists on the very first attempt is a name collision: a new name is drawn."""

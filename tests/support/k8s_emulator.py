@@ -111,6 +111,8 @@ class KubernetesEmulator:
         self.stalls_resolved = 0
         self.dropped = 0
         self.expire_continue_tokens = False
+        #: (status, message) every Job create is refused with, e.g. (403, "jobs.batch is forbidden: ...").
+        self.refuse_job_creates: tuple[int, str] | None = None
         self.peak_live_jobs = 0
         self.version = 0
         self.lock = threading.Lock()
@@ -418,6 +420,9 @@ class KubernetesEmulator:
     def _create(self, kind: str, namespace: str, body: dict[str, Any]) -> tuple[int, Any]:
         name = body["metadata"]["name"]
         store = self.objects[kind]
+        if kind == "jobs" and self.refuse_job_creates:
+            status, message = self.refuse_job_creates
+            return status, _status(status, "Forbidden" if status == 403 else "Refused", message)
         if (namespace, name) in store:
             return 409, _status(409, "AlreadyExists", f"{kind} {name} already exists")
         self.version += 1
