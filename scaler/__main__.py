@@ -12,10 +12,16 @@ import logging
 import sys
 import threading
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from jobtypes.config import DEFAULT_STOP_GRACE_SECONDS, ConfigError
 from jobtypes.settings import jobs_config_path, rabbitmq_api_url, rabbitmq_url, redact_url
 from scaler.settings import ScalerSettings, SettingsError
+
+if TYPE_CHECKING:
+    from scaler.backends.base import Backend
+    from scaler.control_state import Controls
+    from scaler.leader import LeaseElector
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -76,7 +82,7 @@ def _settings(args: argparse.Namespace) -> ScalerSettings:
     return replace(settings, **{key: value for key, value in overrides.items() if value is not None})
 
 
-def _backend(settings: ScalerSettings):
+def _backend(settings: ScalerSettings) -> tuple[Backend, Controls, LeaseElector | None]:
     """The backend, where the pause/drain set is kept, and (Kubernetes) the leader elector."""
     from scaler.control_state import Controls, FileControlStore, LeaseControlStore
 

@@ -237,22 +237,20 @@ class Scaler:
             metrics.FAILED_STARTS.labels(name).inc(decision.new_failures)
         previous = self.states.get(name)
         self.states[name] = decision.state
-        if decision.state is not previous and (decision.state in NOTABLE_STATES or previous in NOTABLE_STATES):
-            kind = "error" if decision.state is State.FAILING else "state"
-            log.log(logging.WARNING if kind == "error" else logging.INFO, "%s: %s", name, decision.reason)
-            self.board.event(name, kind, decision.reason)
+        changed = decision.state is not previous and (decision.state in NOTABLE_STATES or previous in NOTABLE_STATES)
+        if changed:
+            failing = decision.state is State.FAILING
+            log.log(logging.WARNING if failing else logging.INFO, "%s: %s", name, decision.reason)
+            self.board.event(name, "error" if failing else "state", decision.reason)
         if workers is not None and decision.direction:
+            if not changed and decision.state is not State.FAILING:  # a probe is no news: its state change was
+                log.info("%s: %s", name, decision.reason)
+                self.board.event(name, decision.direction, decision.reason)
             self._carry_out(fact.job_type, decision, claim, workers)
         self._export_type(fact, decision)
 
     def _carry_out(self, job_type: JobType, decision: Decision, claim: Claim, workers: dict[str, WorkerInfo]) -> None:
-        direction = decision.direction or ""
-        if decision.state is State.FAILING:
-            log.info("%s: %s", job_type.name, decision.reason.splitlines()[0])
-        else:
-            log.info("%s: %s", job_type.name, decision.reason)
-            self.board.event(job_type.name, direction, decision.reason)
-        metrics.SCALE_EVENTS.labels(job_type.name, direction).inc()
+        metrics.SCALE_EVENTS.labels(job_type.name, decision.direction or "").inc()
         for _ in range(decision.start):
             try:
                 self.backend.start_worker(job_type)
@@ -271,10 +269,11 @@ class Scaler:
     def _escalate_stops(self, infos: list[WorkerInfo], now: float) -> None:
         """Workers that ignored their stop request past the type's grace period are terminated."""
         alive = {info.worker_id: info for info in infos if not info.state.finished}
+        listed = {info.worker_id for info in infos}
         for worker_id, asked_at in list(self.stop_requested.items()):
             info = alive.get(worker_id)
             if info is None:
-                if not any(i.worker_id == worker_id for i in infos):
+                if worker_id not in listed:  # kept while it is listed: its exit is no failed start
                     del self.stop_requested[worker_id]
                 continue
             job_type = self.known.get(info.job_type)

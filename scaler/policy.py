@@ -20,7 +20,8 @@ budget across types is a second pure step (`scaler.budget.allocate`). The rules
 * Scale down only after ready = 0, unacked = 0 and nothing waiting for retry
   held continuously for `idle_seconds`; any message resets the clock. Only
   workers not reported busy are stopped, newest first, down to `min_workers`.
-* A worker that ends with an error before it ever consumed is a failed start:
+* A worker that ends with an error before it ever consumed (and was not killed
+  from outside) is a failed start:
   the type turns `failing`, and starts one probe at a time after an
   exponential backoff, until a worker started after the failure consumes. A
   type the backend finds unusable without starting anything (`check`) is
@@ -108,6 +109,10 @@ class QueueStats:
         return self.ready == 0 and self.unacked == 0 and self.retrying == 0
 
 
+#: Local exit codes of a process ended by a signal someone else sent: no failure of the worker's own.
+KILLED_FROM_OUTSIDE = frozenset({-9, -15})
+
+
 @dataclass(frozen=True)
 class WorkerView:
     """What the policy needs to know of one worker."""
@@ -126,8 +131,10 @@ class WorkerView:
 
     @property
     def failed_start(self) -> bool:
-        """It ended in failure without ever consuming, and nobody asked it to stop."""
-        return self.state is WorkerState.FAILED and not self.consumed and not self.stop_requested
+        """It ended in failure without ever consuming, nobody asked it to stop, and it was not killed from
+        outside (SIGKILL or SIGTERM by an operator: a local exit code of -9 or -15)."""
+        killed = self.exit_code in KILLED_FROM_OUTSIDE
+        return self.state is WorkerState.FAILED and not self.consumed and not self.stop_requested and not killed
 
 
 @dataclass(frozen=True)
@@ -170,7 +177,8 @@ class Decision:
     code: Code = Code.IDLE
     reason: str = ""
     memory: TypeMemory = field(default_factory=TypeMemory)
-    #: Workers the type wants, not counting those already stopping.
+    #: Workers the type claims from a shared budget (not counting those already stopping): what it is
+    #: growing towards while its backlog is above the threshold, else what it keeps after this decision.
     desired: int = 0
     #: Failed starts first seen on this tick (for the metric).
     new_failures: int = 0
@@ -207,8 +215,21 @@ def decide(
     """
     memory, new_failures = _account_exits(memory, workers, finished, now, backoff)
     decision = _decide(job_type, stats, workers, memory, now, removed, check, control)
-    active = len(workers)
-    return replace(decision, desired=active + decision.start - len(decision.stop), new_failures=new_failures)
+    return replace(decision, desired=_desired(job_type, stats, len(workers), decision), new_failures=new_failures)
+
+
+#: Rules under which a type with a backlog above its threshold keeps growing, one step per tick.
+GROWING = frozenset({Code.BURST, Code.SCALE_UP, Code.WAIT_START, Code.AT_MAX})
+
+
+def _desired(job_type: JobType, stats: QueueStats | None, active: int, decision: Decision) -> int:
+    """How many workers the type claims from a shared budget: the size it is growing towards, not only this
+    tick's step, so a type whose new workers are still starting does not hand its slots back meanwhile."""
+    if stats is not None and decision.code in GROWING and stats.backlog > job_type.threshold:
+        return max(job_type.max_workers, active)
+    if decision.code in (Code.PROBING, Code.BACKOFF) and stats is not None and stats.backlog:
+        return max(active, 1)
+    return active + decision.start - len(decision.stop)
 
 
 def _account_exits(

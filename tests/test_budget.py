@@ -194,3 +194,53 @@ def test_invariants(claims, max_workers, gpus) -> None:
 def test_a_worker_costs_its_requests_or_else_its_limits() -> None:
     resources = Resources(requests={"cpu": "500m", "memory": "64Mi"}, limits={"cpu": 1, "nvidia.com/gpu": 1})
     assert worker_requests(resources) == {"cpu": 0.5, "memory": 64 * 2**20, "nvidia.com/gpu": 1.0}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 8),
+    st.integers(0, 8),
+    st.integers(1, 8),
+    st.lists(st.booleans(), min_size=5, max_size=25),
+)
+def test_no_flapping_over_ticks(budget_size, bulk_start, urgent_want, exits) -> None:
+    """Replay ticks: stopped workers exit when `exits` says so, started ones run at once. Bulk (which always
+    wants more) never starts a worker while urgent still waits for a slot of its share, grows only within its
+    own share, and live workers never exceed the budget."""
+    budget = Budget(max_workers=budget_size)
+    bulk = [WorkerView(f"b{i}", WorkerState.RUNNING, float(i)) for i in range(min(bulk_start, budget_size))]
+    urgent: list[WorkerView] = []
+    stopping: list[str] = []
+    serial = 100
+    for exit_now in exits:
+        if exit_now:
+            stopping = []
+        claims = [
+            Claim(
+                "bulk",
+                Decision(start=2, desired=8, state=State.SCALING_UP),
+                active=tuple(bulk),
+                stopping=len(stopping),
+            ),
+            Claim(
+                "urgent",
+                Decision(start=max(urgent_want - len(urgent), 0), desired=urgent_want, state=State.BURST),
+                active=tuple(urgent),
+                priority=10,
+            ),
+        ]
+        result = allocate(claims, budget)
+        bulk_starts, urgent_starts = result.decisions["bulk"].start, result.decisions["urgent"].start
+        if len(urgent) + urgent_starts < result.shares["urgent"]:
+            assert bulk_starts == 0, "bulk takes no freed slot while urgent still waits for one"
+        assert bulk_starts == 0 or len(bulk) + bulk_starts <= result.shares["bulk"], "bulk grows only within its share"
+        stopped = set(result.decisions["bulk"].stop)
+        stopping += sorted(stopped)
+        bulk = [w for w in bulk if w.worker_id not in stopped]
+        for name, workers in (("bulk", bulk), ("urgent", urgent)):
+            for _ in range(result.decisions[name].start):
+                serial += 1
+                workers.append(WorkerView(f"{name[0]}{serial}", WorkerState.RUNNING, float(serial)))
+        assert len(bulk) + len(urgent) + len(stopping) <= max(budget_size, bulk_start), "never over budget"
+    if exits[-1] and len(exits) > 3:
+        assert len(urgent) == min(urgent_want, budget_size) or stopping

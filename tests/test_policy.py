@@ -52,7 +52,8 @@ def test_scale_up_rules(
     assert decision.start == start
     assert decision.stop == ()
     assert decision.state == state and decision.code is code
-    assert decision.desired == len(workers) + start
+    growing = stats.backlog > JOB.threshold
+    assert decision.desired == (JOB.max_workers if growing else len(workers) + start)
     assert reason in decision.reason
 
 

@@ -94,6 +94,7 @@ def test_an_old_worker_that_consumed_before_the_failures_does_not_clear_them() -
         WorkerView("a", WorkerState.FAILED, 0.0, consumed=True, exit_code=1),  # crashed after consuming: a crash
         WorkerView("b", WorkerState.FAILED, 0.0, stop_requested=True, exit_code=-15),  # we stopped it
         WorkerView("c", WorkerState.SUCCEEDED, 0.0, exit_code=0),
+        WorkerView("d", WorkerState.FAILED, 0.0, exit_code=-9),  # kill -9 by someone else while it started
     ],
 )
 def test_exits_that_are_not_failed_starts(exit_view: WorkerView) -> None:

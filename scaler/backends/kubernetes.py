@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from jobtypes.config import JobType
+from jobtypes.config import DEFAULT_STOP_GRACE_SECONDS, JobType
 from scaler.backends.base import WorkerInfo, WorkerState
 from scaler.backends.kubernetes_api import (
     KubernetesApiError,
@@ -309,7 +309,7 @@ class KubernetesBackend:
         deletes nothing: the leader does, on its own view."""
         if worker.state.finished or worker.worker_id in self._finished:
             return
-        grace = int(job_type.stop_grace_seconds) if job_type else 30
+        grace = int(job_type.stop_grace_seconds if job_type else DEFAULT_STOP_GRACE_SECONDS)
         deleted_at = self._deleted.get(worker.worker_id)
         if deleted_at is not None and self.clock() - deleted_at < grace + 10:
             return

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from jobtypes.config import JobType
+from jobtypes.config import DEFAULT_STOP_GRACE_SECONDS, JobType
 from jobtypes.settings import REPO_ROOT
 from scaler.backends.base import WorkerInfo, WorkerState
 
@@ -46,6 +46,7 @@ class LocalBackend:
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.finished: dict[str, WorkerInfo] = {}
         self.kill_deadlines: dict[str, float] = {}
+        self.handlers_found: set[str] = set()  # found once, not looked up again; a missing one is, every tick
         self.calls = 0
 
     # listing ---------------------------------------------------------------
@@ -119,7 +120,8 @@ class LocalBackend:
         if job_type.command is not None:
             return None
         module = handler_module(job_type)
-        if find_module(module, [str(REPO_ROOT), *sys.path]):
+        if module in self.handlers_found or find_module(module, [str(REPO_ROOT), *sys.path]):
+            self.handlers_found.add(module)
             return None
         if "." in job_type.handler:
             return f"no handler module {module} on the Python path (the type's 'handler' field names it)"
@@ -171,7 +173,7 @@ class LocalBackend:
         if pid <= 0 or worker.state.finished:
             return
         deadline = self.kill_deadlines.get(worker.worker_id)
-        grace = job_type.stop_grace_seconds if job_type else 30.0  # the default of stop_grace_seconds
+        grace = job_type.stop_grace_seconds if job_type else DEFAULT_STOP_GRACE_SECONDS
         try:
             if deadline is None:
                 self.kill_deadlines[worker.worker_id] = time.time() + grace
