@@ -67,11 +67,11 @@ def _run(args: argparse.Namespace) -> int:
         )
     finally:
         scaler.stop()
-        loop.join(timeout=10)
+        loop.join(timeout=60)
+        if elector:  # the Lease is handed back only once the loop can no longer act
+            elector.stop(release=not loop.is_alive())
         channel.close()
         backend.close()
-        if elector:
-            elector.stop()
     return 0
 
 
@@ -96,8 +96,8 @@ def _backend(settings: ScalerSettings) -> tuple[Backend, Controls, LeaseElector 
     from scaler.backends.kubernetes import KubernetesBackend
     from scaler.leader import LeaseElector
 
-    backend = KubernetesBackend.from_environment()
     elector = LeaseElector.from_environment().start() if settings.leader_election else None
+    backend = KubernetesBackend.from_environment(leadership=elector, backoff=settings.backoff)
     store = LeaseControlStore(client.ApiClient(), backend.namespace, settings.controls_lease)
     return backend, Controls(store, settings.controls_refresh_seconds), elector
 

@@ -13,8 +13,18 @@ The semantics are client-go's leader election:
   started less than `renew_deadline` (two thirds of the lease) ago; a leader
   cut off from the API server steps down a third of a lease before any standby
   can take over.
-- `stop()` releases the Lease (empty holder), so a standby takes over at its
-  next round instead of after a full lease duration (a rolling update).
+- The holder acts (creates or deletes Jobs) only on a view of the workers it
+  took while leading, and only while that view is younger than the tick
+  deadline (half the renew deadline by default): `acting_window()` is asked
+  immediately before every write, and bounds the write's own timeout, so no
+  write of an old leader can land after a standby may take over (a standby
+  waits a whole lease, the old leader acts for at most the renew deadline
+  after its last renewal began). A standby that just took over ignores what it
+  listed before, which may miss the old leader's last Jobs.
+- `stop()` stops acting at once and releases the Lease (empty holder), so a
+  standby takes over at its next round instead of after a full lease
+  duration (a rolling update). The caller stops its control loop first and
+  releases only once the loop has ended (`stop(release=False)` otherwise).
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from scaler.backends.kubernetes import load_client_configuration
+from scaler.backends.kubernetes_api import load_client_configuration
 from scaler.backends.kubernetes_manifests import ClusterSettings
 
 log = logging.getLogger(__name__)
@@ -48,6 +58,7 @@ class LeaseElector:
         duration: float = 15.0,
         retry_period: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tick_deadline: float | None = None,
     ) -> None:
         self.api = client.CoordinationV1Api(api)
         self.namespace = namespace
@@ -57,7 +68,12 @@ class LeaseElector:
         self.renew_deadline = duration * 2 / 3
         self.retry_period = retry_period if retry_period is not None else max(duration / 7.5, 0.1)
         self.clock = clock
+        #: How long after a tick's view of the workers was taken it may still act on it.
+        self.tick_deadline = tick_deadline if tick_deadline is not None else self.renew_deadline / 2
+        if self.tick_deadline >= self.renew_deadline:
+            raise ValueError(f"the tick deadline ({self.tick_deadline} s) must be shorter than the renew deadline")
         self._renewed_at: float | None = None  # when the last successful renewal started
+        self._term_started: float | None = None  # when the round that won the current leadership started
         self._observed: tuple[Any, ...] | None = None  # the other holder's record as last seen
         self._observed_at = 0.0
         self._stop = threading.Event()
@@ -72,23 +88,41 @@ class LeaseElector:
             os.environ.get("SCALER_LEASE_NAME", "queue-autoscaler-scaler"),
             os.environ.get("POD_NAME") or socket.gethostname(),
             float(os.environ.get("SCALER_LEASE_SECONDS", "15")),
+            tick_deadline=float(os.environ["SCALER_TICK_DEADLINE_SECONDS"])
+            if os.environ.get("SCALER_TICK_DEADLINE_SECONDS")
+            else None,
         )
 
     def is_leader(self) -> bool:
         return self._renewed_at is not None and self.clock() - self._renewed_at < self.renew_deadline
 
+    def now(self) -> float:
+        return self.clock()
+
+    def acting_window(self, observed_at: float | None) -> float:
+        """Seconds left to act on a view of the workers taken at `observed_at` (by `now()`); <= 0: do not act.
+
+        The view must be taken during the current leadership (an older one may miss the previous leader's last
+        writes) and be younger than the tick deadline; the leadership must not be past its renew deadline."""
+        renewed_at, term_started = self._renewed_at, self._term_started
+        if renewed_at is None or term_started is None or observed_at is None or observed_at <= term_started:
+            return 0.0
+        return min(renewed_at + self.renew_deadline, observed_at + self.tick_deadline) - self.clock()
+
     def start(self) -> LeaseElector:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        """Stop renewing and hand the Lease back, so a standby takes over at once."""
+    def stop(self, release: bool = True) -> None:
+        """Stop acting and renewing; with `release`, hand the Lease back so a standby takes over at once. Release
+        only once nothing acts any more (the control loop has ended); otherwise the Lease simply expires."""
+        was_leader = self.is_leader()
         self._stop.set()
+        self._renewed_at = self._term_started = None
         if self._thread.is_alive():
             self._thread.join(timeout=REQUEST_TIMEOUT * 2)
-        was_leader = self.is_leader()
-        self._renewed_at = None
-        if not was_leader:
+        self._renewed_at = self._term_started = None  # a round that was in flight may have renewed
+        if not (was_leader and release):
             return
         try:
             lease = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=REQUEST_TIMEOUT)
@@ -142,7 +176,7 @@ class LeaseElector:
             if started - self._observed_at < (spec.lease_duration_seconds or self.duration):
                 if was_leader:
                     log.warning("lost the leadership to %s", holder)
-                self._renewed_at = None
+                self._renewed_at = self._term_started = None
                 return False
             log.info(
                 "the Lease of %s expired (not renewed for %.0f s); taking over", holder, started - self._observed_at
@@ -166,9 +200,13 @@ class LeaseElector:
             call()
         except ApiException as error:
             if error.status in (409, 422):  # another replica wrote first (stale resourceVersion / create race)
-                self._renewed_at = None
+                self._renewed_at = self._term_started = None
                 return False
             raise
+        if self._stop.is_set():
+            return False  # stopped while this round was in flight: never lead again
+        if not was_leader or self._term_started is None:
+            self._term_started = started
         self._renewed_at = started
         self._observed = None
         if not was_leader:

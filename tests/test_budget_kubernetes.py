@@ -31,7 +31,7 @@ URGENT = {"queue": "q_urgent", "threshold": 0, "burst_size": 2, "max_workers": 2
 
 
 def make_scaler(emulator: KubernetesEmulator, config: Path, budget: Budget, controls: Controls | None = None):
-    backend = KubernetesBackend(emulator.api_client(), ClusterSettings(), unschedulable_grace=30)
+    backend = KubernetesBackend(emulator.api_client(), ClusterSettings())
     stats, channel, clock = FakeStats(), FakeChannel(), FakeClock()
     settings = ScalerSettings(backend="kubernetes", budget=budget)
     scaler = Scaler(ConfigWatcher(config), backend, stats, channel, clock=clock, settings=settings, controls=controls)

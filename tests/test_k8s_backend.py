@@ -11,7 +11,8 @@ from kubernetes.config import incluster_config
 from jobtypes.config import JobType
 from scaler.backends import kubernetes_manifests
 from scaler.backends.base import WorkerState
-from scaler.backends.kubernetes import KubernetesApiError, KubernetesBackend
+from scaler.backends.kubernetes import KubernetesBackend
+from scaler.backends.kubernetes_api import KubernetesApiError
 from scaler.backends.kubernetes_manifests import TYPE_LABEL, ClusterSettings
 from scaler.leader import LeaseElector
 from scaler.policy import QueueStats, TypeMemory, WorkerView, decide
@@ -37,7 +38,7 @@ GPU = JobType(
 
 @pytest.fixture()
 def backend(emulator: KubernetesEmulator) -> KubernetesBackend:
-    return KubernetesBackend(emulator.api_client(), ClusterSettings(), unschedulable_grace=30)
+    return KubernetesBackend(emulator.api_client(), ClusterSettings())
 
 
 def policy_step(backend: KubernetesBackend, job_type: JobType, ready: int) -> int:
@@ -109,7 +110,9 @@ def test_terminate_removes_only_that_workers_job(backend: KubernetesBackend, emu
     emulator.finish_job(second.worker_id)
     [finished] = backend.list_workers()
     assert finished.state is WorkerState.SUCCEEDED
-    assert emulator.names("jobs") == [second.worker_id], "finished Jobs stay as records until their TTL"
+    assert emulator.names("jobs") == [], "a finished Job is removed once it has been reported"
+    backend.terminate(finished, GPU)
+    assert [name for _, name, _ in emulator.deletes] == [first.worker_id, second.worker_id]
 
 
 @pytest.mark.parametrize("status", [409, 429, 500, 503])
@@ -245,42 +248,6 @@ def test_leader_keeps_leading_through_a_short_api_outage(emulator: KubernetesEmu
     assert leader.try_acquire_or_renew() is True and leader.is_leader()
 
 
-def test_finished_and_failed_workers_report_exit_codes_then_age_out(
-    backend: KubernetesBackend, emulator: KubernetesEmulator, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ok, bad = backend.start_worker(GPU), backend.start_worker(GPU)
-    emulator.finish_job(ok.worker_id)
-    emulator.finish_job(bad.worker_id, exit_code=3)
-    listed = {w.worker_id: w for w in backend.list_workers()}
-    assert listed[ok.worker_id].state is WorkerState.SUCCEEDED and listed[ok.worker_id].exit_code == 0
-    assert listed[bad.worker_id].state is WorkerState.FAILED and listed[bad.worker_id].exit_code == 3
-    assert all(w.finished_at is not None for w in listed.values())
-    import time as real_time
-
-    later = real_time.time() + 120
-    monkeypatch.setattr("scaler.backends.kubernetes.time.time", lambda: later)
-    assert backend.list_workers() == [], "finished workers are news for a minute; the Jobs stay until their TTL"
-    assert sorted(emulator.names("jobs")) == sorted([ok.worker_id, bad.worker_id])
-
-
-def test_image_pull_failure_is_reported_like_an_unschedulable_pod(
-    backend: KubernetesBackend, emulator: KubernetesEmulator
-) -> None:
-    worker = backend.start_worker(GPU)
-    emulator.set_waiting(
-        worker.worker_id, "ImagePullBackOff", 'Back-off pulling image "registry.example/render:1.2"', since_seconds=5
-    )
-    assert backend.list_workers()[0].unschedulable_reason is None
-    emulator.set_waiting(
-        worker.worker_id, "ImagePullBackOff", 'Back-off pulling image "registry.example/render:1.2"', since_seconds=40
-    )
-    [listed] = backend.list_workers()
-    assert listed.state is WorkerState.STARTING
-    assert listed.unschedulable_reason.startswith("ImagePullBackOff: Back-off pulling image")
-    emulator.set_waiting(worker.worker_id, "ContainerCreating", since_seconds=40)
-    assert backend.list_workers()[0].unschedulable_reason is None, "ordinary start-up is not a problem"
-
-
 def test_terminate_deletes_with_the_grace_period_once_and_the_pod_stays_stopping(
     backend: KubernetesBackend,
     emulator: KubernetesEmulator,
@@ -380,7 +347,7 @@ def test_from_environment_with_a_kubeconfig(
     monkeypatch.setenv("SCALER_UNSCHEDULABLE_GRACE_SECONDS", "5")
     backend = KubernetesBackend.from_environment()
     try:
-        assert backend.namespace == "team-a" and backend.unschedulable_grace == 5
+        assert backend.namespace == "team-a" and backend.limits.unschedulable_grace == 5
         worker = backend.start_worker(GPU)
         job = emulator.get("jobs", worker.worker_id, namespace="team-a")
         env = {item["name"]: item for item in job["spec"]["template"]["spec"]["containers"][0]["env"]}

@@ -109,6 +109,20 @@ def test_rendered_jobs_validate_strictly(job_type: JobType) -> None:
     assert manifest["metadata"]["annotations"]["queue-autoscaler.io/job-type"] == job_type.name
 
 
+def test_values_the_scaler_hands_its_workers_go_into_the_env_once_and_stay_valid() -> None:
+    """E.g. the type's validated settings as one JSON value; a type's `env` cannot shadow the scaler's entries."""
+    job_type = JobType(name="sleep", queue="q_sleep", env={"SLEEP_MS": "20", "RABBITMQ_URL": "amqp://elsewhere"})
+    handed = {"WORKER_JOB_TYPE": job_type.model_dump_json()}
+    manifest = render_job_manifest(job_type, settings=ClusterSettings(), handed=handed)
+    validate(manifest)
+    env = manifest["spec"]["template"]["spec"]["containers"][0]["env"]
+    names = [entry["name"] for entry in env]
+    assert sorted(names) == sorted(["SLEEP_MS", "WORKER_ID", "RABBITMQ_URL", "JOBS_CONFIG", "WORKER_JOB_TYPE"])
+    by_name = {entry["name"]: entry for entry in env}
+    assert JobType.model_validate_json(by_name["WORKER_JOB_TYPE"]["value"]) == job_type
+    assert "secretKeyRef" in by_name["RABBITMQ_URL"]["valueFrom"]
+
+
 def test_render_job_command_prints_the_manifest(tmp_path: Path) -> None:
     config = write_config(tmp_path, {LONG_NAME: {"resources": {"limits": {"nvidia.com/gpu": 1}}}})
     result = subprocess.run(
