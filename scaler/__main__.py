@@ -44,8 +44,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         from scaler.backends.local import LocalBackend
 
-        backend = LocalBackend(_state_dir())
-    channel = WorkerChannel(rabbitmq_url()).start()
+        backend = LocalBackend(_state_dir(), configured=lambda: watcher.config.job_types.values())
+    channel = WorkerChannel(rabbitmq_url())
     scaler = Scaler(
         watcher,
         backend,
@@ -54,6 +54,8 @@ def _run(args: argparse.Namespace) -> int:
         tick_seconds=args.tick,
         is_leader=elector.is_leader if elector else (lambda: True),
     )
+    channel.on_wake = scaler.wake
+    channel.start()
     loop = threading.Thread(target=scaler.run, name="control-loop", daemon=True)
     loop.start()
     logging.getLogger("scaler").info(

@@ -28,6 +28,10 @@ from scaler.worker_channel import WorkerChannel
 
 log = logging.getLogger("scaler")
 RUNNING_HEARTBEATS = ("idle", "busy")
+#: Shortest pause between two ticks, so a storm of wake-ups cannot keep the loop ticking back to back.
+WAKE_MIN_GAP_SECONDS = 0.02
+#: A tick meant for the end of an idle period runs this much after it, so the period has surely passed.
+IDLE_DEADLINE_MARGIN_SECONDS = 0.01
 
 
 def effective_state(info: WorkerInfo, heartbeat: Heartbeat | None, stop_requested: bool) -> WorkerState:
@@ -67,25 +71,50 @@ class Scaler:
         self.known: dict[str, JobType] = {}
         self.stop_requested: dict[str, float] = {}
         self._stopping = threading.Event()
+        self._woken = threading.Event()
         self.last_duration = 0.0
         self.last_at = 0.0
         self.durations: deque[float] = deque(maxlen=600)
 
     # running ---------------------------------------------------------------------
     def run(self) -> None:
-        """Tick every `tick_seconds` until `stop()`; a failing tick is logged, never fatal."""
+        """Tick every `tick_seconds`, and at once on a wake-up or when a type's idle period ends, until `stop()`.
+
+        Wake-ups that arrive during a tick are coalesced into one tick after it. A failing tick is
+        logged, never fatal.
+        """
         log.info("control loop running every %.2f s with the %s backend", self.tick_seconds, self.backend.name)
         next_tick = time.monotonic()
         while not self._stopping.is_set():
+            self._woken.clear()
             try:
                 self.tick()
             except Exception:  # noqa: BLE001 - the loop must survive anything one tick meets
                 log.exception("tick failed; carrying on")
-            next_tick = max(next_tick + self.tick_seconds, time.monotonic())
-            self._stopping.wait(max(next_tick - time.monotonic(), 0))
+            ended = time.monotonic()
+            if next_tick <= ended:
+                next_tick = max(next_tick + self.tick_seconds, ended)
+            self._woken.wait(max(min(next_tick, self._idle_deadline()) - ended, 0))
+            self._stopping.wait(max(ended + WAKE_MIN_GAP_SECONDS - time.monotonic(), 0))
+
+    def wake(self, job_type: str = "") -> None:
+        """Tick as soon as possible: work arrived for `job_type`. Safe from any thread."""
+        log.debug("woken up by new work for %s", job_type or "a job type")
+        self._woken.set()
+
+    def _idle_deadline(self) -> float:
+        """The monotonic time at which the next type's `idle_seconds` run out, so scale-down is not late by a tick."""
+        wall, mono = self.clock(), time.monotonic()
+        deadlines = [
+            memory.idle_since + self.known[name].idle_seconds - wall + mono + IDLE_DEADLINE_MARGIN_SECONDS
+            for name, memory in self.memory.items()
+            if memory.idle_since is not None and name in self.known
+        ]
+        return min((d for d in deadlines if d > mono), default=float("inf"))
 
     def stop(self) -> None:
         self._stopping.set()
+        self._woken.set()
 
     # one tick -----------------------------------------------------------------------
     def tick(self) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from scaler.health import HealthCheck
 from scaler.loop import Scaler
 
 DASHBOARD = Path(__file__).resolve().parent / "dashboard"
@@ -37,9 +37,11 @@ def create_app(scaler: Scaler, producer_url: str | None = None) -> Starlette:
     async def index(request: Request) -> Response:
         return FileResponse(DASHBOARD / "index.html", headers={"Cache-Control": "no-cache"})
 
+    health = HealthCheck(scaler)
+
     async def healthz(request: Request) -> Response:
-        age = max(0.0, time.time() - scaler.last_at) if scaler.last_at else None
-        return JSONResponse({"status": "ok", "last_tick_age_seconds": age, "leader": scaler.is_leader()})
+        healthy, document = health.report()
+        return JSONResponse(document, status_code=200 if healthy else 503)
 
     async def status(request: Request) -> Response:
         return JSONResponse(scaler.board.document())
