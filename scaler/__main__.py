@@ -54,7 +54,8 @@ def _run(args: argparse.Namespace) -> int:
         tick_seconds=args.tick,
         is_leader=elector.is_leader if elector else (lambda: True),
     )
-    channel.on_wake = scaler.wake
+    if os.environ.get("SCALER_WAKE_UPS", "true").lower() not in ("0", "false", "no", "off"):
+        channel.on_wake = scaler.wake
     channel.start()
     loop = threading.Thread(target=scaler.run, name="control-loop", daemon=True)
     loop.start()
