@@ -65,7 +65,7 @@ class WorkerChannel:
         self.stops: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.malformed = 0
         self._malformed_logged_at = 0.0
-        self._connected = False
+        self._connection: pika.BlockingConnection | None = None
         self._progress_at = time.monotonic()
         self._lock = threading.Lock()
         self._running = True
@@ -78,13 +78,20 @@ class WorkerChannel:
     def health(self) -> ChannelHealth:
         return ChannelHealth(
             alive=self._thread.is_alive(),
-            connected=self._connected,
+            connected=self._connection is not None,
             last_progress_age=time.monotonic() - self._progress_at,
             malformed=self.malformed,
         )
 
     def request_stop(self, worker_id: str) -> None:
+        """Queue a stop request and wake the thread, so it goes out now rather than within 0.2 s."""
         self.stops.put(worker_id)
+        connection = self._connection
+        if connection is not None:
+            try:
+                connection.add_callback_threadsafe(lambda: None)
+            except pika.exceptions.AMQPError:
+                pass  # the thread reconnects and sends it then
 
     def snapshot(self) -> dict[str, Heartbeat]:
         with self._lock:
@@ -129,7 +136,6 @@ class WorkerChannel:
                 log.warning("worker channel lost (%s); reconnecting in %.1f s", error or type(error).__name__, delay)
             except Exception:  # noqa: BLE001 - the thread reconnects whatever happened
                 log.exception("worker channel failed; reconnecting in %.1f s", delay)
-            self._connected = False
             if self._running:
                 time.sleep(delay)
                 delay = min(delay * 2, MAX_RECONNECT_DELAY)
@@ -144,7 +150,7 @@ class WorkerChannel:
             channel.queue_bind(inbox, CONTROL_EXCHANGE, routing_key=WAKE_ROUTING_KEY)
             channel.basic_consume(inbox, self._on_message, auto_ack=True)
             log.info("listening to worker heartbeats and wake-ups")
-            self._connected = True
+            self._connection = connection
             while self._running:
                 self._progress_at = time.monotonic()
                 while True:
@@ -155,6 +161,7 @@ class WorkerChannel:
                     channel.basic_publish(CONTROL_EXCHANGE, stop_routing_key(worker_id), STOP_COMMAND)
                 connection.process_data_events(time_limit=0.2)
         finally:
+            self._connection = None
             if connection.is_open:
                 connection.close()
 
