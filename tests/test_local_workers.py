@@ -183,3 +183,28 @@ def test_workers_get_only_what_they_need_in_their_environment(broker: Broker, tm
         and name not in {"PYTHONPATH", "VIRTUAL_ENV", "PYTHONUNBUFFERED"}
     }
     assert not unexpected, f"the worker sees variables it does not need: {sorted(unexpected)}"
+
+
+@pytest.mark.parametrize("templates", ["true", "false"])
+def test_a_broken_config_edit_is_reported_once_and_workers_run_on_the_last_good_one(
+    broker: Broker, tmp_path: Path, templates: str
+) -> None:
+    stack = Stack(broker, tmp_path, {"sleep": SLEEP}, tick_seconds=0.2, env={"SCALER_WORKER_TEMPLATES": templates})
+    try:
+        stack.start()
+        good = stack.config()
+        stack.config_path.write_text(json.dumps({"sleep": {**good["sleep"], "max_workers": "many"}}))
+        status = wait_until(lambda: (s := stack.status())["config"]["error"] and s, timeout=10, what="the error")
+        assert "'max_workers'" in status["config"]["error"], "the dashboard's banner says what is wrong"
+        ticks = status["tick"]["number"]
+        wait_until(lambda: stack.status()["tick"]["number"] >= ticks + 10, timeout=20, what="ten more ticks")
+
+        stack.upload(rows(30), "sleep").raise_for_status()
+        wait_until(lambda: sum(stack.processed().values()) >= 30, timeout=60, what="rows processed meanwhile")
+        exits = {w["exit_code"] for w in stack.status()["workers"]}
+        assert 2 not in exits, "no worker re-reads the broken file and exits"
+        assert stack.scaler.log().count("jobs config rejected") == 1, "reported once, not every tick"
+        worker = next(iter(records(stack).values()))
+        assert (worker["command"][0] == "fork") == (templates == "true")
+    finally:
+        stack.stop()
