@@ -8,8 +8,9 @@ Four measurements, all in one run on this machine, each against its baseline:
    worker forked from its type's warm template against a new interpreter
    (`python -m workers <type>`, the plain spawn), alternated.
 2. Upload -> first row handled, on the local backend, for an idle type with no
-   worker running (median of `--trials`): the scaler as shipped (1 s tick,
-   wake-ups from the producer, forked workers) against the prototype's 5 s
+   worker running (median of `--trials`, after one warm-up upload that starts
+   the type's template): the scaler as shipped (1 s tick, wake-ups from the
+   producer, forked workers) against the prototype's 5 s
    poll (a scaler that ignores wake-ups, ticks every 5 s and spawns plain
    workers), alternated trial by trial on two stacks of their own; and a model
    of a 30 s poll (KEDA's default): the baseline's own time from the scaling
@@ -104,6 +105,7 @@ def measure_worker_start(broker: Broker, trials: int) -> tuple[list[float], list
     forked = LocalBackend(directory / "forked", LocalSettings(), configured=lambda: [job_type])
     spawned = LocalBackend(directory / "spawned", LocalSettings(templates=False))
     try:
+        start_seconds(forked, job_type)  # the first start spawns the plain way and starts the template
         wait_until(lambda: forked.list_workers() is not None and forked.templates.templates["sleep"].ready, timeout=30)
         fork_times, spawn_times = [], []
         for _ in range(trials):
@@ -151,8 +153,6 @@ def local_stack(broker: Broker, tick: float, shipped: bool) -> Stack:
     env = {} if shipped else {"SCALER_WAKE_UPS": "false", "SCALER_WORKER_TEMPLATES": "false"}
     stack = Stack(broker, Path(tempfile.mkdtemp(prefix="bench-reaction-")), {"sleep": SLEEP}, tick, env)
     stack.start()
-    if shipped:
-        wait_until(lambda: "worker template for sleep ready" in stack.scaler.log(), timeout=30, what="the template")
     return stack
 
 
@@ -160,8 +160,9 @@ def measure_local(broker: Broker, other: Broker, rows: int, trials: int) -> tupl
     shipped = local_stack(broker, 1.0, shipped=True)
     baseline = local_stack(other, BASELINE_POLL_SECONDS, shipped=False)
     try:
-        local_trial(shipped, rows)  # a warm-up each: the queues exist, the first imports are cached
+        local_trial(shipped, rows)  # a warm-up each: the queues exist, imports are cached, the template starts
         local_trial(baseline, rows)
+        wait_until(lambda: "worker template for sleep ready" in shipped.scaler.log(), timeout=30, what="the template")
         results: tuple[list[Trial], list[Trial]] = ([], [])
         for number in range(trials):
             results[0].append(local_trial(shipped, rows))

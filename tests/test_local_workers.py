@@ -52,6 +52,17 @@ def wait_template_ready(stack: Stack, job_type: str, not_pid: int | None = None)
     return wait_until(ready, timeout=30, what=f"the worker template of {job_type} to be ready")
 
 
+def warm_up(stack: Stack, job_type: str, headers: dict[str, str] | None = None) -> int:
+    """A first upload: its worker is spawned the plain way and the type's template starts; returns the template's
+    pid once it is ready and that worker is gone."""
+    before = sum(stack.processed().values())
+    stack.upload(rows(2), job_type, headers=headers).raise_for_status()
+    template = wait_template_ready(stack, job_type)
+    wait_until(lambda: sum(stack.processed().values()) >= before + 2, timeout=30, what="the warm-up rows")
+    stack.wait_workers(job_type, lambda s: s["workers"] == 0, timeout=30, what="the warm-up worker to stop")
+    return template
+
+
 def records(stack: Stack) -> dict[str, dict]:
     return {
         data["worker_id"]: data
@@ -86,7 +97,7 @@ def test_an_upload_wakes_the_scaler_before_its_next_tick(broker: Broker, tmp_pat
 
 def test_forked_workers_process_rows_and_a_restarted_scaler_adopts_them(stack: Stack, broker: Broker) -> None:
     stack.start()
-    template = wait_template_ready(stack, "sleep")
+    template = warm_up(stack, "sleep")
     response = stack.upload(rows(400), "sleep")
     response.raise_for_status()
     stack.wait_workers("sleep", lambda s: s["running"] >= 3, timeout=20, what="running workers")
@@ -111,20 +122,24 @@ def test_forked_workers_process_rows_and_a_restarted_scaler_adopts_them(stack: S
 
     queue = stack.queue_of("sleep")
     wait_until(lambda: broker.queue_depth(queue) == 0, timeout=120, what="the queue to drain")
-    processed = wait_until(lambda: sum((p := stack.processed()).values()) >= 400 and p, timeout=30, what="400 rows")
     upload_id = response.json()["upload_id"]
-    assert set(processed) == {f"{upload_id}:{n}" for n in range(1, 401)}
+    processed = wait_until(
+        lambda: len(p := {m for m in stack.processed() if m.startswith(upload_id)}) >= 400 and p,
+        timeout=30,
+        what="400 rows",
+    )
+    assert processed == {f"{upload_id}:{n}" for n in range(1, 401)}
     stack.wait_workers("sleep", lambda s: s["workers"] == 0, timeout=30, what="scale-down to zero")
     wait_until(lambda: not stack.live_worker_pids(), timeout=15, what="worker processes to exit")
 
 
 def test_a_killed_template_is_restarted_and_forks_again(stack: Stack) -> None:
     stack.start()
-    first = wait_template_ready(stack, "sleep")
+    first = warm_up(stack, "sleep")
     psutil.Process(first).kill()
     second = wait_template_ready(stack, "sleep", not_pid=first)
     stack.upload(rows(40), "sleep").raise_for_status()
-    wait_until(lambda: sum(stack.processed().values()) >= 40, timeout=60, what="every row processed")
+    wait_until(lambda: sum(stack.processed().values()) >= 42, timeout=60, what="every row processed")
     parents = {psutil.Process(r["pid"]).ppid() for r in records(stack).values() if psutil.pid_exists(r["pid"])}
     assert parents <= {second}, "workers come from the restarted template"
     assert "restarting the worker template for sleep: it exited with -9" in stack.scaler.log()
@@ -132,7 +147,7 @@ def test_a_killed_template_is_restarted_and_forks_again(stack: Stack) -> None:
 
 def test_a_config_change_of_a_type_restarts_its_template(stack: Stack) -> None:
     stack.start()
-    first = wait_template_ready(stack, "sleep")
+    first = warm_up(stack, "sleep")
     config = stack.config()
     config["sleep"]["env"] = {"SLEEP_MS": "30"}
     stack.config_path.write_text(json.dumps(config))
@@ -150,16 +165,22 @@ SECRETS = {
 @pytest.mark.parametrize("started", ["forked", "spawned"])
 def test_workers_get_only_what_they_need_in_their_environment(broker: Broker, tmp_path: Path, started: str) -> None:
     dump = tmp_path / "environment.json"
-    settings = {"handler": "tests.handlers.environment", "threshold": 0, "env": {"ENV_DUMP": str(dump)}}
+    settings = {
+        "handler": "tests.handlers.environment",
+        "threshold": 0,
+        "idle_seconds": 1,
+        "env": {"ENV_DUMP": str(dump)},
+    }
     if started == "spawned":
         settings["command"] = [sys.executable, "-m", "workers", "envdump"]
     secrets = {**SECRETS, "RABBITMQ_API_URL": broker.api_url}
     stack = Stack(broker, tmp_path, {"envdump": settings}, env={**secrets, "WORKER_HEARTBEAT_SECONDS": "0.5"})
     try:
         stack.start()
-        if started == "forked":
-            wait_template_ready(stack, "envdump")
         token = {"Authorization": f"Bearer {SECRETS['PRODUCER_TOKEN']}"}
+        if started == "forked":
+            warm_up(stack, "envdump", headers=token)
+            dump.unlink()
         stack.upload(rows(1), "envdump", headers=token).raise_for_status()
         environment = wait_until(lambda: dump.exists() and json.loads(dump.read_text()), timeout=30, what="the dump")
         command = next(iter(records(stack).values()))["command"]
@@ -192,6 +213,8 @@ def test_a_broken_config_edit_is_reported_once_and_workers_run_on_the_last_good_
     stack = Stack(broker, tmp_path, {"sleep": SLEEP}, tick_seconds=0.2, env={"SCALER_WORKER_TEMPLATES": templates})
     try:
         stack.start()
+        if templates == "true":
+            warm_up(stack, "sleep")
         good = stack.config()
         stack.config_path.write_text(json.dumps({"sleep": {**good["sleep"], "max_workers": "many"}}))
         status = wait_until(lambda: (s := stack.status())["config"]["error"] and s, timeout=10, what="the error")
@@ -199,12 +222,13 @@ def test_a_broken_config_edit_is_reported_once_and_workers_run_on_the_last_good_
         ticks = status["tick"]["number"]
         wait_until(lambda: stack.status()["tick"]["number"] >= ticks + 10, timeout=20, what="ten more ticks")
 
+        before = sum(stack.processed().values())
         stack.upload(rows(30), "sleep").raise_for_status()
-        wait_until(lambda: sum(stack.processed().values()) >= 30, timeout=60, what="rows processed meanwhile")
+        started = wait_until(lambda: records(stack), timeout=10, what="a worker for the upload")
+        assert {w["command"][0] == "fork" for w in started.values()} == {templates == "true"}
+        wait_until(lambda: sum(stack.processed().values()) >= before + 30, timeout=60, what="rows processed")
         exits = {w["exit_code"] for w in stack.status()["workers"]}
         assert 2 not in exits, "no worker re-reads the broken file and exits"
         assert stack.scaler.log().count("jobs config rejected") == 1, "reported once, not every tick"
-        worker = next(iter(records(stack).values()))
-        assert (worker["command"][0] == "fork") == (templates == "true")
     finally:
         stack.stop()

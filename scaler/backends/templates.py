@@ -1,13 +1,16 @@
 """The local backend's worker templates: one warm fork server per job type (scaler.backends.fork_server).
 
-`sync(job_types)` runs once per tick with the configured types: it starts a
-template for each type that has none (in the background: the tick never waits
-for imports), restarts one that died or whose type's settings changed, and
-stops those of types no longer configured. A template that fails before it is
-ready (its handler cannot be imported) is retried with exponential backoff,
-and until then `fork` answers None and the backend spawns workers the plain
-way, whose own exit then shows the error. Types with a custom `command` never
-get a template.
+Templates start lazily: a type gets one when it first needs a worker (that
+worker is spawned the plain way while the template imports in the
+background; the tick never waits), so a type that is never used costs no
+memory (a template holds about 25 MB of its own). From then on the template is
+kept while the type is configured: `sync(job_types)` runs once per tick with
+the configured types, restarts a template that died or whose type's settings
+changed, and stops those of types no longer configured. A template that
+fails before it is ready (its handler cannot be imported) is retried with
+exponential backoff, and until then `fork` answers None and the backend
+spawns workers the plain way, whose own exit then shows the error. Types with
+a custom `command` never get a template.
 
 Everything here runs on the control loop's thread: the pipes are read without
 blocking, except for the short wait for a fork's answer or a finished
@@ -135,17 +138,20 @@ class TemplatePool:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.environment = environment
         self.templates: dict[str, Template] = {}
+        #: Types that needed a worker since they were configured: they keep a template.
+        self.used: set[str] = set()
         #: type -> (signature that failed, when to retry, the delay after that)
         self.backoff: dict[str, tuple[str, float, float]] = {}
 
     def sync(self, job_types: Iterable[JobType]) -> None:
         """Make the running templates match the configured types (see the module's docstring)."""
-        wanted = {job_type.name: job_type for job_type in job_types if job_type.command is None}
-        for name in set(self.templates) - set(wanted):
+        configured = {job_type.name: job_type for job_type in job_types if job_type.command is None}
+        self.used &= set(configured)
+        for name in set(self.templates) - self.used:
             log.info("stopping the worker template for %s (no longer configured)", name)
             self.templates.pop(name).stop()
-        for job_type in wanted.values():
-            self._keep(job_type)
+        for name in self.used:
+            self._keep(configured[name])
 
     def _keep(self, job_type: JobType) -> None:
         env = self.environment(job_type)
@@ -180,7 +186,14 @@ class TemplatePool:
         )
 
     def fork(self, job_type: JobType, worker_id: str, log_path: Path) -> int | None:
-        """Fork a worker from the type's ready template; None when there is none (spawn the plain way)."""
+        """Fork a worker from the type's ready template; None when there is none (spawn the plain way).
+
+        The first request of a type starts its template for the workers after this one."""
+        if job_type.command is not None:
+            return None
+        if job_type.name not in self.used:
+            self.used.add(job_type.name)
+            self._keep(job_type)
         template = self.templates.get(job_type.name)
         if template is None:
             return None
