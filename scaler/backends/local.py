@@ -40,6 +40,8 @@ from scaler.backends.worker_logs import WorkerLogs
 
 log = logging.getLogger(__name__)
 KEEP_FINISHED_SECONDS = 60.0
+#: The `command` of a worker record whose process was forked from its type's template.
+FORKED = "fork"
 
 
 class LocalBackend:
@@ -151,8 +153,9 @@ class LocalBackend:
         worker_id = f"{job_type.name[:40]}-{time.strftime('%H%M%S')}-{secrets.token_hex(2)}"
         log_path = self.logs.path_for(worker_id)
         pid = self.templates.fork(job_type, worker_id, log_path) if self.templates is not None else None
-        command = ["fork", f"template of {job_type.name}"]
-        if pid is None:
+        if pid is not None:
+            command = [FORKED, job_type.name]
+        else:
             command = job_type.command or [sys.executable, "-m", "workers", job_type.name]
             pid = self._spawn(worker_id, command, job_type, log_path)
         started_at = time.time()
@@ -232,4 +235,4 @@ class LocalBackend:
 
 
 def _how(command: list[str]) -> str:
-    return ", forked from its template" if command[0] == "fork" else ""
+    return ", forked from its template" if command[0] == FORKED else ""
