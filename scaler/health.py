@@ -79,5 +79,6 @@ class HealthCheck:
             "connected": health.connected,
             "last_progress_age_seconds": round(health.last_progress_age, 2),
             "malformed_messages": health.malformed,
+            "wake_ups": health.wake_ups,
             "problem": problem,
         }

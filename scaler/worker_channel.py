@@ -53,6 +53,7 @@ class ChannelHealth:
     #: Seconds since the thread's loop last went round (it does every 0.2 s, or every reconnect attempt).
     last_progress_age: float
     malformed: int
+    wake_ups: int
 
 
 class WorkerChannel:
@@ -64,6 +65,7 @@ class WorkerChannel:
         self.received_at: dict[str, float] = {}
         self.stops: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.malformed = 0
+        self.wake_ups = 0
         self._malformed_logged_at = 0.0
         self._connection: pika.BlockingConnection | None = None
         self._progress_at = time.monotonic()
@@ -81,6 +83,7 @@ class WorkerChannel:
             connected=self._connection is not None,
             last_progress_age=time.monotonic() - self._progress_at,
             malformed=self.malformed,
+            wake_ups=self.wake_ups,
         )
 
     def request_stop(self, worker_id: str) -> None:
@@ -102,6 +105,7 @@ class WorkerChannel:
         try:
             if method.routing_key == WAKE_ROUTING_KEY and method.exchange == CONTROL_EXCHANGE:
                 self.on_wake(wake_job_type(body))
+                self.wake_ups += 1
             else:
                 self._remember(Heartbeat.from_json(body))
         except ValueError as error:

@@ -89,12 +89,12 @@ def test_malformed_heartbeats_and_wake_ups_leave_scale_up_and_stops_working(brok
 class InProcessScaler:
     """A scaler's threads (control loop, worker channel, web server) in this process, so a test can stop one."""
 
-    def __init__(self, broker: Broker, directory: Path) -> None:
+    def __init__(self, broker: Broker, directory: Path, tick_seconds: float = 0.2) -> None:
         watcher = ConfigWatcher(write_config(directory, {"sleep": SLEEP}))
         backend = LocalBackend(directory / "state", LocalSettings(templates=False))
         self.channel = WorkerChannel(broker.amqp_url)
         self.scaler = Scaler(
-            watcher, backend, QueueStatsSource(broker.api_url, broker.amqp_url), self.channel, tick_seconds=0.2
+            watcher, backend, QueueStatsSource(broker.api_url, broker.amqp_url), self.channel, tick_seconds=tick_seconds
         )
         self.channel.on_wake = self.scaler.wake
         self.channel.start()
@@ -138,3 +138,18 @@ def test_healthz_is_503_when_the_control_loop_stopped_ticking(in_process: InProc
     in_process.loop.join(timeout=10)
     sick = wait_until(lambda: (r := in_process.health()).status_code == 503 and r, timeout=10, what="a 503")
     assert [problem.split(":")[0] for problem in sick.json()["problems"]] == ["control loop"]
+
+
+def test_a_burst_of_wake_ups_is_coalesced(broker: Broker, tmp_path: Path) -> None:
+    in_process = InProcessScaler(broker, tmp_path, tick_seconds=60)
+    try:
+        wait_until(lambda: in_process.health().json()["worker_channel"]["connected"], timeout=10, what="listening")
+        ticks = in_process.scaler.board.tick_number
+        with broker.channel() as channel:
+            for _ in range(500):
+                channel.basic_publish(CONTROL_EXCHANGE, WAKE_ROUTING_KEY, json.dumps({"job_type": "sleep"}).encode())
+        wait_until(lambda: in_process.channel.wake_ups == 500, timeout=20, what="every wake-up received")
+        woken = in_process.scaler.board.tick_number - ticks
+        assert 1 <= woken < 50, f"500 wake-ups made {woken} ticks"
+    finally:
+        in_process.close()
