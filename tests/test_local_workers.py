@@ -14,6 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from jobtypes.config import parse_config
+from scaler.backends.local import LocalBackend
+from scaler.backends.local_settings import LocalSettings
 from tests.support.broker import Broker
 from tests.support.stack import Stack
 from tests.support.waiting import wait_until
@@ -232,3 +235,28 @@ def test_a_broken_config_edit_is_reported_once_and_workers_run_on_the_last_good_
         assert stack.scaler.log().count("jobs config rejected") == 1, "reported once, not every tick"
     finally:
         stack.stop()
+
+
+def test_a_template_that_cannot_import_its_handler_backs_off_and_workers_spawn_plainly(tmp_path: Path) -> None:
+    broken = parse_config({"new-job": {"queue": "queue_new", "handler": "no_such_handler"}}).get("new-job")
+    backend = LocalBackend(tmp_path, LocalSettings(), configured=lambda: [broken])
+    first = backend.start_worker(broken)
+    assert backend.templates is not None
+    wait_until(lambda: backend.list_workers() and "new-job" in backend.templates.backoff, timeout=30, what="backoff")
+    retry_at = backend.templates.backoff["new-job"][1]
+    for _ in range(10):
+        backend.list_workers()
+        assert "new-job" not in backend.templates.templates, "no new template before the backoff is over"
+    second = backend.start_worker(broken)
+    finished = wait_until(
+        lambda: {
+            w.worker_id: w for w in backend.list_workers() if w.state.finished and w.worker_id == second.worker_id
+        },
+        timeout=30,
+        what="the plain worker to exit",
+    )
+    assert finished[second.worker_id].exit_code == 2, "spawned the plain way, it exits with the handler's error"
+    assert "no handler module workers.no_such_handler.handler" in backend.read_log(second.worker_id)
+    assert backend.templates.backoff["new-job"][1] == retry_at
+    assert "no handler module" in (tmp_path / "templates" / "new-job.log").read_text()
+    assert first.worker_id != second.worker_id
