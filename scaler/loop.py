@@ -32,6 +32,9 @@ RUNNING_HEARTBEATS = ("idle", "busy")
 WAKE_MIN_GAP_SECONDS = 0.02
 #: A tick meant for the end of an idle period runs this much after it, so the period has surely passed.
 IDLE_DEADLINE_MARGIN_SECONDS = 0.01
+#: While a type's last rows are in hand, tick this often (for at most TAIL_WATCH_SECONDS), to see the last ack soon.
+TAIL_TICK_SECONDS = 0.2
+TAIL_WATCH_SECONDS = 10.0
 
 
 def effective_state(info: WorkerInfo, heartbeat: Heartbeat | None, stop_requested: bool) -> WorkerState:
@@ -78,13 +81,16 @@ class Scaler:
 
     # running ---------------------------------------------------------------------
     def run(self) -> None:
-        """Tick every `tick_seconds`, and at once on a wake-up or when a type's idle period ends, until `stop()`.
+        """Tick every `tick_seconds`, and sooner when there is a reason, until `stop()`.
 
-        Wake-ups that arrive during a tick are coalesced into one tick after it. A failing tick is
-        logged, never fatal.
+        Sooner: at once on a wake-up (several during a tick make one tick after it); when a type's
+        `idle_seconds` run out; and every `TAIL_TICK_SECONDS` for up to `TAIL_WATCH_SECONDS` while a
+        type's last rows are in hand (nothing ready, some unacked), so the idle clock starts within
+        a fraction of a tick of the last ack. A failing tick is logged, never fatal.
         """
         log.info("control loop running every %.2f s with the %s backend", self.tick_seconds, self.backend.name)
         next_tick = time.monotonic()
+        tail_since: float | None = None
         while not self._stopping.is_set():
             self._woken.clear()
             try:
@@ -94,13 +100,22 @@ class Scaler:
             ended = time.monotonic()
             if next_tick <= ended:
                 next_tick = max(next_tick + self.tick_seconds, ended)
-            self._woken.wait(max(min(next_tick, self._idle_deadline()) - ended, 0))
+            tail_since = (tail_since or ended) if self._in_tail() else None
+            wake_at = min(next_tick, self._idle_deadline())
+            if tail_since is not None and ended - tail_since < TAIL_WATCH_SECONDS:
+                wake_at = min(wake_at, ended + TAIL_TICK_SECONDS)
+            self._woken.wait(max(wake_at - ended, 0))
             self._stopping.wait(max(ended + WAKE_MIN_GAP_SECONDS - time.monotonic(), 0))
 
     def wake(self, job_type: str = "") -> None:
         """Tick as soon as possible: work arrived for `job_type`. Safe from any thread."""
         log.debug("woken up by new work for %s", job_type or "a job type")
         self._woken.set()
+
+    def _in_tail(self) -> bool:
+        """Whether some type has its last rows in hand: none ready, some unacknowledged."""
+        types = self.board.document()["job_types"].values()
+        return any(t.get("ready") == 0 and (t.get("unacked") or 0) > 0 for t in types)
 
     def _idle_deadline(self) -> float:
         """The monotonic time at which the next type's `idle_seconds` run out, so scale-down is not late by a tick."""
