@@ -101,7 +101,8 @@ start_service() {
   if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
     log "$name already running (pid $(cat "$pidfile"))"
   else
-    nohup "$@" >>"$RUN/logs/$name.log" 2>&1 &
+    # The output goes through a rotating writer, so the log stays within SERVICE_LOG_MAX_BYTES x (1 + SERVICE_LOG_BACKUPS).
+    nohup "$@" > >(exec "$PY" -m jobtypes.log_pipe "$RUN/logs/$name.log") 2>&1 &
     echo $! >"$pidfile"
     log "$name started (pid $!), log: .run/logs/$name.log"
   fi

@@ -19,7 +19,9 @@ protocol works for a local child process and for a Pod on another node:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from pika.adapters.blocking_connection import BlockingChannel
 
@@ -29,8 +31,37 @@ STOP_COMMAND = b'{"command": "stop"}'
 WAKE_ROUTING_KEY = "wake"
 
 
+#: Heartbeat states a worker may announce.
+HEARTBEAT_STATES = frozenset({"starting", "idle", "busy", "stopping", "stopped"})
+#: Longest worker id, job type or message id a heartbeat may carry (longer is malformed, not truncated).
+MAX_ID_LENGTH = 512
+
+
 def wake_body(job_type: str) -> bytes:
     return json.dumps({"job_type": job_type}).encode()
+
+
+def wake_job_type(body: bytes) -> str:
+    """The job type a wake-up names; raises ValueError on anything that is not a wake-up."""
+    data = _json_object(body, "wake-up")
+    job_type = data.get("job_type")
+    if not isinstance(job_type, str) or not 0 < len(job_type) <= MAX_ID_LENGTH:
+        raise ValueError(f"not a wake-up: 'job_type' must be a non-empty string, got {_shown(job_type)}")
+    return job_type
+
+
+def _json_object(body: bytes, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"not a {what}: not JSON ({error})") from error
+    if not isinstance(data, dict):
+        raise ValueError(f"not a {what}: a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value, default=str)[:60]
 
 
 def stop_routing_key(worker_id: str) -> str:
@@ -66,9 +97,68 @@ class Heartbeat:
 
     @classmethod
     def from_json(cls, body: bytes) -> Heartbeat:
-        """Parse a heartbeat; raises ValueError on anything that is not one."""
-        try:
-            data = json.loads(body)
-            return cls(**data)
-        except (TypeError, json.JSONDecodeError) as error:
-            raise ValueError(f"not a heartbeat: {error}") from error
+        """Parse and check a heartbeat; raises ValueError saying what is wrong with anything that is not one.
+
+        Heartbeats come from any process that can reach the exchange, so every field is checked
+        against its type: a list as `worker_id` must be dropped here, not crash whoever reads it.
+        Fields this version does not know (a newer worker's) are ignored.
+        """
+        data = _json_object(body, "heartbeat")
+        for name in ("worker_id", "job_type", "state"):
+            if name not in data:
+                raise ValueError(f"not a heartbeat: {name!r} is missing")
+        for name, value in data.items():
+            check, wanted = _FIELD_CHECKS.get(name, (_anything, ""))
+            if not _holds(check, value):
+                raise ValueError(f"not a heartbeat: {name!r} {wanted}, got {_shown(value)}")
+        known = {item.name for item in fields(cls)}
+        return cls(**{name: value for name, value in data.items() if name in known})
+
+
+def _holds(check: Callable[[Any], bool], value: Any) -> bool:
+    try:
+        return bool(check(value))
+    except TypeError:  # e.g. an unhashable list as `state`
+        return False
+
+
+def _anything(value: Any) -> bool:
+    return True
+
+
+def _identifier(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
+
+
+def _count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _moment(value: Any) -> bool:
+    return type(value) in (int, float) and value >= 0
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and len(value) <= MAX_ID_LENGTH
+
+
+def _labels(value: Any) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+
+
+#: Heartbeat field -> (check, what the check wants).
+_FIELD_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "worker_id": (_identifier, "must be a non-empty string"),
+    "job_type": (_identifier, "must be a non-empty string"),
+    "state": (HEARTBEAT_STATES.__contains__, f"must be one of {sorted(HEARTBEAT_STATES)}"),
+    "processed": (_count, "must be a whole number >= 0"),
+    "failed": (_count, "must be a whole number >= 0"),
+    "retried": (_count, "must be a whole number >= 0"),
+    "dead": (_count, "must be a whole number >= 0"),
+    "pid": (_count, "must be a whole number >= 0"),
+    "started_at": (_moment, "must be a number >= 0"),
+    "sent_at": (_moment, "must be a number >= 0"),
+    "current_message": (lambda value: value is None or _text(value), "must be a string or null"),
+    "host": (_text, "must be a string"),
+    "extra": (_labels, "must map strings to strings"),
+}

@@ -6,6 +6,11 @@ SelectConnection (one per upload, on a worker thread) and counts the broker's
 acks, cumulative or single. If the connection dies or the broker nacks, it
 stops and reports the confirmed count: every row counted there is durably in
 the queue, and no row outside it is ever reported as queued.
+
+As soon as more rows are confirmed than the type's `threshold` (or the upload
+is complete), one wake-up goes to the scaler on a second channel, so the
+scaler scales up now rather than at its next tick; it is a hint, and losing
+it only costs that tick.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from pika.channel import Channel
 from pika.frame import Method
 
 from jobtypes.config import JobType
+from jobtypes.control import CONTROL_EXCHANGE, WAKE_ROUTING_KEY, declare_control_exchanges, wake_body
 from jobtypes.queues import declare_queues
 from jobtypes.settings import connection_parameters
 from producer.properties import row_properties
@@ -42,7 +48,9 @@ def declare(job_type: JobType, connection_name: str) -> None:
     """Declare the type's queues on a short-lived connection (raises pika errors when unreachable)."""
     connection = pika.BlockingConnection(connection_parameters(connection_name))
     try:
-        declare_queues(connection.channel(), job_type)
+        channel = connection.channel()
+        declare_queues(channel, job_type)
+        declare_control_exchanges(channel)
     finally:
         connection.close()
 
@@ -56,6 +64,8 @@ class _ConfirmedRun:
         self.bodies = bodies
         self.window = window
         self.channel: Channel | None = None
+        self.wake_channel: Channel | None = None
+        self.woke = False
         self.sent = 0
         self.confirmed = 0
         self.outstanding: set[int] = set()
@@ -78,7 +88,19 @@ class _ConfirmedRun:
 
     # connection lifecycle -------------------------------------------------
     def _on_open(self, connection: SelectConnection) -> None:
+        connection.channel(on_open_callback=self._on_wake_channel)
         connection.channel(on_open_callback=self._on_channel)
+
+    def _on_wake_channel(self, channel: Channel) -> None:
+        self.wake_channel = channel
+
+    def _maybe_wake(self) -> None:
+        """Tell the scaler once that work arrived, when it is enough to scale for (or all there is)."""
+        if self.woke or self.wake_channel is None or not self.wake_channel.is_open:
+            return
+        if self.confirmed > self.job_type.threshold or self._done():
+            self.woke = True
+            self.wake_channel.basic_publish(CONTROL_EXCHANGE, WAKE_ROUTING_KEY, wake_body(self.job_type.name))
 
     def _on_open_error(self, connection: SelectConnection, error: BaseException) -> None:
         self.error = f"cannot connect to RabbitMQ: {error or type(error).__name__}"
@@ -135,6 +157,7 @@ class _ConfirmedRun:
             publish("", queue, body[:-1], properties(self.sent), mandatory=True)
             self.outstanding.add(self.sent)
         if self._done() and self.connection.is_open:
+            self._maybe_wake()
             self.connection.close()
 
     def _on_return(self, channel: Channel, method, properties, body: bytes) -> None:
@@ -154,6 +177,7 @@ class _ConfirmedRun:
             self.lowest = method.delivery_tag + 1
         self.last_progress = time.monotonic()
         if self.error is None:
+            self._maybe_wake()
             self._pump()
 
 

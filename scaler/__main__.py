@@ -19,6 +19,7 @@ from jobtypes.settings import jobs_config_path, rabbitmq_api_url, rabbitmq_url, 
 from scaler.settings import ScalerSettings, SettingsError
 
 if TYPE_CHECKING:
+    from jobtypes.config_watch import ConfigWatcher
     from scaler.backends.base import Backend
     from scaler.control_state import Controls
     from scaler.leader import LeaseElector
@@ -39,8 +40,8 @@ def _run(args: argparse.Namespace) -> int:
     except (ConfigError, SettingsError) as error:
         print(f"scaler: cannot start: {error}", file=sys.stderr)
         return 2
-    backend, controls, elector = _backend(settings)
-    channel = WorkerChannel(rabbitmq_url()).start()
+    backend, controls, elector = _backend(settings, watcher)
+    channel = WorkerChannel(rabbitmq_url())
     scaler = Scaler(
         watcher,
         backend,
@@ -50,6 +51,9 @@ def _run(args: argparse.Namespace) -> int:
         settings=settings,
         controls=controls,
     )
+    if settings.wake_ups:
+        channel.on_wake = scaler.wake
+    channel.start()
     loop = threading.Thread(target=scaler.run, name="control-loop", daemon=True)
     loop.start()
     logging.getLogger("scaler").info(
@@ -82,7 +86,7 @@ def _settings(args: argparse.Namespace) -> ScalerSettings:
     return replace(settings, **{key: value for key, value in overrides.items() if value is not None})
 
 
-def _backend(settings: ScalerSettings) -> tuple[Backend, Controls, LeaseElector | None]:
+def _backend(settings: ScalerSettings, watcher: ConfigWatcher) -> tuple[Backend, Controls, LeaseElector | None]:
     """The backend, where the pause/drain set is kept, and (Kubernetes) the leader elector."""
     from scaler.control_state import Controls, FileControlStore, LeaseControlStore
 
@@ -90,7 +94,8 @@ def _backend(settings: ScalerSettings) -> tuple[Backend, Controls, LeaseElector 
         from scaler.backends.local import LocalBackend
 
         store = FileControlStore(settings.state_dir / "controls.json")
-        return LocalBackend(settings.state_dir), Controls(store, settings.controls_refresh_seconds), None
+        backend = LocalBackend(settings.state_dir, configured=lambda: watcher.config.job_types.values())
+        return backend, Controls(store, settings.controls_refresh_seconds), None
     from kubernetes import client
 
     from scaler.backends.kubernetes import KubernetesBackend

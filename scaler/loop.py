@@ -46,6 +46,13 @@ from scaler.worker_channel import WorkerChannel
 log = logging.getLogger("scaler")
 #: States worth an event of their own when a type enters them.
 NOTABLE_STATES = frozenset({State.FAILING, State.PAUSED, State.WAITING_FOR_BUDGET, State.UNSCHEDULABLE})
+#: Shortest pause between two ticks, so a storm of wake-ups cannot keep the loop ticking back to back.
+WAKE_MIN_GAP_SECONDS = 0.02
+#: A tick meant for the end of an idle period runs this much after it, so the period has surely passed.
+IDLE_DEADLINE_MARGIN_SECONDS = 0.01
+#: While a type's last rows are in hand, tick this often (for at most TAIL_WATCH_SECONDS), to see the last ack soon.
+TAIL_TICK_SECONDS = 0.2
+TAIL_WATCH_SECONDS = 10.0
 
 
 @dataclass
@@ -91,25 +98,62 @@ class Scaler:
         self.consumed: set[str] = set()
         self._was_leader = False
         self._stopping = threading.Event()
+        self._woken = threading.Event()
         self.last_duration = 0.0
         self.last_at = 0.0
         self.durations: deque[float] = deque(maxlen=600)
 
     # running ---------------------------------------------------------------------
     def run(self) -> None:
-        """Tick every `tick_seconds` until `stop()`; a failing tick is logged, never fatal."""
+        """Tick every `tick_seconds`, and sooner when there is a reason, until `stop()`.
+
+        Sooner: at once on a wake-up (several during a tick make one tick after it); when a type's
+        `idle_seconds` run out; and every `TAIL_TICK_SECONDS` for up to `TAIL_WATCH_SECONDS` while a
+        type's last rows are in hand (nothing ready, some unacked), so the idle clock starts within
+        a fraction of a tick of the last ack. A failing tick is logged, never fatal.
+        """
         log.info("control loop running every %.2f s with the %s backend", self.tick_seconds, self.backend.name)
         next_tick = time.monotonic()
+        tail_since: float | None = None
         while not self._stopping.is_set():
+            self._woken.clear()
             try:
                 self.tick()
             except Exception:  # noqa: BLE001 - the loop must survive anything one tick meets
                 log.exception("tick failed; carrying on")
-            next_tick = max(next_tick + self.tick_seconds, time.monotonic())
-            self._stopping.wait(max(next_tick - time.monotonic(), 0))
+            ended = time.monotonic()
+            if next_tick <= ended:
+                next_tick = max(next_tick + self.tick_seconds, ended)
+            tail_since = (tail_since or ended) if self._in_tail() else None
+            wake_at = min(next_tick, self._idle_deadline())
+            if tail_since is not None and ended - tail_since < TAIL_WATCH_SECONDS:
+                wake_at = min(wake_at, ended + TAIL_TICK_SECONDS)
+            self._woken.wait(max(wake_at - ended, 0))
+            self._stopping.wait(max(ended + WAKE_MIN_GAP_SECONDS - time.monotonic(), 0))
+
+    def wake(self, job_type: str = "") -> None:
+        """Tick as soon as possible: work arrived for `job_type`. Safe from any thread."""
+        log.debug("woken up by new work for %s", job_type or "a job type")
+        self._woken.set()
+
+    def _in_tail(self) -> bool:
+        """Whether some type has its last rows in hand: none ready, some unacknowledged."""
+        types = self.board.document()["job_types"].values()
+        return any(t.get("ready") == 0 and (t.get("unacked") or 0) > 0 for t in types)
+
+    def _idle_deadline(self) -> float:
+        """The monotonic time at which the next type's `idle_seconds` run out, so scale-down is not late by a tick."""
+        wall, mono = self.clock(), time.monotonic()
+        deadlines = [
+            memory.idle_since + self.known[name].idle_seconds - wall + mono + IDLE_DEADLINE_MARGIN_SECONDS
+            for name, memory in self.memory.items()
+            if memory.idle_since is not None and name in self.known
+        ]
+        return min((d for d in deadlines if d > mono), default=float("inf"))
 
     def stop(self) -> None:
         self._stopping.set()
+        self._woken.set()
 
     # one tick -----------------------------------------------------------------------
     def tick(self) -> None:

@@ -48,6 +48,8 @@ class ScalerSettings:
     controls_refresh_seconds: float = DEFAULT_CONTROLS_REFRESH_SECONDS
     #: Kubernetes: the Lease whose annotation keeps the pause/drain set.
     controls_lease: str = "queue-autoscaler-scaler-controls"
+    #: Tick at once when the producer says work arrived (False: scale on the interval only, as a baseline).
+    wake_ups: bool = True
 
     @classmethod
     def from_environment(cls) -> ScalerSettings:
@@ -74,6 +76,7 @@ class ScalerSettings:
                 "SCALER_CONTROLS_REFRESH_SECONDS", float, str(DEFAULT_CONTROLS_REFRESH_SECONDS)
             ),
             controls_lease=env.get("SCALER_CONTROLS_LEASE", cls.controls_lease),
+            wake_ups=env.get("SCALER_WAKE_UPS", "true").lower() not in ("0", "false", "no", "off"),
         )
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from starlette.staticfiles import StaticFiles
 
 from jobtypes.errors import AutoscalerError
 from scaler import controls
+from scaler.health import HealthCheck
 from scaler.loop import Scaler
 from scaler.settings import ScalerSettings
 
@@ -53,9 +53,8 @@ async def index(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
-    scaler: Scaler = request.app.state.scaler
-    age = max(0.0, time.time() - scaler.last_at) if scaler.last_at else None
-    return JSONResponse({"status": "ok", "last_tick_age_seconds": age, "leader": scaler.is_leader()})
+    healthy, document = request.app.state.health.report()
+    return JSONResponse(document, status_code=200 if healthy else 503)
 
 
 async def status(request: Request) -> Response:
@@ -130,5 +129,6 @@ ROUTES = [
 def create_app(scaler: Scaler, settings: ScalerSettings | None = None) -> Starlette:
     app = Starlette(routes=ROUTES, exception_handlers={AutoscalerError: named_error})
     app.state.scaler = scaler
+    app.state.health = HealthCheck(scaler)
     app.state.settings = settings or scaler.settings
     return app

@@ -1,10 +1,17 @@
 """The scaler's side of the worker control protocol (jobtypes.control), on its own thread.
 
 It keeps the latest heartbeat of every worker (state, processed and failed
-counts, current message) and sends stop requests. pika connections are not
+counts, current message), sends stop requests and passes the producer's
+wake-ups ("work arrived for this type") to a callback, so the control loop
+ticks at once instead of at its next interval. pika connections are not
 thread-safe, so the control loop only enqueues stop requests; this thread
 publishes them between servicing the connection, and reconnects with backoff
 when the broker goes away.
+
+Anything can publish to these exchanges, so nothing received may stop the
+thread: a malformed heartbeat or wake-up is counted, logged (at most once per
+`MALFORMED_LOG_SECONDS`) and dropped. `health()` says whether the thread runs
+and when it last made progress, for the scaler's /healthz.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import pika
 
@@ -20,24 +29,46 @@ from jobtypes.control import (
     CONTROL_EXCHANGE,
     HEARTBEAT_EXCHANGE,
     STOP_COMMAND,
+    WAKE_ROUTING_KEY,
     Heartbeat,
     declare_control_exchanges,
     stop_routing_key,
+    wake_job_type,
 )
 from jobtypes.settings import connection_parameters
 
 log = logging.getLogger(__name__)
 #: Heartbeats older than this are forgotten (the worker is gone).
 FORGET_AFTER_SECONDS = 600.0
+#: A burst of malformed messages is logged once per this many seconds, with a count.
+MALFORMED_LOG_SECONDS = 10.0
+#: Longest pause of the thread's loop (a reconnect wait included) before it counts as stuck.
+MAX_RECONNECT_DELAY = 10.0
+
+
+@dataclass(frozen=True)
+class ChannelHealth:
+    alive: bool
+    connected: bool
+    #: Seconds since the thread's loop last went round (it does every 0.2 s, or every reconnect attempt).
+    last_progress_age: float
+    malformed: int
+    wake_ups: int
 
 
 class WorkerChannel:
-    def __init__(self, amqp_url: str, name: str = "scaler") -> None:
+    def __init__(self, amqp_url: str, name: str = "scaler", on_wake: Callable[[str], None] | None = None) -> None:
         self.amqp_url = amqp_url
         self.name = name
+        self.on_wake = on_wake or (lambda job_type: None)
         self.heartbeats: dict[str, Heartbeat] = {}
         self.received_at: dict[str, float] = {}
         self.stops: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.malformed = 0
+        self.wake_ups = 0
+        self._malformed_logged_at = 0.0
+        self._connection: pika.BlockingConnection | None = None
+        self._progress_at = time.monotonic()
         self._lock = threading.Lock()
         self._running = True
         self._thread = threading.Thread(target=self._run, name="worker-channel", daemon=True)
@@ -46,19 +77,50 @@ class WorkerChannel:
         self._thread.start()
         return self
 
+    def health(self) -> ChannelHealth:
+        return ChannelHealth(
+            alive=self._thread.is_alive(),
+            connected=self._connection is not None,
+            last_progress_age=time.monotonic() - self._progress_at,
+            malformed=self.malformed,
+            wake_ups=self.wake_ups,
+        )
+
     def request_stop(self, worker_id: str) -> None:
+        """Queue a stop request and wake the thread, so it goes out now rather than within 0.2 s."""
         self.stops.put(worker_id)
+        connection = self._connection
+        if connection is not None:
+            try:
+                connection.add_callback_threadsafe(lambda: None)
+            except pika.exceptions.AMQPError:
+                pass  # the thread reconnects and sends it then
 
     def snapshot(self) -> dict[str, Heartbeat]:
         with self._lock:
             return dict(self.heartbeats)
 
-    def _on_heartbeat(self, channel, method, properties, body: bytes) -> None:
+    def _on_message(self, channel, method, properties, body: bytes) -> None:
+        """Every delivery of the inbox: a wake-up or a heartbeat. Nothing raised here may end the thread."""
         try:
-            heartbeat = Heartbeat.from_json(body)
+            if method.routing_key == WAKE_ROUTING_KEY and method.exchange == CONTROL_EXCHANGE:
+                self.on_wake(wake_job_type(body))
+                self.wake_ups += 1
+            else:
+                self._remember(Heartbeat.from_json(body))
         except ValueError as error:
-            log.warning("ignoring a malformed heartbeat: %s", error)
-            return
+            self._drop(error)
+        except Exception:  # noqa: BLE001 - a bug met by one message must not stop heartbeats and stops
+            log.exception("dropped a control message that could not be handled")
+
+    def _drop(self, error: ValueError) -> None:
+        self.malformed += 1
+        now = time.monotonic()
+        if now - self._malformed_logged_at >= MALFORMED_LOG_SECONDS:
+            self._malformed_logged_at = now
+            log.warning("dropped a malformed control message (%d so far): %s", self.malformed, error)
+
+    def _remember(self, heartbeat: Heartbeat) -> None:
         now = time.monotonic()
         with self._lock:
             self.heartbeats[heartbeat.worker_id] = heartbeat
@@ -70,13 +132,17 @@ class WorkerChannel:
     def _run(self) -> None:
         delay = 0.5
         while self._running:
+            self._progress_at = time.monotonic()
             try:
                 self._serve()
                 delay = 0.5
             except pika.exceptions.AMQPError as error:
                 log.warning("worker channel lost (%s); reconnecting in %.1f s", error or type(error).__name__, delay)
+            except Exception:  # noqa: BLE001 - the thread reconnects whatever happened
+                log.exception("worker channel failed; reconnecting in %.1f s", delay)
+            if self._running:
                 time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, MAX_RECONNECT_DELAY)
 
     def _serve(self) -> None:
         connection = pika.BlockingConnection(connection_parameters(f"{self.name}-worker-channel", self.amqp_url))
@@ -85,9 +151,12 @@ class WorkerChannel:
             declare_control_exchanges(channel)
             inbox = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
             channel.queue_bind(inbox, HEARTBEAT_EXCHANGE)
-            channel.basic_consume(inbox, self._on_heartbeat, auto_ack=True)
-            log.info("listening to worker heartbeats")
+            channel.queue_bind(inbox, CONTROL_EXCHANGE, routing_key=WAKE_ROUTING_KEY)
+            channel.basic_consume(inbox, self._on_message, auto_ack=True)
+            log.info("listening to worker heartbeats and wake-ups")
+            self._connection = connection
             while self._running:
+                self._progress_at = time.monotonic()
                 while True:
                     try:
                         worker_id = self.stops.get_nowait()
@@ -96,6 +165,7 @@ class WorkerChannel:
                     channel.basic_publish(CONTROL_EXCHANGE, stop_routing_key(worker_id), STOP_COMMAND)
                 connection.process_data_events(time_limit=0.2)
         finally:
+            self._connection = None
             if connection.is_open:
                 connection.close()
 

@@ -1,7 +1,10 @@
 """`python -m workers <job-type>`: run one worker for that job type until it is told to stop.
 
-Exit codes: 0 after a graceful stop, 2 when the job type or its handler is
-unusable (nothing to retry: the scaler shows the message and does not loop).
+The job type's settings come from the scaler that started the worker
+(`WORKER_JOB_TYPE`, see jobtypes.handoff) or, for a worker started by hand,
+from the jobs config. Exit codes: 0 after a graceful stop, 2 when the job type
+or its handler is unusable (nothing to retry: the scaler shows the message and
+does not loop).
 """
 
 from __future__ import annotations
@@ -11,11 +14,40 @@ import os
 import socket
 import sys
 
-from jobtypes.config import ConfigError, load_config
+from jobtypes.config import ConfigError, JobType, load_config
+from jobtypes.handoff import handed_job_type
 from jobtypes.settings import jobs_config_path
 from workers import jsonlog
-from workers.handlers import HandlerNotFound, load_handler
+from workers.handlers import Handler, HandlerNotFound, load_handler
 from workers.runtime import Worker
+
+
+class CannotStart(Exception):
+    """The job type or its handler is unusable; the message says why."""
+
+
+def prepare(name: str) -> tuple[JobType, Handler]:
+    """The job type's settings and its imported handler; raises CannotStart."""
+    try:
+        job_type = handed_job_type(name) or _from_config_file(name)
+        return job_type, load_handler(job_type)
+    except (ConfigError, HandlerNotFound) as error:
+        raise CannotStart(str(error)) from error
+
+
+def _from_config_file(name: str) -> JobType:
+    config = load_config(jobs_config_path())
+    job_type = config.get(name)
+    if job_type is None:
+        raise ConfigError(f"unknown job type {name!r} in {config.source}; known: {', '.join(config.job_types)}")
+    return job_type
+
+
+def serve(job_type: JobType, handler: Handler) -> int:
+    """Run the worker named by WORKER_ID (or a name of its own) until it stops; returns its exit code."""
+    worker_id = os.environ.get("WORKER_ID") or f"{job_type.name}-{socket.gethostname()}-{os.getpid()}"
+    logger = jsonlog.configure(worker_id, job_type.name)
+    return Worker(job_type, handler, worker_id, logger).run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,25 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("job_type", help="a job type from jobs.config.json")
     args = parser.parse_args(argv)
     try:
-        config = load_config(jobs_config_path())
-    except ConfigError as error:
+        job_type, handler = prepare(args.job_type)
+    except CannotStart as error:
         print(f"worker: cannot start: {error}", file=sys.stderr)
         return 2
-    job_type = config.get(args.job_type)
-    if job_type is None:
-        print(
-            f"worker: unknown job type {args.job_type!r} in {config.source}; known: {', '.join(config.job_types)}",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        handler = load_handler(job_type)
-    except HandlerNotFound as error:
-        print(f"worker: cannot start: {error}", file=sys.stderr)
-        return 2
-    worker_id = os.environ.get("WORKER_ID") or f"{job_type.name}-{socket.gethostname()}-{os.getpid()}"
-    logger = jsonlog.configure(worker_id, job_type.name)
-    return Worker(job_type, handler, worker_id, logger).run()
+    return serve(job_type, handler)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,17 @@
 """Workers as local processes: the default backend, for one machine.
 
-Each worker is a process running its type's command (default
-`python -m workers <type>`) in a session of its own, with its output in one log
-file. A small JSON record per worker (pid and the process's start time) lives
-in the state directory, so a scaler that is restarted while workers run adopts
-them instead of starting duplicates, and never mistakes a recycled pid for a
+Each worker is a process in a session of its own, with its output in one log
+file: forked from its type's warm template (scaler.backends.templates), or,
+for a type with a custom `command` or while its template is not ready, a new
+process running the type's command (default `python -m workers <type>`).
+Either way it gets only the environment a worker needs
+(scaler.backends.worker_environment), its type's validated settings included.
+A small JSON record per worker (pid and the process's start time) lives in the
+state directory, so a scaler that is restarted while workers run adopts them
+instead of starting duplicates, and never mistakes a recycled pid for a
 worker. Finished workers stay listed for a minute (the dashboard shows how they
-ended), then their records are dropped; their logs stay.
+ended), then their records are dropped; their logs are kept within bounds
+(scaler.backends.worker_logs).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import psutil
@@ -28,21 +34,37 @@ import psutil
 from jobtypes.config import DEFAULT_STOP_GRACE_SECONDS, JobType
 from jobtypes.settings import REPO_ROOT
 from scaler.backends.base import WorkerInfo, WorkerState
+from scaler.backends.local_settings import LocalSettings
+from scaler.backends.templates import TemplatePool
+from scaler.backends.worker_environment import worker_environment
+from scaler.backends.worker_logs import WorkerLogs
 
 log = logging.getLogger(__name__)
 KEEP_FINISHED_SECONDS = 60.0
 #: How many lines of an exited worker's log become its failure reason.
 FAILURE_LINES = 8
+#: The `command` of a worker record whose process was forked from its type's template.
+FORKED = "fork"
 
 
 class LocalBackend:
     name = "local"
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        settings: LocalSettings | None = None,
+        configured: Callable[[], Iterable[JobType]] | None = None,
+    ) -> None:
+        """`configured` gives the job types in force; without it (e.g. `stop-workers`) no template runs."""
+        self.settings = settings or LocalSettings.from_environment()
         self.records_dir = state_dir / "workers"
         self.logs_dir = state_dir / "logs"
         self.records_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self.logs = WorkerLogs(self.logs_dir, self.settings)
+        self.configured = configured
+        self.templates = TemplatePool(state_dir / "templates", self.environment) if self.settings.templates else None
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.finished: dict[str, WorkerInfo] = {}
         self.kill_deadlines: dict[str, float] = {}
@@ -69,9 +91,22 @@ class LocalBackend:
         except psutil.Error:
             return False
 
+    def environment(self, job_type: JobType) -> dict[str, str]:
+        return worker_environment(job_type, os.environ, self.settings.env_passthrough)
+
     def list_workers(self) -> list[WorkerInfo]:
-        """Live workers from their records (adopting any this process did not start), plus the recently finished."""
+        """Live workers from their records (adopting any this process did not start), plus the recently finished.
+
+        Also keeps the templates in line with the configured types and the logs within bounds.
+        """
         self.calls += 1
+        if self.templates is not None and self.configured is not None:
+            self.templates.sync(self.configured())
+        workers = self._list_records()
+        self.logs.maybe_sweep(info.worker_id for info in workers)
+        return workers + list(self.finished.values())
+
+    def _list_records(self) -> list[WorkerInfo]:
         now = time.time()
         workers = []
         for record in self._records():
@@ -89,7 +124,7 @@ class LocalBackend:
                 )
                 continue
             child = self.children.pop(worker_id, None)
-            code = child.returncode if child is not None else None
+            code = child.returncode if child is not None else self._forked_exit_code(worker_id)
             state = WorkerState.SUCCEEDED if code == 0 else WorkerState.FAILED
             self.finished[worker_id] = WorkerInfo(
                 worker_id,
@@ -113,7 +148,10 @@ class LocalBackend:
         for worker_id, info in list(self.finished.items()):
             if now - (info.finished_at or now) > KEEP_FINISHED_SECONDS:
                 del self.finished[worker_id]
-        return workers + list(self.finished.values())
+        return workers
+
+    def _forked_exit_code(self, worker_id: str) -> int | None:
+        return self.templates.exit_code(worker_id) if self.templates is not None else None
 
     def check(self, job_type: JobType) -> str | None:
         """A type run by the default command whose handler module cannot be found, without importing it."""
@@ -133,28 +171,22 @@ class LocalBackend:
     # starting and ending ------------------------------------------------------
     def start_worker(self, job_type: JobType) -> WorkerInfo:
         worker_id = f"{job_type.name[:40]}-{time.strftime('%H%M%S')}-{secrets.token_hex(2)}"
-        command = job_type.command or [sys.executable, "-m", "workers", job_type.name]
-        log_path = self.logs_dir / f"{worker_id}.log"
-        env = {**os.environ, **job_type.env, "WORKER_ID": worker_id, "PYTHONUNBUFFERED": "1"}
-        with log_path.open("ab") as output:
-            child = subprocess.Popen(
-                command,
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        log_path = self.logs.path_for(worker_id)
+        pid = self.templates.fork(job_type, worker_id, log_path) if self.templates is not None else None
+        if pid is not None:
+            command = [FORKED, job_type.name]
+        else:
+            command = job_type.command or [sys.executable, "-m", "workers", job_type.name]
+            pid = self._spawn(worker_id, command, job_type, log_path)
         started_at = time.time()
         try:
-            create_time = psutil.Process(child.pid).create_time()
+            create_time = psutil.Process(pid).create_time()
         except psutil.Error:
             create_time = started_at
         record = {
             "worker_id": worker_id,
             "job_type": job_type.name,
-            "pid": child.pid,
+            "pid": pid,
             "create_time": create_time,
             "started_at": started_at,
             "log": str(log_path),
@@ -163,9 +195,23 @@ class LocalBackend:
         temporary = self.records_dir / f".{worker_id}.tmp"
         temporary.write_text(json.dumps(record))
         temporary.rename(self.records_dir / f"{worker_id}.json")
+        log.info("started worker %s (%s), pid %d%s", worker_id, job_type.name, pid, _how(command))
+        return WorkerInfo(worker_id, job_type.name, WorkerState.STARTING, started_at, details={"pid": str(pid)})
+
+    def _spawn(self, worker_id: str, command: list[str], job_type: JobType, log_path: Path) -> int:
+        """Start a new process for the worker (the plain way); returns its pid."""
+        with log_path.open("ab") as output:
+            child = subprocess.Popen(
+                command,
+                cwd=REPO_ROOT,
+                env={**self.environment(job_type), "WORKER_ID": worker_id},
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.children[worker_id] = child
-        log.info("started worker %s (%s), pid %d", worker_id, job_type.name, child.pid)
-        return WorkerInfo(worker_id, job_type.name, WorkerState.STARTING, started_at, details={"pid": str(child.pid)})
+        return child.pid
 
     def terminate(self, worker: WorkerInfo, job_type: JobType | None) -> None:
         """SIGTERM now (the worker stops gracefully); SIGKILL its process group once the grace period is over."""
@@ -193,7 +239,7 @@ class LocalBackend:
             pass
 
     def read_log(self, worker_id: str, lines: int = 200) -> str:
-        path = self.logs_dir / f"{Path(worker_id).name}.log"
+        path = self.logs.path_for(worker_id)
         if not path.is_file():
             raise KeyError(worker_id)
         with path.open("rb") as handle:
@@ -203,7 +249,9 @@ class LocalBackend:
         return "\n".join(tail) + "\n"
 
     def close(self) -> None:
-        """Workers keep running: a restarted scaler adopts them from their records."""
+        """Templates stop; workers keep running: a restarted scaler adopts them from their records."""
+        if self.templates is not None:
+            self.templates.close()
 
 
 def handler_module(job_type: JobType) -> str:
@@ -236,3 +284,7 @@ def last_lines(log_path: Path, count: int = FAILURE_LINES) -> str | None:
     except OSError:
         return None
     return "\n".join(lines[-count:]) or None
+
+
+def _how(command: list[str]) -> str:
+    return ", forked from its template" if command[0] == FORKED else ""

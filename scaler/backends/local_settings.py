@@ -1,0 +1,43 @@
+"""The local backend's settings, read once from the environment.
+
+Each limit has a named default: how many finished workers' logs to keep per
+job type and how large one log may grow, whether workers are forked from
+pre-imported templates, and which extra variables of the scaler's own
+environment its workers may see.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+#: Finished workers' logs kept per job type (the newest); older ones are deleted.
+DEFAULT_LOGS_PER_TYPE = 20
+#: A worker's log is cut (its tail kept in `<log>.1`) when it grows past this many bytes.
+DEFAULT_LOG_MAX_BYTES = 5 * 1024 * 1024
+#: Seconds between two sweeps of the logs directory.
+DEFAULT_LOG_SWEEP_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    logs_per_type: int = DEFAULT_LOGS_PER_TYPE
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    log_sweep_seconds: float = DEFAULT_LOG_SWEEP_SECONDS
+    #: Fork workers from a pre-imported template process per job type (types with a `command` never are).
+    templates: bool = True
+    #: Names of the scaler's environment variables that workers get besides the ones they need.
+    env_passthrough: tuple[str, ...] = ()
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> LocalSettings:
+        return cls(
+            logs_per_type=int(environ.get("SCALER_WORKER_LOGS_PER_TYPE", DEFAULT_LOGS_PER_TYPE)),
+            log_max_bytes=int(environ.get("SCALER_WORKER_LOG_MAX_BYTES", DEFAULT_LOG_MAX_BYTES)),
+            log_sweep_seconds=float(environ.get("SCALER_WORKER_LOG_SWEEP_SECONDS", DEFAULT_LOG_SWEEP_SECONDS)),
+            templates=environ.get("SCALER_WORKER_TEMPLATES", "true").lower() not in ("0", "false", "no", "off"),
+            env_passthrough=tuple(
+                name.strip() for name in environ.get("SCALER_WORKER_ENV_PASSTHROUGH", "").split(",") if name.strip()
+            ),
+        )
