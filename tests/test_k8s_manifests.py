@@ -112,8 +112,7 @@ def test_rendered_jobs_validate_strictly(job_type: JobType) -> None:
 def test_values_the_scaler_hands_its_workers_go_into_the_env_once_and_stay_valid() -> None:
     """E.g. the type's validated settings as one JSON value; a type's `env` cannot shadow the scaler's entries."""
     job_type = JobType(name="sleep", queue="q_sleep", env={"SLEEP_MS": "20", "RABBITMQ_URL": "amqp://elsewhere"})
-    handed = {"WORKER_JOB_TYPE": job_type.model_dump_json()}
-    manifest = render_job_manifest(job_type, settings=ClusterSettings(), handed=handed)
+    manifest = render_job_manifest(job_type, settings=ClusterSettings())
     validate(manifest)
     env = manifest["spec"]["template"]["spec"]["containers"][0]["env"]
     names = [entry["name"] for entry in env]

@@ -22,7 +22,7 @@ from tests.support.stack import Stack
 from tests.support.waiting import wait_until
 
 SLEEP = {"handler": "sleep", "threshold": 5, "max_workers": 4, "idle_seconds": 2, "env": {"SLEEP_MS": "20"}}
-FORK_SERVER = "scaler.backends.fork_server"
+FORK_SERVER = "workers.template"
 
 
 def rows(count: int) -> bytes:

@@ -13,11 +13,11 @@ import hashlib
 import os
 import secrets
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from jobtypes.config import JobType
+from jobtypes.handoff import JOB_TYPE_ENV, encode
 
 PART_OF = "queue-autoscaler"
 TYPE_LABEL = "queue-autoscaler.io/job-type"
@@ -83,12 +83,10 @@ def worker_labels(job_type: JobType, worker_id: str) -> dict[str, str]:
     }
 
 
-def worker_env(
-    job_type: JobType, settings: ClusterSettings, handed: Mapping[str, str] | None = None
-) -> list[dict[str, Any]]:
+def worker_env(job_type: JobType, settings: ClusterSettings) -> list[dict[str, Any]]:
     """The worker container's environment: the type's `env`, then what the scaler hands every worker (its id,
-    the broker's URL from the Secret, the config's path, and the `handed` values, e.g. the type's validated
-    settings), which win over a same-named entry of the type's `env`."""
+    the broker's URL from the Secret, the config's path, and the type's validated settings, which the worker
+    prefers to a possibly broken file), which win over a same-named entry of the type's `env`."""
     scaler_env: list[dict[str, Any]] = [
         {
             "name": "WORKER_ID",
@@ -97,7 +95,7 @@ def worker_env(
         {"name": "RABBITMQ_URL", "valueFrom": {"secretKeyRef": {"name": settings.secret, "key": settings.secret_key}}},
         {"name": "JOBS_CONFIG", "value": f"{CONFIG_MOUNT}/jobs.config.json"},
     ]
-    scaler_env += [{"name": name, "value": value} for name, value in (handed or {}).items()]
+    scaler_env.append({"name": JOB_TYPE_ENV, "value": encode(job_type)})
     taken = {entry["name"] for entry in scaler_env}
     return [{"name": k, "value": v} for k, v in job_type.env.items() if k not in taken] + scaler_env
 
@@ -106,13 +104,12 @@ def render_job_manifest(
     job_type: JobType,
     worker_id: str | None = None,
     settings: ClusterSettings | None = None,
-    handed: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The Job of one worker of `job_type`; `handed`: further environment the scaler gives every worker."""
+    """The Job of one worker of `job_type`."""
     settings = settings or ClusterSettings.from_environment()
     worker_id = worker_id or new_worker_id(job_type)
     labels = worker_labels(job_type, worker_id)
-    env = worker_env(job_type, settings, handed)
+    env = worker_env(job_type, settings)
     container: dict[str, Any] = {
         "name": "worker",
         "image": job_type.image,

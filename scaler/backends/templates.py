@@ -1,4 +1,4 @@
-"""The local backend's worker templates: one warm fork server per job type (scaler.backends.fork_server).
+"""The local backend's worker templates: one warm fork server per job type (workers.template).
 
 Templates start lazily: a type gets one when it first needs a worker (that
 worker is spawned the plain way while the template imports in the
@@ -57,7 +57,7 @@ class Template:
         self._pending = b""
         with log_path.open("ab") as output:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "scaler.backends.fork_server", job_type.name],
+                [sys.executable, "-m", "workers.template", job_type.name],
                 cwd=REPO_ROOT,
                 env=env,
                 stdin=subprocess.PIPE,

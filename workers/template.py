@@ -2,7 +2,7 @@
 
 A new worker process spends most of its start importing pika, the runtime and
 its handler. The local backend instead keeps, per job type, one process that
-has imported all of that once (`python -m scaler.backends.fork_server <type>`,
+has imported all of that once (`python -m workers.template <type>`,
 started with a worker's environment) and forks a worker whenever the scaler
 asks. The template holds no broker connection and no message, and runs no
 thread, so a fork copies nothing that could be shared by mistake.
@@ -133,7 +133,7 @@ def _redirect(log_path: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m scaler.backends.fork_server <job-type>", file=sys.stderr)
+        print("usage: python -m workers.template <job-type>", file=sys.stderr)
         return 2
     try:
         job_type, handler = prepare(args[0])
