@@ -7,6 +7,7 @@ import sys
 
 import uvicorn
 
+from jobtypes.auth import describe_rule
 from jobtypes.config import ConfigError
 from jobtypes.settings import rabbitmq_url, redact_url
 from producer.app import create_app
@@ -23,13 +24,14 @@ def main() -> int:
         print(f"producer: cannot start: {error}", file=sys.stderr)
         return 2
     logging.getLogger("producer").info(
-        "producer listening on http://%s:%d, broker %s, token %s",
+        "producer listening on http://%s:%d, broker %s, %s",
         settings.host,
         settings.port,
         redact_url(rabbitmq_url()),
-        "required" if settings.token else "not required",
+        describe_rule(settings.auth),
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level="info")
+    # No proxy-header rewriting: the client address must be the socket's (see jobtypes.auth).
+    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level="info", proxy_headers=False)
     return 0
 
 

@@ -2,8 +2,11 @@
 
 Read-only by design: nothing here changes what the scaler does. The one POST,
 `/api/upload`, is a pass-through to the producer (same origin for the
-dashboard's upload form, locally and behind one port-forward in a cluster);
-the producer checks its token as for any upload.
+dashboard's upload form, locally and behind one port-forward in a cluster).
+Every path sits behind `jobtypes.auth.AuthMiddleware` (the producer's rule,
+with its `/login` form); the pass-through forwards the caller only after that
+check, with the scaler's own token and a `Forwarded` header, so a remote
+caller never looks like a loopback client to the producer.
 """
 
 from __future__ import annotations
@@ -25,14 +28,16 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from jobtypes.auth import AuthMiddleware, AuthSettings, forwarded_headers
 from scaler.loop import Scaler
 
 DASHBOARD = Path(__file__).resolve().parent / "dashboard"
-FORWARDED_HEADERS = ("content-type", "content-length", "authorization")
+FORWARDED_HEADERS = ("content-type", "content-length")
 
 
-def create_app(scaler: Scaler, producer_url: str | None = None) -> Starlette:
+def create_app(scaler: Scaler, producer_url: str | None = None, auth: AuthSettings | None = None) -> Starlette:
     producer_url = (producer_url or os.environ.get("PRODUCER_URL", "http://127.0.0.1:8000")).rstrip("/")
+    auth = auth or AuthSettings.from_environment()
 
     async def index(request: Request) -> Response:
         return FileResponse(DASHBOARD / "index.html", headers={"Cache-Control": "no-cache"})
@@ -72,6 +77,7 @@ def create_app(scaler: Scaler, producer_url: str | None = None) -> Starlette:
 
     async def upload(request: Request) -> Response:
         headers = {name: value for name, value in request.headers.items() if name in FORWARDED_HEADERS}
+        headers.update(forwarded_headers(request.scope, auth.token))
         try:
             async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=5)) as client:
                 answer = await client.post(f"{producer_url}/upload", content=request.stream(), headers=headers)
@@ -82,7 +88,7 @@ def create_app(scaler: Scaler, producer_url: str | None = None) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/", index),
             Route("/healthz", healthz),
@@ -95,3 +101,5 @@ def create_app(scaler: Scaler, producer_url: str | None = None) -> Starlette:
             Mount("/static", app=StaticFiles(directory=DASHBOARD), name="static"),
         ]
     )
+    app.add_middleware(AuthMiddleware, settings=auth)
+    return app

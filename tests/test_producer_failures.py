@@ -84,7 +84,8 @@ def test_broker_lost_mid_upload_reports_only_confirmed_rows(
 
 def test_token_required_when_set(broker: Broker, tmp_path) -> None:
     token = "s3cret-token-value"
-    stack = Stack(broker, tmp_path, {"sleep": {}}, env={"PRODUCER_TOKEN": token})
+    # Loopback clients need no token by default (tests/test_security.py); here they need it like everyone else.
+    stack = Stack(broker, tmp_path, {"sleep": {}}, env={"PRODUCER_TOKEN": token, "AUTH_ALLOW_LOOPBACK": "false"})
     stack.start_producer()
     try:
         for headers in (
