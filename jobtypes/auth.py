@@ -32,14 +32,21 @@ import ipaddress
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
-
 log = logging.getLogger(__name__)
+
+# ASGI's types, spelled out so that this module needs no web framework (workers import jobtypes too).
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Headers = dict[str, str]
 
 SESSION_COOKIE = "autoscaler_session"
 PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/login"})
@@ -116,6 +123,11 @@ def _host_name(host: str) -> str:
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
+def request_headers(scope: Scope) -> Headers:
+    """The request's headers by lower-case name (a repeated header keeps its last value)."""
+    return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope.get("headers", [])}
+
+
 def cross_site_reason(headers: Headers) -> str | None:
     """Why a browser-made request comes from another site, or None when it does not."""
     fetch_site = headers.get("sec-fetch-site", "").lower()
@@ -180,7 +192,7 @@ class AuthMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
+        headers = request_headers(scope)
         reason = cross_site_reason(headers)
         if reason is not None:
             await _json(send, 403, f"cross-site request refused ({reason})")

@@ -112,6 +112,12 @@ class Admission:
 
     def charge(self, ticket: Ticket, count: int) -> None:
         with self._lock:
+            if ticket.charged + count > self.max_spool_bytes:
+                raise UploadError(
+                    413,
+                    f"this upload alone needs more than the producer's whole spool of "
+                    f"{human_bytes(self.max_spool_bytes)} (PRODUCER_MAX_SPOOL_BYTES); split the file; nothing was queued",
+                )
             if self.spooled + count > self.max_spool_bytes:
                 raise Busy(self._full_message())
             self.spooled += count
