@@ -195,6 +195,7 @@ class AuthMiddleware:
         headers = request_headers(scope)
         reason = cross_site_reason(headers)
         if reason is not None:
+            log.warning("refused %s %s from %s: cross-site (%s)", scope["method"], scope["path"], _peer(scope), reason)
             await _json(send, 403, f"cross-site request refused ({reason})")
             return
         path = scope["path"]
@@ -206,6 +207,7 @@ class AuthMiddleware:
             return
         via, why = self.authenticator.authenticate(scope, headers)
         if via is None:
+            log.info("refused %s %s from %s: %s", scope["method"], scope["path"], _peer(scope), why.split(":")[0])
             if scope["method"] == "GET" and "text/html" in headers.get("accept", ""):
                 await _redirect(send, "/login")
             else:
@@ -230,6 +232,11 @@ class AuthMiddleware:
         secure = "; Secure" if scope.get("scheme") == "https" else ""
         cookie = f"{SESSION_COOKIE}={self.authenticator.session}; Path=/; HttpOnly; SameSite=Strict{secure}"
         await _redirect(send, "/", {"set-cookie": cookie})
+
+
+def _peer(scope: Scope) -> str:
+    client = scope.get("client")
+    return client[0] if client else "unknown"
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes:
@@ -267,8 +274,7 @@ def forwarded_headers(scope: Scope, token: str | None) -> dict[str, str]:
     if token is not None:
         headers["authorization"] = f"Bearer {token}"
     if scope.get("auth") != VIA_LOOPBACK:
-        client = scope.get("client")
-        headers["forwarded"] = f'for="{client[0] if client else "unknown"}"'
+        headers["forwarded"] = f'for="{_peer(scope)}"'
     return headers
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from producer.errors import UploadError
+from producer.metrics import SPOOL_BYTES, UPLOADS_IN_PROGRESS, UPLOADS_REFUSED_BUSY
 
 KIB = 1024
 MIB = 1024**2
@@ -63,6 +64,7 @@ class Busy(UploadError):
 
     def __init__(self, message: str) -> None:
         super().__init__(429, message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        UPLOADS_REFUSED_BUSY.inc()
 
 
 class Ticket:
@@ -108,6 +110,7 @@ class Admission:
             if declared_bytes <= self.max_spool_bytes < self.spooled + declared_bytes:
                 raise Busy(self._full_message())
             self.active += 1
+            UPLOADS_IN_PROGRESS.set(self.active)
             return Ticket(self)
 
     def charge(self, ticket: Ticket, count: int) -> None:
@@ -122,12 +125,15 @@ class Admission:
                 raise Busy(self._full_message())
             self.spooled += count
             ticket.charged += count
+            SPOOL_BYTES.set(self.spooled)
 
     def release(self, ticket: Ticket) -> None:
         with self._lock:
             self.active -= 1
             self.spooled -= ticket.charged
             ticket.charged = 0
+            UPLOADS_IN_PROGRESS.set(self.active)
+            SPOOL_BYTES.set(self.spooled)
 
     def _full_message(self) -> str:
         return (
