@@ -38,7 +38,7 @@ from producer.body import RAW_CSV_TYPES, GuardedReceive, check_declared_length, 
 from producer.csv_rows import ConvertedUpload, check_encoding, convert_rows
 from producer.errors import UploadError
 from producer.health import BrokerHealth, healthz, lifespan, livez, readyz
-from producer.limits import Admission, AdmissionMiddleware, RowLimits
+from producer.limits import Admission, AdmissionMiddleware, RowLimits, WorkThreads
 from producer.metrics import ROWS_PUBLISHED, UPLOAD_SECONDS, UPLOADS
 from producer.publisher import publish_rows
 from producer.settings import ProducerSettings
@@ -52,6 +52,7 @@ class Producer:
     def __init__(self, settings: ProducerSettings, config: ConfigWatcher) -> None:
         self.settings = settings
         self.config = config
+        self.work = WorkThreads(settings.work_threads)
         csv.field_size_limit(settings.max_field_bytes)
 
     # where -------------------------------------------------------------------
@@ -132,10 +133,10 @@ async def _handle_upload(request: Request, path_type: str | None) -> Response:
             job_name = job_type.name
             bodies = stack.enter_context(tempfile.TemporaryFile(dir=settings.spool_dir, prefix="rows-"))
             received = time.perf_counter()
-            converted = await run_in_threadpool(_check_and_convert, spool, bodies, settings.rows, job_type)
+            converted = await producer.work.run(_check_and_convert, spool, bodies, settings.rows, job_type)
             bodies.seek(0)
             checked = time.perf_counter()
-            result = await run_in_threadpool(publish_rows, job_type, upload_id, bodies, settings.publish_window)
+            result = await producer.work.run(publish_rows, job_type, upload_id, bodies, settings.publish_window)
     except UploadError as error:
         UPLOADS.labels("rejected").inc()
         log.info("upload %s type=%s rejected status=%d: %s", upload_id, job_name, error.status, error.message)

@@ -7,6 +7,11 @@ size relative to the upload's (each body repeats every header name, so a
 file of long header names and empty rows would otherwise grow a thousandfold
 on disk).
 
+CPU-bound steps (`WorkThreads`): checking rows and publishing run on at
+most `work_threads` threads at once. Python runs one thread at a time, so
+more would not go faster; they would only make the event loop wait longer
+for its turn, and with it the health probes and every body being received.
+
 In total (`Admission`, an ASGI middleware in front of the upload routes): at
 most `max_concurrent_uploads` at once and at most `max_spool_bytes` of spooled
 uploads and bodies on disk. A request over either answers 429 with
@@ -20,10 +25,15 @@ response is sent.
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
+import anyio.to_thread
+from anyio import CapacityLimiter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from producer.errors import UploadError
@@ -37,6 +47,7 @@ RETRY_AFTER_SECONDS = 5
 #: Bodies may always take this much besides the ratio (a tiny file with a long header).
 SPOOL_RATIO_SLACK_BYTES = MIB
 UPLOAD_PATHS = ("/upload", "/submit/")
+T = TypeVar("T")
 
 
 def human_bytes(count: float) -> str:
@@ -182,3 +193,13 @@ async def _refuse(send: Send, busy: Busy) -> None:
     headers += [(name.lower().encode(), value.encode()) for name, value in busy.headers.items()]
     await send({"type": "http.response.start", "status": 429, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class WorkThreads:
+    """Runs uploads' CPU-bound steps on at most `count` threads at once (the rest wait their turn)."""
+
+    def __init__(self, count: int) -> None:
+        self.limiter = CapacityLimiter(count)
+
+    async def run(self, function: Callable[..., T], *args: object) -> T:
+        return await anyio.to_thread.run_sync(functools.partial(function, *args), limiter=self.limiter)

@@ -10,6 +10,8 @@ Limits (each a named variable with its default):
   (plus 1 MiB); 413 naming the line where they would pass it.
 - `PRODUCER_MAX_CONCURRENT_UPLOADS` (16) and `PRODUCER_MAX_SPOOL_BYTES` (3 GiB): uploads in flight and their
   spooled bytes (bodies received plus JSON bodies) together; over either, 429 with `Retry-After`.
+- `PRODUCER_WORK_THREADS` (the number of CPUs, at least 2): uploads whose rows are checked or published at
+  the same time; the others wait (admitted, not refused). Keeps the event loop and the probes responsive.
 - `PRODUCER_BODY_TIMEOUT_SECONDS` (30): a body that stalls this long gets 408.
 - `PRODUCER_HEALTH_INTERVAL_SECONDS` (5): how often readiness checks the broker, in the background.
 
@@ -58,6 +60,7 @@ class ProducerSettings:
     rows: RowLimits
     max_concurrent_uploads: int
     max_spool_bytes: int
+    work_threads: int
     body_timeout_seconds: float
     health_interval_seconds: float
     publish_window: int
@@ -79,6 +82,7 @@ class ProducerSettings:
             ),
             max_concurrent_uploads=_int("PRODUCER_MAX_CONCURRENT_UPLOADS", 16),
             max_spool_bytes=_int("PRODUCER_MAX_SPOOL_BYTES", 3 * GIB),
+            work_threads=_int("PRODUCER_WORK_THREADS", max(2, os.cpu_count() or 2)),
             body_timeout_seconds=_float("PRODUCER_BODY_TIMEOUT_SECONDS", 30.0),
             health_interval_seconds=_float("PRODUCER_HEALTH_INTERVAL_SECONDS", 5.0),
             publish_window=_int("PRODUCER_PUBLISH_WINDOW", 2000),
