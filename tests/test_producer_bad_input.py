@@ -15,7 +15,11 @@ from jobtypes.queues import declare_queues
 from tests.support.broker import Broker
 from tests.support.stack import Stack
 
-TYPES = {"sales": {"default": True}, "sleep": {}}
+TYPES = {
+    "sales": {"default": True},
+    "sleep": {},
+    "checked": {"columns": ["Date", "Item Description", "Quantity", "Amount"]},
+}
 MAX_UPLOAD = 12 * 1024 * 1024
 HEADER = b"Date,Item Description,Quantity,Amount\n"
 
@@ -62,6 +66,13 @@ CASES = [
         422,
         ["line 1", "header is longer than the limit", "PRODUCER_MAX_HEADER_BYTES"],
         b",".join(b"c%d" % i for i in range(1_000_000)) + b"\n" + b"1\n",
+    ),
+    Case(
+        "header does not match the type's columns",
+        422,
+        ["line 1", "no column 'Quantity'", "'Quantity '", "check spaces and case"],
+        b"Date,Item Description,Quantity ,Amount\n2024-01-01,x,1,2\n",
+        path="/submit/checked",
     ),
     Case("unknown job type", 404, ["unknown job type 'nope'", "sales"], HEADER + b"a,b,c,d\n", path="/submit/nope"),
     Case(
