@@ -21,12 +21,14 @@ from jobtypes.settings import REPO_ROOT, jobs_config_path, rabbitmq_api_url, rab
 def _run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from jobtypes.auth import AuthSettings, describe_rule
     from jobtypes.config_watch import ConfigWatcher
     from scaler.loop import Scaler
     from scaler.queue_stats import QueueStatsSource
     from scaler.web import create_app
     from scaler.worker_channel import WorkerChannel
 
+    auth = AuthSettings.from_environment()  # before anything starts: a placeholder token stops us here
     try:
         watcher = ConfigWatcher(jobs_config_path())
     except ConfigError as error:
@@ -57,17 +59,18 @@ def _run(args: argparse.Namespace) -> int:
     loop = threading.Thread(target=scaler.run, name="control-loop", daemon=True)
     loop.start()
     logging.getLogger("scaler").info(
-        "scaler on http://%s:%d (dashboard), broker %s, management API %s, config %s",
+        "scaler on http://%s:%d (dashboard), broker %s, management API %s, config %s, %s",
         args.host,
         args.port,
         redact_url(rabbitmq_url()),
         redact_url(rabbitmq_api_url()),
         watcher.path,
+        describe_rule(auth),
     )
     try:
         # No proxy-header rewriting: the client address must be the socket's (see jobtypes.auth).
         uvicorn.run(
-            create_app(scaler),
+            create_app(scaler, auth=auth),
             host=args.host,
             port=args.port,
             access_log=False,
