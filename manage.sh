@@ -121,17 +121,23 @@ stop_service() {
   rm -f "$pidfile"
 }
 
+stored_token() {
+  # PRODUCER_TOKEN from the environment, else the one `up` stored (for commands that call the services).
+  if [ -z "${PRODUCER_TOKEN:-}" ] && [ -s "$RUN/producer.token" ]; then
+    PRODUCER_TOKEN="$(cat "$RUN/producer.token")"
+    export PRODUCER_TOKEN
+  fi
+}
+
 ensure_token() {
   # The token for uploads and the dashboard: PRODUCER_TOKEN if set, else the one stored in .run (mode 600),
   # generated on the first `up`. Loopback clients need none; everyone else sends it.
-  local file="$RUN/producer.token"
+  stored_token
   if [ -z "${PRODUCER_TOKEN:-}" ]; then
-    if [ ! -s "$file" ]; then
-      mkdir -p "$RUN"
-      (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$file")
-      log "generated a token in .run/producer.token"
-    fi
-    PRODUCER_TOKEN="$(cat "$file")"
+    mkdir -p "$RUN"
+    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN/producer.token")
+    log "generated a token in .run/producer.token"
+    stored_token
   fi
   export PRODUCER_TOKEN
 }
@@ -181,7 +187,7 @@ cmd_submit() {
   # submit FILE [JOB_TYPE]
   [ $# -ge 1 ] || die "usage: ./manage.sh submit FILE [JOB_TYPE]"
   local auth=()
-  [ -z "${PRODUCER_TOKEN:-}" ] && [ -s "$RUN/producer.token" ] && PRODUCER_TOKEN="$(cat "$RUN/producer.token")"
+  stored_token
   [ -n "${PRODUCER_TOKEN:-}" ] && auth=(-H "Authorization: Bearer $PRODUCER_TOKEN")
   if [ $# -ge 2 ]; then
     curl -sS "${auth[@]}" -F "file=@$1" -F "job_type=$2" "http://$PRODUCER_ADDR/upload"
@@ -290,8 +296,8 @@ main() {
     down) cmd_down "$@" ;;
     test) cmd_test "$@" ;;
     submit) cmd_submit "$@" ;;
-    status) ensure_venv; "$PY" -m scaler status --url "http://$SCALER_ADDR" "$@" ;;
-    watch) ensure_venv; "$PY" -m scaler status --url "http://$SCALER_ADDR" --watch "$@" ;;
+    status) ensure_venv; stored_token; "$PY" -m scaler status --url "http://$SCALER_ADDR" "$@" ;;
+    watch) ensure_venv; stored_token; "$PY" -m scaler status --url "http://$SCALER_ADDR" --watch "$@" ;;
     sample) ensure_venv; "$PY" -m workers.sample "$@" ;;
     bench) cmd_bench "$@" ;;
     images) cmd_images "$@" ;;

@@ -129,9 +129,10 @@ def _stop_workers(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from jobtypes.auth import AuthSettings
     from scaler.terminal import main
 
-    return main(args.url, args.watch)
+    return main(args.url, args.watch, AuthSettings.from_environment().token)
 
 
 def main(argv: list[str] | None = None) -> int:
