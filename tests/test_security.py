@@ -340,6 +340,39 @@ def test_chromium_cross_site_upload_from_a_web_page_is_refused(stack: Stack, bro
     assert broker.queue_depth(queue) == before
 
 
+@pytest.mark.browser
+def test_remote_operator_logs_in_and_uploads_through_the_dashboard(
+    stack: Stack, remote: dict[str, str], broker: Broker, tmp_path
+) -> None:
+    """Chromium on a remote address: the dashboard sends it to the login form; after it, the page is live."""
+    from playwright.sync_api import sync_playwright
+
+    queue = stack.queue_of("sleep")
+    before = broker.queue_depth(queue)
+    rows = tmp_path / "rows.csv"
+    rows.write_bytes(CSV)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium")
+        page = browser.new_page()
+        page.goto(f"{remote['scaler']}/")
+        assert page.url == f"{remote['scaler']}/login"
+        page.fill("#token", "wrong")
+        page.click("button[type=submit]")
+        assert "Wrong token" in page.content()
+        page.fill("#token", TOKEN)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{remote['scaler']}/")
+        page.wait_for_selector("#cards article.card", timeout=15_000)
+        cookie = next(c for c in page.context.cookies() if c["name"] == "autoscaler_session")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        page.select_option("#upload-type", "sleep")
+        page.set_input_files("#upload-file", str(rows))
+        page.click("#upload-button")
+        page.wait_for_function("document.getElementById('upload-answer').textContent.startsWith('Queued 2 rows')")
+        browser.close()
+    assert broker.queue_depth(queue) == before + 2
+
+
 def test_no_secret_in_logs_status_metrics_or_page(stack: Stack) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     stack.upload(b"n\n" + b"".join(b"%d\n" % i for i in range(20)), "sleep", headers=headers).raise_for_status()
