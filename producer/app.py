@@ -3,8 +3,9 @@
 Before a route runs, `AuthMiddleware` decides who may call (token, session
 cookie, or loopback; never cross-site) and `AdmissionMiddleware` whether
 there is room (uploads in flight, spooled bytes). An upload then goes through
-three steps, each of which can refuse it: where (job type), what (the body, spooled to disk within size and time limits,
-then checked completely and converted to JSON bodies), and finally publishing
+three steps, each of which can refuse it: where (job type), what (the body,
+spooled to disk within size and time limits, then checked completely within
+the row limits and converted to JSON bodies), and finally publishing
 with confirms. Only the last step touches the broker, so every refusal before
 it leaves the queue untouched; the last step answers 200 only when the broker
 confirmed every row, else 503 with the confirmed count.
