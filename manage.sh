@@ -122,9 +122,31 @@ stop_service() {
   rm -f "$pidfile"
 }
 
+stored_token() {
+  # PRODUCER_TOKEN from the environment, else the one `up` stored (for commands that call the services).
+  if [ -z "${PRODUCER_TOKEN:-}" ] && [ -s "$RUN/producer.token" ]; then
+    PRODUCER_TOKEN="$(cat "$RUN/producer.token")"
+    export PRODUCER_TOKEN
+  fi
+}
+
+ensure_token() {
+  # The token for uploads and the dashboard: PRODUCER_TOKEN if set, else the one stored in .run (mode 600),
+  # generated on the first `up`. Loopback clients need none; everyone else sends it.
+  stored_token
+  if [ -z "${PRODUCER_TOKEN:-}" ]; then
+    mkdir -p "$RUN"
+    (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN/producer.token")
+    log "generated a token in .run/producer.token"
+    stored_token
+  fi
+  export PRODUCER_TOKEN
+}
+
 cmd_up() {
   ensure_venv
   ensure_rabbitmq
+  ensure_token
   start_service producer "http://$PRODUCER_ADDR/healthz" -- "$PY" -m producer
   if [ -f scaler/__main__.py ]; then
     start_service scaler "http://$SCALER_ADDR/healthz" -- "$PY" -m scaler --backend local
@@ -132,6 +154,8 @@ cmd_up() {
   echo
   echo "  producer:   http://$PRODUCER_ADDR   (curl -F file=@data.csv http://$PRODUCER_ADDR/upload)"
   [ -f scaler/__main__.py ] && echo "  dashboard:  http://$SCALER_ADDR/"
+  echo "  token:      $PRODUCER_TOKEN   (.run/producer.token; loopback clients need none, others send"
+  echo "              'Authorization: Bearer <token>' or log in to the dashboard with it)"
   echo "  rabbitmq:   http://127.0.0.1:15672/  (guest / guest)"
   echo "  stop with:  ./manage.sh down"
 }
@@ -164,6 +188,7 @@ cmd_submit() {
   # submit FILE [JOB_TYPE]
   [ $# -ge 1 ] || die "usage: ./manage.sh submit FILE [JOB_TYPE]"
   local auth=()
+  stored_token
   [ -n "${PRODUCER_TOKEN:-}" ] && auth=(-H "Authorization: Bearer $PRODUCER_TOKEN")
   if [ $# -ge 2 ]; then
     curl -sS "${auth[@]}" -F "file=@$1" -F "job_type=$2" "http://$PRODUCER_ADDR/upload"
@@ -206,17 +231,29 @@ apply_jobs_config() {
     --dry-run=client -o yaml | kubectl -n "$K8S_NAMESPACE" apply -f -
 }
 
+ensure_python() {
+  # The venv's python for helper commands; installs it only when it is missing.
+  [ -x "$PY" ] || ensure_venv
+}
+
 cmd_k8s_up() {
+  ensure_python
+  # Refuse before touching anything while a Secret in the cluster holds an example placeholder.
+  K8S_NAMESPACE="$K8S_NAMESPACE" "$PY" -m scaler.deploy_secrets check || die "not deploying (see above)"
   command -v kubectl >/dev/null || die "kubectl is not installed"
   kubectl apply -f infra/k8s/namespace.yaml
+  K8S_NAMESPACE="$K8S_NAMESPACE" "$PY" -m scaler.deploy_secrets ensure
   apply_jobs_config
-  kubectl apply -k infra/k8s
+  # Everything but the Secrets: the placeholders in secrets.yaml are never applied.
+  kubectl kustomize infra/k8s | "$PY" -m scaler.deploy_secrets strip | kubectl apply -f -
   kubectl -n "$K8S_NAMESPACE" rollout status statefulset/rabbitmq --timeout=300s
   kubectl -n "$K8S_NAMESPACE" rollout status deployment/producer --timeout=300s
   kubectl -n "$K8S_NAMESPACE" rollout status deployment/scaler --timeout=300s
   echo
   echo "  dashboard: kubectl -n $K8S_NAMESPACE port-forward svc/scaler 8080:8080   then http://127.0.0.1:8080/"
-  echo "  uploads:   kubectl -n $K8S_NAMESPACE port-forward svc/producer 8000:8000 then curl -F file=@data.csv ..."
+  echo "  uploads:   kubectl -n $K8S_NAMESPACE port-forward svc/producer 8000:8000 then"
+  echo "             curl -H \"Authorization: Bearer \$TOKEN\" -F file=@data.csv http://127.0.0.1:8000/upload"
+  echo "  token:     TOKEN=\$(kubectl -n $K8S_NAMESPACE get secret queue-autoscaler-secrets -o jsonpath='{.data.producer-token}' | base64 -d)"
 }
 
 cmd_k8s_config() {
@@ -264,11 +301,11 @@ main() {
     down) cmd_down "$@" ;;
     test) cmd_test "$@" ;;
     submit) cmd_submit "$@" ;;
-    status) ensure_venv; "$PY" -m scaler status --url "http://$SCALER_ADDR" "$@" ;;
-    watch) ensure_venv; "$PY" -m scaler status --url "http://$SCALER_ADDR" --watch "$@" ;;
+    status) ensure_venv; stored_token; "$PY" -m scaler status --url "http://$SCALER_ADDR" "$@" ;;
+    watch) ensure_venv; stored_token; "$PY" -m scaler status --url "http://$SCALER_ADDR" --watch "$@" ;;
     pause | resume | drain | retry)
       [ $# -eq 1 ] || die "usage: ./manage.sh $command JOB_TYPE"
-      ensure_venv; "$PY" -m scaler control "$command" "$1" --url "http://$SCALER_ADDR" ;;
+      ensure_venv; stored_token; "$PY" -m scaler control "$command" "$1" --url "http://$SCALER_ADDR" ;;
     sample) ensure_venv; "$PY" -m workers.sample "$@" ;;
     bench) cmd_bench "$@" ;;
     images) cmd_images "$@" ;;

@@ -1,8 +1,11 @@
 """HTTP routes of the producer: uploads, job types, health and metrics.
 
-An upload goes through four steps, each of which can refuse it: who (token),
-where (job type), what (the body, spooled to disk within size and time limits,
-then checked completely and converted to JSON bodies), and finally publishing
+Before a route runs, `AuthMiddleware` decides who may call (token, session
+cookie, or loopback; never cross-site) and `AdmissionMiddleware` whether
+there is room (uploads in flight, spooled bytes). An upload then goes through
+three steps, each of which can refuse it: where (job type), what (the body,
+spooled to disk within size and time limits, then checked completely within
+the row limits and converted to JSON bodies), and finally publishing
 with confirms. Only the last step touches the broker, so every refusal before
 it leaves the queue untouched; the last step answers 200 only when the broker
 confirmed every row, else 503 with the confirmed count.
@@ -11,7 +14,6 @@ confirmed every row, else 503 with the confirmed count.
 from __future__ import annotations
 
 import csv
-import hmac
 import logging
 import re
 import tempfile
@@ -20,7 +22,6 @@ import uuid
 from contextlib import ExitStack
 from typing import Any, BinaryIO
 
-import pika
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -30,38 +31,32 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from jobtypes.auth import AuthMiddleware
 from jobtypes.config import JOB_TYPE_NAME, JobType
 from jobtypes.config_watch import ConfigWatcher
-from jobtypes.settings import connection_parameters, jobs_config_path
+from jobtypes.settings import jobs_config_path
 from producer.body import RAW_CSV_TYPES, GuardedReceive, check_declared_length, media_type, spool_raw_body
 from producer.csv_rows import ConvertedUpload, check_encoding, convert_rows
 from producer.errors import UploadError
+from producer.health import BrokerHealth, healthz, lifespan, livez, readyz
+from producer.limits import Admission, AdmissionMiddleware, RowLimits, WorkThreads
 from producer.metrics import ROWS_PUBLISHED, UPLOAD_SECONDS, UPLOADS
 from producer.publisher import publish_rows
 from producer.settings import ProducerSettings
 
 log = logging.getLogger("producer")
-HEALTH_CACHE_SECONDS = 2.0
 
 
 class Producer:
-    """The producer's state: settings, the followed config, a cached broker health."""
+    """The producer's state: settings and the followed config."""
 
     def __init__(self, settings: ProducerSettings, config: ConfigWatcher) -> None:
         self.settings = settings
         self.config = config
-        self._health: tuple[float, bool, str | None] = (0.0, False, None)
+        self.work = WorkThreads(settings.work_threads)
         csv.field_size_limit(settings.max_field_bytes)
 
-    # who and where ---------------------------------------------------------
-    def check_token(self, request: Request) -> None:
-        if self.settings.token is None:
-            return
-        supplied = request.headers.get("authorization", "")
-        scheme, _, token = supplied.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.settings.token.encode()):
-            raise UploadError(401, "missing or wrong token: send 'Authorization: Bearer <PRODUCER_TOKEN>'")
-
+    # where -------------------------------------------------------------------
     def job_type(self, name: str | None) -> JobType:
         self.config.refresh()
         config = self.config.config
@@ -108,19 +103,6 @@ class Producer:
         finally:
             await form.close()
 
-    # health ------------------------------------------------------------------
-    def broker_health(self) -> tuple[bool, str | None]:
-        checked_at, reachable, error = self._health
-        if time.monotonic() - checked_at < HEALTH_CACHE_SECONDS:
-            return reachable, error
-        try:
-            pika.BlockingConnection(connection_parameters("producer-healthz")).close()
-            reachable, error = True, None
-        except pika.exceptions.AMQPError as failure:
-            reachable, error = False, f"{type(failure).__name__}: {failure}"[:200]
-        self._health = (time.monotonic(), reachable, error)
-        return reachable, error
-
 
 def _copy(source: BinaryIO, sink: BinaryIO) -> None:
     source.seek(0)
@@ -129,8 +111,7 @@ def _copy(source: BinaryIO, sink: BinaryIO) -> None:
 
 
 def _error(error: UploadError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 async def _handle_upload(request: Request, path_type: str | None) -> Response:
@@ -140,7 +121,6 @@ async def _handle_upload(request: Request, path_type: str | None) -> Response:
     upload_id = uuid.uuid4().hex
     job_name = path_type or "?"
     try:
-        producer.check_token(request)
         job_type = producer.job_type(path_type) if path_type is not None else None
         check_declared_length(request, settings.max_upload_bytes)
         guarded = Request(
@@ -154,10 +134,10 @@ async def _handle_upload(request: Request, path_type: str | None) -> Response:
             job_name = job_type.name
             bodies = stack.enter_context(tempfile.TemporaryFile(dir=settings.spool_dir, prefix="rows-"))
             received = time.perf_counter()
-            converted = await run_in_threadpool(_check_and_convert, spool, bodies, settings.max_columns)
+            converted = await producer.work.run(_check_and_convert, spool, bodies, settings.rows, job_type)
             bodies.seek(0)
             checked = time.perf_counter()
-            result = await run_in_threadpool(publish_rows, job_type, upload_id, bodies, settings.publish_window)
+            result = await producer.work.run(publish_rows, job_type, upload_id, bodies, settings.publish_window)
     except UploadError as error:
         UPLOADS.labels("rejected").inc()
         log.info("upload %s type=%s rejected status=%d: %s", upload_id, job_name, error.status, error.message)
@@ -211,11 +191,11 @@ async def _handle_upload(request: Request, path_type: str | None) -> Response:
     )
 
 
-def _check_and_convert(spool: BinaryIO, bodies: BinaryIO, max_columns: int) -> ConvertedUpload:
+def _check_and_convert(spool: BinaryIO, bodies: BinaryIO, limits: RowLimits, job_type: JobType) -> ConvertedUpload:
     spool.seek(0)
     check_encoding(spool)
     spool.seek(0)
-    return convert_rows(spool, bodies, max_columns)
+    return convert_rows(spool, bodies, limits, job_type.columns)
 
 
 async def upload(request: Request) -> Response:
@@ -241,11 +221,6 @@ async def job_types(request: Request) -> Response:
     )
 
 
-async def healthz(request: Request) -> Response:
-    reachable, error = await run_in_threadpool(request.app.state.producer.broker_health)
-    return JSONResponse({"status": "ok", "broker": {"reachable": reachable, "error": error}})
-
-
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
@@ -264,9 +239,15 @@ def create_app(settings: ProducerSettings | None = None, config: ConfigWatcher |
             Route("/submit/{job_type}", submit, methods=["POST"]),
             Route("/submit/{rest:path}", not_a_type, methods=["POST"]),
             Route("/job-types", job_types, methods=["GET"]),
+            Route("/livez", livez, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
-        ]
+        ],
+        lifespan=lifespan,
     )
+    app.add_middleware(AdmissionMiddleware, Admission(settings.max_concurrent_uploads, settings.max_spool_bytes))
+    app.add_middleware(AuthMiddleware, settings=settings.auth)
+    app.state.health = BrokerHealth(settings.health_interval_seconds)
     app.state.producer = Producer(settings, config or ConfigWatcher(jobs_config_path()))
     return app

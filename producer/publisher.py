@@ -161,6 +161,8 @@ class _ConfirmedRun:
             self.connection.close()
 
     def _on_return(self, channel: Channel, method, properties, body: bytes) -> None:
+        """A returned row is not in the queue: its confirm (which still follows) must not count it."""
+        self.outstanding.discard(int(properties.message_id.rpartition(":")[2]))
         self._fail(f"RabbitMQ could not route row {properties.message_id} to queue {self.job_type.queue!r}")
 
     def _on_confirm(self, frame: Method) -> None:

@@ -28,12 +28,14 @@ if TYPE_CHECKING:
 def _run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from jobtypes.auth import AuthSettings, describe_rule
     from jobtypes.config_watch import ConfigWatcher
     from scaler.loop import Scaler
     from scaler.queue_stats import QueueStatsSource
     from scaler.web import create_app
     from scaler.worker_channel import WorkerChannel
 
+    auth = AuthSettings.from_environment()  # before anything starts: a placeholder token stops us here
     try:
         settings = _settings(args)
         watcher = ConfigWatcher(jobs_config_path())
@@ -57,17 +59,24 @@ def _run(args: argparse.Namespace) -> int:
     loop = threading.Thread(target=scaler.run, name="control-loop", daemon=True)
     loop.start()
     logging.getLogger("scaler").info(
-        "scaler on http://%s:%d (dashboard), broker %s, management API %s, config %s, budget %s",
+        "scaler on http://%s:%d (dashboard), broker %s, management API %s, config %s, budget %s, %s",
         settings.host,
         settings.port,
         redact_url(rabbitmq_url()),
         redact_url(rabbitmq_api_url()),
         watcher.path,
         _describe_budget(settings),
+        describe_rule(auth),
     )
     try:
+        # No proxy-header rewriting: the client address must be the socket's (see jobtypes.auth).
         uvicorn.run(
-            create_app(scaler, settings), host=settings.host, port=settings.port, access_log=False, log_level="warning"
+            create_app(scaler, settings, auth=auth),
+            host=settings.host,
+            port=settings.port,
+            access_log=False,
+            log_level="warning",
+            proxy_headers=False,
         )
     finally:
         scaler.stop()
@@ -156,16 +165,19 @@ def _scaler_url(args: argparse.Namespace) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from jobtypes.auth import AuthSettings
     from scaler.terminal import main
 
-    return main(_scaler_url(args), args.watch)
+    return main(_scaler_url(args), args.watch, AuthSettings.from_environment().token)
 
 
 def _control(args: argparse.Namespace) -> int:
     """POST /api/job-types/{type}/{action} with the token, and say what happened."""
     import httpx
 
-    token = ScalerSettings.from_environment().token
+    from jobtypes.auth import AuthSettings
+
+    token = AuthSettings.from_environment().token
     url = f"{_scaler_url(args).rstrip('/')}/api/job-types/{args.job_type}/{args.action}"
     try:
         answer = httpx.post(url, headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=10)

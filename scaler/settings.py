@@ -40,8 +40,6 @@ class ScalerSettings:
     tick_seconds: float = DEFAULT_TICK_SECONDS
     state_dir: Path = DEFAULT_STATE_DIR
     producer_url: str = "http://127.0.0.1:8000"
-    #: The bearer token that writes (pause, resume, drain, retry) need; None: no token required.
-    token: str | None = None
     budget: Budget = field(default_factory=Budget)
     backoff: Backoff = field(default_factory=Backoff)
     leader_election: bool = True
@@ -62,7 +60,6 @@ class ScalerSettings:
             tick_seconds=_number("SCALER_TICK_SECONDS", float, str(DEFAULT_TICK_SECONDS)),
             state_dir=Path(env.get("SCALER_STATE_DIR") or DEFAULT_STATE_DIR),
             producer_url=env.get("PRODUCER_URL", "http://127.0.0.1:8000").rstrip("/"),
-            token=env.get("PRODUCER_TOKEN") or None,
             budget=Budget(
                 max_workers=_number("SCALER_MAX_TOTAL_WORKERS", int, max_workers) if max_workers else None,
                 resources=resource_budgets(env.get("SCALER_RESOURCE_BUDGETS", "")),

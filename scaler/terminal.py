@@ -71,10 +71,11 @@ def _n(value: int | None) -> str:
     return "?" if value is None else str(value)
 
 
-def main(url: str, watch: bool) -> int:
+def main(url: str, watch: bool, token: str | None = None) -> int:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     while True:
         try:
-            response = httpx.get(f"{url.rstrip('/')}/api/status", timeout=5)
+            response = httpx.get(f"{url.rstrip('/')}/api/status", timeout=5, headers=headers)
             response.raise_for_status()
             screen = render(response.json())
         except httpx.HTTPError as error:

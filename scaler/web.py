@@ -5,7 +5,11 @@ loop in `request.app.state.scaler`; errors are named `AutoscalerError`s mapped
 to `{"error": ...}` with their status once, in `create_app`. Reads live here;
 the writes (pause, resume, drain, retry) are in `scaler.controls`. The one
 other POST, `/api/upload`, is a pass-through to the producer (same origin for
-the dashboard's upload form), which checks its token as for any upload.
+the dashboard's upload form, locally and behind one port-forward in a cluster).
+Every path sits behind `jobtypes.auth.AuthMiddleware` (the producer's rule,
+with its `/login` form); the pass-through forwards the caller only after that
+check, with the scaler's own token and a `Forwarded` header, so a remote
+caller never looks like a loopback client to the producer.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from jobtypes.auth import AuthMiddleware, AuthSettings, forwarded_headers
 from jobtypes.errors import AutoscalerError
 from scaler import controls
 from scaler.health import HealthCheck
@@ -32,7 +37,7 @@ from scaler.loop import Scaler
 from scaler.settings import ScalerSettings
 
 DASHBOARD = Path(__file__).resolve().parent / "dashboard"
-FORWARDED_HEADERS = ("content-type", "content-length", "authorization")
+FORWARDED_HEADERS = ("content-type", "content-length")
 MAX_LOG_LINES = 5000
 
 
@@ -95,6 +100,7 @@ async def worker_log(request: Request) -> Response:
 async def upload(request: Request) -> Response:
     producer_url = request.app.state.settings.producer_url
     headers = {name: value for name, value in request.headers.items() if name in FORWARDED_HEADERS}
+    headers.update(forwarded_headers(request.scope, request.app.state.auth.token))
     try:
         async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=5)) as client:
             answer = await client.post(f"{producer_url}/upload", content=request.stream(), headers=headers)
@@ -126,9 +132,12 @@ ROUTES = [
 ]
 
 
-def create_app(scaler: Scaler, settings: ScalerSettings | None = None) -> Starlette:
+def create_app(scaler: Scaler, settings: ScalerSettings | None = None, auth: AuthSettings | None = None) -> Starlette:
+    auth = auth or AuthSettings.from_environment()
     app = Starlette(routes=ROUTES, exception_handlers={AutoscalerError: named_error})
     app.state.scaler = scaler
     app.state.health = HealthCheck(scaler)
     app.state.settings = settings or scaler.settings
+    app.state.auth = auth
+    app.add_middleware(AuthMiddleware, settings=auth)
     return app

@@ -57,6 +57,8 @@ def test_default_is_the_first_type_unless_one_is_marked() -> None:
         ({"t": {"queue": "q", "env": {"1X": "y"}}}, ["'t'", "'env'", "not a valid environment variable name"]),
         ({"a": {"queue": "q"}, "b": {"queue": "q"}}, ["'b'", "'queue'", "already used by job type 'a'"]),
         ({"a": {"queue": "qa", "default": True}, "b": {"queue": "qb", "default": True}}, ["at most one job type"]),
+        ({"t": {"queue": "q", "columns": []}}, ["'t'", "'columns'", "no empty list"]),
+        ({"t": {"queue": "q", "columns": ["a", "a"]}}, ["'t'", "'columns'", "twice"]),
         ({"t": "queue_t"}, ["'t'", "settings must be an object"]),
         ([], ["top level must be an object"]),
         ({}, ["no job types"]),

@@ -91,7 +91,9 @@ class Stack:
         )
 
     def status(self) -> dict[str, Any]:
-        response = httpx.get(f"{self.scaler_url}/api/status", timeout=5)
+        token = self.env.get("PRODUCER_TOKEN")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = httpx.get(f"{self.scaler_url}/api/status", headers=headers, timeout=5)
         response.raise_for_status()
         return response.json()
 
