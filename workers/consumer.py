@@ -257,7 +257,7 @@ class Consumer:
             self.channel.basic_ack(last, multiple=True)
 
     def _fail_overdue(self, limit: float) -> None:
-        late = [delivery for delivery in self.executor.overdue(limit) if delivery.generation == self.generation]
+        late = self.executor.overdue(limit)
         if not late:
             return
         error = f"timed out after {limit:g} s"
@@ -265,7 +265,9 @@ class Consumer:
             "handler timed out: its rows count as failed; exiting so this worker is replaced",
             extra={"message_ids": [delivery.message_id for delivery in late], "error": error},
         )
-        self._settle([Outcome(delivery, Status.FAILED, error, limit) for delivery in late])
+        current = [delivery for delivery in late if delivery.generation == self.generation]
+        if current:
+            self._settle([Outcome(delivery, Status.FAILED, error, limit) for delivery in current])
         self.exit_code = EXIT_HANDLER_TIMED_OUT
         self.stopping = True
 
