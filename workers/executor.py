@@ -130,9 +130,10 @@ class Executor:
         early: list[Outcome] = []
         work: list[Work] = []
         for delivery in batch:
-            outcome = self._before(delivery)
-            if outcome is None:
-                outcome = self._prepare(delivery, work)
+            try:
+                outcome = self._before(delivery) or self._prepare(delivery, work)
+            except Exception as error:  # noqa: BLE001 - a message no hook can read must not kill the thread
+                outcome = Outcome(delivery, Status.FAILED, f"cannot be handled: {_describe(error)}", hopeless=True)
             if outcome is not None:
                 early.append(outcome)
         if early:
