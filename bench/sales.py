@@ -9,7 +9,7 @@ sample rows (`workers.sample`) shaped like the producer's. The baseline has
 the per-row handler did before batches (it also read the item's totals and
 logged a line per row, so the real old handler was slower still). The
 contender uses the type's batch settings from jobs.config.json. Each run is
-timed from outside (bench/drain.py), alternated, best of several rounds, and
+timed from outside (bench/support/drain.py), alternated, best of several rounds, and
 checked exact: every row stored once and the per-item totals equal to the
 CSV's. The ratio is printed last (aim >= 5).
 """
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from bench.drain import best_rates, fill, timed_drain, write_job_config  # noqa: E402
+from bench.support.drain import best_rates, fill, timed_drain, write_job_config  # noqa: E402
 from jobtypes.config import JobType, load_config  # noqa: E402
 from jobtypes.settings import REPO_ROOT  # noqa: E402
 from tests.support.broker import Broker, create_vhost, delete_vhost  # noqa: E402

@@ -6,7 +6,7 @@ Contenders, each a whole process consuming the same persistent rows
 (message id `<upload>:<row>`, an upload id header, as the producer sends
 them) from its own queue with the same prefetch:
 
-* baseline: `bench/plain_consumer.py`, basic_consume and one ack per message;
+* baseline: `bench/support/plain_consumer.py`, basic_consume and one ack per message;
 * runtime: `python -m workers` with the `tests.handlers.noop` handler and its
   full machinery (executor thread, hooks, heartbeats, stop and cancel
   listeners), outcome reports off (WORKER_REPORT_OUTCOMES=0);
@@ -19,7 +19,7 @@ the prefetch window waits one confirm round trip per cycle: tracking costs
 what that round trip is worth against a window of no-op rows. With a handler
 that does any work the round trip is hidden behind the next rows.
 
-Each is timed from outside the same way (bench/drain.py), in alternating
+Each is timed from outside the same way (bench/support/drain.py), in alternating
 order for several rounds; the best round of each counts. The ratios are
 printed last, runtime / baseline last of all (aim >= 0.9).
 """
@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.drain import best_rates, fill, timed_drain, write_job_config  # noqa: E402
+from bench.support.drain import best_rates, fill, timed_drain, write_job_config  # noqa: E402
 from jobtypes.config import JobType  # noqa: E402
 from jobtypes.outcomes import OUTCOMES_QUEUE, OutcomeReport  # noqa: E402
 from tests.support.broker import Broker, create_vhost, delete_vhost  # noqa: E402
@@ -51,7 +51,7 @@ def run_once(broker: Broker, directory: Path, contender: str, count: int, prefet
         return timed_drain(
             broker,
             job_type.queue,
-            lambda: Service("bench.plain_consumer", [job_type.queue, str(prefetch)], broker.env(), log),
+            lambda: Service("bench.support.plain_consumer", [job_type.queue, str(prefetch)], broker.env(), log),
         )
     handler = "sleep" if contender.endswith("-1ms") else "tests.handlers.noop"
     config = write_job_config(directory, "bench", {"queue": job_type.queue, "handler": handler, "prefetch": prefetch})

@@ -95,11 +95,12 @@ class Executor:
         return late
 
     def current_message(self) -> str | None:
-        for _, deliveries in list(self.running.values()):
-            return deliveries[0].message_id
-        return None
+        """The message id of one row in progress, for the status heartbeat."""
+        running = next(iter(list(self.running.values())), None)
+        return running[1][0].message_id if running else None
 
     def close(self) -> None:
+        """One end marker per thread."""
         for _ in self._threads:
             self.jobs.put(None)
 
@@ -110,7 +111,6 @@ class Executor:
             self._run(self._gather(first), ident)
             if ident in self.given_up:
                 return  # the consumer has failed these rows and is replacing this worker
-        self.jobs.put(None)
 
     def _gather(self, first: Delivery) -> list[Delivery]:
         batch = [first]
