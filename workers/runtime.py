@@ -39,4 +39,6 @@ def build_worker(job_type: JobType, handler: Handler, settings: WorkerSettings, 
     chain = Hooks(hooks)
     executor = Executor(job_type, handler, chain, settings.worker_id)
     status.current = executor.current_message
-    return Consumer(job_type, settings.worker_id, executor, chain, status, logger)
+    # Grouping finished rows pays off when each group costs a report; without reports, ack at once.
+    settle_delay = settings.settle_delay_seconds if settings.report_outcomes else 0.0
+    return Consumer(job_type, settings.worker_id, executor, chain, status, logger, settle_delay)
