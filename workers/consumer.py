@@ -6,11 +6,11 @@ cancel notices and status heartbeats keep flowing while handlers run for
 minutes on the executor's threads. Executors wake this thread when outcomes
 are ready; it gathers finished rows into a group of about half the rows it
 holds (fewer if nothing else is running, or once the oldest has waited
-`settle_delay`), runs the hooks over
-the group (one `before_ack`: one outcome report, retry copies, published
-without waiting), and once the broker has confirmed those publishes, acks
-with one `basic_ack(tag, multiple=True)` up to the highest tag below which
-every delivery is settled. Confirms arrive while the next rows are handled.
+`settle_delay`; at once when nothing is reported), runs the hooks over the
+group (one `before_ack`: one outcome report, retry copies, published without
+waiting), and once the broker has confirmed those publishes, acks with one
+`basic_ack(tag, multiple=True)` up to the highest tag below which every
+delivery is settled. Confirms arrive while the other half is being handled.
 
 At-least-once: a row is acked only after its handler returned, or after its
 retry, dead-letter or give-back copy was confirmed by the broker. A worker
@@ -239,7 +239,7 @@ class Consumer:
 
     # settling -------------------------------------------------------------------
     def _flush(self) -> None:
-        """Gather finished rows; settle them as one group once nothing else held is still running."""
+        """Gather finished rows; settle them as one group once `_group_complete`."""
         finished = [o for o in self.executor.take_finished() if o.delivery.generation == self.generation]
         if finished and not self.finished:
             self.finished_since = time.monotonic()
