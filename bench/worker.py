@@ -2,128 +2,103 @@
 
     ./manage.sh bench worker            (or .venv/bin/python bench/worker.py)
 
-Both consume the same number of persistent messages from their own queue on a
-private vhost with the same prefetch, acking each one. The baseline is the
-simplest correct consumer pika allows (basic_consume, ack in the callback); the
-worker is `python -m workers` with the `tests.handlers.noop` handler, running
-its full machinery (handler thread, heartbeats, stop listener). Figures are
-printed last as a ratio measured in the same run.
+Contenders, each a whole process consuming the same persistent rows
+(message id `<upload>:<row>`, an upload id header, as the producer sends
+them) from its own queue with the same prefetch:
+
+* baseline: `bench/support/plain_consumer.py`, basic_consume and one ack per message;
+* runtime: `python -m workers` with the `tests.handlers.noop` handler and its
+  full machinery (executor thread, hooks, heartbeats, stop and cancel
+  listeners), outcome reports off (WORKER_REPORT_OUTCOMES=0);
+* tracked: the same with outcome reports on (the default);
+* runtime-1ms / tracked-1ms: the same two with the `sleep` handler at
+  SLEEP_MS=1, a handler that does a millisecond of work per row.
+
+A report must be confirmed before its rows are acked, so with a no-op handler
+the prefetch window waits one confirm round trip per cycle: tracking costs
+what that round trip is worth against a window of no-op rows. With a handler
+that does any work the round trip is hidden behind the next rows.
+
+Each is timed from outside the same way (bench/support/drain.py), in alternating
+order for several rounds; the best round of each counts. The ratios are
+printed last, runtime / baseline last of all (aim >= 0.9).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
-import time
+import uuid
 from pathlib import Path
-
-import pika
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.support.drain import best_rates, fill, timed_drain, write_job_config  # noqa: E402
 from jobtypes.config import JobType  # noqa: E402
-from jobtypes.queues import declare_queues  # noqa: E402
-from tests.support.broker import create_vhost, delete_vhost  # noqa: E402
-from tests.support.configs import write_config  # noqa: E402
+from jobtypes.outcomes import OUTCOMES_QUEUE, OutcomeReport  # noqa: E402
+from tests.support.broker import Broker, create_vhost, delete_vhost  # noqa: E402
 from tests.support.processes import Service  # noqa: E402
-from tests.support.waiting import wait_until  # noqa: E402
 
 BODY = b'{"Date":"2024-01-01","Item Description":"Tea","Quantity":"1","Amount":"2.50"}'
 
 
-def fill(url: str, job_type: JobType, count: int) -> None:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    channel = connection.channel()
-    declare_queues(channel, job_type)
-    properties = pika.BasicProperties(delivery_mode=2, content_type="application/json")
-    for _ in range(count):
-        channel.basic_publish("", job_type.queue, BODY, properties)
-    channel.queue_declare(job_type.queue, passive=True)  # a round trip: everything above has arrived
-    connection.close()
-
-
-def baseline(url: str, queue: str, count: int, prefetch: int) -> float:
-    connection = pika.BlockingConnection(pika.URLParameters(url))
-    channel = connection.channel()
-    channel.basic_qos(prefetch_count=prefetch)
-    seen = 0
-    started = time.perf_counter()
-
-    def on_message(channel, method, properties, body) -> None:
-        nonlocal seen
-        channel.basic_ack(method.delivery_tag)
-        seen += 1
-        if seen >= count:
-            channel.stop_consuming()
-
-    channel.basic_consume(queue, on_message)
-    channel.start_consuming()
-    elapsed = time.perf_counter() - started
-    connection.close()
-    return elapsed
-
-
-def worker_run(broker, directory: Path, job_type: JobType, count: int) -> tuple[float, float]:
-    """(seconds including process start, seconds from consuming to the last row processed)."""
-    config = write_config(
-        directory,
-        {job_type.name: {"queue": job_type.queue, "handler": "tests.handlers.noop", "prefetch": job_type.prefetch}},
-        unique_queues=False,
-    )
-    worker = Service("workers", [job_type.name], {**broker.env(), "JOBS_CONFIG": str(config)}, directory / "worker.log")
-    connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_url))
-    channel = connection.channel()
-    try:
-        started = time.perf_counter()
-        wait_until(
-            lambda: channel.queue_declare(job_type.queue, passive=True).method.message_count == 0,
-            timeout=600,
-            interval=0.01,
-            what="the worker to take every message",
+def run_once(broker: Broker, directory: Path, contender: str, count: int, prefetch: int) -> float:
+    job_type = JobType(name="bench", queue=f"bench_{contender}", prefetch=prefetch)
+    fill(broker, job_type, [BODY] * count, uuid.uuid4().hex[:12])
+    log = directory / f"{contender}.log"
+    if contender == "baseline":
+        return timed_drain(
+            broker,
+            job_type.queue,
+            lambda: Service("bench.support.plain_consumer", [job_type.queue, str(prefetch)], broker.env(), log),
         )
-        wait_until(
-            lambda: worker.log().count('"processed"') >= count,
-            timeout=60,
-            interval=0.01,
-            what="the worker to process every message",
-        )
-        total = time.perf_counter() - started
-        events = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
-        consuming = next(event["ts"] for event in events if event["event"] == "consuming")
-        last = max(event["ts"] for event in events if event["event"] == "processed")
-        return total, last - consuming
-    finally:
-        connection.close()
-        worker.stop()
+    handler = "sleep" if contender.endswith("-1ms") else "tests.handlers.noop"
+    config = write_job_config(directory, "bench", {"queue": job_type.queue, "handler": handler, "prefetch": prefetch})
+    tracked = contender.startswith("tracked")
+    env = {**broker.env(), "JOBS_CONFIG": str(config), "WORKER_REPORT_OUTCOMES": str(int(tracked)), "SLEEP_MS": "1"}
+    seconds = timed_drain(broker, job_type.queue, lambda: Service("workers", ["bench"], env, log))
+    reported = sum(len(OutcomeReport.from_json(body).rows) for _, body in broker.drain(OUTCOMES_QUEUE))
+    if reported != (count if tracked else 0):
+        raise RuntimeError(f"{contender}: {reported} rows reported for {count} rows")
+    return seconds
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--prefetch", type=int, default=20)
+    parser.add_argument("--working-messages", type=int, default=3_000)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     broker = create_vhost()
     directory = Path(tempfile.mkdtemp(prefix="bench-worker-"))
+    contenders = {
+        name: (lambda name=name: run_once(broker, directory, name, args.messages, args.prefetch))
+        for name in ("baseline", "runtime", "tracked")
+    }
+    working = {
+        name: (lambda name=name: run_once(broker, directory, name, args.working_messages, args.prefetch))
+        for name in ("runtime-1ms", "tracked-1ms")
+    }
     try:
-        plain = JobType(name="plain", queue="bench_plain", prefetch=args.prefetch)
-        runtime = JobType(name="runtime", queue="bench_runtime", prefetch=args.prefetch)
-        fill(broker.amqp_url, plain, args.messages)
-        fill(broker.amqp_url, runtime, args.messages)
-        baseline_seconds = baseline(broker.amqp_url, plain.queue, args.messages, args.prefetch)
-        total_seconds, worker_seconds = worker_run(broker, directory, runtime, args.messages)
+        rate = best_rates(contenders, args.rounds, args.messages, "msg/s")
+        rate |= best_rates(working, args.rounds, args.working_messages, "msg/s")
     finally:
         delete_vhost(broker)
-    base_rate, worker_rate = args.messages / baseline_seconds, args.messages / worker_seconds
     print()
-    print(f"worker benchmark ({args.messages:,} messages, prefetch {args.prefetch}, no-op handler)")
-    print(f"  baseline (plain pika consumer, ack per message): {base_rate:9,.0f} msg/s")
-    print(
-        f"  worker runtime (python -m workers, once consuming):  {worker_rate:9,.0f} msg/s"
-        f"  ({args.messages / total_seconds:,.0f} msg/s counting its {total_seconds - worker_seconds:.1f} s start)"
-    )
-    print(f"  worker / baseline: {worker_rate / base_rate:.2f}  (aim >= 0.9)")
+    print(f"worker benchmark (prefetch {args.prefetch}, best of {args.rounds}, whole processes, same run)")
+    print(f"  {args.messages:,} messages, no-op handler:")
+    print(f"    baseline (plain pika consumer, ack per message): {rate['baseline']:9,.0f} msg/s")
+    print(f"    runtime, outcome reports off:                    {rate['runtime']:9,.0f} msg/s")
+    print(f"    runtime, outcome reports on (default):           {rate['tracked']:9,.0f} msg/s")
+    print(f"  {args.working_messages:,} messages, 1 ms handler (sleep, SLEEP_MS=1):")
+    print(f"    runtime, outcome reports off:                    {rate['runtime-1ms']:9,.0f} msg/s")
+    print(f"    runtime, outcome reports on (default):           {rate['tracked-1ms']:9,.0f} msg/s")
+    print(f"  tracked / untracked, no-op handler: {rate['tracked'] / rate['runtime']:.2f}")
+    print(f"  tracked / untracked, 1 ms handler:  {rate['tracked-1ms'] / rate['runtime-1ms']:.2f}  (aim >= 0.95)")
+    print(f"  tracked / baseline, no-op handler:  {rate['tracked'] / rate['baseline']:.2f}")
+    print(f"  runtime / baseline, no-op handler:  {rate['runtime'] / rate['baseline']:.2f}  (aim >= 0.9)")
     return 0
 
 

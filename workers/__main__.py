@@ -2,16 +2,16 @@
 
 The job type's settings come from the scaler that started the worker
 (`WORKER_JOB_TYPE`, see jobtypes.handoff) or, for a worker started by hand,
-from the jobs config. Exit codes: 0 after a graceful stop, 2 when the job type
-or its handler is unusable (nothing to retry: the scaler shows the message and
-does not loop).
+from the jobs config. Exit codes: 0 after a graceful stop, 2 when the job
+type, its handler or the worker's settings are unusable (nothing to retry:
+the scaler shows the message and does not loop), 3 when a handler ran past
+the type's `timeout_seconds` (its rows were failed; the process must be
+replaced).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import sys
 
 from jobtypes.config import ConfigError, JobType, load_config
@@ -19,7 +19,8 @@ from jobtypes.handoff import handed_job_type
 from jobtypes.settings import jobs_config_path
 from workers import jsonlog
 from workers.handlers import Handler, HandlerNotFound, load_handler
-from workers.runtime import Worker
+from workers.runtime import build_worker
+from workers.settings import SettingsError, WorkerSettings
 
 
 class CannotStart(Exception):
@@ -45,9 +46,13 @@ def _from_config_file(name: str) -> JobType:
 
 def serve(job_type: JobType, handler: Handler) -> int:
     """Run the worker named by WORKER_ID (or a name of its own) until it stops; returns its exit code."""
-    worker_id = os.environ.get("WORKER_ID") or f"{job_type.name}-{socket.gethostname()}-{os.getpid()}"
-    logger = jsonlog.configure(worker_id, job_type.name)
-    return Worker(job_type, handler, worker_id, logger).run()
+    try:
+        settings = WorkerSettings.from_environment(job_type.name)
+    except SettingsError as error:
+        print(f"worker: cannot start: {error}", file=sys.stderr)
+        return 2
+    logger = jsonlog.configure(settings.worker_id, job_type.name, settings.log_level)
+    return build_worker(job_type, handler, settings, logger).run()
 
 
 def main(argv: list[str] | None = None) -> int:

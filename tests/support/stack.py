@@ -46,6 +46,8 @@ class Stack:
             "SCALER_TICK_SECONDS": str(tick_seconds),
             "SCALER_STATE_DIR": str(self.state_dir),
             "PRODUCER_URL": self.producer_url,
+            # Per-row "processed" lines are DEBUG; processed() counts them.
+            "WORKER_LOG_LEVEL": "debug",
             **(env or {}),
         }
         self.producer: Service | None = None
