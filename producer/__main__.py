@@ -11,6 +11,7 @@ from jobtypes.config import ConfigError
 from jobtypes.settings import rabbitmq_url, redact_url
 from producer.app import create_app
 from producer.settings import ProducerSettings
+from uploads.errors import StoreUnavailable
 
 
 def main() -> int:
@@ -19,14 +20,15 @@ def main() -> int:
     settings = ProducerSettings.from_environment()
     try:
         app = create_app(settings)
-    except ConfigError as error:
+    except (ConfigError, StoreUnavailable) as error:
         print(f"producer: cannot start: {error}", file=sys.stderr)
         return 2
     logging.getLogger("producer").info(
-        "producer listening on http://%s:%d, broker %s, token %s",
+        "producer listening on http://%s:%d, broker %s, upload store %s, token %s",
         settings.host,
         settings.port,
         redact_url(rabbitmq_url()),
+        redact_url(settings.uploads.database_url),
         "required" if settings.token else "not required",
     )
     uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level="info")

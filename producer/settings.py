@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from uploads.settings import UploadSettings
 
 GIB = 1024**3
 MIB = 1024**2
@@ -40,6 +42,7 @@ class ProducerSettings:
     body_timeout_seconds: float
     publish_window: int
     spool_dir: str | None
+    uploads: UploadSettings = field(default_factory=UploadSettings)
 
     @classmethod
     def from_environment(cls) -> ProducerSettings:
@@ -53,4 +56,5 @@ class ProducerSettings:
             body_timeout_seconds=_float("PRODUCER_BODY_TIMEOUT_SECONDS", 30.0),
             publish_window=_int("PRODUCER_PUBLISH_WINDOW", 2000),
             spool_dir=os.environ.get("PRODUCER_SPOOL_DIR") or None,
+            uploads=UploadSettings.from_environment(),
         )

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from urllib.parse import quote
 
 import httpx
 import pytest
 
 from tests.support.broker import Broker
-from tests.support.proxy import CuttableProxy
+from tests.support.proxy import CuttableProxy, producer_behind
 from tests.support.stack import Stack
 from tests.support.waiting import wait_until
 
@@ -24,13 +23,7 @@ def sample_rows(count: int) -> bytes:
 @pytest.fixture()
 def proxied(broker: Broker, tmp_path) -> Iterator[tuple[Stack, CuttableProxy]]:
     proxy = CuttableProxy()
-    stack = Stack(
-        broker,
-        tmp_path,
-        {"sleep": {}},
-        env={"RABBITMQ_URL": proxy.url(quote(broker.vhost, safe="")), "RABBITMQ_HEARTBEAT_SECONDS": "2"},
-    )
-    stack.start_producer()
+    stack = producer_behind(proxy, broker, tmp_path, {"sleep": {}})
     yield stack, proxy
     stack.stop()
     proxy.close()

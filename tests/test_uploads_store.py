@@ -82,9 +82,11 @@ def test_lifecycle_publishing_queued_running_done(store: UploadStore, clock: Fak
     assert store.mark_published("u1", 1, None).confirmed == 2, "the confirmed count never goes down"
     assert store.mark_published("u1", 3, None).state == "queued"
     store.apply([out(1, "succeeded")])
-    assert store.get("u1").state == "running"
+    assert store.get("u1").state == "running" and store.in_progress() == 1
     clock.now += 5
-    store.apply([out(2, "succeeded"), out(3, "dead", error="boom", body='{"a":"1","b":"2"}')])
+    result = store.apply([out(2, "succeeded"), out(3, "dead", error="boom", body='{"a":"1","b":"2"}')])
+    assert result.finals == {("sales", "succeeded"): 1, ("sales", "dead"): 1}
+    assert [record.id for record in result.finished] == ["u1"] and store.in_progress() == 0
     final = store.get("u1")
     assert final.state == "done" and counts(final) == (2, 0, 1, 0, 0)
     assert final.finished_at == clock.now
@@ -95,8 +97,8 @@ def test_lifecycle_publishing_queued_running_done(store: UploadStore, clock: Fak
 def test_reports_applied_again_or_out_of_order_count_once(store: UploadStore) -> None:
     queued(store)
     report = [out(1, "retrying", attempts=1, error="e1"), out(2, "succeeded"), out(3, "dead", body="{}")]
-    assert store.apply(report) == 3
-    assert store.apply(report) == 0, "re-applying a report (tracker killed before its ack) changes nothing"
+    assert store.apply(report).changed == 3
+    assert store.apply(report).changed == 0, "re-applying a report (tracker killed before its ack) changes nothing"
     assert counts(store.get("u1")) == (1, 1, 1, 0, 3)
     # A redelivered row finished again by another worker: the first final outcome stays.
     store.apply([out(2, "dead", body="{}"), out(3, "succeeded")])
@@ -112,7 +114,7 @@ def test_reports_applied_again_or_out_of_order_count_once(store: UploadStore) ->
 
 def test_foreign_and_out_of_range_rows_are_ignored(store: UploadStore) -> None:
     queued(store, rows=2)
-    assert store.apply([out(0, "succeeded"), out(3, "succeeded"), out(1, "succeeded", upload_id="other")]) == 0
+    assert store.apply([out(0, "succeeded"), out(3, "succeeded"), out(1, "succeeded", upload_id="other")]).changed == 0
     assert counts(store.get("u1")) == (0, 0, 0, 0, 2)
 
 

@@ -53,6 +53,9 @@ class _MemoryTransaction:
     def cancelled_unfinished(self) -> list[str]:
         return [r.id for r in self.list_uploads(None, "cancelled", 1 << 30) if r.pending > 0]
 
+    def count_in_states(self, states: tuple[str, ...]) -> int:
+        return sum(1 for r in self.list_uploads(None, None, 1 << 30) if r.state in states)
+
     def _row(self, upload_id: str, row: int) -> RowState | None:
         key = (upload_id, row)
         found = self.rows.get(key) or self.store.rows.get(upload_id, {}).get(row)

@@ -151,6 +151,9 @@ class _SqlTransaction:
         query = select(UPLOADS.c.id).where(UPLOADS.c.cancel_requested, UPLOADS.c.finished_at.is_(None))
         return [row.id for row in self.c.execute(query)]
 
+    def count_in_states(self, states: tuple[str, ...]) -> int:
+        return self.c.execute(select(func.count()).where(UPLOADS.c.state.in_(states))).scalar_one()
+
     def get_rows(self, upload_id: str, rows: Iterable[int]) -> dict[int, RowState]:
         numbers = list(rows)
         if not numbers:

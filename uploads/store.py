@@ -15,9 +15,10 @@ commit: a crash before the ack means the report is applied again, harmlessly.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from jobtypes.outcomes import RowOutcome
@@ -43,10 +44,20 @@ class Transaction(Protocol):
     def update_upload(self, record: UploadRecord) -> None: ...
     def list_uploads(self, job_type: str | None, state: str | None, limit: int) -> list[UploadRecord]: ...
     def cancelled_unfinished(self) -> list[str]: ...
+    def count_in_states(self, states: tuple[str, ...]) -> int: ...
     def get_rows(self, upload_id: str, rows: Iterable[int]) -> dict[int, RowState]: ...
     def put_rows(self, upload_id: str, inserted: list[RowState], updated: list[RowState]) -> None: ...
     def rows_in_state(self, upload_id: str, state: str, after_row: int, limit: int) -> list[RowState]: ...
     def delete_older_than(self, cutoff: float) -> int: ...
+
+
+@dataclass
+class ApplyResult:
+    """What a batch of outcomes changed: rows changed, final outcomes per (job type, outcome), uploads finished."""
+
+    changed: int = 0
+    finals: Counter[tuple[str, str]] = field(default_factory=Counter)
+    finished: list[UploadRecord] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -99,22 +110,24 @@ class UploadStore:
             return record
 
     # outcomes ---------------------------------------------------------------------------
-    def apply(self, outcomes: list[RowOutcome]) -> int:
-        """Apply a batch of row outcomes in one transaction; returns how many changed a row."""
+    def apply(self, outcomes: list[RowOutcome]) -> ApplyResult:
+        """Apply a batch of row outcomes in one transaction."""
         by_upload: dict[str, list[RowOutcome]] = {}
         for outcome in outcomes:
             by_upload.setdefault(outcome.upload_id, []).append(outcome)
-        changed = 0
+        result = ApplyResult()
         now = self.clock()
         with self.transaction() as tx:
             for upload_id in sorted(by_upload):  # a fixed lock order: no deadlock between two trackers
-                changed += self._apply_to_upload(tx, upload_id, by_upload[upload_id], now)
-        return changed
+                self._apply_to_upload(tx, upload_id, by_upload[upload_id], now, result)
+        return result
 
-    def _apply_to_upload(self, tx: Transaction, upload_id: str, outcomes: list[RowOutcome], now: float) -> int:
+    def _apply_to_upload(
+        self, tx: Transaction, upload_id: str, outcomes: list[RowOutcome], now: float, result: ApplyResult
+    ) -> None:
         record = tx.get_upload(upload_id, for_update=True)
         if record is None:
-            return 0  # not ours, or removed by retention: nothing to count
+            return  # not ours, or removed by retention: nothing to count
         valid = [outcome for outcome in outcomes if 1 <= outcome.row <= record.rows]
         stored = tx.get_rows(upload_id, {outcome.row for outcome in valid})
         changes: dict[int, RowState] = {}
@@ -130,17 +143,22 @@ class UploadStore:
             changes[outcome.row] = row
             for name, delta in applied.deltas.items():
                 counts[name] += delta
-            finished += int(row.final)
+            if row.final:
+                finished += 1
+                result.finals[(record.job_type, row.state)] += 1
         if not changes:
-            return 0
+            return
         tx.put_rows(
             upload_id,
             [row for number, row in changes.items() if number not in stored],
             [row for number, row in changes.items() if number in stored],
         )
+        was_finished = record.finished_at is not None
         record = settle(count_finished(replace(record, **counts), finished, now), now)
         tx.update_upload(record)
-        return len(changes)
+        result.changed += len(changes)
+        if record.finished_at is not None and not was_finished:
+            result.finished.append(record)
 
     def _cap_details(
         self, record: UploadRecord, current: RowState | None, row: RowState
@@ -207,6 +225,11 @@ class UploadStore:
         """Ids of cancelled uploads that still have pending rows (what the cancel notice lists)."""
         with self.transaction(write=False) as tx:
             return tx.cancelled_unfinished()
+
+    def in_progress(self) -> int:
+        """Uploads publishing, queued or running (a gauge)."""
+        with self.transaction(write=False) as tx:
+            return tx.count_in_states(("publishing", "queued", "running"))
 
     def dead_rows(self, upload_id: str) -> Iterator[RowState]:
         """Every dead row of the upload, in row order, a page per transaction."""

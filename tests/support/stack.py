@@ -46,6 +46,7 @@ class Stack:
             "SCALER_TICK_SECONDS": str(tick_seconds),
             "SCALER_STATE_DIR": str(self.state_dir),
             "PRODUCER_URL": self.producer_url,
+            "UPLOADS_DATABASE_URL": f"sqlite:///{directory / 'uploads.db'}",
             **(env or {}),
         }
         self.producer: Service | None = None
