@@ -82,6 +82,15 @@ class JobType(BaseModel):
     max_attempts: PositiveInt = 3
     retry_delay_seconds: NonNegativeFloat = 1.0
     stop_grace_seconds: NonNegativeFloat = 30.0
+    #: Rows (or batches) one worker handles at once, each on its own thread: for I/O-bound handlers.
+    concurrency: Annotated[int, Field(ge=1, le=256)] = 1
+    #: Rows per call of a `handle_batch(rows, context)` handler (1 = one row per call).
+    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 1
+    #: How long a batch waits for more rows before it is handed over with what it has.
+    batch_wait_ms: Annotated[float, Field(ge=0, le=60_000)] = 20.0
+    #: A handler call running longer fails its rows ("timed out after N s") and the worker exits
+    #: non-zero so it is replaced (a stuck thread cannot be stopped). Unset: no limit.
+    timeout_seconds: Annotated[float, Field(gt=0)] | None = None
 
     resources: Resources = Field(default_factory=Resources)
     node_selector: dict[str, str] = Field(default_factory=dict)
@@ -159,6 +168,14 @@ class JobType(BaseModel):
     def effective_burst_threshold(self) -> int:
         """`burst_threshold`, or twice `threshold` when it is not set."""
         return self.burst_threshold if self.burst_threshold is not None else 2 * self.threshold
+
+    @property
+    def effective_prefetch(self) -> int:
+        """`prefetch`, raised so every executor thread has work: `concurrency` rows, or two batches per
+        thread when batching (one being handled, the next filling)."""
+        if self.batch_size > 1:
+            return max(self.prefetch, 2 * self.concurrency * self.batch_size)
+        return max(self.prefetch, self.concurrency)
 
     @property
     def dead_queue(self) -> str:

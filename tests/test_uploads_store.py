@@ -10,7 +10,7 @@ import pytest
 
 from jobtypes.outcomes import RowOutcome
 from tests.support.k8s_fakes import FakeClock
-from tests.support.postgres import postgres_server, postgres_url  # noqa: F401
+from tests.support.postgres import fresh_postgres_url, postgres_server  # noqa: F401
 from uploads.errors import IdempotencyConflict, UploadNotFound
 from uploads.memory import MemoryStore
 from uploads.model import UploadRecord, public
@@ -26,7 +26,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return "memory://"
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'uploads.db'}"
-    return request.getfixturevalue("postgres_url")
+    return request.getfixturevalue("fresh_postgres_url")
 
 
 @pytest.fixture()

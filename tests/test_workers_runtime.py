@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -16,71 +15,10 @@ import pytest
 
 from jobtypes.control import CONTROL_EXCHANGE, STOP_COMMAND, declare_control_exchanges, stop_routing_key
 from tests.support.broker import Broker
-from tests.support.processes import REPO, Service
+from tests.support.processes import REPO
 from tests.support.proxy import CuttableProxy
-from tests.support.stack import Stack
 from tests.support.waiting import wait_until
-
-RECORDER = {"handler": "tests.handlers.recorder", "retry_delay_seconds": 0.1, "max_attempts": 3}
-
-
-class Harness:
-    """A producer to enqueue rows, worker processes to consume them, and the record of what they did."""
-
-    def __init__(self, broker: Broker, directory: Path, settings: dict) -> None:
-        self.broker = broker
-        self.directory = directory
-        self.stack = Stack(broker, directory, {"work": {**RECORDER, **settings}})
-        self.stack.env.update({"RECORD_FILE": str(directory / "record.jsonl"), "WORKER_HEARTBEAT_SECONDS": "0.5"})
-        self.stack.start_producer()
-        self.queue = self.stack.queue_of("work")
-        self.workers: list[Service] = []
-
-    def enqueue(self, rows: list[dict]) -> str:
-        columns = sorted({key for row in rows for key in row} | {"n"})
-        lines = [",".join(columns)] + [",".join(str(row.get(key, "")) for key in columns) for row in rows]
-        response = self.stack.upload("\n".join(lines).encode(), "work")
-        assert response.status_code == 200, response.text
-        return response.json()["upload_id"]
-
-    def start_worker(self, name: str, env: dict[str, str] | None = None) -> Service:
-        worker = Service(
-            "workers", ["work"], {**self.stack.env, "WORKER_ID": name, **(env or {})}, self.directory / f"{name}.log"
-        )
-        self.workers.append(worker)
-        return worker
-
-    def records(self) -> list[dict]:
-        path = self.directory / "record.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-    def started(self) -> list[str]:
-        path = self.directory / "record.jsonl.started"
-        return path.read_text().split() if path.exists() else []
-
-    def depth(self, suffix: str = "") -> int:
-        return self.broker.queue_depth(self.queue + suffix)
-
-    def wait_records(self, count: int, timeout: float = 60) -> list[dict]:
-        return wait_until(
-            lambda: len(self.records()) >= count and self.records(), timeout=timeout, what=f"{count} processed rows"
-        )
-
-    def unacked(self) -> int:
-        return self.broker.queue(self.queue).get("messages_unacknowledged", 0)
-
-    def close(self) -> None:
-        for worker in self.workers:
-            worker.stop(timeout=5)
-        self.stack.stop()
-
-
-@pytest.fixture()
-def harness(broker: Broker, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Harness]:
-    marker = request.node.get_closest_marker("job_settings")
-    created = Harness(broker, tmp_path, marker.args[0] if marker else {})
-    yield created
-    created.close()
+from tests.support.worker_harness import Harness, harness  # noqa: F401 - the fixture
 
 
 def test_every_row_is_processed_exactly_once(harness: Harness) -> None:
@@ -140,15 +78,16 @@ def test_unreadable_message_goes_straight_to_dead(harness: Harness, broker: Brok
     assert "unreadable body" in properties.headers["x-error"]
 
 
-def test_kill_9_mid_row_redelivers_to_another_worker(harness: Harness) -> None:
+def test_kill_9_mid_row_spends_an_attempt_and_another_worker_finishes_it(harness: Harness) -> None:
     upload_id = harness.enqueue([{"n": 1, "sleep_ms": 4000}])
     victim = harness.start_worker("victim")
     wait_until(lambda: harness.started(), timeout=30, what="the victim to start the row")
     victim.signal(signal.SIGKILL)
-    harness.start_worker("rescuer")
+    rescuer = harness.start_worker("rescuer")
     [record] = harness.wait_records(1, timeout=60)
-    assert record["id"] == f"{upload_id}:1"
-    assert record["worker"] == "rescuer" and record["redelivered"] is True
+    # The redelivery counts as attempt 1 spent: the row comes back through the retry queue as attempt 2.
+    assert record == {"id": f"{upload_id}:1", "attempt": 2, "worker": "rescuer", "redelivered": False}
+    assert "died or lost its connection" in rescuer.log()
 
 
 @pytest.mark.job_settings({"prefetch": 4})

@@ -1,21 +1,22 @@
 """`python -m workers <job-type>`: run one worker for that job type until it is told to stop.
 
-Exit codes: 0 after a graceful stop, 2 when the job type or its handler is
-unusable (nothing to retry: the scaler shows the message and does not loop).
+Exit codes: 0 after a graceful stop, 2 when the job type, its handler or the
+worker's settings are unusable (nothing to retry: the scaler shows the
+message and does not loop), 3 when a handler ran past the type's
+`timeout_seconds` (its rows were failed; the process must be replaced).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import sys
 
 from jobtypes.config import ConfigError, load_config
 from jobtypes.settings import jobs_config_path
 from workers import jsonlog
 from workers.handlers import HandlerNotFound, load_handler
-from workers.runtime import Worker
+from workers.runtime import build_worker
+from workers.settings import SettingsError, WorkerSettings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,12 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         handler = load_handler(job_type)
-    except HandlerNotFound as error:
+        settings = WorkerSettings.from_environment(job_type.name)
+    except (HandlerNotFound, SettingsError) as error:
         print(f"worker: cannot start: {error}", file=sys.stderr)
         return 2
-    worker_id = os.environ.get("WORKER_ID") or f"{job_type.name}-{socket.gethostname()}-{os.getpid()}"
-    logger = jsonlog.configure(worker_id, job_type.name)
-    return Worker(job_type, handler, worker_id, logger).run()
+    logger = jsonlog.configure(settings.worker_id, job_type.name, settings.log_level)
+    return build_worker(job_type, handler, settings, logger).run()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What a handler is told about the row it processes."""
+"""What a handler is told about the rows it processes."""
 
 from __future__ import annotations
 
@@ -6,14 +6,29 @@ import logging
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Context:
-    """Handlers use `message_id` (stable across redeliveries) to stay idempotent."""
+    """Handlers use `message_id` (stable across redeliveries) to stay idempotent.
 
-    message_id: str
+    `message_id` is None for a message published without one: such a row has
+    no key to deduplicate by (a delivery tag is not one: tags restart on every
+    channel).
+    """
+
+    message_id: str | None
     upload_id: str
     attempt: int
     job_type: str
     worker_id: str
     logger: logging.LoggerAdapter
     redelivered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BatchContext:
+    """For `handle_batch(rows, context)`: `rows[i]` describes the i-th row of the batch."""
+
+    rows: list[Context]
+    job_type: str
+    worker_id: str
+    logger: logging.Logger

@@ -32,13 +32,13 @@ class JsonFormatter(logging.Formatter):
         return "{" + self.static + ", " + json.dumps(line, default=str)[1:]
 
 
-def configure(worker_id: str, job_type: str) -> logging.Logger:
+def configure(worker_id: str, job_type: str, level: int = logging.INFO) -> logging.Logger:
     """Send the root logger to stdout as JSON lines; returns the worker's logger."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter({"worker_id": worker_id, "job_type": job_type}))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
+    root.setLevel(level)
     logging.getLogger("pika").setLevel(logging.CRITICAL)
     logging.Formatter.converter = time.gmtime
     return logging.getLogger("worker")

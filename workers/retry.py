@@ -39,7 +39,7 @@ def retry_delay(job_type: JobType, attempt: int) -> float:
 class Republish:
     queue: str
     properties: pika.BasicProperties
-    outcome: str  # "retry" or "dead"
+    outcome: str  # "retry", "dead" or "returned"
 
 
 def _copy(properties: pika.BasicProperties, headers: dict, expiration: str | None) -> pika.BasicProperties:
@@ -80,3 +80,12 @@ def unreadable(job_type: JobType, properties: pika.BasicProperties, error: str, 
     """A body that is not a JSON object cannot succeed on any attempt: straight to `.dead`."""
     forced = _copy(properties, {**(properties.headers or {}), ATTEMPT_HEADER: job_type.max_attempts}, None)
     return after_failure(job_type, forced, error, worker_id)
+
+
+def give_back(job_type: JobType, properties: pika.BasicProperties) -> Republish:
+    """An unstarted row of a stopping worker goes back to the work queue as it was.
+
+    Republished rather than nacked: a requeued message comes back flagged
+    `redelivered`, which the runtime counts as a spent attempt.
+    """
+    return Republish(job_type.queue, _copy(properties, dict(properties.headers or {}), None), "returned")

@@ -4,9 +4,10 @@
 root: a small wrapper runs pg_ctl as the `postgres` OS user then, in a
 directory that user owns. Import the fixtures into a test module:
 
-    from tests.support.postgres import postgres_server, postgres_url  # noqa: F401
+    from tests.support.postgres import fresh_postgres_url, postgres_server, postgres_url  # noqa: F401
 
-`postgres_url` is a fresh, empty database per test (a SQLAlchemy URL).
+`postgres_url` is the session server's `postgres` database (a SQLAlchemy
+URL); `fresh_postgres_url` is a new, empty database per test, dropped after it.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def postgres_server() -> Iterator[PostgreSQLExecutor]:
         unixsocketdir=str(base),
         logfile=str(base / "postgres.log"),
         startparams="-w",
+        postgres_options="-c fsync=off -c listen_addresses=127.0.0.1",
         dbname="postgres",
         user="postgres",
     )
@@ -69,8 +71,14 @@ def postgres_server() -> Iterator[PostgreSQLExecutor]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgreSQLExecutor) -> str:
+    """The session server's maintenance database (create your own databases in it)."""
+    return f"postgresql+psycopg://postgres@{postgres_server.host}:{postgres_server.port}/postgres"
+
+
 @pytest.fixture()
-def postgres_url(postgres_server: PostgreSQLExecutor) -> Iterator[str]:
+def fresh_postgres_url(postgres_server: PostgreSQLExecutor) -> Iterator[str]:
     """A new database on the session's server, dropped after the test."""
     name = f"test_{uuid.uuid4().hex[:12]}"
     admin = f"host={postgres_server.host} port={postgres_server.port} user=postgres dbname=postgres"

@@ -1,57 +1,24 @@
-"""Sales rows -> a SQLite ledger with unit prices and per-item running totals.
+"""Sales rows -> the sales ledger, a batch per transaction, with unit prices.
 
-Each row (Date, Item Description, Quantity, Amount) is validated, its unit
-price computed (Amount / Quantity), and stored in the SQLite file at
-`SALES_DB` (default `.run/sales.db`) keyed by the message id, so a redelivered
-row is stored once however often it is processed. The per-item running totals
-(quantity and amount so far) are logged with every row and can be read with:
-
-    sqlite3 .run/sales.db 'SELECT * FROM item_totals'
+Each row (Date, Item Description, Quantity, Amount) is validated and its unit
+price computed (Amount / Quantity); a batch of rows is stored in one
+transaction of the ledger (`workers.sales.ledger`: SQLite under `.run/` by
+default, Postgres by `SALES_DATABASE_URL`), keyed by message id, so a
+redelivered row is stored once however often it is processed.
 
 A row whose Quantity or Amount is not a number, or whose Date is not a date,
-raises: the runtime retries it and, after max_attempts, parks it in
-`<queue>.dead` with the reason.
+raises ValueError: its batch stores nothing, the runtime splits the batch
+until the bad row stands alone, and only that row is retried and, after
+`max_attempts`, parked in `<queue>.dead` with the reason.
 """
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import threading
 from datetime import date
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any
 
-from jobtypes.settings import REPO_ROOT
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sales (
-    message_id TEXT PRIMARY KEY,
-    sold_on TEXT NOT NULL,
-    item TEXT NOT NULL,
-    quantity TEXT NOT NULL,
-    amount TEXT NOT NULL,
-    unit_price TEXT NOT NULL
-);
-CREATE VIEW IF NOT EXISTS item_totals AS
-    SELECT item, COUNT(*) AS rows, SUM(CAST(quantity AS REAL)) AS quantity, ROUND(SUM(CAST(amount AS REAL)), 2) AS amount
-    FROM sales GROUP BY item;
-"""
-
-_local = threading.local()
-
-
-def _database() -> sqlite3.Connection:
-    connection = getattr(_local, "connection", None)
-    if connection is None:
-        path = Path(os.environ.get("SALES_DB", REPO_ROOT / ".run" / "sales.db"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(path, timeout=30, isolation_level=None)
-        connection.execute("PRAGMA journal_mode=WAL")
-        connection.executescript(SCHEMA)
-        _local.connection = connection
-    return connection
+from workers.sales.ledger import Sale, ledger
 
 
 def _number(row: dict[str, Any], field: str) -> Decimal:
@@ -85,24 +52,13 @@ def parse(row: dict[str, Any]) -> tuple[date, str, Decimal, Decimal]:
     return sold_on, item, quantity, _number(row, "Amount")
 
 
-def handle(row: dict[str, Any], context: Any) -> None:
+def sale(row: dict[str, Any], message_id: str | None) -> Sale:
     sold_on, item, quantity, amount = parse(row)
     unit_price = (amount / quantity).quantize(Decimal("0.0001"))
-    database = _database()
-    database.execute(
-        "INSERT OR IGNORE INTO sales VALUES (?, ?, ?, ?, ?, ?)",
-        (context.message_id, sold_on.isoformat(), item, str(quantity), str(amount), str(unit_price)),
-    )
-    total_rows, total_quantity, total_amount = database.execute(
-        "SELECT rows, quantity, amount FROM item_totals WHERE item = ?", (item,)
-    ).fetchone()
-    context.logger.info(
-        "sale recorded",
-        extra={
-            "item": item,
-            "unit_price": str(unit_price),
-            "item_rows": total_rows,
-            "item_quantity": total_quantity,
-            "item_amount": total_amount,
-        },
-    )
+    return Sale(message_id, sold_on.isoformat(), item, str(quantity), str(amount), str(unit_price))
+
+
+def handle_batch(rows: list[dict[str, Any]], context: Any) -> None:
+    sales = [sale(row, row_context.message_id) for row, row_context in zip(rows, context.rows, strict=True)]
+    ledger().store(sales)
+    context.logger.debug("sales stored", extra={"rows": len(sales)})

@@ -1,0 +1,73 @@
+"""Time a consumer process draining a queue, measured the same way from outside for every contender.
+
+Shared by the worker benchmarks. A run fills the queue (not timed), starts
+the consumer process, and times from the moment the queue has a consumer to
+the moment no message is left ready (both seen over AMQP, polled every few
+milliseconds); then it stops the process and checks nothing came back, i.e.
+every message was acked. Starting the interpreter is not part of the figure.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pika
+
+from jobtypes.config import JobType
+from jobtypes.queues import declare_queues
+from tests.support.broker import Broker
+from tests.support.processes import Service
+from tests.support.waiting import wait_until
+
+POLL_SECONDS = 0.005
+
+
+def fill(broker: Broker, job_type: JobType, bodies: list[bytes], upload_id: str) -> None:
+    """Publish one persistent message per body, shaped like the producer's rows (message id, upload header)."""
+    connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_url))
+    channel = connection.channel()
+    declare_queues(channel, job_type)
+    for row, body in enumerate(bodies, start=1):
+        properties = pika.BasicProperties(
+            delivery_mode=2,
+            content_type="application/json",
+            message_id=f"{upload_id}:{row}",
+            type=job_type.name,
+            timestamp=int(time.time()),
+            headers={"upload_id": upload_id},
+        )
+        channel.basic_publish("", job_type.queue, body, properties)
+    channel.queue_declare(job_type.queue, passive=True)  # a round trip: everything above has arrived
+    connection.close()
+
+
+def timed_drain(broker: Broker, queue: str, start: Callable[[], Service]) -> float:
+    """Seconds from the process consuming `queue` to nothing ready in it; every message acked at the end."""
+    connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_url))
+    channel = connection.channel()
+
+    def depth() -> pika.frame.Method:
+        return channel.queue_declare(queue, passive=True).method
+
+    process = start()
+    try:
+        wait_until(lambda: depth().consumer_count > 0, timeout=60, interval=POLL_SECONDS, what=f"a consumer on {queue}")
+        started = time.perf_counter()
+        wait_until(lambda: depth().message_count == 0, timeout=900, interval=POLL_SECONDS, what=f"{queue} drained")
+        seconds = time.perf_counter() - started
+    finally:
+        code = process.stop(timeout=60)
+    remaining = depth().message_count
+    connection.close()
+    if code not in (0, None) or remaining:
+        raise RuntimeError(f"{queue}: exit code {code}, {remaining} message(s) not acked; see {process.log_path}")
+    return seconds
+
+
+def write_job_config(directory: Path, name: str, settings: dict) -> Path:
+    path = directory / f"{name}.config.json"
+    path.write_text(json.dumps({name: settings}))
+    return path

@@ -1,0 +1,128 @@
+"""Outcome reports and cancel notices, with real worker processes and a real broker.
+
+Workers report every upload row's outcome in one report per batch of
+finished rows, confirmed before those rows are acked; they skip the rows of a
+cancelled upload and report them `cancelled`, leaving other uploads alone.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections import Counter, defaultdict
+
+import pika
+import pytest
+
+from jobtypes.outcomes import REPLAY_HEADER, UPLOADS_EXCHANGE, CancelNotice, RowOutcome, declare_outcome_routes
+from tests.support.broker import Broker
+from tests.support.waiting import wait_until
+from tests.support.worker_harness import Harness, harness, reported_rows  # noqa: F401 - the fixture
+
+
+class Reports:
+    """Accumulates the outcome reports (draining the shared queue as it goes)."""
+
+    def __init__(self, harness: Harness) -> None:
+        self.harness = harness
+        self.reports: list = []
+
+    def take(self, upload_id: str) -> list[RowOutcome]:
+        self.reports += self.harness.outcomes()
+        return [row for row in reported_rows(self.reports) if row.upload_id == upload_id]
+
+
+def final_rows(rows: list[RowOutcome]) -> Counter[int]:
+    return Counter(row.row for row in rows if row.outcome in ("succeeded", "dead", "cancelled"))
+
+
+@pytest.mark.job_settings({"prefetch": 20, "max_attempts": 2, "retry_delay_seconds": 0.05})
+def test_one_report_per_batch_with_retrying_and_dead_rows(harness: Harness) -> None:
+    rows = [{"n": 0, "fail_until": 99}] + [{"n": i} for i in range(1, 200)]
+    upload_id = harness.enqueue(rows)
+    reports = Reports(harness)
+    harness.start_worker("w1")
+    wait_until(lambda: len(final_rows(reports.take(upload_id))) == 200, timeout=60, what="200 rows reported final")
+    mine = reports.take(upload_id)
+    assert final_rows(mine) == Counter(range(1, 201)), "every row reported final exactly once"
+    by_row = defaultdict(list)
+    for row in mine:
+        by_row[row.row].append(row)
+    retrying, dead = by_row[1]
+    assert (retrying.outcome, retrying.attempts, retrying.body) == ("retrying", 1, None)
+    assert "planned failure on attempt 1" in retrying.error
+    assert (dead.outcome, dead.attempts) == ("dead", 2)
+    assert "planned failure on attempt 2" in dead.error and json.loads(dead.body)["fail_until"] == "99"
+    assert all(by_row[n][0].outcome == "succeeded" and by_row[n][0].replay == 0 for n in range(2, 201))
+    mine_reports = [report for report in reports.reports if any(row.upload_id == upload_id for row in report.rows)]
+    assert len(mine_reports) < 100, "rows are reported in batches, not one report per row"
+    assert all(report.worker_id == "w1" and report.job_type == "work" for report in mine_reports)
+
+
+@pytest.mark.job_settings({"max_attempts": 2, "retry_delay_seconds": 0.05})
+def test_replay_number_is_reported_and_kept_on_retry_copies(harness: Harness, broker: Broker) -> None:
+    worker = harness.start_worker("w1")
+    wait_until(lambda: '"event": "consuming"' in worker.log(), timeout=30, what="the worker to consume")
+    properties = pika.BasicProperties(
+        message_id="replayed-upload:7", delivery_mode=2, headers={"upload_id": "replayed-upload", REPLAY_HEADER: 2}
+    )
+    with broker.channel() as channel:
+        channel.basic_publish("", harness.queue, b'{"n": "7", "fail_until": "99"}', properties)
+    reports = Reports(harness)
+    wait_until(lambda: final_rows(reports.take("replayed-upload")), timeout=30, what="the replayed row dead")
+    assert [(r.outcome, r.attempts, r.replay) for r in reports.take("replayed-upload")] == [
+        ("retrying", 1, 2),
+        ("dead", 2, 2),
+    ]
+    [(dead_properties, _)] = broker.drain(harness.queue + ".dead")
+    assert dead_properties.headers[REPLAY_HEADER] == 2
+
+
+@pytest.mark.job_settings({"prefetch": 20, "max_attempts": 5, "retry_delay_seconds": 0.05})
+def test_kill_9_mid_batch_loses_no_row_and_no_report(harness: Harness) -> None:
+    """Coalesced acks and reports under kill -9: every acked row was reported; every row is processed."""
+    upload_id = harness.enqueue([{"n": i, "sleep_ms": 5} for i in range(400)])
+    reports = Reports(harness)
+    victim = harness.start_worker("victim")
+    wait_until(lambda: len(harness.records()) >= 100, timeout=60, what="a hundred rows processed")
+    victim.signal(signal.SIGKILL)
+    victim.process.wait(10)
+    wait_until(lambda: harness.unacked() == 0, timeout=30, what="the victim's rows back in the queue")
+    waiting = harness.depth() + harness.depth(".retry")
+    acked = 400 - waiting
+    reported = set(final_rows(reports.take(upload_id)))
+    assert len(reported) >= acked, f"{acked} rows acked but only {len(reported)} reported"
+    harness.start_worker("rescuer")
+    wait_until(lambda: len(final_rows(reports.take(upload_id))) == 400, timeout=90, what="every row reported")
+    processed = {record["id"] for record in harness.records()}
+    assert processed == {f"{upload_id}:{n}" for n in range(1, 401)}, "every row processed, none lost"
+    finals = reports.take(upload_id)
+    assert {row.outcome for row in finals if row.row in final_rows(finals)} >= {"succeeded"}
+    assert all(row.outcome in ("succeeded", "retrying") for row in finals)
+    redelivered = {row.row for row in finals if row.outcome == "retrying"}
+    assert all("died or lost its connection" in row.error for row in finals if row.outcome == "retrying")
+    assert redelivered, "the rows the victim held were redelivered and counted as an attempt"
+
+
+@pytest.mark.job_settings({"prefetch": 5})
+def test_cancelled_upload_is_skipped_and_reported_while_another_is_handled(harness: Harness, broker: Broker) -> None:
+    worker = harness.start_worker("w1")
+    wait_until(lambda: '"event": "consuming"' in worker.log(), timeout=30, what="the worker to consume")
+    cancelled = harness.enqueue([{"n": i, "sleep_ms": 40} for i in range(50)])
+    kept = harness.enqueue([{"n": i} for i in range(30)])
+    wait_until(lambda: len(harness.records()) >= 3, timeout=30, what="the first upload under way")
+    with broker.channel() as channel:
+        declare_outcome_routes(channel)
+        channel.basic_publish(UPLOADS_EXCHANGE, "", b'{"cancelled": "not a list"}')
+        channel.basic_publish(UPLOADS_EXCHANGE, "", CancelNotice([cancelled]).to_json())
+    reports = Reports(harness)
+    wait_until(lambda: len(final_rows(reports.take(kept))) == 30, timeout=60, what="the other upload finished")
+    wait_until(lambda: len(final_rows(reports.take(cancelled))) == 50, timeout=30, what="the cancelled upload final")
+    outcomes = Counter(row.outcome for row in reports.take(cancelled))
+    assert outcomes["cancelled"] > 0 and outcomes["succeeded"] + outcomes["cancelled"] == 50
+    assert {row.outcome for row in reports.take(kept)} == {"succeeded"}
+    handled = Counter(record["id"].rpartition(":")[0] for record in harness.records())
+    assert handled[cancelled] == outcomes["succeeded"], "no cancelled row reached the handler"
+    assert handled[kept] == 30
+    assert "malformed cancel notice dropped" in worker.log() and worker.process.poll() is None
+    wait_until(lambda: harness.depth() == 0 and harness.unacked() == 0, timeout=10, what="every row acked")

@@ -1,0 +1,69 @@
+"""The `OutcomeReports` hook: tell the upload record what became of each upload's rows.
+
+For every finished row with an `upload_id` header and a `<upload_id>:<row>`
+message id, one `RowOutcome` (succeeded, retrying, dead, cancelled). All the
+rows finished together go into one `OutcomeReport`, published persistent to
+the outcomes queue; those rows are acked only once the broker has confirmed
+it. A worker killed between the two reports the rows again when they are
+redelivered: the record keeps a row's first final outcome, so it counts once.
+
+Rows given back by a stopping worker are not reported: nothing happened to them.
+"""
+
+from __future__ import annotations
+
+import pika
+
+from jobtypes.outcomes import OUTCOMES_QUEUE, REPLAY_HEADER, OutcomeReport, RowOutcome, split_message_id
+from workers.delivery import Outcome, Status
+from workers.hooks import Hook
+from workers.publisher import ConfirmedPublisher
+
+_PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json")
+
+
+class OutcomeReports(Hook):
+    def __init__(self, worker_id: str, job_type: str) -> None:
+        self.worker_id = worker_id
+        self.job_type = job_type
+        self.rows: list[RowOutcome] = []
+
+    def after_handle(self, outcome: Outcome) -> None:
+        row = row_outcome(outcome)
+        if row is not None:
+            self.rows.append(row)
+
+    def before_ack(self, outcomes: list[Outcome], publisher: ConfirmedPublisher) -> None:
+        if not self.rows:
+            return
+        report = OutcomeReport(self.worker_id, self.job_type, self.rows)
+        publisher.publish(OUTCOMES_QUEUE, report.to_json(), _PROPERTIES)
+        self.rows = []
+
+
+def row_outcome(outcome: Outcome) -> RowOutcome | None:
+    """What to report for one finished row, or None for a row that is not an upload's or not finished."""
+    delivery = outcome.delivery
+    if outcome.status is Status.RETURNED or not delivery.headers.get("upload_id"):
+        return None
+    where = split_message_id(delivery.message_id)
+    if where is None:
+        return None
+    upload_id, row = where
+    replay = _replay(delivery.headers.get(REPLAY_HEADER))
+    attempts = delivery.attempt
+    if outcome.status is Status.SUCCEEDED:
+        return RowOutcome(upload_id, row, "succeeded", attempts, replay)
+    if outcome.status is Status.CANCELLED:
+        return RowOutcome(upload_id, row, "cancelled", attempts, replay)
+    if outcome.copy is not None and outcome.copy.outcome == "retry":
+        return RowOutcome(upload_id, row, "retrying", attempts, replay, outcome.error)
+    body = delivery.body.decode("utf-8", errors="replace")
+    return RowOutcome(upload_id, row, "dead", attempts, replay, outcome.error, body)
+
+
+def _replay(value: object) -> int:
+    try:
+        return max(int(value), 0) if value is not None else 0  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return 0

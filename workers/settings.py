@@ -1,0 +1,80 @@
+"""Everything a worker process reads from its environment, in one object.
+
+`WorkerSettings.from_environment()` is called once at start; the rest of the
+runtime takes the object, so every tunable has one name, one default and one
+place to read about it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+#: Seconds between status heartbeats to the scaler.
+DEFAULT_HEARTBEAT_SECONDS = 2.0
+#: Seconds between INFO progress lines (per-row lines are DEBUG).
+DEFAULT_SUMMARY_SECONDS = 10.0
+#: A cancelled upload not repeated in a cancel notice for this long is forgotten.
+DEFAULT_CANCEL_MEMORY_SECONDS = 600.0
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value the worker cannot use; the message names it."""
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    worker_id: str
+    heartbeat_seconds: float = DEFAULT_HEARTBEAT_SECONDS
+    summary_seconds: float = DEFAULT_SUMMARY_SECONDS
+    log_level: int = logging.INFO
+    report_outcomes: bool = True
+    cancel_memory_seconds: float = DEFAULT_CANCEL_MEMORY_SECONDS
+
+    @classmethod
+    def from_environment(cls, job_type: str, environ: Mapping[str, str] = os.environ) -> WorkerSettings:
+        """WORKER_ID, WORKER_HEARTBEAT_SECONDS, WORKER_SUMMARY_SECONDS, WORKER_LOG_LEVEL,
+        WORKER_REPORT_OUTCOMES, WORKER_CANCEL_MEMORY_SECONDS."""
+        return cls(
+            worker_id=environ.get("WORKER_ID") or f"{job_type}-{socket.gethostname()}-{os.getpid()}",
+            heartbeat_seconds=_seconds(environ, "WORKER_HEARTBEAT_SECONDS", DEFAULT_HEARTBEAT_SECONDS),
+            summary_seconds=_seconds(environ, "WORKER_SUMMARY_SECONDS", DEFAULT_SUMMARY_SECONDS),
+            log_level=_level(environ.get("WORKER_LOG_LEVEL", "info")),
+            report_outcomes=_flag(environ, "WORKER_REPORT_OUTCOMES", True),
+            cancel_memory_seconds=_seconds(environ, "WORKER_CANCEL_MEMORY_SECONDS", DEFAULT_CANCEL_MEMORY_SECONDS),
+        )
+
+
+def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise SettingsError(f"{name}={raw!r} must be above 0")
+    return value
+
+
+def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE | _FALSE:
+        return raw in _TRUE
+    raise SettingsError(f"{name}={raw!r}: use one of {sorted(_TRUE | _FALSE)}")
+
+
+def _level(raw: str) -> int:
+    level = logging.getLevelName(raw.strip().upper())
+    if not isinstance(level, int):
+        raise SettingsError(f"WORKER_LOG_LEVEL={raw!r}: use debug, info, warning or error")
+    return level
