@@ -25,6 +25,7 @@ from tests.support.broker import Broker, create_vhost, delete_vhost
 from tests.support.outcomes import CancelListener, publish_reports
 from tests.support.proxy import CuttableProxy, producer_behind
 from tests.support.stack import Stack
+from tests.support.uploads import record, wait_record
 from tests.support.waiting import wait_until
 
 TOKEN = "uploads-test-token"
@@ -66,25 +67,6 @@ def upload(stack: Stack, body: bytes, job_type: str = "sales", key: str | None =
         headers=headers,
         timeout=kwargs.get("timeout", 60),
     )
-
-
-def record(stack: Stack, upload_id: str) -> dict:
-    response = httpx.get(f"{stack.producer_url}/uploads/{upload_id}", timeout=10)
-    response.raise_for_status()
-    return response.json()
-
-
-def wait_record(stack: Stack, upload_id: str, predicate, what: str, timeout: float = 30) -> dict:
-    last: dict = {}
-
-    def check() -> dict | None:
-        last.update(record(stack, upload_id))
-        return dict(last) if predicate(last) else None
-
-    try:
-        return wait_until(check, timeout=timeout, interval=0.1, what=what)
-    except AssertionError as error:
-        raise AssertionError(f"{error}\nrecord: {last}\nproducer log:\n{stack.producer.log()[-3000:]}") from None
 
 
 def queued_messages(broker: Broker, queue: str) -> list[tuple[int, dict, bytes]]:
