@@ -11,6 +11,8 @@ import io
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -169,3 +171,36 @@ def test_reupload_with_the_same_key_after_a_broker_cut_handles_every_row_once(
     finally:
         stack.stop()
         proxy.close()
+
+
+def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "uploads.cli", "--url", stack.producer_url, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_submit_wait_follows_the_upload_and_exits_by_outcome(stack: Stack, tmp_path: Path) -> None:
+    good = tmp_path / "good.csv"
+    good.write_bytes(rows_csv(40, sleep_ms=5))
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(rows_csv(10, failing=frozenset({4})))
+
+    ok = cli(stack, "submit", str(good), "rec", "--wait", "--interval", "0.2")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "queued 40 rows of good.csv for rec" in ok.stdout and "done: all 40 rows succeeded" in ok.stdout
+    assert "[########################################] 40/40 done" in ok.stdout
+
+    failed = cli(stack, "submit", str(bad), "rec", "--wait", "--interval", "0.2")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "1 rows failed for good" in failed.stdout and "/failed-rows.csv" in failed.stdout
+
+    refused = cli(stack, "submit", str(good), "nope")
+    assert refused.returncode == 2 and "refused (404)" in refused.stderr
+
+    listing = cli(stack, "list", "--job-type", "rec")
+    assert listing.returncode == 0
+    lines = listing.stdout.splitlines()
+    assert "bad.csv" in lines[1] and "good.csv" in lines[2], "newest first"
