@@ -1,9 +1,8 @@
 """The scaler's HTTP side: dashboard, status API, live stream, worker logs, metrics, health.
 
-Read-only by design: nothing here changes what the scaler does. The one POST,
-`/api/upload`, is a pass-through to the producer (same origin for the
-dashboard's upload form, locally and behind one port-forward in a cluster);
-the producer checks its token as for any upload.
+Read-only by design: nothing here changes what the scaler does. Uploads and
+upload records (`/api/upload`, `/api/uploads...`) pass through to the producer
+(scaler.producer_proxy), which checks its token as for any client.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
@@ -25,10 +23,11 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from jobtypes.errors import AutoscalerError
+from scaler import producer_proxy
 from scaler.loop import Scaler
 
 DASHBOARD = Path(__file__).resolve().parent / "dashboard"
-FORWARDED_HEADERS = ("content-type", "content-length", "authorization")
 
 
 def create_app(scaler: Scaler, producer_url: str | None = None) -> Starlette:
@@ -70,19 +69,11 @@ def create_app(scaler: Scaler, producer_url: str | None = None) -> Starlette:
             return JSONResponse({"error": f"no log for worker {worker_id!r}"}, status_code=404)
         return PlainTextResponse(text)
 
-    async def upload(request: Request) -> Response:
-        headers = {name: value for name, value in request.headers.items() if name in FORWARDED_HEADERS}
-        try:
-            async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=5)) as client:
-                answer = await client.post(f"{producer_url}/upload", content=request.stream(), headers=headers)
-        except httpx.HTTPError as error:
-            return JSONResponse({"error": f"the producer at {producer_url} is unreachable: {error}"}, status_code=502)
-        return Response(answer.content, status_code=answer.status_code, media_type=answer.headers.get("content-type"))
-
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    return Starlette(
+    app = Starlette(
+        exception_handlers={AutoscalerError: lambda request, error: JSONResponse(error.body(), error.status)},
         routes=[
             Route("/", index),
             Route("/healthz", healthz),
@@ -91,7 +82,9 @@ def create_app(scaler: Scaler, producer_url: str | None = None) -> Starlette:
             Route("/api/history", history),
             Route("/api/stream", stream),
             Route("/api/workers/{worker_id}/log", worker_log),
-            Route("/api/upload", upload, methods=["POST"]),
+            *producer_proxy.ROUTES,
             Mount("/static", app=StaticFiles(directory=DASHBOARD), name="static"),
-        ]
+        ],
     )
+    app.state.producer_url = producer_url
+    return app
