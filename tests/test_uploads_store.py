@@ -26,7 +26,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return "memory://"
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'uploads.db'}"
-    return request.getfixturevalue("fresh_postgres_url")
+    # The plain libpq form a managed database gives: the store picks psycopg 3 itself.
+    return request.getfixturevalue("fresh_postgres_url").replace("postgresql+psycopg://", "postgresql://")
 
 
 @pytest.fixture()

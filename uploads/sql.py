@@ -41,7 +41,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from uploads.errors import StoreUnavailable
@@ -197,11 +197,19 @@ class _SqlTransaction:
         return len(ids)
 
 
+def database_url(url: str) -> URL:
+    """The URL as SQLAlchemy needs it: a plain postgres:// or postgresql:// URL (as managed databases give) uses psycopg 3."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
 class SqlStore(UploadStore):
     def __init__(self, url: str, max_failed_rows: int, retention_seconds: float, **kwargs) -> None:
         super().__init__(max_failed_rows, retention_seconds, **kwargs)
-        self.url = make_url(url)
-        self.engine = _engine(url)
+        self.url = database_url(url)
+        self.engine = _engine(self.url)
         try:
             metadata.create_all(self.engine)
         except SQLAlchemyError as error:
@@ -230,12 +238,11 @@ def _reason(error: SQLAlchemyError) -> str:
     return str(original or error).strip().splitlines()[0][:300]
 
 
-def _engine(url: str):
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
+def _engine(url: URL) -> Engine:
+    if url.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
