@@ -121,9 +121,25 @@ stop_service() {
   rm -f "$pidfile"
 }
 
+ensure_token() {
+  # The token for uploads and the dashboard: PRODUCER_TOKEN if set, else the one stored in .run (mode 600),
+  # generated on the first `up`. Loopback clients need none; everyone else sends it.
+  local file="$RUN/producer.token"
+  if [ -z "${PRODUCER_TOKEN:-}" ]; then
+    if [ ! -s "$file" ]; then
+      mkdir -p "$RUN"
+      (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$file")
+      log "generated a token in .run/producer.token"
+    fi
+    PRODUCER_TOKEN="$(cat "$file")"
+  fi
+  export PRODUCER_TOKEN
+}
+
 cmd_up() {
   ensure_venv
   ensure_rabbitmq
+  ensure_token
   start_service producer "http://$PRODUCER_ADDR/healthz" -- "$PY" -m producer
   if [ -f scaler/__main__.py ]; then
     start_service scaler "http://$SCALER_ADDR/healthz" -- "$PY" -m scaler --backend local
@@ -131,6 +147,8 @@ cmd_up() {
   echo
   echo "  producer:   http://$PRODUCER_ADDR   (curl -F file=@data.csv http://$PRODUCER_ADDR/upload)"
   [ -f scaler/__main__.py ] && echo "  dashboard:  http://$SCALER_ADDR/"
+  echo "  token:      $PRODUCER_TOKEN   (.run/producer.token; loopback clients need none, others send"
+  echo "              'Authorization: Bearer <token>' or log in to the dashboard with it)"
   echo "  rabbitmq:   http://127.0.0.1:15672/  (guest / guest)"
   echo "  stop with:  ./manage.sh down"
 }
@@ -159,10 +177,17 @@ cmd_test() {
   return $status
 }
 
+producer_token() {
+  # PRODUCER_TOKEN from the environment, else the one `up` generated, exported for the upload CLI.
+  [ -z "${PRODUCER_TOKEN:-}" ] && [ -s "$RUN/producer.token" ] && PRODUCER_TOKEN="$(cat "$RUN/producer.token")"
+  export PRODUCER_TOKEN="${PRODUCER_TOKEN:-}"
+}
+
 cmd_submit() {
   # submit FILE [JOB_TYPE] [--wait]: with an Idempotency-Key, retried with the same key after a 503 or a hang-up
   [ $# -ge 1 ] || die "usage: ./manage.sh submit FILE [JOB_TYPE] [--wait]"
   ensure_venv
+  producer_token
   "$PY" -m uploads.cli --url "http://$PRODUCER_ADDR" submit "$@"
 }
 
@@ -199,17 +224,29 @@ apply_jobs_config() {
     --dry-run=client -o yaml | kubectl -n "$K8S_NAMESPACE" apply -f -
 }
 
+ensure_python() {
+  # The venv's python for helper commands; installs it only when it is missing.
+  [ -x "$PY" ] || ensure_venv
+}
+
 cmd_k8s_up() {
+  ensure_python
+  # Refuse before touching anything while a Secret in the cluster holds an example placeholder.
+  K8S_NAMESPACE="$K8S_NAMESPACE" "$PY" -m scaler.deploy_secrets check || die "not deploying (see above)"
   command -v kubectl >/dev/null || die "kubectl is not installed"
   kubectl apply -f infra/k8s/namespace.yaml
+  K8S_NAMESPACE="$K8S_NAMESPACE" "$PY" -m scaler.deploy_secrets ensure
   apply_jobs_config
-  kubectl apply -k infra/k8s
+  # Everything but the Secrets: the placeholders in secrets.yaml are never applied.
+  kubectl kustomize infra/k8s | "$PY" -m scaler.deploy_secrets strip | kubectl apply -f -
   kubectl -n "$K8S_NAMESPACE" rollout status statefulset/rabbitmq --timeout=300s
   kubectl -n "$K8S_NAMESPACE" rollout status deployment/producer --timeout=300s
   kubectl -n "$K8S_NAMESPACE" rollout status deployment/scaler --timeout=300s
   echo
   echo "  dashboard: kubectl -n $K8S_NAMESPACE port-forward svc/scaler 8080:8080   then http://127.0.0.1:8080/"
-  echo "  uploads:   kubectl -n $K8S_NAMESPACE port-forward svc/producer 8000:8000 then curl -F file=@data.csv ..."
+  echo "  uploads:   kubectl -n $K8S_NAMESPACE port-forward svc/producer 8000:8000 then"
+  echo "             curl -H \"Authorization: Bearer \$TOKEN\" -F file=@data.csv http://127.0.0.1:8000/upload"
+  echo "  token:     TOKEN=\$(kubectl -n $K8S_NAMESPACE get secret queue-autoscaler-secrets -o jsonpath='{.data.producer-token}' | base64 -d)"
 }
 
 cmd_k8s_config() {
@@ -256,7 +293,7 @@ main() {
     down) cmd_down "$@" ;;
     test) cmd_test "$@" ;;
     submit) cmd_submit "$@" ;;
-    uploads) ensure_venv; "$PY" -m uploads.cli --url "http://$PRODUCER_ADDR" list "$@" ;;
+    uploads) ensure_venv; producer_token; "$PY" -m uploads.cli --url "http://$PRODUCER_ADDR" list "$@" ;;
     status) ensure_venv; "$PY" -m scaler status --url "http://$SCALER_ADDR" "$@" ;;
     watch) ensure_venv; "$PY" -m scaler status --url "http://$SCALER_ADDR" --watch "$@" ;;
     sample) ensure_venv; "$PY" -m workers.sample "$@" ;;

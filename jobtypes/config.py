@@ -70,6 +70,9 @@ class JobType(BaseModel):
     handler: str = ""
     command: list[str] | None = None
     env: dict[str, str] = Field(default_factory=dict)
+    #: Header names every upload of this type must have (None: any header). A file without one of them
+    #: is refused at upload (422 naming the column) instead of every row failing in the workers.
+    columns: list[str] | None = None
 
     threshold: NonNegativeInt = 10
     burst_threshold: NonNegativeInt | None = None
@@ -141,6 +144,17 @@ class JobType(BaseModel):
         for key in value:
             if not ENV_NAME.match(key):
                 raise ValueError(f"{key!r} is not a valid environment variable name")
+        return value
+
+    @field_validator("columns")
+    @classmethod
+    def _check_columns(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if not value or any(not name for name in value):
+            raise ValueError("columns lists the header names every upload must have; no empty list or empty names")
+        if len(set(value)) != len(value):
+            raise ValueError("columns names a column twice")
         return value
 
     @model_validator(mode="before")

@@ -3,7 +3,10 @@
 Every byte passes through `GuardedReceive`, for raw bodies and multipart forms
 alike, so an oversize upload is refused with 413 as soon as it crosses the
 limit (whatever its Content-Length claimed) and a client that stops sending
-mid-body gets 408 instead of holding a worker forever. Nothing is published
+mid-body gets 408 instead of holding a worker forever. Every byte received
+is charged to the upload's share of the spool budget (`producer.limits`).
+Raw bodies are accepted only as `text/csv`, so a browser cannot send one
+cross-site without a preflight. Nothing is published
 until the whole body has arrived and been checked, so either refusal leaves
 the queue untouched.
 """
@@ -17,26 +20,11 @@ from starlette.requests import Request
 from starlette.types import Message, Receive
 
 from producer.errors import UploadError
+from producer.limits import charge_spool, human_bytes
 
-RAW_CSV_TYPES = frozenset(
-    {
-        "",
-        "text/csv",
-        "text/plain",
-        "application/csv",
-        "application/vnd.ms-excel",
-        "application/octet-stream",
-        # curl --data-binary sends this unless told otherwise.
-        "application/x-www-form-urlencoded",
-    }
-)
-
-
-def human_bytes(count: int) -> str:
-    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if count >= size:
-            return f"{count / size:g} {unit}"
-    return f"{count} bytes"
+#: Raw bodies must say they are CSV. `text/plain` and form encodings are what a
+#: web page may send cross-site without a preflight, so they are refused here.
+RAW_CSV_TYPES = frozenset({"text/csv"})
 
 
 class GuardedReceive:
@@ -57,7 +45,9 @@ class GuardedReceive:
                 f"the upload stalled: no data for {self.idle_timeout:g} s after {self.received} bytes; nothing was queued",
             ) from error
         if message["type"] == "http.request":
-            self.received += len(message.get("body", b""))
+            size = len(message.get("body", b""))
+            self.received += size
+            charge_spool(size)
             if self.received > self.max_bytes:
                 raise UploadError(
                     413,

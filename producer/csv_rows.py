@@ -9,7 +9,10 @@ large the file is:
 2. `convert_rows` parses the CSV (quotes, commas and newlines inside quoted
    fields are CSV's business, not ours), checks the header and every row's
    field count, and writes one compact JSON object per line to `bodies`, ready
-   for the publisher to send without parsing again.
+   for the publisher to send without parsing again. It holds no record larger
+   than its limit in memory and writes no body past the limits of `RowLimits`
+   (header size, message size, bodies against the upload's size), and, when
+   the job type names its `columns`, refuses a header that lacks one.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import os
 from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import BinaryIO, TextIO
 
 from producer.errors import UploadError
+from producer.limits import RowLimits, charge_spool, human_bytes
 
 CHUNK = 1024 * 1024
 UTF8_BOM = codecs.BOM_UTF8
@@ -115,52 +120,160 @@ def body_template(header: list[str]) -> str:
     return "{" + fields + "}\n"
 
 
-def _rows(text: TextIO, max_columns: int):
+class _RecordTooLong(Exception):
+    """The record being read passed its size limit; `_rows` says which line and which limit."""
+
+
+class _BoundedLines:
+    """The text's lines for csv.reader, refusing a record longer than `limit` characters before it is read whole.
+
+    csv.reader would otherwise hold a record of any size in memory (a 1 GiB
+    line, or a quoted field spanning a million lines) before we could look at
+    it. `record` counts the characters of the record being read; `_rows`
+    resets it after each record and sets `limit` (the header's, then a row's).
+    """
+
+    def __init__(self, text: TextIO, limit: int) -> None:
+        self.readline = text.readline
+        self.limit = limit
+        self.record = 0
+
+    def __iter__(self) -> _BoundedLines:
+        return self
+
+    def __next__(self) -> str:
+        line = self.readline(self.limit - self.record + 1)
+        if not line:
+            raise StopIteration
+        self.record += len(line)
+        if self.record > self.limit:
+            raise _RecordTooLong
+        return line
+
+
+def _too_long(start: int, limits: RowLimits) -> UploadError:
+    if start == 1:
+        return UploadError(
+            422,
+            f"line 1: the header is longer than the limit of {human_bytes(limits.max_header_bytes)} "
+            "(PRODUCER_MAX_HEADER_BYTES); nothing was queued",
+        )
+    return UploadError(
+        422,
+        f"line {start}: the row is longer than the limit of {human_bytes(limits.max_message_bytes)} per message "
+        "(PRODUCER_MAX_MESSAGE_BYTES); nothing was queued",
+    )
+
+
+def _csv_error(start: int, error: csv.Error) -> UploadError:
+    message = str(error)
+    if "field larger than field limit" in message:
+        limit = csv.field_size_limit()
+        return UploadError(
+            422, f"line {start}: a field is longer than the limit of {limit} characters (PRODUCER_MAX_FIELD_BYTES)"
+        )
+    if "unexpected end of data" in message or "EOF" in message:
+        return UploadError(422, f"line {start}: a quoted field is never closed (unterminated quote)")
+    return UploadError(422, f"line {start}: not valid CSV: {message}")
+
+
+def _rows(text: TextIO, limits: RowLimits):
     """Yield (first line number, fields) of every non-blank record, translating csv's errors."""
-    reader = csv.reader(text, strict=True)
+    lines = _BoundedLines(text, limits.max_header_bytes)
+    reader = csv.reader(lines, strict=True)
     while True:
         start = reader.line_num + 1
+        lines.record = 0
         try:
             fields = next(reader)
         except StopIteration:
             return
+        except _RecordTooLong:
+            raise _too_long(start, limits) from None
         except csv.Error as error:
-            message = str(error)
-            if "field larger than field limit" in message:
-                limit = csv.field_size_limit()
-                raise UploadError(
-                    422,
-                    f"line {start}: a field is longer than the limit of {limit} characters (PRODUCER_MAX_FIELD_BYTES)",
-                ) from error
-            if "unexpected end of data" in message or "EOF" in message:
-                raise UploadError(422, f"line {start}: a quoted field is never closed (unterminated quote)") from error
-            raise UploadError(422, f"line {start}: not valid CSV: {message}") from error
+            raise _csv_error(start, error) from error
         if fields:
-            if len(fields) > max_columns:
+            if len(fields) > limits.max_columns:
                 raise UploadError(
                     422,
-                    f"line {start}: {len(fields)} fields, more than the limit of {max_columns} (PRODUCER_MAX_COLUMNS)",
+                    f"line {start}: {len(fields)} fields, more than the limit of {limits.max_columns} "
+                    "(PRODUCER_MAX_COLUMNS)",
                 )
             yield start, fields
+            lines.limit = limits.max_message_bytes
 
 
-def convert_rows(source: BinaryIO, bodies: BinaryIO, max_columns: int) -> ConvertedUpload:
+def check_columns(header: list[str], expected: list[str] | None) -> None:
+    """Refuse a header that lacks one of the type's expected columns, naming it (and a near miss)."""
+    for name in expected or ():
+        if name in header:
+            continue
+        near = [column for column in header if column.strip().lower() == name.strip().lower()]
+        hint = f" (the file has {near[0]!r}: check spaces and case)" if near else ""
+        raise UploadError(
+            422,
+            f"line 1: the header has no column {name!r}{hint}; this job type expects {', '.join(map(repr, expected))}",
+        )
+
+
+class _BodyMeter:
+    """Counts the bytes of bodies written, refusing a message or a total over its limit before it is written."""
+
+    def __init__(self, limits: RowLimits, upload_bytes: int) -> None:
+        self.limits = limits
+        self.max_total = limits.max_body_bytes(upload_bytes)
+        self.upload_bytes = upload_bytes
+        self.total = 0
+        self.uncharged = 0
+
+    def add(self, line: int, body: str) -> None:
+        size = len(body) if body.isascii() else len(body.encode())
+        if size - 1 > self.limits.max_message_bytes:
+            raise UploadError(
+                422,
+                f"line {line}: the row's message would be {human_bytes(size - 1)}, more than the limit of "
+                f"{human_bytes(self.limits.max_message_bytes)} per message (PRODUCER_MAX_MESSAGE_BYTES); "
+                "nothing was queued",
+            )
+        self.total += size
+        if self.total > self.max_total:
+            raise UploadError(
+                413,
+                f"line {line}: the rows' messages would take more than {human_bytes(self.max_total)}, "
+                f"{self.limits.max_spool_ratio:g} times the upload's {human_bytes(self.upload_bytes)} "
+                "(PRODUCER_MAX_SPOOL_RATIO: every message repeats the header's names); nothing was queued",
+            )
+        self.uncharged += size
+        if self.uncharged >= CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        charge_spool(self.uncharged)
+        self.uncharged = 0
+
+
+def convert_rows(
+    source: BinaryIO, bodies: BinaryIO, limits: RowLimits, columns: list[str] | None = None
+) -> ConvertedUpload:
     """Validate every row of `source` and write one UTF-8 JSON body per line to `bodies`.
 
     Bodies are written as bytes so the publisher sends each line as it is, with
     no decoding or encoding on the hot path.
     """
+    upload_bytes = os.fstat(source.fileno()).st_size
     text = io.TextIOWrapper(source, encoding="utf-8-sig", newline="")
     out = io.TextIOWrapper(bodies, encoding="utf-8", newline="\n")
-    rows = _rows(text, max_columns)
+    rows = _rows(text, limits)
     first = next(rows, None)
     if first is None:
         raise UploadError(422, "the file has no header; the first line must name the columns")
     header = first[1]
     _check_header(header)
+    check_columns(header, columns)
     width = len(header)
     count = 0
     write = out.write
+    meter = _BodyMeter(limits, upload_bytes)
     template = body_template(header)
     offset = first[0]
     line_breaks = [(1, offset)]
@@ -171,13 +284,16 @@ def convert_rows(source: BinaryIO, bodies: BinaryIO, max_columns: int) -> Conver
                 f"line {line}: {len(fields)} fields, but the header has {width}; "
                 "quote fields that contain commas or newlines",
             )
-        write(template % tuple(map(encode_basestring, fields)))
+        body = template % tuple(map(encode_basestring, fields))
+        meter.add(line, body)
+        write(body)
         count += 1
         if line - count != offset:
             offset = line - count
             line_breaks.append((count, offset))
     if count == 0:
         raise UploadError(422, "the file has a header but no data rows")
+    meter.flush()
     out.flush()
     out.detach()
     text.detach()

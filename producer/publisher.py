@@ -78,6 +78,7 @@ class _ConfirmedRun:
         self.last_row = 0
         self.confirmed = 0
         self.outstanding: dict[int, int] = {}  # delivery tag -> row
+        self.returned: list[int] = []  # rows the broker could not route: never confirmed
         self.lowest = 1
         self.eof = False
         self.error: str | None = None
@@ -94,7 +95,7 @@ class _ConfirmedRun:
         self.last_row = first - 1
         self.connection.ioloop.call_later(5, self._watchdog)
         self.connection.ioloop.start()
-        through = min(self.outstanding.values()) - 1 if self.outstanding else self.last_row
+        through = min([*self.outstanding.values(), *self.returned], default=self.last_row + 1) - 1
         return PublishResult(self.confirmed, through, self.error)
 
     # connection lifecycle -------------------------------------------------
@@ -161,6 +162,11 @@ class _ConfirmedRun:
             self.connection.close()
 
     def _on_return(self, channel: Channel, method, properties, body: bytes) -> None:
+        """A returned row is not in the queue: its confirm (which still follows) must not count it."""
+        row = int(properties.message_id.rpartition(":")[2])
+        self.returned.append(row)
+        for tag in [tag for tag, pending in self.outstanding.items() if pending == row]:
+            del self.outstanding[tag]
         self._fail(f"RabbitMQ could not route row {properties.message_id} to queue {self.job_type.queue!r}")
 
     def _on_confirm(self, frame: Method) -> None:

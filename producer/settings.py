@@ -1,10 +1,30 @@
-"""The producer's settings, all from the environment (documented in the README)."""
+"""The producer's settings, all from the environment (documented in the README).
+
+Limits (each a named variable with its default):
+
+- `PRODUCER_MAX_UPLOAD_BYTES` (1 GiB): one upload's body; larger gets 413.
+- `PRODUCER_MAX_FIELD_BYTES` (1 MiB), `PRODUCER_MAX_COLUMNS` (10,000): one CSV field, fields per row; 422.
+- `PRODUCER_MAX_HEADER_BYTES` (64 KiB): the header line; 422 naming line 1.
+- `PRODUCER_MAX_MESSAGE_BYTES` (4 MiB): one row's JSON message (RabbitMQ's own cap is 128 MiB); 422 naming the line.
+- `PRODUCER_MAX_SPOOL_RATIO` (10): the JSON bodies may take at most this many times the upload's size
+  (plus 1 MiB); 413 naming the line where they would pass it.
+- `PRODUCER_MAX_CONCURRENT_UPLOADS` (16) and `PRODUCER_MAX_SPOOL_BYTES` (3 GiB): uploads in flight and their
+  spooled bytes (bodies received plus JSON bodies) together; over either, 429 with `Retry-After`.
+- `PRODUCER_WORK_THREADS` (the number of CPUs, at least 2): uploads whose rows are checked or published at
+  the same time; the others wait (admitted, not refused). Keeps the event loop and the probes responsive.
+- `PRODUCER_BODY_TIMEOUT_SECONDS` (30): a body that stalls this long gets 408.
+- `PRODUCER_HEALTH_INTERVAL_SECONDS` (5): how often readiness checks the broker, in the background.
+
+Authentication (`PRODUCER_TOKEN`, `AUTH_ALLOW_LOOPBACK`) is `jobtypes.auth.AuthSettings`.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 
+from jobtypes.auth import AuthSettings
+from producer.limits import RowLimits
 from uploads.settings import UploadSettings
 
 GIB = 1024**3
@@ -35,11 +55,15 @@ def _float(name: str, default: float) -> float:
 class ProducerSettings:
     host: str
     port: int
-    token: str | None
+    auth: AuthSettings
     max_upload_bytes: int
     max_field_bytes: int
-    max_columns: int
+    rows: RowLimits
+    max_concurrent_uploads: int
+    max_spool_bytes: int
+    work_threads: int
     body_timeout_seconds: float
+    health_interval_seconds: float
     publish_window: int
     spool_dir: str | None
     uploads: UploadSettings = field(default_factory=UploadSettings)
@@ -49,11 +73,20 @@ class ProducerSettings:
         return cls(
             host=os.environ.get("PRODUCER_HOST", "127.0.0.1"),
             port=_int("PRODUCER_PORT", 8000),
-            token=os.environ.get("PRODUCER_TOKEN") or None,
+            auth=AuthSettings.from_environment(),
             max_upload_bytes=_int("PRODUCER_MAX_UPLOAD_BYTES", GIB),
             max_field_bytes=_int("PRODUCER_MAX_FIELD_BYTES", MIB),
-            max_columns=_int("PRODUCER_MAX_COLUMNS", 10_000),
+            rows=RowLimits(
+                max_columns=_int("PRODUCER_MAX_COLUMNS", 10_000),
+                max_header_bytes=_int("PRODUCER_MAX_HEADER_BYTES", 64 * 1024),
+                max_message_bytes=_int("PRODUCER_MAX_MESSAGE_BYTES", 4 * MIB),
+                max_spool_ratio=_float("PRODUCER_MAX_SPOOL_RATIO", 10.0),
+            ),
+            max_concurrent_uploads=_int("PRODUCER_MAX_CONCURRENT_UPLOADS", 16),
+            max_spool_bytes=_int("PRODUCER_MAX_SPOOL_BYTES", 3 * GIB),
+            work_threads=_int("PRODUCER_WORK_THREADS", max(2, os.cpu_count() or 2)),
             body_timeout_seconds=_float("PRODUCER_BODY_TIMEOUT_SECONDS", 30.0),
+            health_interval_seconds=_float("PRODUCER_HEALTH_INTERVAL_SECONDS", 5.0),
             publish_window=_int("PRODUCER_PUBLISH_WINDOW", 2000),
             spool_dir=os.environ.get("PRODUCER_SPOOL_DIR") or None,
             uploads=UploadSettings.from_environment(),

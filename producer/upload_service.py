@@ -40,6 +40,7 @@ from jobtypes.errors import AutoscalerError
 from producer.body import RAW_CSV_TYPES, GuardedReceive, check_declared_length, media_type, spool_raw_body
 from producer.csv_rows import ConvertedUpload, check_encoding, convert_rows
 from producer.errors import UploadError
+from producer.limits import WorkThreads
 from producer.metrics import ROWS_PUBLISHED, UPLOAD_SECONDS, UPLOADS
 from producer.publisher import PublishResult, file_rows, publish_rows
 from producer.settings import ProducerSettings
@@ -68,15 +69,33 @@ class Checked:
 
 class UploadService:
     def __init__(
-        self, settings: ProducerSettings, config: ConfigWatcher, store: UploadStore, tracker: Tracker | None
+        self,
+        settings: ProducerSettings,
+        config: ConfigWatcher,
+        store: UploadStore,
+        tracker: Tracker | None,
+        work: WorkThreads,
     ) -> None:
         self.settings = settings
         self.config = config
         self.store = store
         self.tracker = tracker
+        self.work = work
         self._publishing: set[str] = set()
         self._lock = threading.Lock()
         csv.field_size_limit(settings.max_field_bytes)
+
+    def start(self) -> None:
+        if self.tracker is not None:
+            self.tracker.start()
+
+    def stop(self) -> None:
+        if self.tracker is not None:
+            self.tracker.stop()
+        self.store.close()
+
+    def tracker_status(self) -> dict[str, Any] | None:
+        return self.tracker.status() if self.tracker is not None else None
 
     # where ------------------------------------------------------------------------------
     def job_type(self, name: str | None) -> JobType:
@@ -107,9 +126,9 @@ class UploadService:
                 job_type = job_type or self.job_type(received.job_type)
                 job_name = job_type.name
                 bodies = stack.enter_context(tempfile.TemporaryFile(dir=self.settings.spool_dir, prefix="rows-"))
-                checked = await run_in_threadpool(self._check, spool, bodies, key is not None)
+                checked = await self.work.run(self._check, spool, bodies, job_type, key is not None)
                 draft = _draft(job_type, received.file_name, checked, key)
-                record = await run_in_threadpool(self._publish_upload, job_type, draft, bodies)
+                record = await self.work.run(self._publish_upload, job_type, draft, bodies)
         except AutoscalerError as error:
             UPLOADS.labels("rejected").inc()
             log.info("upload type=%s rejected status=%d: %s", job_name, error.status, error.message)
@@ -146,11 +165,11 @@ class UploadService:
         await spool_raw_body(guarded, spool)
         return Received(None, request.headers.get("x-file-name", RAW_FILE_NAME)[:255])
 
-    def _check(self, spool: BinaryIO, bodies: BinaryIO, hashed: bool) -> Checked:
+    def _check(self, spool: BinaryIO, bodies: BinaryIO, job_type: JobType, hashed: bool) -> Checked:
         spool.seek(0)
         check_encoding(spool)
         spool.seek(0)
-        converted = convert_rows(spool, bodies, self.settings.max_columns)
+        converted = convert_rows(spool, bodies, self.settings.rows, job_type.columns)
         return Checked(converted, _sha256(spool) if hashed else None)
 
     def _publish_upload(self, job_type: JobType, draft: UploadRecord, bodies: BinaryIO) -> UploadRecord:
@@ -222,8 +241,11 @@ class UploadService:
         return failed_rows_csv(record, self.store.dead_rows(upload_id), self.store.max_failed_rows)
 
     # replay and cancel --------------------------------------------------------------------------
-    def replay(self, upload_id: str) -> dict[str, Any]:
+    async def replay(self, upload_id: str) -> dict[str, Any]:
         """Re-queue the rows dead right now (each once, even when two replays race); `{"replayed": n}`."""
+        return await self.work.run(self._replay, upload_id)
+
+    def _replay(self, upload_id: str) -> dict[str, Any]:
         job_type = self.job_type(self.store.get(upload_id).job_type)
         claim = self.store.claim_replay(upload_id)
         answer = {"replayed": 0, "replay": claim.number, "not_replayable": claim.not_replayable}

@@ -65,7 +65,15 @@ def _run(args: argparse.Namespace) -> int:
         watcher.path,
     )
     try:
-        uvicorn.run(create_app(scaler), host=args.host, port=args.port, access_log=False, log_level="warning")
+        # No proxy-header rewriting: the client address must be the socket's (see jobtypes.auth).
+        uvicorn.run(
+            create_app(scaler),
+            host=args.host,
+            port=args.port,
+            access_log=False,
+            log_level="warning",
+            proxy_headers=False,
+        )
     finally:
         scaler.stop()
         loop.join(timeout=10)

@@ -2,9 +2,11 @@
 
 The dashboard talks only to the scaler (one origin, one port-forward in a
 cluster); these routes forward to the producer at `app.state.producer_url`
-and hand its answer back unchanged. The producer checks its token as for any
-client (the Authorization header is forwarded), so nothing here decides who
-may upload, replay or cancel. An unreachable producer is a 502 that says so.
+and hand its answer back unchanged. The caller passed the scaler's own
+authentication first; the request goes on with the scaler's token
+(`app.state.producer_token`) and a `Forwarded` header, so a remote caller
+never looks like a loopback client to the producer. An unreachable producer
+is a 502 that says so.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from jobtypes.auth import forwarded_headers
 from jobtypes.errors import AutoscalerError
 
-FORWARDED_HEADERS = ("content-type", "content-length", "authorization", "idempotency-key")
+FORWARDED_HEADERS = ("content-type", "content-length", "idempotency-key")
 TIMEOUT = httpx.Timeout(600, connect=5)
 
 
@@ -33,6 +36,7 @@ def _target(request: Request, path: str) -> str:
 async def _forward(request: Request, path: str) -> Response:
     """Send the request on to the producer's `path`; its answer comes back streamed, status and type kept."""
     headers = {name: value for name, value in request.headers.items() if name in FORWARDED_HEADERS}
+    headers.update(forwarded_headers(request.scope, request.app.state.producer_token))
     client = httpx.AsyncClient(timeout=TIMEOUT)
     body = request.stream() if request.method == "POST" else None
     try:

@@ -2,7 +2,10 @@
 
 Read-only by design: nothing here changes what the scaler does. Uploads and
 upload records (`/api/upload`, `/api/uploads...`) pass through to the producer
-(scaler.producer_proxy), which checks its token as for any client.
+(scaler.producer_proxy). Every path sits behind `jobtypes.auth.AuthMiddleware`
+(the producer's rule, with its `/login` form); the pass-through forwards the
+caller only after that check, with the scaler's own token and a `Forwarded`
+header, so a remote caller never looks like a loopback client to the producer.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from jobtypes.auth import AuthMiddleware, AuthSettings
 from jobtypes.errors import AutoscalerError
 from scaler import producer_proxy
 from scaler.loop import Scaler
@@ -30,8 +34,9 @@ from scaler.loop import Scaler
 DASHBOARD = Path(__file__).resolve().parent / "dashboard"
 
 
-def create_app(scaler: Scaler, producer_url: str | None = None) -> Starlette:
+def create_app(scaler: Scaler, producer_url: str | None = None, auth: AuthSettings | None = None) -> Starlette:
     producer_url = (producer_url or os.environ.get("PRODUCER_URL", "http://127.0.0.1:8000")).rstrip("/")
+    auth = auth or AuthSettings.from_environment()
 
     async def index(request: Request) -> Response:
         return FileResponse(DASHBOARD / "index.html", headers={"Cache-Control": "no-cache"})
@@ -87,4 +92,6 @@ def create_app(scaler: Scaler, producer_url: str | None = None) -> Starlette:
         ],
     )
     app.state.producer_url = producer_url
+    app.state.producer_token = auth.token
+    app.add_middleware(AuthMiddleware, settings=auth)
     return app

@@ -15,7 +15,11 @@ from jobtypes.queues import declare_queues
 from tests.support.broker import Broker
 from tests.support.stack import Stack
 
-TYPES = {"sales": {"default": True}, "sleep": {}}
+TYPES = {
+    "sales": {"default": True},
+    "sleep": {},
+    "checked": {"columns": ["Date", "Item Description", "Quantity", "Amount"]},
+}
 MAX_UPLOAD = 12 * 1024 * 1024
 HEADER = b"Date,Item Description,Quantity,Amount\n"
 
@@ -54,8 +58,21 @@ CASES = [
     Case(
         "a million columns",
         422,
-        ["line 1", "1000000 fields", "PRODUCER_MAX_COLUMNS"],
+        ["line 2", "1000001 fields", "PRODUCER_MAX_COLUMNS"],
+        HEADER + b"," * 1_000_000 + b"\n",
+    ),
+    Case(
+        "a 7 MB header",
+        422,
+        ["line 1", "header is longer than the limit", "PRODUCER_MAX_HEADER_BYTES"],
         b",".join(b"c%d" % i for i in range(1_000_000)) + b"\n" + b"1\n",
+    ),
+    Case(
+        "header does not match the type's columns",
+        422,
+        ["line 1", "no column 'Quantity'", "'Quantity '", "check spaces and case"],
+        b"Date,Item Description,Quantity ,Amount\n2024-01-01,x,1,2\n",
+        path="/submit/checked",
     ),
     Case("unknown job type", 404, ["unknown job type 'nope'", "sales"], HEADER + b"a,b,c,d\n", path="/submit/nope"),
     Case(
@@ -170,14 +187,14 @@ def raw_request(stack: Stack, head: str, body: bytes, hold_open: bool) -> tuple[
 
 
 def test_declared_length_over_the_limit_with_short_body(stack: Stack, broker: Broker) -> None:
-    head = f"POST /submit/sales HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nContent-Length: {50 * 1024**3}"
+    head = f"POST /submit/sales HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/csv\r\nContent-Length: {50 * 1024**3}"
     status, body = raw_request(stack, head, HEADER + b"a,b,c,d\n", hold_open=True)
     assert status == 413 and "declares 50 GiB" in body
     assert_nothing_queued(stack, broker)
 
 
 def test_slow_drip_body_that_stops_times_out(stack: Stack, broker: Broker) -> None:
-    head = "POST /submit/sales HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nContent-Length: 100000"
+    head = "POST /submit/sales HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/csv\r\nContent-Length: 100000"
     status, body = raw_request(stack, head, HEADER + b"a,b,c,d\n", hold_open=True)
     assert status == 408 and "stalled" in body
     assert_nothing_queued(stack, broker)

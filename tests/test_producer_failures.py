@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
+import os
 import threading
+import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from jobtypes.config import JobType
+from producer.publisher import _ConfirmedRun, file_rows
 from tests.support.broker import Broker
 from tests.support.proxy import CuttableProxy, producer_behind
 from tests.support.stack import Stack
@@ -41,7 +46,11 @@ def test_broker_unreachable_gives_503_and_health_says_so(proxied: tuple[Stack, C
         timeout=10,
         what="healthz to report the broker unreachable",
     )
+    not_ready = httpx.get(f"{stack.producer_url}/readyz")
+    assert not_ready.status_code == 503 and not_ready.json()["broker"]["error"]
+    assert httpx.get(f"{stack.producer_url}/livez").status_code == 200, "liveness does not depend on the broker"
     proxy.restore()
+    wait_until(lambda: httpx.get(f"{stack.producer_url}/readyz").status_code == 200, timeout=15, what="ready again")
     response = stack.upload(sample_rows(10), "sleep")
     assert response.status_code == 200, response.text
     assert broker.queue_depth(stack.queue_of("sleep")) == 10
@@ -77,7 +86,8 @@ def test_broker_lost_mid_upload_reports_only_confirmed_rows(
 
 def test_token_required_when_set(broker: Broker, tmp_path) -> None:
     token = "s3cret-token-value"
-    stack = Stack(broker, tmp_path, {"sleep": {}}, env={"PRODUCER_TOKEN": token})
+    # Loopback clients need no token by default (tests/test_security.py); here they need it like everyone else.
+    stack = Stack(broker, tmp_path, {"sleep": {}}, env={"PRODUCER_TOKEN": token, "AUTH_ALLOW_LOOPBACK": "false"})
     stack.start_producer()
     try:
         for headers in (
@@ -100,3 +110,16 @@ def test_token_required_when_set(broker: Broker, tmp_path) -> None:
         assert token not in stack.producer.log()
     finally:
         stack.stop()
+
+
+def test_unroutable_rows_never_count_as_confirmed(broker: Broker) -> None:
+    """Rows the broker returns (no queue to route to) are acked after the return: they must not be counted."""
+    os.environ["RABBITMQ_URL"] = broker.amqp_url  # the publisher reads its settings from the environment
+    try:
+        missing = JobType(name="sleep", queue=f"never-declared-{uuid.uuid4().hex[:6]}")
+        bodies = io.BytesIO(b"".join(b'{"n": "%d"}\n' % i for i in range(50)))
+        result = _ConfirmedRun(missing, "u1", file_rows(bodies), window=50, replay=0).run(first=1)
+    finally:
+        del os.environ["RABBITMQ_URL"]
+    assert result.error is not None and "could not route row u1:1" in result.error
+    assert result.confirmed == 0 and result.confirmed_through == 0

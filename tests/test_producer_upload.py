@@ -59,14 +59,16 @@ def test_multipart_upload_delivers_every_row_exactly(stack: Stack, broker: Broke
         assert properties.headers == {"upload_id": answer["upload_id"]}
 
 
-def test_raw_body_submit_like_curl_data_binary(stack: Stack, broker: Broker) -> None:
+def test_raw_body_submit_needs_text_csv(stack: Stack, broker: Broker) -> None:
     body, rows = tricky_csv()
-    # curl --data-binary sends application/x-www-form-urlencoded unless told otherwise.
+    # A form-encoded or text/plain body is what a web page can send cross-site without a preflight: refused.
+    for content_type in ("application/x-www-form-urlencoded", "text/plain"):
+        refused = httpx.post(
+            f"{stack.producer_url}/submit/sleep", content=body, headers={"Content-Type": content_type}, timeout=30
+        )
+        assert refused.status_code == 415 and "text/csv" in refused.json()["error"]
     response = httpx.post(
-        f"{stack.producer_url}/submit/sleep",
-        content=body,
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
-        timeout=30,
+        f"{stack.producer_url}/submit/sleep", content=body, headers={"Content-Type": "text/csv"}, timeout=30
     )
     assert response.status_code == 200, response.text
     assert response.json()["rows"] == len(rows)

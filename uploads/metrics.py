@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 from prometheus_client import Counter, Gauge, Histogram
 
-from uploads.errors import StoreUnavailable
-from uploads.store import ApplyResult, UploadStore
+from uploads.store import ApplyResult
 
 ROWS_FINISHED = Counter(
     "uploads_rows_finished_total",
@@ -29,15 +26,3 @@ def observe(result: ApplyResult) -> None:
     for record in result.finished:
         if record.finished_at is not None:
             UPLOAD_DURATION.observe(max(record.finished_at - record.created_at, 0.0))
-
-
-def watch_in_progress(store: UploadStore) -> None:
-    """Read the gauge from the store at every scrape (one indexed count); NaN while the store is unreachable."""
-
-    def count() -> float:
-        try:
-            return store.in_progress()
-        except StoreUnavailable:
-            return math.nan
-
-    IN_PROGRESS.set_function(count)

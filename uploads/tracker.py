@@ -41,6 +41,8 @@ from uploads.store import UploadStore
 log = logging.getLogger("uploads.tracker")
 MAX_BACKOFF_SECONDS = 30.0
 PURGE_EVERY_SECONDS = 3600.0
+#: How often the uploads-in-progress gauge is read from the store (never at scrape time, on the event loop).
+GAUGE_EVERY_SECONDS = 2.0
 CONNECTION_ERRORS = (pika.exceptions.AMQPError, OSError)
 
 
@@ -64,6 +66,7 @@ class Tracker(threading.Thread):
         self._pending: list[tuple[int, bytes]] = []
         self._next_notice = 0.0
         self._next_purge = 0.0
+        self._next_gauge = 0.0
 
     # other threads ------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -132,6 +135,9 @@ class Tracker(threading.Thread):
                 self._broadcast_cancels()
             if now >= self._next_purge:
                 self._purge()
+            if now >= self._next_gauge:
+                self._next_gauge = now + GAUGE_EVERY_SECONDS
+                metrics.IN_PROGRESS.set(self.store.in_progress())
 
     def _on_report(self, channel: BlockingChannel, method: Any, properties: Any, body: bytes) -> None:
         self._pending.append((method.delivery_tag, body))

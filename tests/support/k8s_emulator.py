@@ -1,6 +1,6 @@
 """A small Kubernetes API server emulator over real HTTP, for the official client to talk to.
 
-It keeps Jobs, Pods and Leases in memory and answers the requests the scaler
+It keeps Jobs, Pods, Leases and Secrets in memory and answers the requests the scaler
 makes: list with a labelSelector (`k=v`, `k!=v`, `k`, `!k`), create (409
 AlreadyExists on a taken name), get, replace (409 on a stale resourceVersion),
 JSON merge patch, delete (the options are recorded), and pod logs. Like the Job
@@ -27,12 +27,13 @@ import pytest
 from kubernetes import client
 
 ROUTE = re.compile(
-    r"^/(?:api/v1|apis/(?P<group>[a-z0-9.]+)/v1)/namespaces/(?P<ns>[^/]+)/(?P<kind>jobs|pods|leases)(?:/(?P<name>[^/]+))?(?P<log>/log)?$"
+    r"^/(?:api/v1|apis/(?P<group>[a-z0-9.]+)/v1)/namespaces/(?P<ns>[^/]+)/(?P<kind>jobs|pods|leases|secrets)(?:/(?P<name>[^/]+))?(?P<log>/log)?$"
 )
 LIST_KINDS = {
     "jobs": ("JobList", "batch/v1"),
     "pods": ("PodList", "v1"),
     "leases": ("LeaseList", "coordination.k8s.io/v1"),
+    "secrets": ("SecretList", "v1"),
 }
 
 
@@ -73,7 +74,12 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 class KubernetesEmulator:
     def __init__(self) -> None:
-        self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {"jobs": {}, "pods": {}, "leases": {}}
+        self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {
+            "jobs": {},
+            "pods": {},
+            "leases": {},
+            "secrets": {},
+        }
         self.requests: list[tuple[str, str]] = []
         self.failures: list[int] = []
         self.logs: dict[str, str] = {}

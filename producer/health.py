@@ -1,0 +1,102 @@
+"""Health that tells the truth and is never starved by uploads.
+
+- `GET /livez` (liveness) depends on nothing but the process: it answers from
+  the event loop, with no thread-pool work and no broker call, so a producer
+  busy with forty uploads is not restarted by its liveness probe.
+- `GET /readyz` (readiness) reports the broker: 200 when the last check
+  reached it, else 503 with the error. The check runs on its own thread every
+  `PRODUCER_HEALTH_INTERVAL_SECONDS`; the endpoint only reads the result, so
+  it never blocks the event loop or waits for a thread-pool slot.
+- `GET /healthz` is the readiness document with status 200 either way, for
+  people and scripts that want to read it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pika
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from jobtypes.settings import connection_parameters
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BrokerState:
+    reachable: bool
+    error: str | None
+    checked_at: float | None
+
+
+class BrokerHealth:
+    """The broker's reachability, refreshed on a daemon thread, read lock-free by the endpoints."""
+
+    def __init__(self, interval_seconds: float) -> None:
+        self.interval_seconds = interval_seconds
+        self.state = BrokerState(False, "not checked yet", None)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> BrokerState:
+        try:
+            pika.BlockingConnection(connection_parameters("producer-readyz")).close()
+            state = BrokerState(True, None, time.time())
+        except pika.exceptions.AMQPError as failure:
+            state = BrokerState(False, f"{type(failure).__name__}: {failure}"[:200], time.time())
+        if state.reachable != self.state.reachable:
+            log.info("broker %s", "reachable" if state.reachable else f"unreachable: {state.error}")
+        self.state = state
+        return state
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.check()
+            self._stop.wait(self.interval_seconds)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="broker-health", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def document(self) -> dict[str, Any]:
+        state = self.state
+        age = None if state.checked_at is None else round(time.time() - state.checked_at, 3)
+        return {
+            "status": "ready" if state.reachable else "not ready",
+            "broker": {"reachable": state.reachable, "error": state.error, "checked_seconds_ago": age},
+        }
+
+
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    health: BrokerHealth = app.state.health
+    health.start()
+    try:
+        yield
+    finally:
+        health.stop()
+
+
+async def livez(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    document = request.app.state.health.document()
+    return JSONResponse(document, status_code=200 if document["broker"]["reachable"] else 503)
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({**request.app.state.health.document(), "status": "ok"})
