@@ -18,11 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from jobtypes.outcomes import REPLAY_HEADER, RowOutcome, split_message_id
 from tests.support.broker import Broker, create_vhost, delete_vhost
 from tests.support.outcomes import CancelListener, publish_reports
+from tests.support.postgres import fresh_postgres_url, postgres_server  # noqa: F401 - fixtures
 from tests.support.proxy import CuttableProxy, producer_behind
 from tests.support.stack import Stack
 from tests.support.uploads import record, wait_record
@@ -344,3 +346,41 @@ def test_reupload_after_broker_cut_mid_upload_finishes_the_same_record(own_broke
     finally:
         stack.stop()
         proxy.close()
+
+
+def test_postgres_store_outage_is_visible_and_loses_no_report(
+    own_broker: Broker, tmp_path: Path, fresh_postgres_url: str, postgres_server
+) -> None:
+    """The producer on Postgres (as in Kubernetes): the database goes away, reports wait in the queue, none is lost."""
+    broker = own_broker
+    database = fresh_postgres_url.rsplit("/", 1)[1]
+    admin = f"host={postgres_server.host} port={postgres_server.port} user=postgres dbname=postgres"
+    stack = Stack(broker, tmp_path, {"sleep": {}}, env={"UPLOADS_DATABASE_URL": fresh_postgres_url})
+    stack.start_producer()
+    try:
+        upload_id = stack.upload(rows_csv(100), "sleep").json()["upload_id"]
+        publish_reports(broker, "sleep", [[RowOutcome(upload_id, row, "succeeded") for row in range(1, 51)]])
+        wait_record(stack, upload_id, lambda r: r["succeeded"] == 50, "the first half counted")
+
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+            connection.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
+        publish_reports(broker, "sleep", [[RowOutcome(upload_id, row, "succeeded") for row in range(51, 101)]])
+        down = httpx.get(f"{stack.producer_url}/uploads/{upload_id}")
+        assert down.status_code == 503 and "upload store" in down.json()["error"], down.text
+        tracker = wait_until(
+            lambda: (lambda t: t if t["state"] == "store-unavailable" else None)(
+                httpx.get(f"{stack.producer_url}/healthz").json()["upload_tracker"]
+            ),
+            timeout=30,
+            what="the tracker to say the store is unavailable",
+        )
+        assert "upload store" in tracker["reason"]
+        assert broker.queue_depth("autoscaler.outcomes") == 1, "the report waits, unacked, for the store"
+
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+        done = wait_record(stack, upload_id, lambda r: r["state"] == "done", "the report applied after the outage", 60)
+        assert (done["succeeded"], done["pending"]) == (100, 0)
+    finally:
+        stack.stop()
