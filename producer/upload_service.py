@@ -44,7 +44,7 @@ from producer.limits import WorkThreads
 from producer.metrics import ROWS_PUBLISHED, UPLOAD_SECONDS, UPLOADS
 from producer.publisher import PublishResult, file_rows, publish_rows
 from producer.settings import ProducerSettings
-from uploads.errors import UploadBusy
+from uploads.errors import UploadBusy, UploadCancelled
 from uploads.failed_rows import failed_rows_csv
 from uploads.model import STATES, UploadRecord, public
 from uploads.store import UploadStore
@@ -181,6 +181,8 @@ class UploadService:
                 record.confirmed,
                 record.rows,
             )
+        if record.cancel_requested:
+            raise UploadCancelled(f"upload {record.id} was cancelled; nothing more of it is published")
         if record.confirmed >= record.rows:
             return record
         first = record.confirmed + 1
@@ -191,6 +193,8 @@ class UploadService:
                 job_type, record.id, file_rows(bodies, first), self.settings.publish_window, first=first
             )
             record = self.store.mark_published(record.id, result.confirmed_through, result.error)
+            if record.cancel_requested:  # cancelled while this request published it
+                self.store.cancel_unpublished(record.id)
         ROWS_PUBLISHED.labels(job_type.name).inc(result.confirmed)
         _log_published(record, result, time.perf_counter() - started)
         if result.error is not None:
@@ -269,6 +273,10 @@ class UploadService:
 
     def cancel(self, upload_id: str) -> dict[str, Any]:
         record = self.store.request_cancel(upload_id)
+        with self._lock:
+            publishing = upload_id in self._publishing
+        if not publishing and self.store.cancel_unpublished(upload_id):  # else the publishing request does it
+            record = self.store.get(upload_id)
         log.info("upload %s: cancel requested (%s, %d rows pending)", upload_id, record.state, record.pending)
         if self.tracker is not None:
             self.tracker.announce_cancel()

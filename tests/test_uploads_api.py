@@ -384,3 +384,23 @@ def test_postgres_store_outage_is_visible_and_loses_no_report(
         assert (done["succeeded"], done["pending"]) == (100, 0)
     finally:
         stack.stop()
+
+
+def test_cancelling_an_upload_that_never_finished_publishing_ends_it(own_broker: Broker, tmp_path: Path) -> None:
+    proxy = CuttableProxy()
+    stack = producer_behind(proxy, own_broker, tmp_path, {"sleep": {}})
+    try:
+        proxy.cut()
+        failed = stack.upload(rows_csv(20), "sleep", headers={"Idempotency-Key": "never-published"})
+        assert failed.status_code == 503 and failed.json()["confirmed"] == 0
+        upload_id = failed.json()["upload_id"]
+        assert record(stack, upload_id)["state"] == "publishing"
+        cancelled = httpx.post(f"{stack.producer_url}/uploads/{upload_id}/cancel").json()
+        assert (cancelled["state"], cancelled["cancelled"], cancelled["pending"]) == ("cancelled", 20, 0)
+        assert cancelled["finished_at"] is not None
+        proxy.restore()
+        again = stack.upload(rows_csv(20), "sleep", headers={"Idempotency-Key": "never-published"})
+        assert again.status_code == 409 and "was cancelled" in again.json()["error"]
+    finally:
+        stack.stop()
+        proxy.close()

@@ -257,3 +257,18 @@ def test_rate_and_eta_follow_recent_reports(store: UploadStore, clock: FakeClock
 def test_line_numbers_follow_breakpoints() -> None:
     record = draft(rows=6, line_breaks=[(1, 1), (3, 2), (5, 5)])
     assert [record.line_of(row) for row in range(1, 7)] == [2, 3, 5, 6, 10, 11]
+
+
+def test_cancel_counts_rows_never_published_as_cancelled(store: UploadStore) -> None:
+    store.begin_upload(draft(rows=10))
+    store.mark_published("u1", 4, "the RabbitMQ connection was lost")
+    store.apply([out(1, "succeeded"), out(6, "cancelled")])  # row 6 was in the queue, unconfirmed
+    store.request_cancel("u1")
+    assert store.cancel_unpublished("u1") == 5, "rows 5, 7, 8, 9 and 10 were never confirmed; 6 was reported"
+    assert store.cancel_unpublished("u1") == 0
+    record = store.get("u1")
+    assert (record.succeeded, record.cancelled, record.pending, record.state) == (1, 6, 3, "cancelled")
+    store.apply([out(n, "cancelled") for n in (2, 3, 4)] + [out(9, "succeeded")])
+    record = store.get("u1")
+    assert (record.succeeded, record.cancelled, record.pending) == (1, 9, 0) and record.finished_at is not None
+    assert store.cancelled_in_progress() == []

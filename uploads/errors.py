@@ -28,3 +28,9 @@ class UploadBusy(AutoscalerError):
     """The upload is being published by another request right now."""
 
     status = 409
+
+
+class UploadCancelled(AutoscalerError):
+    """A retry of an upload that was cancelled meanwhile: nothing more of it is published."""
+
+    status = 409

@@ -74,6 +74,10 @@ class _MemoryTransaction:
         rows = [self._row(upload_id, n) for n in sorted(numbers) if n > after_row]
         return [row for row in rows if row is not None and row.state == state][:limit]
 
+    def numbers_between(self, upload_id: str, first: int, last: int) -> set[int]:
+        numbers = set(self.store.rows.get(upload_id, {})) | {row for (uid, row) in self.rows if uid == upload_id}
+        return {n for n in numbers if first <= n <= last}
+
     def delete_older_than(self, cutoff: float) -> int:
         old = [r.id for r in self.list_uploads(None, None, 1 << 30) if (r.finished_at or r.created_at) < cutoff]
         self.deleted.update(old)

@@ -111,7 +111,7 @@ def derived_state(record: UploadRecord) -> str:
 
 def settle(record: UploadRecord, now: float) -> UploadRecord:
     """The record with its state and finish time recomputed from its counts."""
-    finished = record.pending == 0 and record.confirmed >= record.rows
+    finished = record.pending == 0 and (record.confirmed >= record.rows or record.cancel_requested)
     return replace(
         record,
         state=derived_state(record),

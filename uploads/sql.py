@@ -187,6 +187,10 @@ class _SqlTransaction:
         )
         return [_to_row(row) for row in self.c.execute(query)]
 
+    def numbers_between(self, upload_id: str, first: int, last: int) -> set[int]:
+        query = select(ROWS.c.row).where(ROWS.c.upload_id == upload_id, ROWS.c.row.between(first, last))
+        return {row.row for row in self.c.execute(query)}
+
     def delete_older_than(self, cutoff: float) -> int:
         old = select(UPLOADS.c.id).where(func.coalesce(UPLOADS.c.finished_at, UPLOADS.c.created_at) < cutoff)
         ids = [row.id for row in self.c.execute(old)]

@@ -48,6 +48,7 @@ class Transaction(Protocol):
     def get_rows(self, upload_id: str, rows: Iterable[int]) -> dict[int, RowState]: ...
     def put_rows(self, upload_id: str, inserted: list[RowState], updated: list[RowState]) -> None: ...
     def rows_in_state(self, upload_id: str, state: str, after_row: int, limit: int) -> list[RowState]: ...
+    def numbers_between(self, upload_id: str, first: int, last: int) -> set[int]: ...
     def delete_older_than(self, cutoff: float) -> int: ...
 
 
@@ -211,6 +212,25 @@ class UploadStore:
             record = settle(replace(record, cancel_requested=True), self.clock())
             tx.update_upload(record)
             return record
+
+    def cancel_unpublished(self, upload_id: str) -> int:
+        """Count the rows of a cancelled upload that were never confirmed as cancelled (none will be reported).
+
+        Rows after the confirmed count may still be in the queue (the publish
+        window); if a worker reports one, its row already has its final outcome.
+        """
+        with self.transaction() as tx:
+            record = _existing(tx, upload_id, for_update=True)
+            if not record.cancel_requested or record.confirmed >= record.rows:
+                return 0
+            first = record.confirmed + 1
+            known = tx.numbers_between(upload_id, first, record.rows)
+            missing = [RowState(row=n, state="cancelled") for n in range(first, record.rows + 1) if n not in known]
+            for start in range(0, len(missing), PAGE_ROWS * 10):
+                tx.put_rows(upload_id, missing[start : start + PAGE_ROWS * 10], [])
+            record = replace(record, cancelled=record.cancelled + len(missing))
+            tx.update_upload(settle(record, self.clock()))
+            return len(missing)
 
     # reading -------------------------------------------------------------------------------
     def get(self, upload_id: str) -> UploadRecord:
