@@ -9,7 +9,7 @@ sample rows (`workers.sample`) shaped like the producer's. The baseline has
 the per-row handler did before batches (it also read the item's totals and
 logged a line per row, so the real old handler was slower still). The
 contender uses the type's batch settings from jobs.config.json. Each run is
-timed from outside (bench/drain.py), alternated, best of several rounds, and
+timed from outside (bench/support/drain.py), alternated, best of several rounds, and
 checked exact: every row stored once and the per-item totals equal to the
 CSV's. The ratio is printed last (aim >= 5).
 """
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from bench.drain import fill, timed_drain, write_job_config  # noqa: E402
+from bench.support.drain import best_rates, fill, timed_drain, write_job_config  # noqa: E402
 from jobtypes.config import JobType, load_config  # noqa: E402
 from jobtypes.settings import REPO_ROOT  # noqa: E402
 from tests.support.broker import Broker, create_vhost, delete_vhost  # noqa: E402
@@ -80,21 +80,17 @@ def main() -> int:
         "batch_wait_ms": configured.batch_wait_ms,
         "prefetch": configured.prefetch,
     }
-    contenders = {"per-row": {**batched, "batch_size": 1}, "batched": batched}
+    settings = {"per-row": {**batched, "batch_size": 1}, "batched": batched}
     bodies, expected = sample(args.rows)
     broker = create_vhost()
     directory = Path(tempfile.mkdtemp(prefix="bench-sales-"))
-    best = dict.fromkeys(contenders, float("inf"))
+    contenders = {
+        name: (lambda name=name: run_once(broker, directory, settings[name], bodies, expected)) for name in settings
+    }
     try:
-        for round_number in range(args.rounds):
-            order = list(contenders) if round_number % 2 == 0 else list(contenders)[::-1]
-            for name in order:
-                seconds = run_once(broker, directory, contenders[name], bodies, expected)
-                print(f"  round {round_number + 1} {name:8}: {args.rows / seconds:9,.0f} rows/s", flush=True)
-                best[name] = min(best[name], seconds)
+        rate = best_rates(contenders, args.rounds, args.rows, "rows/s")
     finally:
         delete_vhost(broker)
-    rate = {name: args.rows / seconds for name, seconds in best.items()}
     print()
     print(f"sales benchmark ({args.rows:,} rows, one worker, SQLite ledger, counts checked, best of {args.rounds})")
     print(f"  baseline, batch_size 1 (a transaction per row): {rate['per-row']:9,.0f} rows/s")

@@ -87,7 +87,7 @@ def test_kill_9_mid_batch_loses_no_row_and_no_report(harness: Harness) -> None:
     wait_until(lambda: len(harness.records()) >= 100, timeout=60, what="a hundred rows processed")
     victim.signal(signal.SIGKILL)
     victim.process.wait(10)
-    wait_until(lambda: harness.unacked() == 0, timeout=30, what="the victim's rows back in the queue")
+    wait_until(lambda: harness.consumers() == 0, timeout=30, what="the victim's rows back in the queue")
     waiting = harness.depth() + harness.depth(".retry")
     acked = 400 - waiting
     reported = set(final_rows(reports.take(upload_id)))

@@ -43,3 +43,14 @@ def test_hung_handler_is_cut_at_timeout_seconds_and_the_worker_exits_non_zero(ha
     harness.start_worker("w2")
     [record] = harness.wait_records(1, timeout=30)
     assert record == {"id": f"{upload_id}:2", "attempt": 1, "worker": "w2", "redelivered": False}
+
+
+@pytest.mark.job_settings({"timeout_seconds": 1.5, "max_attempts": 2, "concurrency": 2, "retry_delay_seconds": 60})
+def test_timeout_beside_other_rows_fails_only_the_hung_row_and_gives_the_rest_back(harness: Harness) -> None:
+    upload_id = harness.enqueue([{"n": 1, "sleep_ms": 3_600_000}] + [{"n": i, "sleep_ms": 100} for i in range(2, 30)])
+    worker = harness.start_worker("w1")
+    assert worker.process.wait(60) == 3
+    assert harness.depth(".retry") == 1, "the hung row waits for its second attempt"
+    done = {record["id"] for record in harness.records()}
+    assert f"{upload_id}:1" not in done and len(done) + harness.depth() == 28, "every other row done or given back"
+    wait_until(lambda: harness.unacked() == 0, timeout=10, what="nothing left unacked")

@@ -160,3 +160,25 @@ def test_unusable_type_or_handler_exits_2_with_a_message(tmp_path: Path, config:
     )
     assert result.returncode == 2
     assert expected in result.stderr
+
+
+def test_rows_are_logged_at_debug_with_a_periodic_summary_at_info(harness: Harness) -> None:
+    upload_id = harness.enqueue([{"n": i} for i in range(20)])
+    worker = harness.start_worker("w1", {"WORKER_LOG_LEVEL": "info", "WORKER_SUMMARY_SECONDS": "0.5"})
+    harness.wait_records(20)
+    events = wait_until(
+        lambda: (
+            (e := [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")])
+            and sum(event.get("succeeded", 0) for event in e if event["event"] == "progress") == 20
+            and e
+        ),
+        timeout=30,
+        what="progress lines adding up to 20 rows",
+    )
+    assert not [event for event in events if event.get("message_id", "").startswith(upload_id)], "no per-row line"
+
+
+def test_bad_worker_settings_stop_the_worker_with_a_message(harness: Harness) -> None:
+    worker = harness.start_worker("w1", {"WORKER_REPORT_OUTCOMES": "maybe"})
+    assert worker.process.wait(30) == 2
+    assert "WORKER_REPORT_OUTCOMES='maybe'" in worker.log()

@@ -4,12 +4,13 @@ Threads: this runs on the main thread, which owns the connection (pika is not
 thread-safe) and never blocks for long, so AMQP heartbeats, stop requests,
 cancel notices and status heartbeats keep flowing while handlers run for
 minutes on the executor's threads. Executors wake this thread when outcomes
-are ready; it takes every outcome there is, runs the hooks over them (one
-`before_ack` per group: one outcome report, retry copies, published without
+are ready; it gathers finished rows into a group of about half the rows it
+holds (fewer if nothing else is running, or once the oldest has waited
+`settle_delay`; at once when nothing is reported), runs the hooks over the
+group (one `before_ack`: one outcome report, retry copies, published without
 waiting), and once the broker has confirmed those publishes, acks with one
 `basic_ack(tag, multiple=True)` up to the highest tag below which every
-delivery is settled. Confirms arrive while the next rows are handled, so
-reporting costs no stall.
+delivery is settled. Confirms arrive while the other half is being handled.
 
 At-least-once: a row is acked only after its handler returned, or after its
 retry, dead-letter or give-back copy was confirmed by the broker. A worker
@@ -73,6 +74,7 @@ class Consumer:
         hooks: Hooks,
         status: StatusHeartbeats,
         logger: logging.Logger,
+        settle_delay: float,
     ) -> None:
         self.job_type = job_type
         self.worker_id = worker_id
@@ -86,8 +88,13 @@ class Consumer:
         self.connection: BlockingConnection | None = None
         self.channel: BlockingChannel | None = None
         self.publisher: ConfirmedPublisher | None = None
+        #: finished rows not settled yet (see `_group_complete`), since when
+        self.finished: list[Outcome] = []
+        self.finished_since = 0.0
+        self.settle_delay = settle_delay
         #: (publisher sequence to wait for, outcomes) in the order they were settled
         self.unconfirmed: deque[tuple[int, list[Outcome]]] = deque()
+        self.awaiting_confirm = 0
         self.consumer_tag: str | None = None
         self.generation = 0
         self.next_tick = 0.0
@@ -165,7 +172,9 @@ class Consumer:
         )
         self.executor.take_unstarted()
         self.ledger.reset()
+        self.finished = []
         self.unconfirmed.clear()
+        self.awaiting_confirm = 0
         self.consumer_tag = None
         self._close_connection()
         self.connection = None
@@ -192,7 +201,7 @@ class Consumer:
             now = time.monotonic()
             if now >= self.next_tick:
                 self._tick(now)
-            self.connection.process_data_events(time_limit=TICK_SECONDS)
+            self.connection.process_data_events(time_limit=self._wait_limit(now))
             self._flush()
 
     def _tick(self, now: float) -> None:
@@ -230,11 +239,31 @@ class Consumer:
 
     # settling -------------------------------------------------------------------
     def _flush(self) -> None:
-        outcomes = [o for o in self.executor.take_finished() if o.delivery.generation == self.generation]
-        if outcomes:
-            self._settle(outcomes)
+        """Gather finished rows; settle them as one group once `_group_complete`."""
+        finished = [o for o in self.executor.take_finished() if o.delivery.generation == self.generation]
+        if finished and not self.finished:
+            self.finished_since = time.monotonic()
+        self.finished += finished
+        if self.finished and self._group_complete():
+            group, self.finished = self.finished, []
+            self._settle(group)
         else:
             self._ack_confirmed()
+
+    def _group_complete(self) -> bool:
+        """One report and one ack for the group once it holds half the rows in hand (the other half keeps
+        the handler busy meanwhile), or nothing else held is running, or its oldest row has waited
+        `settle_delay` (a slow row among fast ones), or the worker is stopping."""
+        running = len(self.ledger) - self.awaiting_confirm - len(self.finished)
+        half = 2 * len(self.finished) >= len(self.ledger) - self.awaiting_confirm
+        waited = time.monotonic() - self.finished_since >= self.settle_delay
+        return half or running <= 0 or waited or self.stopping
+
+    def _wait_limit(self, now: float) -> float:
+        """How long the socket may be watched: until the next tick, or until finished rows must settle."""
+        if self.finished:
+            return max(min(TICK_SECONDS, self.finished_since + self.settle_delay - now), 0)
+        return TICK_SECONDS
 
     def _settle(self, outcomes: list[Outcome]) -> None:
         """Hooks first (copies and reports published), then the ack once the broker confirmed them."""
@@ -242,6 +271,7 @@ class Consumer:
         self.hooks.after_handle(outcomes)
         self.hooks.before_ack(outcomes, self.publisher)
         self.unconfirmed.append((self.publisher.sequence, outcomes))
+        self.awaiting_confirm += len(outcomes)
         self._ack_confirmed()
 
     def _ack_confirmed(self) -> None:
@@ -250,14 +280,16 @@ class Consumer:
         self.publisher.check()
         confirmed = self.publisher.confirmed
         while self.unconfirmed and self.unconfirmed[0][0] <= confirmed:
-            for outcome in self.unconfirmed.popleft()[1]:
+            outcomes = self.unconfirmed.popleft()[1]
+            self.awaiting_confirm -= len(outcomes)
+            for outcome in outcomes:
                 self.ledger.settle(outcome.delivery.tag)
         last = self.ledger.release()
         if last is not None:
             self.channel.basic_ack(last, multiple=True)
 
     def _fail_overdue(self, limit: float) -> None:
-        late = [delivery for delivery in self.executor.overdue(limit) if delivery.generation == self.generation]
+        late = self.executor.overdue(limit)
         if not late:
             return
         error = f"timed out after {limit:g} s"
@@ -265,7 +297,9 @@ class Consumer:
             "handler timed out: its rows count as failed; exiting so this worker is replaced",
             extra={"message_ids": [delivery.message_id for delivery in late], "error": error},
         )
-        self._settle([Outcome(delivery, Status.FAILED, error, limit) for delivery in late])
+        current = [delivery for delivery in late if delivery.generation == self.generation]
+        if current:
+            self._settle([Outcome(delivery, Status.FAILED, error, limit) for delivery in current])
         self.exit_code = EXIT_HANDLER_TIMED_OUT
         self.stopping = True
 

@@ -12,7 +12,9 @@ class Context:
 
     `message_id` is None for a message published without one: such a row has
     no key to deduplicate by (a delivery tag is not one: tags restart on every
-    channel).
+    channel). `redelivered` stays False in practice: the runtime turns a
+    redelivery into a spent attempt and hands the row over again as the next
+    `attempt`.
     """
 
     message_id: str | None

@@ -95,11 +95,12 @@ class Executor:
         return late
 
     def current_message(self) -> str | None:
-        for _, deliveries in list(self.running.values()):
-            return deliveries[0].message_id
-        return None
+        """The message id of one row in progress, for the status heartbeat."""
+        running = next(iter(list(self.running.values())), None)
+        return running[1][0].message_id if running else None
 
     def close(self) -> None:
+        """One end marker per thread."""
         for _ in self._threads:
             self.jobs.put(None)
 
@@ -110,7 +111,6 @@ class Executor:
             self._run(self._gather(first), ident)
             if ident in self.given_up:
                 return  # the consumer has failed these rows and is replacing this worker
-        self.jobs.put(None)
 
     def _gather(self, first: Delivery) -> list[Delivery]:
         batch = [first]
@@ -130,9 +130,10 @@ class Executor:
         early: list[Outcome] = []
         work: list[Work] = []
         for delivery in batch:
-            outcome = self._before(delivery)
-            if outcome is None:
-                outcome = self._prepare(delivery, work)
+            try:
+                outcome = self._before(delivery) or self._prepare(delivery, work)
+            except Exception as error:  # noqa: BLE001 - a message no hook can read must not kill the thread
+                outcome = Outcome(delivery, Status.FAILED, f"cannot be handled: {_describe(error)}", hopeless=True)
             if outcome is not None:
                 early.append(outcome)
         if early:

@@ -3,7 +3,7 @@
 The consumer owns the connection and every ack (`workers.consumer`), the
 executor runs the handler on its own threads (`workers.executor`), and the
 hooks between them each do one thing with every row (`workers.hooks`): in
-order, count a redelivery as a spent attempt, skip cancelled uploads, decide
+order, skip cancelled uploads, count a redelivery as a spent attempt, decide
 and publish retry copies, report outcomes to the upload record, log, and
 count for the status heartbeat.
 """
@@ -29,8 +29,8 @@ from workers.status import StatusHeartbeats
 def build_worker(job_type: JobType, handler: Handler, settings: WorkerSettings, logger: logging.Logger) -> Consumer:
     status = StatusHeartbeats(settings.worker_id, job_type.name, settings.heartbeat_seconds)
     hooks: list[Hook] = [
-        Redeliveries(),
         Cancellations(settings.cancel_memory_seconds, logger),
+        Redeliveries(),
         Retries(job_type, settings.worker_id),
     ]
     if settings.report_outcomes:
@@ -39,4 +39,6 @@ def build_worker(job_type: JobType, handler: Handler, settings: WorkerSettings, 
     chain = Hooks(hooks)
     executor = Executor(job_type, handler, chain, settings.worker_id)
     status.current = executor.current_message
-    return Consumer(job_type, settings.worker_id, executor, chain, status, logger)
+    # Grouping finished rows pays off when each group costs a report; without reports, ack at once.
+    settle_delay = settings.settle_delay_seconds if settings.report_outcomes else 0.0
+    return Consumer(job_type, settings.worker_id, executor, chain, status, logger, settle_delay)

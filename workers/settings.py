@@ -17,6 +17,8 @@ from dataclasses import dataclass
 DEFAULT_HEARTBEAT_SECONDS = 2.0
 #: Seconds between INFO progress lines (per-row lines are DEBUG).
 DEFAULT_SUMMARY_SECONDS = 10.0
+#: Longest a finished row waits for the rows still running beside it, to be reported and acked with them.
+DEFAULT_SETTLE_DELAY_SECONDS = 0.05
 #: A cancelled upload not repeated in a cancel notice for this long is forgotten.
 DEFAULT_CANCEL_MEMORY_SECONDS = 600.0
 
@@ -36,11 +38,12 @@ class WorkerSettings:
     log_level: int = logging.INFO
     report_outcomes: bool = True
     cancel_memory_seconds: float = DEFAULT_CANCEL_MEMORY_SECONDS
+    settle_delay_seconds: float = DEFAULT_SETTLE_DELAY_SECONDS
 
     @classmethod
     def from_environment(cls, job_type: str, environ: Mapping[str, str] = os.environ) -> WorkerSettings:
         """WORKER_ID, WORKER_HEARTBEAT_SECONDS, WORKER_SUMMARY_SECONDS, WORKER_LOG_LEVEL,
-        WORKER_REPORT_OUTCOMES, WORKER_CANCEL_MEMORY_SECONDS."""
+        WORKER_REPORT_OUTCOMES, WORKER_CANCEL_MEMORY_SECONDS, WORKER_SETTLE_DELAY_MS."""
         return cls(
             worker_id=environ.get("WORKER_ID") or f"{job_type}-{socket.gethostname()}-{os.getpid()}",
             heartbeat_seconds=_seconds(environ, "WORKER_HEARTBEAT_SECONDS", DEFAULT_HEARTBEAT_SECONDS),
@@ -48,17 +51,19 @@ class WorkerSettings:
             log_level=_level(environ.get("WORKER_LOG_LEVEL", "info")),
             report_outcomes=_flag(environ, "WORKER_REPORT_OUTCOMES", True),
             cancel_memory_seconds=_seconds(environ, "WORKER_CANCEL_MEMORY_SECONDS", DEFAULT_CANCEL_MEMORY_SECONDS),
+            settle_delay_seconds=_seconds(environ, "WORKER_SETTLE_DELAY_MS", DEFAULT_SETTLE_DELAY_SECONDS * 1000)
+            / 1000,
         )
 
 
-def _seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+def _seconds(environ: Mapping[str, str], name: str, default: float, unit: str = "seconds") -> float:
     raw = environ.get(name)
     if raw is None or raw == "":
         return default
     try:
         value = float(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number of seconds") from None
+        raise SettingsError(f"{name}={raw!r} is not a number of {unit}") from None
     if value <= 0:
         raise SettingsError(f"{name}={raw!r} must be above 0")
     return value

@@ -63,6 +63,11 @@ class Harness:
             lambda: len(self.records()) >= count and self.records(), timeout=timeout, what=f"{count} processed rows"
         )
 
+    def consumers(self) -> int:
+        """Consumers of the work queue right now, from AMQP (exact: a dead worker's are gone, its rows requeued)."""
+        with self.broker.channel() as channel:
+            return channel.queue_declare(queue=self.queue, passive=True).method.consumer_count
+
     def unacked(self) -> int:
         return self.broker.queue(self.queue).get("messages_unacknowledged", 0)
 

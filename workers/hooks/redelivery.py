@@ -8,8 +8,9 @@ so, and `Retries` republishes it with its attempt count raised (to the retry
 queue, or to `.dead` once `max_attempts` is spent).
 
 The price: a row that was merely prefetched by a worker that lost its
-connection also spends an attempt. Graceful stops republish their unstarted
-rows instead of requeueing them, so they cost nothing. (A quorum queue's
+connection also spends an attempt. Graceful stops republish the unstarted
+rows they hold instead of requeueing them, so those cost nothing; only a row
+in flight at the very moment a consumer is cancelled comes back flagged. (A quorum queue's
 `x-delivery-limit` would count deliveries in the broker, but changes every
 deployment's queue declarations and cannot carry the reason into `.dead`.)
 """

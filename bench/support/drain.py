@@ -3,8 +3,10 @@
 Shared by the worker benchmarks. A run fills the queue (not timed), starts
 the consumer process, and times from the moment the queue has a consumer to
 the moment no message is left ready (both seen over AMQP, polled every few
-milliseconds); then it stops the process and checks nothing came back, i.e.
-every message was acked. Starting the interpreter is not part of the figure.
+milliseconds); then it waits (untimed) until the management API shows
+nothing unacked in a sample taken after that moment, stops the process, and
+checks nothing came back, i.e. every message was acked. Starting the
+interpreter is not part of the figure.
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import quote
 
+import httpx
 import pika
 
 from jobtypes.config import JobType
 from jobtypes.queues import declare_queues
-from tests.support.broker import Broker
+from tests.support.broker import API, AUTH, Broker
 from tests.support.processes import Service
 from tests.support.waiting import wait_until
 
@@ -58,6 +62,8 @@ def timed_drain(broker: Broker, queue: str, start: Callable[[], Service]) -> flo
         started = time.perf_counter()
         wait_until(lambda: depth().message_count == 0, timeout=900, interval=POLL_SECONDS, what=f"{queue} drained")
         seconds = time.perf_counter() - started
+        drained_at = time.time()
+        wait_until(lambda: _idle_since(broker, queue, drained_at), timeout=60, interval=1, what=f"{queue} all acked")
     finally:
         code = process.stop(timeout=60)
     remaining = depth().message_count
@@ -65,6 +71,33 @@ def timed_drain(broker: Broker, queue: str, start: Callable[[], Service]) -> flo
     if code not in (0, None) or remaining:
         raise RuntimeError(f"{queue}: exit code {code}, {remaining} message(s) not acked; see {process.log_path}")
     return seconds
+
+
+def _idle_since(broker: Broker, queue: str, moment: float) -> bool:
+    """The management API's newest sample, taken after `moment`, shows nothing ready and nothing unacked.
+
+    Its samples fall on 5 s boundaries, so one stamped at least 5 s after `moment` was measured after it.
+    """
+    stats = httpx.get(
+        f"{API}/queues/{quote(broker.vhost, safe='')}/{quote(queue, safe='')}",
+        params={"lengths_age": "30", "lengths_incr": "5"},
+        auth=AUTH,
+        timeout=10,
+    ).json()
+    newest = [stats.get(f"messages_{kind}_details", {}).get("samples", [{}])[0] for kind in ("ready", "unacknowledged")]
+    return all(sample.get("timestamp", 0) / 1000 >= moment + 5 and sample.get("sample") == 0 for sample in newest)
+
+
+def best_rates(contenders: dict[str, Callable[[], float]], rounds: int, count: int, unit: str) -> dict[str, float]:
+    """Run each contender once per round, alternating the order; the best rate (`count` / seconds) of each."""
+    best = dict.fromkeys(contenders, float("inf"))
+    names = list(contenders)
+    for round_number in range(rounds):
+        for name in names if round_number % 2 == 0 else names[::-1]:
+            seconds = contenders[name]()
+            print(f"  round {round_number + 1} {name:8}: {count / seconds:9,.0f} {unit}", flush=True)
+            best[name] = min(best[name], seconds)
+    return {name: count / seconds for name, seconds in best.items()}
 
 
 def write_job_config(directory: Path, name: str, settings: dict) -> Path:

@@ -1,6 +1,6 @@
 """The baseline consumer of the worker benchmark: the simplest correct pika consumer.
 
-    python bench/plain_consumer.py QUEUE PREFETCH
+    python -m bench.support.plain_consumer QUEUE PREFETCH
 
 basic_consume with manual acks, one ack per message in the callback, the
 given prefetch; runs until SIGTERM. It does nothing with the message, like

@@ -1,0 +1,65 @@
+"""Worker settings from the environment, and the per-type runtime fields of the jobs config."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from jobtypes.config import ConfigError, parse_config
+from workers.settings import SettingsError, WorkerSettings
+
+
+def test_defaults_and_overrides() -> None:
+    default = WorkerSettings.from_environment("sales", {"WORKER_ID": "w1"})
+    assert default == WorkerSettings(worker_id="w1")
+    assert default.report_outcomes and default.log_level == logging.INFO and default.settle_delay_seconds == 0.05
+    tuned = WorkerSettings.from_environment(
+        "sales",
+        {
+            "WORKER_ID": "w1",
+            "WORKER_REPORT_OUTCOMES": "off",
+            "WORKER_LOG_LEVEL": "debug",
+            "WORKER_SETTLE_DELAY_MS": "10",
+            "WORKER_HEARTBEAT_SECONDS": "0.5",
+        },
+    )
+    assert (tuned.report_outcomes, tuned.log_level, tuned.settle_delay_seconds, tuned.heartbeat_seconds) == (
+        False,
+        logging.DEBUG,
+        0.01,
+        0.5,
+    )
+    assert WorkerSettings.from_environment("sales", {}).worker_id.startswith("sales-")
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"WORKER_HEARTBEAT_SECONDS": "soon"}, "WORKER_HEARTBEAT_SECONDS='soon' is not a number of seconds"),
+        ({"WORKER_SETTLE_DELAY_MS": "-1"}, "WORKER_SETTLE_DELAY_MS='-1' must be above 0"),
+        ({"WORKER_LOG_LEVEL": "loud"}, "WORKER_LOG_LEVEL='loud'"),
+        ({"WORKER_REPORT_OUTCOMES": "maybe"}, "WORKER_REPORT_OUTCOMES='maybe'"),
+    ],
+)
+def test_bad_values_name_the_variable(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(")):
+        WorkerSettings.from_environment("sales", environ)
+
+
+def test_runtime_fields_of_a_job_type() -> None:
+    job_type = parse_config({"t": {"queue": "q", "concurrency": 4, "batch_size": 50, "timeout_seconds": 30}}).job_types[
+        "t"
+    ]
+    assert (job_type.concurrency, job_type.batch_size, job_type.batch_wait_ms, job_type.timeout_seconds) == (
+        4,
+        50,
+        20.0,
+        30.0,
+    )
+    assert job_type.effective_prefetch == 400, "two batches per thread"
+    assert parse_config({"t": {"queue": "q", "concurrency": 3}}).job_types["t"].effective_prefetch == 3
+    assert parse_config({"t": {"queue": "q"}}).job_types["t"].timeout_seconds is None
+    for field, value in [("concurrency", 0), ("batch_size", 0), ("batch_wait_ms", -1), ("timeout_seconds", 0)]:
+        with pytest.raises(ConfigError, match=f"job type 't', field '{field}'"):
+            parse_config({"t": {"queue": "q", field: value}})
