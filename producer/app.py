@@ -146,9 +146,8 @@ def create_app(settings: ProducerSettings | None = None, config: ConfigWatcher |
     settings = settings or ProducerSettings.from_environment()
     config = config or ConfigWatcher(jobs_config_path())
     store = open_store(settings.uploads)
-    service = UploadService(
-        settings, config, store, Tracker(store, settings.uploads), WorkThreads(settings.work_threads)
-    )
+    tracker = Tracker(store, settings.uploads) if settings.uploads.tracker else None
+    service = UploadService(settings, config, store, tracker, WorkThreads(settings.work_threads))
     app = Starlette(
         routes=[
             Route("/upload", upload, methods=["POST"]),

@@ -24,6 +24,15 @@ def _number(name: str, default: float) -> float:
     return value
 
 
+def _switch(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in ("", "on", "true", "1", "yes"):
+        return default if raw == "" else True
+    if raw in ("off", "false", "0", "no"):
+        return False
+    raise SystemExit(f"{name}={raw!r}: use on or off")
+
+
 @dataclass(frozen=True)
 class UploadSettings:
     #: SQLAlchemy URL: sqlite:///path (default .run/uploads.db), postgresql+psycopg://..., or memory://.
@@ -36,6 +45,8 @@ class UploadSettings:
     cancel_notice_seconds: float = 2.0
     #: Outcome reports applied per transaction at most.
     report_batch: int = 200
+    #: Whether this producer consumes outcome reports (off: something else reads them, e.g. a test).
+    tracker: bool = True
 
     @property
     def retention_seconds(self) -> float:
@@ -49,4 +60,5 @@ class UploadSettings:
             max_failed_rows=int(_number("UPLOADS_MAX_FAILED_ROWS", cls.max_failed_rows)),
             cancel_notice_seconds=_number("UPLOADS_CANCEL_NOTICE_SECONDS", cls.cancel_notice_seconds),
             report_batch=int(_number("UPLOADS_REPORT_BATCH", cls.report_batch)),
+            tracker=_switch("UPLOADS_TRACKER", cls.tracker),
         )
