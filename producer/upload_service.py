@@ -44,7 +44,7 @@ from producer.limits import WorkThreads
 from producer.metrics import ROWS_PUBLISHED, UPLOAD_SECONDS, UPLOADS
 from producer.publisher import PublishResult, file_rows, publish_rows
 from producer.settings import ProducerSettings
-from uploads.errors import UploadBusy, UploadCancelled
+from uploads.errors import StoreUnavailable, UploadBusy, UploadCancelled
 from uploads.failed_rows import failed_rows_csv
 from uploads.model import STATES, UploadRecord, public
 from uploads.store import UploadStore
@@ -130,8 +130,8 @@ class UploadService:
                 draft = _draft(job_type, received.file_name, checked, key)
                 record = await self.work.run(self._publish_upload, job_type, draft, bodies)
         except AutoscalerError as error:
-            UPLOADS.labels("rejected").inc()
-            log.info("upload type=%s rejected status=%d: %s", job_name, error.status, error.message)
+            UPLOADS.labels(_outcome(error)).inc()
+            log.info("upload type=%s refused status=%d: %s", job_name, error.status, error.message)
             raise
         except ClientDisconnect as error:
             UPLOADS.labels("rejected").inc()
@@ -198,7 +198,6 @@ class UploadService:
         ROWS_PUBLISHED.labels(job_type.name).inc(result.confirmed)
         _log_published(record, result, time.perf_counter() - started)
         if result.error is not None:
-            UPLOADS.labels("broker_error").inc()
             raise UploadError(
                 503,
                 f"{result.error}; {record.confirmed} of {record.rows} rows were confirmed before the failure; "
@@ -281,6 +280,13 @@ class UploadService:
         if self.tracker is not None:
             self.tracker.announce_cancel()
         return self.describe(record)
+
+
+def _outcome(error: AutoscalerError) -> str:
+    """The producer_uploads_total label of a refused upload."""
+    if isinstance(error, StoreUnavailable):
+        return "store_error"
+    return "broker_error" if error.status == 503 else "rejected"
 
 
 def status_url(upload_id: str) -> str:
