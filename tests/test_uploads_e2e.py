@@ -204,3 +204,15 @@ def test_cli_submit_wait_follows_the_upload_and_exits_by_outcome(stack: Stack, t
     assert listing.returncode == 0
     lines = listing.stdout.splitlines()
     assert "bad.csv" in lines[1] and "good.csv" in lines[2], "newest first"
+
+
+def test_dashboard_proxy_says_when_the_producer_is_unreachable(own_broker: Broker, tmp_path: Path) -> None:
+    stack = Stack(own_broker, tmp_path, {"rec": recorder(tmp_path)})  # the producer is never started
+    stack.start_scaler()
+    try:
+        for method, path in (("GET", "/api/uploads"), ("GET", "/api/uploads/x"), ("POST", "/api/uploads/x/cancel")):
+            answer = httpx.request(method, f"{stack.scaler_url}{path}", timeout=10)
+            assert answer.status_code == 502, (path, answer.text)
+            assert f"the producer at {stack.producer_url} is unreachable" in answer.json()["error"]
+    finally:
+        stack.stop()
