@@ -249,7 +249,10 @@ class UploadService:
         return await self.work.run(self._replay, upload_id)
 
     def _replay(self, upload_id: str) -> dict[str, Any]:
-        job_type = self.job_type(self.store.get(upload_id).job_type)
+        record = self.store.get(upload_id)
+        if record.cancel_requested:
+            raise UploadCancelled(f"upload {upload_id} was cancelled: its dead rows are not replayed")
+        job_type = self.job_type(record.job_type)
         claim = self.store.claim_replay(upload_id)
         answer = {"replayed": 0, "replay": claim.number, "not_replayable": claim.not_replayable}
         if not claim.rows:

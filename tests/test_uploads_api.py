@@ -209,6 +209,8 @@ def test_cancel_announces_the_upload_until_its_rows_are_reported(stack: Stack, b
         final = wait_record(stack, stop, lambda r: r["pending"] == 0, "every row of the cancelled upload reported")
         assert final["state"] == "cancelled" and final["finished_at"] is not None
         assert (final["succeeded"], final["cancelled"]) == (1, 3)
+        refused = httpx.post(f"{stack.producer_url}/uploads/{stop}/replay", headers=AUTH)
+        assert refused.status_code == 409 and "was cancelled" in refused.json()["error"]
         assert final["succeeded"] + final["dead"] + final["cancelled"] == final["rows"]
         untouched = record(stack, keep)
         assert (untouched["state"], untouched["pending"], untouched["cancelled"]) == ("queued", 3, 0)
