@@ -185,17 +185,11 @@ cmd_test() {
 }
 
 cmd_submit() {
-  # submit FILE [JOB_TYPE]
-  [ $# -ge 1 ] || die "usage: ./manage.sh submit FILE [JOB_TYPE]"
-  local auth=()
+  # submit FILE [JOB_TYPE] [--wait]: with an Idempotency-Key, retried with the same key after a 503 or a hang-up
+  [ $# -ge 1 ] || die "usage: ./manage.sh submit FILE [JOB_TYPE] [--wait]"
+  ensure_venv
   stored_token
-  [ -n "${PRODUCER_TOKEN:-}" ] && auth=(-H "Authorization: Bearer $PRODUCER_TOKEN")
-  if [ $# -ge 2 ]; then
-    curl -sS "${auth[@]}" -F "file=@$1" -F "job_type=$2" "http://$PRODUCER_ADDR/upload"
-  else
-    curl -sS "${auth[@]}" -F "file=@$1" "http://$PRODUCER_ADDR/upload"
-  fi
-  echo
+  "$PY" -m uploads.cli --url "http://$PRODUCER_ADDR" submit "$@"
 }
 
 cmd_bench() {
@@ -282,7 +276,10 @@ usage: ./manage.sh COMMAND [ARGS]
   resume T         scale job type T normally again (after pause or drain)
   drain T          work off job type T's backlog, then hold it at zero workers
   retry T          probe a failing job type T at once instead of after its backoff
-  submit FILE [T]  upload a CSV file (to job type T)
+  submit FILE [T] [--wait]
+                   upload a CSV file (to job type T); --wait shows its progress until it is final
+                   (exit 1 when rows ended dead, 3 when cancelled)
+  uploads          recent uploads, newest first (--job-type T, --state S)
   sample N         print a sample sales CSV with N rows
   test [ARGS]      run the whole test suite (pytest ARGS)
   bench NAME       run a benchmark (ingest, worker, reaction, tick)
@@ -301,6 +298,7 @@ main() {
     down) cmd_down "$@" ;;
     test) cmd_test "$@" ;;
     submit) cmd_submit "$@" ;;
+    uploads) ensure_venv; stored_token; "$PY" -m uploads.cli --url "http://$PRODUCER_ADDR" list "$@" ;;
     status) ensure_venv; stored_token; "$PY" -m scaler status --url "http://$SCALER_ADDR" "$@" ;;
     watch) ensure_venv; stored_token; "$PY" -m scaler status --url "http://$SCALER_ADDR" --watch "$@" ;;
     pause | resume | drain | retry)

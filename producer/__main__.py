@@ -12,6 +12,7 @@ from jobtypes.config import ConfigError
 from jobtypes.settings import rabbitmq_url, redact_url
 from producer.app import create_app
 from producer.settings import ProducerSettings
+from uploads.errors import StoreUnavailable
 
 
 def main() -> int:
@@ -23,14 +24,15 @@ def main() -> int:
     sys.setswitchinterval(0.001)
     try:
         app = create_app(settings)
-    except ConfigError as error:
+    except (ConfigError, StoreUnavailable) as error:
         print(f"producer: cannot start: {error}", file=sys.stderr)
         return 2
     logging.getLogger("producer").info(
-        "producer listening on http://%s:%d, broker %s, %s",
+        "producer listening on http://%s:%d, broker %s, upload store %s, %s",
         settings.host,
         settings.port,
         redact_url(rabbitmq_url()),
+        redact_url(settings.uploads.database_url),
         describe_rule(settings.auth),
     )
     # No proxy-header rewriting: the client address must be the socket's (see jobtypes.auth).

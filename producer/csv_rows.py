@@ -45,6 +45,9 @@ UTF16_BOMS = {codecs.BOM_UTF16_LE: "UTF-16 (little-endian)", codecs.BOM_UTF16_BE
 class ConvertedUpload:
     header: list[str]
     rows: int
+    #: (row, offset): from data row `row` on, a row starts on line row + offset. One entry per change only
+    #: (a quoted newline or a blank line moves the rows after it), so a million plain rows cost one entry.
+    line_breaks: list[tuple[int, int]]
 
 
 def _sniff(first: bytes) -> None:
@@ -272,6 +275,8 @@ def convert_rows(
     write = out.write
     meter = _BodyMeter(limits, upload_bytes)
     template = body_template(header)
+    offset = first[0]
+    line_breaks = [(1, offset)]
     for line, fields in rows:
         if len(fields) != width:
             raise UploadError(
@@ -283,10 +288,15 @@ def convert_rows(
         meter.add(line, body)
         write(body)
         count += 1
+        if line - count != offset:
+            offset = line - count
+            line_breaks.append((count, offset))
     if count == 0:
         raise UploadError(422, "the file has a header but no data rows")
     meter.flush()
     out.flush()
     out.detach()
     text.detach()
-    return ConvertedUpload(header=header, rows=count)
+    if len(line_breaks) > 1 and line_breaks[1][0] == 1:
+        del line_breaks[0]
+    return ConvertedUpload(header=header, rows=count, line_breaks=line_breaks)

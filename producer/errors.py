@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from jobtypes.errors import AutoscalerError
 
-class UploadError(Exception):
-    """Refuse the upload with `status` and a message a person can act on."""
+
+class UploadError(AutoscalerError):
+    """Refuse the upload with `status` and a message a person can act on; `extra` joins the JSON body."""
 
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(message)
         self.status = status
-        self.message = message
         self.headers = headers or {}
         self.extra = extra
 

@@ -3,7 +3,7 @@
 from prometheus_client import Counter, Gauge, Histogram
 
 ROWS_PUBLISHED = Counter("producer_rows_published_total", "Rows confirmed by the broker, per job type", ["job_type"])
-UPLOADS = Counter("producer_uploads_total", "Uploads by outcome (ok, rejected, broker_error)", ["outcome"])
+UPLOADS = Counter("producer_uploads_total", "Uploads by outcome (ok, rejected, broker_error, store_error)", ["outcome"])
 UPLOAD_SECONDS = Histogram(
     "producer_upload_duration_seconds",
     "Seconds from request to answer, for accepted uploads",

@@ -15,6 +15,8 @@ from collections.abc import Callable
 import pika
 from pika import spec
 
+from jobtypes.outcomes import REPLAY_HEADER
+
 _PLACEHOLDER = b"\x00row-id\x00"
 
 
@@ -28,12 +30,21 @@ class _Encoded(spec.BasicProperties):
         return [self._encoded]
 
 
-def row_properties(job_type: str, upload_id: str, timestamp: int) -> Callable[[int], spec.BasicProperties]:
-    """A factory: row number -> the row's properties, as docs/design.md, "The message contract", says."""
+def row_properties(
+    job_type: str, upload_id: str, timestamp: int, replay: int = 0
+) -> Callable[[int], spec.BasicProperties]:
+    """A factory: row number -> the row's properties, as docs/design.md, "The message contract", says.
+
+    Rows re-queued by a replay carry the replay's number in REPLAY_HEADER, so
+    the upload record can tell their outcomes from the first run's.
+    """
+    headers: dict[str, str | int] = {"upload_id": upload_id}
+    if replay:
+        headers[REPLAY_HEADER] = replay
     template = pika.BasicProperties(
         content_type="application/json",
         delivery_mode=pika.DeliveryMode.Persistent,
-        headers={"upload_id": upload_id},
+        headers=headers,
         message_id=_PLACEHOLDER.decode(),
         timestamp=timestamp,
         type=job_type,

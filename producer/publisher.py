@@ -4,8 +4,13 @@ A blocking publisher that waits for each confirm manages ~1,500 rows/s; this
 one keeps a window of unconfirmed messages in flight on pika's asynchronous
 SelectConnection (one per upload, on a worker thread) and counts the broker's
 acks, cumulative or single. If the connection dies or the broker nacks, it
-stops and reports the confirmed count: every row counted there is durably in
-the queue, and no row outside it is ever reported as queued.
+stops and reports how far the rows are confirmed without a gap: every row up
+to `confirmed_through` is durably in the queue, so a retry of the same upload
+publishes only the rows after it.
+
+Rows come as (row number, JSON body) pairs in increasing row order: all rows
+of a new upload, the rest of an upload retried after a failure, or the dead
+rows of a replay.
 
 As soon as more rows are confirmed than the type's `threshold` (or the upload
 is complete), one wake-up goes to the scaler on a second channel, so the
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -40,8 +46,18 @@ CONFIRM_STALL_SECONDS = 30.0
 
 @dataclass
 class PublishResult:
+    #: Messages the broker confirmed in this run.
     confirmed: int
+    #: The highest row number such that it and every row before it in this run is confirmed (or `first - 1`).
+    confirmed_through: int
     error: str | None = None
+
+
+def file_rows(bodies: BinaryIO, first: int = 1) -> Iterator[tuple[int, bytes]]:
+    """(row, body) for every line of a bodies file (one JSON body per line), from row `first` on."""
+    for row, line in enumerate(bodies, start=1):
+        if row >= first:
+            yield row, line[:-1]
 
 
 def declare(job_type: JobType, connection_name: str) -> None:
@@ -58,22 +74,26 @@ def declare(job_type: JobType, connection_name: str) -> None:
 class _ConfirmedRun:
     """One upload's publishing session on its own SelectConnection."""
 
-    def __init__(self, job_type: JobType, upload_id: str, bodies: BinaryIO, window: int) -> None:
+    def __init__(
+        self, job_type: JobType, upload_id: str, rows: Iterable[tuple[int, bytes]], window: int, replay: int
+    ) -> None:
         self.job_type = job_type
         self.upload_id = upload_id
-        self.bodies = bodies
+        self.rows = iter(rows)
         self.window = window
         self.channel: Channel | None = None
         self.wake_channel: Channel | None = None
         self.woke = False
         self.sent = 0
+        self.last_row = 0
         self.confirmed = 0
-        self.outstanding: set[int] = set()
+        self.outstanding: dict[int, int] = {}  # delivery tag -> row
+        self.returned: list[int] = []  # rows the broker could not route: never confirmed
         self.lowest = 1
         self.eof = False
         self.error: str | None = None
         self.last_progress = time.monotonic()
-        self.properties = row_properties(job_type.name, upload_id, int(time.time()))
+        self.properties = row_properties(job_type.name, upload_id, int(time.time()), replay)
         self.connection = SelectConnection(
             connection_parameters(f"producer-upload-{upload_id}"),
             on_open_callback=self._on_open,
@@ -81,10 +101,12 @@ class _ConfirmedRun:
             on_close_callback=self._on_closed,
         )
 
-    def run(self) -> PublishResult:
+    def run(self, first: int) -> PublishResult:
+        self.last_row = first - 1
         self.connection.ioloop.call_later(5, self._watchdog)
         self.connection.ioloop.start()
-        return PublishResult(self.confirmed, self.error)
+        through = min([*self.outstanding.values(), *self.returned], default=self.last_row + 1) - 1
+        return PublishResult(self.confirmed, through, self.error)
 
     # connection lifecycle -------------------------------------------------
     def _on_open(self, connection: SelectConnection) -> None:
@@ -147,22 +169,27 @@ class _ConfirmedRun:
         publish = self.channel.basic_publish
         queue = self.job_type.queue
         properties = self.properties
-        readline = self.bodies.readline
+        rows = self.rows
         while not self.eof and len(self.outstanding) < self.window and self.error is None:
-            body = readline()
-            if not body:
+            item = next(rows, None)
+            if item is None:
                 self.eof = True
                 break
+            row, body = item
             self.sent += 1
-            publish("", queue, body[:-1], properties(self.sent), mandatory=True)
-            self.outstanding.add(self.sent)
+            publish("", queue, body, properties(row), mandatory=True)
+            self.outstanding[self.sent] = row
+            self.last_row = row
         if self._done() and self.connection.is_open:
             self._maybe_wake()
             self.connection.close()
 
     def _on_return(self, channel: Channel, method, properties, body: bytes) -> None:
         """A returned row is not in the queue: its confirm (which still follows) must not count it."""
-        self.outstanding.discard(int(properties.message_id.rpartition(":")[2]))
+        row = int(properties.message_id.rpartition(":")[2])
+        self.returned.append(row)
+        for tag in [tag for tag, pending in self.outstanding.items() if pending == row]:
+            del self.outstanding[tag]
         self._fail(f"RabbitMQ could not route row {properties.message_id} to queue {self.job_type.queue!r}")
 
     def _on_confirm(self, frame: Method) -> None:
@@ -172,8 +199,7 @@ class _ConfirmedRun:
             self._fail(f"RabbitMQ refused row {self.upload_id}:{method.delivery_tag} (nack)")
             return
         for tag in tags:
-            if tag in self.outstanding:
-                self.outstanding.remove(tag)
+            if self.outstanding.pop(tag, None) is not None:
                 self.confirmed += 1
         if method.multiple:
             self.lowest = method.delivery_tag + 1
@@ -183,10 +209,17 @@ class _ConfirmedRun:
             self._pump()
 
 
-def publish_rows(job_type: JobType, upload_id: str, bodies: BinaryIO, window: int) -> PublishResult:
-    """Publish every line of `bodies` to the type's queue; blocks until all are confirmed or it fails."""
+def publish_rows(
+    job_type: JobType,
+    upload_id: str,
+    rows: Iterable[tuple[int, bytes]],
+    window: int,
+    first: int = 1,
+    replay: int = 0,
+) -> PublishResult:
+    """Publish `rows` (numbered from `first` on) to the type's queue; blocks until all are confirmed or it fails."""
     try:
         declare(job_type, f"producer-declare-{upload_id}")
     except pika.exceptions.AMQPError as error:
-        return PublishResult(0, f"cannot reach RabbitMQ: {error or type(error).__name__}")
-    return _ConfirmedRun(job_type, upload_id, bodies, window).run()
+        return PublishResult(0, first - 1, f"cannot reach RabbitMQ: {error or type(error).__name__}")
+    return _ConfirmedRun(job_type, upload_id, rows, window, replay).run(first)

@@ -21,10 +21,11 @@ Authentication (`PRODUCER_TOKEN`, `AUTH_ALLOW_LOOPBACK`) is `jobtypes.auth.AuthS
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jobtypes.auth import AuthSettings
 from producer.limits import RowLimits
+from uploads.settings import UploadSettings
 
 GIB = 1024**3
 MIB = 1024**2
@@ -65,6 +66,7 @@ class ProducerSettings:
     health_interval_seconds: float
     publish_window: int
     spool_dir: str | None
+    uploads: UploadSettings = field(default_factory=UploadSettings)
 
     @classmethod
     def from_environment(cls) -> ProducerSettings:
@@ -87,4 +89,5 @@ class ProducerSettings:
             health_interval_seconds=_float("PRODUCER_HEALTH_INTERVAL_SECONDS", 5.0),
             publish_window=_int("PRODUCER_PUBLISH_WINDOW", 2000),
             spool_dir=os.environ.get("PRODUCER_SPOOL_DIR") or None,
+            uploads=UploadSettings.from_environment(),
         )

@@ -3,13 +3,10 @@
 Starlette-shaped: endpoints are module-level functions that find the control
 loop in `request.app.state.scaler`; errors are named `AutoscalerError`s mapped
 to `{"error": ...}` with their status once, in `create_app`. Reads live here;
-the writes (pause, resume, drain, retry) are in `scaler.controls`. The one
-other POST, `/api/upload`, is a pass-through to the producer (same origin for
-the dashboard's upload form, locally and behind one port-forward in a cluster).
-Every path sits behind `jobtypes.auth.AuthMiddleware` (the producer's rule,
-with its `/login` form); the pass-through forwards the caller only after that
-check, with the scaler's own token and a `Forwarded` header, so a remote
-caller never looks like a loopback client to the producer.
+the writes (pause, resume, drain, retry) are in `scaler.controls`. Uploads and
+upload records (`/api/upload`, `/api/uploads...`) pass through to the producer
+(`scaler.producer_proxy`). Every path sits behind `jobtypes.auth.AuthMiddleware`
+(the producer's rule, with its `/login` form).
 """
 
 from __future__ import annotations
@@ -19,7 +16,6 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
@@ -29,15 +25,14 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from jobtypes.auth import AuthMiddleware, AuthSettings, forwarded_headers
+from jobtypes.auth import AuthMiddleware, AuthSettings
 from jobtypes.errors import AutoscalerError
-from scaler import controls
+from scaler import controls, producer_proxy
 from scaler.health import HealthCheck
 from scaler.loop import Scaler
 from scaler.settings import ScalerSettings
 
 DASHBOARD = Path(__file__).resolve().parent / "dashboard"
-FORWARDED_HEADERS = ("content-type", "content-length")
 MAX_LOG_LINES = 5000
 
 
@@ -47,10 +42,6 @@ class BadRequest(AutoscalerError):
 
 class WorkerLogNotFound(AutoscalerError):
     status = 404
-
-
-class ProducerUnreachable(AutoscalerError):
-    status = 502
 
 
 async def index(request: Request) -> Response:
@@ -97,18 +88,6 @@ async def worker_log(request: Request) -> Response:
     return PlainTextResponse(text)
 
 
-async def upload(request: Request) -> Response:
-    producer_url = request.app.state.settings.producer_url
-    headers = {name: value for name, value in request.headers.items() if name in FORWARDED_HEADERS}
-    headers.update(forwarded_headers(request.scope, request.app.state.auth.token))
-    try:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(600, connect=5)) as client:
-            answer = await client.post(f"{producer_url}/upload", content=request.stream(), headers=headers)
-    except httpx.HTTPError as error:
-        raise ProducerUnreachable(f"the producer at {producer_url} is unreachable: {error}") from None
-    return Response(answer.content, status_code=answer.status_code, media_type=answer.headers.get("content-type"))
-
-
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
@@ -126,8 +105,8 @@ ROUTES = [
     Route("/api/history", history),
     Route("/api/stream", stream),
     Route("/api/workers/{worker_id}/log", worker_log),
-    Route("/api/upload", upload, methods=["POST"]),
     *controls.ROUTES,
+    *producer_proxy.ROUTES,
     Mount("/static", app=StaticFiles(directory=DASHBOARD), name="static"),
 ]
 
@@ -138,6 +117,7 @@ def create_app(scaler: Scaler, settings: ScalerSettings | None = None, auth: Aut
     app.state.scaler = scaler
     app.state.health = HealthCheck(scaler)
     app.state.settings = settings or scaler.settings
-    app.state.auth = auth
+    app.state.producer_url = app.state.settings.producer_url
+    app.state.producer_token = auth.token
     app.add_middleware(AuthMiddleware, settings=auth)
     return app

@@ -7,15 +7,14 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator
-from urllib.parse import quote
 
 import httpx
 import pytest
 
 from jobtypes.config import JobType
-from producer.publisher import _ConfirmedRun
+from producer.publisher import _ConfirmedRun, file_rows
 from tests.support.broker import Broker
-from tests.support.proxy import CuttableProxy
+from tests.support.proxy import CuttableProxy, producer_behind
 from tests.support.stack import Stack
 from tests.support.waiting import wait_until
 
@@ -29,13 +28,7 @@ def sample_rows(count: int) -> bytes:
 @pytest.fixture()
 def proxied(broker: Broker, tmp_path) -> Iterator[tuple[Stack, CuttableProxy]]:
     proxy = CuttableProxy()
-    stack = Stack(
-        broker,
-        tmp_path,
-        {"sleep": {}},
-        env={"RABBITMQ_URL": proxy.url(quote(broker.vhost, safe="")), "RABBITMQ_HEARTBEAT_SECONDS": "2"},
-    )
-    stack.start_producer()
+    stack = producer_behind(proxy, broker, tmp_path, {"sleep": {}})
     yield stack, proxy
     stack.stop()
     proxy.close()
@@ -125,8 +118,8 @@ def test_unroutable_rows_never_count_as_confirmed(broker: Broker) -> None:
     try:
         missing = JobType(name="sleep", queue=f"never-declared-{uuid.uuid4().hex[:6]}")
         bodies = io.BytesIO(b"".join(b'{"n": "%d"}\n' % i for i in range(50)))
-        result = _ConfirmedRun(missing, "u1", bodies, window=50).run()
+        result = _ConfirmedRun(missing, "u1", file_rows(bodies), window=50, replay=0).run(first=1)
     finally:
         del os.environ["RABBITMQ_URL"]
     assert result.error is not None and "could not route row u1:1" in result.error
-    assert result.confirmed == 0
+    assert result.confirmed == 0 and result.confirmed_through == 0

@@ -137,7 +137,7 @@ def test_manifests_ship_no_usable_secret_value() -> None:
 
 def test_rabbitmq_refuses_to_start_with_a_placeholder_password_or_cookie(tmp_path) -> None:
     """The container's command, run here with sh: placeholders stop it; real values reach the image's entrypoint."""
-    rabbitmq = next(d for d in infra_documents() if d["kind"] == "StatefulSet")
+    rabbitmq = next(d for d in infra_documents() if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "rabbitmq")
     command = rabbitmq["spec"]["template"]["spec"]["containers"][0]["command"]
     real = {"RABBITMQ_DEFAULT_PASS": "f" * 48, "RABBITMQ_ERLANG_COOKIE": "e" * 48, "PATH": str(tmp_path)}
     (tmp_path / "docker-entrypoint.sh").write_text('#!/bin/sh\necho entrypoint "$@"\n')
@@ -152,8 +152,8 @@ def test_rabbitmq_refuses_to_start_with_a_placeholder_password_or_cookie(tmp_pat
 
 def test_only_producer_scaler_and_workers_reach_rabbitmq() -> None:
     documents = infra_documents()
-    [policy] = [d for d in documents if d["kind"] == "NetworkPolicy"]
-    rabbitmq = next(d for d in documents if d["kind"] == "StatefulSet")
+    [policy] = [d for d in documents if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "rabbitmq"]
+    rabbitmq = next(d for d in documents if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "rabbitmq")
     assert (
         policy["spec"]["podSelector"]["matchLabels"].items()
         <= rabbitmq["spec"]["template"]["metadata"]["labels"].items()

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from tests.support.broker import Broker
-from tests.support.postgres import postgres_url  # noqa: F401 - the fixture
+from tests.support.postgres import postgres_server, postgres_url  # noqa: F401 - the fixtures
 from tests.support.processes import REPO, Service
 from tests.support.stack import Stack
 from tests.support.waiting import wait_until

@@ -333,43 +333,7 @@ function showLog(workerId) {
   logTimer = setInterval(() => (dialog.open ? fetchLog(workerId) : clearInterval(logTimer)), 2000);
 }
 
-// ---- upload ----------------------------------------------------------------------
-async function upload(event) {
-  event.preventDefault();
-  const file = $("upload-file").files[0];
-  const answer = $("upload-answer");
-  if (!file) {
-    answer.textContent = "Choose a CSV file first.";
-    answer.className = "answer error";
-    return;
-  }
-  const form = new FormData();
-  form.append("file", file, file.name);
-  form.append("job_type", $("upload-type").value);
-  const headers = {};
-  const token = $("upload-token").value.trim();
-  if (token) headers.Authorization = `Bearer ${token}`;
-  $("upload-button").disabled = true;
-  answer.textContent = `Uploading ${file.name}…`;
-  answer.className = "answer";
-  try {
-    const response = await fetch("/api/upload", { method: "POST", body: form, headers });
-    const body = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
-    if (response.ok) {
-      answer.textContent = `Queued ${body.rows} rows for ${body.job_type} (upload ${body.upload_id}).`;
-      answer.className = "answer ok";
-    } else {
-      answer.textContent = `Refused (${response.status}): ${body.error}`;
-      answer.className = "answer error";
-    }
-  } catch (error) {
-    answer.textContent = "The scaler is unreachable; nothing was uploaded.";
-    answer.className = "answer error";
-  } finally {
-    $("upload-button").disabled = false;
-  }
-}
-
+// ---- upload form (submitting it is in uploads.js) ----------------------------------
 function setUpDrop() {
   const drop = $("drop");
   for (const name of ["dragenter", "dragover"]) drop.addEventListener(name, (e) => { e.preventDefault(); drop.classList.add("over"); });
@@ -381,7 +345,6 @@ function setUpDrop() {
 }
 
 document.addEventListener("DOMContentLoaded", async () => {
-  $("upload-form").addEventListener("submit", upload);
   $("log-close").addEventListener("click", () => $("log-dialog").close());
   // The cards are redrawn every tick: one listener on their container serves every button.
   $("cards").addEventListener("click", (event) => {

@@ -1,66 +1,89 @@
-"""A throwaway PostgreSQL server for tests, from Debian's binaries in /usr/lib/postgresql/15/bin.
+"""A real PostgreSQL server for the test session (Debian's binaries, started by pytest-postgresql).
 
-initdb refuses to run as root, so when the tests run as root the server runs
-as the `postgres` OS user (`runuser -u postgres --`), in a data directory it
-owns under /tmp, on a free port, with fsync off (nothing here must survive).
-`postgres_url` is a session fixture: one server for the whole run.
+`initdb` and `pg_ctl` refuse to run as root, and test machines often are
+root: a small wrapper runs pg_ctl as the `postgres` OS user then, in a
+directory that user owns. Import the fixtures into a test module:
+
+    from tests.support.postgres import fresh_postgres_url, postgres_server, postgres_url  # noqa: F401
+
+`postgres_url` is the session server's `postgres` database (a SQLAlchemy
+URL); `fresh_postgres_url` is a new, empty database per test, dropped after it.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import subprocess
+import stat
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
+from pytest_postgresql.executors.proc import PostgreSQLExecutor
 
 from tests.support.processes import free_port
 
-BIN = Path(os.environ.get("POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
+PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+OS_USER = "postgres"
 
 
-class PostgresServer:
-    def __init__(self) -> None:
-        self.directory = Path(tempfile.mkdtemp(prefix="autoscaler-pg-"))
-        self.data = self.directory / "data"
-        self.port = free_port()
+def _as_postgres(directory: Path) -> None:
+    """Hand `directory` to the postgres OS user when we are root (initdb refuses root)."""
+    if os.getuid() == 0:
+        shutil.chown(directory, OS_USER, OS_USER)
 
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
 
-    def _run(self, *command: str) -> None:
-        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        subprocess.run([*prefix, *command], check=True, capture_output=True, timeout=120)
-
-    def start(self) -> PostgresServer:
-        if os.geteuid() == 0:
-            shutil.chown(self.directory, "postgres", "postgres")
-        self._run(str(BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
-        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run(
-            str(BIN / "pg_ctl"), "-D", str(self.data), "-o", options, "-l", str(self.directory / "log"), "-w", "start"
-        )
-        return self
-
-    def stop(self) -> None:
-        try:
-            self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
-        finally:
-            shutil.rmtree(self.directory, ignore_errors=True)
+def _pg_ctl_wrapper(directory: Path) -> Path:
+    script = directory / "pg_ctl"
+    run_as = f"runuser -u {OS_USER} -- " if os.getuid() == 0 else ""
+    script.write_text(f'#!/bin/sh\nexec {run_as}"{PG_BIN / "pg_ctl"}" "$@"\n')
+    script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return script
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    if not (BIN / "initdb").exists():
-        pytest.skip(f"PostgreSQL binaries not found in {BIN}")
-    server = PostgresServer()
+def postgres_server() -> Iterator[PostgreSQLExecutor]:
+    if not (PG_BIN / "pg_ctl").exists():
+        pytest.fail(f"PostgreSQL is not installed at {PG_BIN} (./manage.sh test installs Debian's postgresql)")
+    base = Path(tempfile.mkdtemp(prefix="autoscaler-pg-"))
+    base.chmod(0o755)
+    _as_postgres(base)
+    executor = PostgreSQLExecutor(
+        executable=str(_pg_ctl_wrapper(base)),
+        host="127.0.0.1",
+        port=free_port(),
+        datadir=str(base / "data"),
+        unixsocketdir=str(base),
+        logfile=str(base / "postgres.log"),
+        startparams="-w",
+        postgres_options="-c fsync=off -c listen_addresses=127.0.0.1",
+        dbname="postgres",
+        user="postgres",
+    )
+    executor.start()
     try:
-        server.start()
-    except subprocess.CalledProcessError as error:
-        pytest.fail(f"cannot start PostgreSQL: {error.stderr.decode(errors='replace')}")
-    yield server.url
-    server.stop()
+        yield executor
+    finally:
+        executor.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgreSQLExecutor) -> str:
+    """The session server's maintenance database (create your own databases in it)."""
+    return f"postgresql+psycopg://postgres@{postgres_server.host}:{postgres_server.port}/postgres"
+
+
+@pytest.fixture()
+def fresh_postgres_url(postgres_server: PostgreSQLExecutor) -> Iterator[str]:
+    """A new database on the session's server, dropped after the test."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = f"host={postgres_server.host} port={postgres_server.port} user=postgres dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@{postgres_server.host}:{postgres_server.port}/{name}"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

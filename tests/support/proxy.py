@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import socket
 import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from tests.support.broker import Broker
+from tests.support.stack import Stack
 
 
 class CuttableProxy:
@@ -81,3 +87,15 @@ class CuttableProxy:
         self._closed = True
         self.cut()
         self.listener.close()
+
+
+def producer_behind(proxy: CuttableProxy, broker: Broker, directory: Path, job_types: dict[str, Any]) -> Stack:
+    """A started producer whose broker connections all pass through `proxy` (short heartbeats: cuts show fast)."""
+    stack = Stack(
+        broker,
+        directory,
+        job_types,
+        env={"RABBITMQ_URL": proxy.url(quote(broker.vhost, safe="")), "RABBITMQ_HEARTBEAT_SECONDS": "2"},
+    )
+    stack.start_producer()
+    return stack

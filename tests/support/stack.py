@@ -46,6 +46,7 @@ class Stack:
             "SCALER_TICK_SECONDS": str(tick_seconds),
             "SCALER_STATE_DIR": str(self.state_dir),
             "PRODUCER_URL": self.producer_url,
+            "UPLOADS_DATABASE_URL": f"sqlite:///{directory / 'uploads.db'}",
             # Per-row "processed" lines are DEBUG; processed() counts them.
             "WORKER_LOG_LEVEL": "debug",
             **(env or {}),

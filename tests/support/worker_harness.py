@@ -29,6 +29,7 @@ class Harness:
         self.directory = directory
         self.stack = Stack(broker, directory, {"work": {**RECORDER, **settings}})
         self.stack.env.update({"RECORD_FILE": str(directory / "record.jsonl"), "WORKER_HEARTBEAT_SECONDS": "0.5"})
+        self.stack.env["UPLOADS_TRACKER"] = "off"  # the tests read the outcome reports themselves
         self.stack.start_producer()
         self.queue = self.stack.queue_of("work")
         self.workers: list[Service] = []

@@ -1,0 +1,370 @@
+"""The upload service: what upload, submit, replay and cancel do, whatever HTTP route calls them.
+
+An upload goes through steps that can each refuse it: where (job type), what
+(the body, spooled to disk within size and time limits, then checked
+completely and converted to JSON bodies), the record (created in the upload
+store, or found by its Idempotency-Key), and finally publishing with
+confirms. Every refusal before publishing leaves the queue untouched; the
+answer is 200 only when the broker confirmed every row, else 503 with the
+confirmed count, which the record keeps too.
+
+An Idempotency-Key makes a retry the same upload: the same record, the same
+message ids, and only the rows after the confirmed count are published again
+(rows just after it may already be in the queue, within the publish window;
+the record counts each row once and handlers are idempotent by message id).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import re
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect, Request
+
+from jobtypes.config import JOB_TYPE_NAME, JobType
+from jobtypes.config_watch import ConfigWatcher
+from jobtypes.errors import AutoscalerError
+from producer.body import RAW_CSV_TYPES, GuardedReceive, check_declared_length, media_type, spool_raw_body
+from producer.csv_rows import ConvertedUpload, check_encoding, convert_rows
+from producer.errors import UploadError
+from producer.limits import WorkThreads
+from producer.metrics import ROWS_PUBLISHED, UPLOAD_SECONDS, UPLOADS
+from producer.publisher import PublishResult, file_rows, publish_rows
+from producer.settings import ProducerSettings
+from uploads.errors import StoreUnavailable, UploadBusy, UploadCancelled
+from uploads.failed_rows import failed_rows_csv
+from uploads.model import STATES, UploadRecord, public
+from uploads.store import UploadStore
+from uploads.tracker import Tracker
+
+log = logging.getLogger("producer")
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+RAW_FILE_NAME = "(request body)"
+
+
+@dataclass
+class Received:
+    job_type: str | None
+    file_name: str
+
+
+@dataclass
+class Checked:
+    converted: ConvertedUpload
+    file_hash: str | None
+
+
+class UploadService:
+    def __init__(
+        self,
+        settings: ProducerSettings,
+        config: ConfigWatcher,
+        store: UploadStore,
+        tracker: Tracker | None,
+        work: WorkThreads,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.store = store
+        self.tracker = tracker
+        self.work = work
+        self._publishing: set[str] = set()
+        self._lock = threading.Lock()
+        csv.field_size_limit(settings.max_field_bytes)
+
+    def start(self) -> None:
+        if self.tracker is not None:
+            self.tracker.start()
+
+    def stop(self) -> None:
+        if self.tracker is not None:
+            self.tracker.stop()
+        self.store.close()
+
+    def tracker_status(self) -> dict[str, Any] | None:
+        return self.tracker.status() if self.tracker is not None else None
+
+    # where ------------------------------------------------------------------------------
+    def job_type(self, name: str | None) -> JobType:
+        self.config.refresh()
+        config = self.config.config
+        if name is None or name == "":
+            return config.job_types[config.default]
+        if not JOB_TYPE_NAME.match(name):
+            raise UploadError(
+                400, f"{name[:80]!r} is not a job type name (lower-case letters, digits and '-'); see GET /job-types"
+            )
+        job_type = config.get(name)
+        if job_type is None:
+            raise UploadError(404, f"unknown job type {name!r}; known types: {', '.join(config.job_types)}")
+        return job_type
+
+    # upload -------------------------------------------------------------------------------
+    async def upload(self, request: Request, path_type: str | None) -> dict[str, Any]:
+        """Receive, check, record and publish one upload; the 200 answer's body."""
+        started = time.perf_counter()
+        job_name = path_type or "?"
+        try:
+            key = idempotency_key(request)
+            job_type = self.job_type(path_type) if path_type is not None else None
+            with ExitStack() as stack:
+                spool = stack.enter_context(tempfile.TemporaryFile(dir=self.settings.spool_dir, prefix="upload-"))
+                received = await self._receive(request, spool, multipart_only=path_type is None)
+                job_type = job_type or self.job_type(received.job_type)
+                job_name = job_type.name
+                bodies = stack.enter_context(tempfile.TemporaryFile(dir=self.settings.spool_dir, prefix="rows-"))
+                checked = await self.work.run(self._check, spool, bodies, job_type, key is not None)
+                draft = _draft(job_type, received.file_name, checked, key)
+                record = await self.work.run(self._publish_upload, job_type, draft, bodies)
+        except AutoscalerError as error:
+            UPLOADS.labels(_outcome(error)).inc()
+            log.info("upload type=%s refused status=%d: %s", job_name, error.status, error.message)
+            raise
+        except ClientDisconnect as error:
+            UPLOADS.labels("rejected").inc()
+            log.info(
+                "upload type=%s abandoned: the client disconnected before the body ended; nothing queued", job_name
+            )
+            raise UploadError(400, "the request body ended early; nothing was queued") from error
+        UPLOADS.labels("ok").inc()
+        UPLOAD_SECONDS.observe(time.perf_counter() - started)
+        return {
+            "upload_id": record.id,
+            "job_type": job_type.name,
+            "queue": job_type.queue,
+            "rows": record.rows,
+            "status_url": status_url(record.id),
+        }
+
+    async def _receive(self, request: Request, spool: BinaryIO, multipart_only: bool) -> Received:
+        """Spool the uploaded CSV into `spool`, within the size and stall limits."""
+        limits = self.settings
+        check_declared_length(request, limits.max_upload_bytes)
+        guarded = Request(
+            request.scope, GuardedReceive(request.receive, limits.max_upload_bytes, limits.body_timeout_seconds)
+        )
+        kind = media_type(guarded)
+        if kind == "multipart/form-data":
+            return await _receive_form(guarded, spool)
+        if multipart_only or kind not in RAW_CSV_TYPES:
+            accepted = "multipart/form-data" if multipart_only else "multipart/form-data or text/csv"
+            raise UploadError(415, f"content type {kind!r} is not accepted here; send {accepted}")
+        await spool_raw_body(guarded, spool)
+        return Received(None, request.headers.get("x-file-name", RAW_FILE_NAME)[:255])
+
+    def _check(self, spool: BinaryIO, bodies: BinaryIO, job_type: JobType, hashed: bool) -> Checked:
+        spool.seek(0)
+        check_encoding(spool)
+        spool.seek(0)
+        converted = convert_rows(spool, bodies, self.settings.rows, job_type.columns)
+        return Checked(converted, _sha256(spool) if hashed else None)
+
+    def _publish_upload(self, job_type: JobType, draft: UploadRecord, bodies: BinaryIO) -> UploadRecord:
+        record, created = self.store.begin_upload(draft)
+        if not created:
+            log.info(
+                "upload %s: retried with its Idempotency-Key, %d of %d rows confirmed before",
+                record.id,
+                record.confirmed,
+                record.rows,
+            )
+        if record.cancel_requested:
+            raise UploadCancelled(f"upload {record.id} was cancelled; nothing more of it is published")
+        if record.confirmed >= record.rows:
+            return record
+        first = record.confirmed + 1
+        with self._claim(record.id):
+            bodies.seek(0)
+            started = time.perf_counter()
+            result = publish_rows(
+                job_type, record.id, file_rows(bodies, first), self.settings.publish_window, first=first
+            )
+            record = self.store.mark_published(record.id, result.confirmed_through, result.error)
+            if record.cancel_requested:  # cancelled while this request published it
+                self.store.cancel_unpublished(record.id)
+        ROWS_PUBLISHED.labels(job_type.name).inc(result.confirmed)
+        _log_published(record, result, time.perf_counter() - started)
+        if result.error is not None:
+            raise UploadError(
+                503,
+                f"{result.error}; {record.confirmed} of {record.rows} rows were confirmed before the failure; "
+                "retry with the same Idempotency-Key to finish this upload",
+                upload_id=record.id,
+                job_type=job_type.name,
+                queue=job_type.queue,
+                rows=record.rows,
+                confirmed=record.confirmed,
+                status_url=status_url(record.id),
+            )
+        return record
+
+    @contextmanager
+    def _claim(self, upload_id: str) -> Iterator[None]:
+        """One request at a time publishes an upload (a retry while the first try still runs waits its turn)."""
+        with self._lock:
+            if upload_id in self._publishing:
+                raise UploadBusy(
+                    f"upload {upload_id} is being published by another request right now; "
+                    "retry with the same Idempotency-Key when that request has answered"
+                )
+            self._publishing.add(upload_id)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._publishing.discard(upload_id)
+
+    # the record -------------------------------------------------------------------------------
+    def describe(self, record: UploadRecord) -> dict[str, Any]:
+        return public(record, status_url(record.id), time.time(), self.store.max_failed_rows)
+
+    def record(self, upload_id: str) -> dict[str, Any]:
+        return self.describe(self.store.get(upload_id))
+
+    def recent(self, job_type: str | None, state: str | None, limit: int) -> dict[str, Any]:
+        if state is not None and state not in STATES:
+            raise UploadError(400, f"state {state[:40]!r} is not one of {', '.join(STATES)}")
+        return {"uploads": [self.describe(record) for record in self.store.recent(job_type, state, limit)]}
+
+    def failed_rows(self, upload_id: str) -> Iterator[str]:
+        record = self.store.get(upload_id)
+        return failed_rows_csv(record, self.store.dead_rows(upload_id), self.store.max_failed_rows)
+
+    # replay and cancel --------------------------------------------------------------------------
+    async def replay(self, upload_id: str) -> dict[str, Any]:
+        """Re-queue the rows dead right now (each once, even when two replays race); `{"replayed": n}`."""
+        return await self.work.run(self._replay, upload_id)
+
+    def _replay(self, upload_id: str) -> dict[str, Any]:
+        record = self.store.get(upload_id)
+        if record.cancel_requested:
+            raise UploadCancelled(f"upload {upload_id} was cancelled: its dead rows are not replayed")
+        job_type = self.job_type(record.job_type)
+        claim = self.store.claim_replay(upload_id)
+        answer = {"replayed": 0, "replay": claim.number, "not_replayable": claim.not_replayable}
+        if not claim.rows:
+            return answer
+        rows = [(row.row, (row.body or "").encode()) for row in claim.rows]
+        result = publish_rows(
+            job_type, upload_id, rows, self.settings.publish_window, first=rows[0][0], replay=claim.number
+        )
+        replayed = sum(1 for number, _ in rows if number <= result.confirmed_through)
+        log.info("upload %s: replay %d re-queued %d of %d dead rows", upload_id, claim.number, replayed, len(rows))
+        if result.error is not None:
+            self.store.release_replay(upload_id, claim.number, [n for n, _ in rows if n > result.confirmed_through])
+            raise UploadError(
+                503,
+                f"{result.error}; {replayed} of {len(rows)} dead rows were re-queued, the others are dead again: "
+                "replay again later",
+                replayed=replayed,
+            )
+        return {**answer, "replayed": replayed}
+
+    def cancel(self, upload_id: str) -> dict[str, Any]:
+        record = self.store.request_cancel(upload_id)
+        with self._lock:
+            publishing = upload_id in self._publishing
+        if not publishing and self.store.cancel_unpublished(upload_id):  # else the publishing request does it
+            record = self.store.get(upload_id)
+        log.info("upload %s: cancel requested (%s, %d rows pending)", upload_id, record.state, record.pending)
+        if self.tracker is not None:
+            self.tracker.announce_cancel()
+        return self.describe(record)
+
+
+def _outcome(error: AutoscalerError) -> str:
+    """The producer_uploads_total label of a refused upload."""
+    if isinstance(error, StoreUnavailable):
+        return "store_error"
+    return "broker_error" if error.status == 503 else "rejected"
+
+
+def status_url(upload_id: str) -> str:
+    return f"/uploads/{upload_id}"
+
+
+def idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY.match(key):
+        raise UploadError(400, "the Idempotency-Key header must be 1 to 200 printable ASCII characters, no spaces")
+    return key
+
+
+async def _receive_form(request: Request, spool: BinaryIO) -> Received:
+    try:
+        form = await request.form(max_files=2, max_fields=20, max_part_size=64 * 1024)
+    except MultiPartException as error:
+        raise UploadError(400, f"malformed multipart form: {error}") from error
+    try:
+        files = [item for item in form.getlist("file") if isinstance(item, UploadFile)]
+        if not files:
+            raise UploadError(400, "no file: send the CSV as the multipart field 'file' (curl -F file=@data.csv)")
+        if len(files) > 1:
+            raise UploadError(400, "two files in the field 'file': upload one CSV file per request")
+        other_files = [key for key, value in form.multi_items() if isinstance(value, UploadFile) and key != "file"]
+        if other_files:
+            raise UploadError(400, f"unexpected file field {other_files[0]!r}: only 'file' is read")
+        await run_in_threadpool(_copy, files[0].file, spool)
+        job_type = form.get("job_type")
+        return Received(job_type if isinstance(job_type, str) else None, (files[0].filename or "upload.csv")[:255])
+    finally:
+        await form.close()
+
+
+def _copy(source: BinaryIO, sink: BinaryIO) -> None:
+    source.seek(0)
+    while chunk := source.read(1024 * 1024):
+        sink.write(chunk)
+
+
+def _sha256(spool: BinaryIO) -> str:
+    spool.seek(0)
+    digest = hashlib.sha256()
+    while chunk := spool.read(1024 * 1024):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _draft(job_type: JobType, file_name: str, checked: Checked, key: str | None) -> UploadRecord:
+    converted = checked.converted
+    return UploadRecord(
+        id=uuid.uuid4().hex,
+        job_type=job_type.name,
+        file_name=file_name,
+        rows=converted.rows,
+        header=converted.header,
+        line_breaks=converted.line_breaks,
+        created_at=time.time(),
+        idempotency_key=key,
+        file_hash=checked.file_hash,
+    )
+
+
+def _log_published(record: UploadRecord, result: PublishResult, seconds: float) -> None:
+    outcome = f"failed: {result.error}" if result.error else "queued"
+    log.log(
+        logging.ERROR if result.error else logging.INFO,
+        "upload %s type=%s rows=%d confirmed=%d seconds=%.2f rows_per_s=%.0f %s",
+        record.id,
+        record.job_type,
+        record.rows,
+        record.confirmed,
+        seconds,
+        result.confirmed / max(seconds, 1e-6),
+        outcome,
+    )

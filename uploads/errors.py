@@ -1,0 +1,36 @@
+"""The upload store's named errors, each carrying the HTTP status an app answers with."""
+
+from __future__ import annotations
+
+from jobtypes.errors import AutoscalerError
+
+
+class UploadNotFound(AutoscalerError):
+    status = 404
+
+    def __init__(self, upload_id: str) -> None:
+        super().__init__(f"no upload {upload_id[:80]!r} (unknown, or removed after the retention period)")
+
+
+class StoreUnavailable(AutoscalerError):
+    """The database behind the store cannot be reached or refused the operation."""
+
+    status = 503
+
+
+class IdempotencyConflict(AutoscalerError):
+    """An Idempotency-Key already names an upload of a different file (or job type)."""
+
+    status = 409
+
+
+class UploadBusy(AutoscalerError):
+    """The upload is being published by another request right now."""
+
+    status = 409
+
+
+class UploadCancelled(AutoscalerError):
+    """A retry of an upload that was cancelled meanwhile: nothing more of it is published."""
+
+    status = 409

@@ -1,0 +1,107 @@
+"""An in-memory upload store, for tests and for a producer run without persistence (`memory://`).
+
+Transactions are serialised by one lock and buffer their writes, which are
+applied only when the transaction ends without an exception: a failed call
+leaves nothing half-written, as with the SQL backend.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+
+from uploads.model import RowState, UploadRecord
+from uploads.store import DuplicateKey, UploadStore
+
+
+class _MemoryTransaction:
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+        self.uploads: dict[str, UploadRecord] = {}
+        self.rows: dict[tuple[str, int], RowState] = {}
+        self.deleted: set[str] = set()
+
+    def _upload(self, upload_id: str) -> UploadRecord | None:
+        if upload_id in self.deleted:
+            return None
+        record = self.uploads.get(upload_id) or self.store.uploads.get(upload_id)
+        return replace(record) if record is not None else None
+
+    def get_upload(self, upload_id: str, for_update: bool = False) -> UploadRecord | None:
+        return self._upload(upload_id)
+
+    def find_key(self, key: str) -> UploadRecord | None:
+        ids = {**self.store.uploads, **self.uploads}
+        return next((self._upload(i) for i, r in ids.items() if r.idempotency_key == key), None)
+
+    def insert_upload(self, record: UploadRecord) -> None:
+        if self._upload(record.id) is not None or (record.idempotency_key and self.find_key(record.idempotency_key)):
+            raise DuplicateKey(record.id)
+        self.uploads[record.id] = replace(record)
+
+    def update_upload(self, record: UploadRecord) -> None:
+        self.uploads[record.id] = replace(record)
+
+    def list_uploads(self, job_type: str | None, state: str | None, limit: int) -> list[UploadRecord]:
+        ids = set(self.store.uploads) | set(self.uploads)
+        records = [record for record in map(self._upload, ids) if record is not None]
+        chosen = [r for r in records if job_type in (None, r.job_type) and state in (None, r.state)]
+        return sorted(chosen, key=lambda r: r.created_at, reverse=True)[:limit]
+
+    def cancelled_unfinished(self) -> list[str]:
+        return [r.id for r in self.list_uploads(None, "cancelled", 1 << 30) if r.pending > 0]
+
+    def count_in_states(self, states: tuple[str, ...]) -> int:
+        return sum(1 for r in self.list_uploads(None, None, 1 << 30) if r.state in states)
+
+    def _row(self, upload_id: str, row: int) -> RowState | None:
+        key = (upload_id, row)
+        found = self.rows.get(key) or self.store.rows.get(upload_id, {}).get(row)
+        return replace(found) if found is not None and upload_id not in self.deleted else None
+
+    def get_rows(self, upload_id: str, rows: Iterable[int]) -> dict[int, RowState]:
+        found = {row: self._row(upload_id, row) for row in rows}
+        return {row: state for row, state in found.items() if state is not None}
+
+    def put_rows(self, upload_id: str, inserted: list[RowState], updated: list[RowState]) -> None:
+        for row in (*inserted, *updated):
+            self.rows[(upload_id, row.row)] = replace(row)
+
+    def rows_in_state(self, upload_id: str, state: str, after_row: int, limit: int) -> list[RowState]:
+        numbers = set(self.store.rows.get(upload_id, {})) | {row for (uid, row) in self.rows if uid == upload_id}
+        rows = [self._row(upload_id, n) for n in sorted(numbers) if n > after_row]
+        return [row for row in rows if row is not None and row.state == state][:limit]
+
+    def numbers_between(self, upload_id: str, first: int, last: int) -> set[int]:
+        numbers = set(self.store.rows.get(upload_id, {})) | {row for (uid, row) in self.rows if uid == upload_id}
+        return {n for n in numbers if first <= n <= last}
+
+    def delete_older_than(self, cutoff: float) -> int:
+        old = [r.id for r in self.list_uploads(None, None, 1 << 30) if (r.finished_at or r.created_at) < cutoff]
+        self.deleted.update(old)
+        return len(old)
+
+    def commit(self) -> None:
+        self.store.uploads.update(self.uploads)
+        for (upload_id, number), row in self.rows.items():
+            self.store.rows.setdefault(upload_id, {})[number] = row
+        for upload_id in self.deleted:
+            self.store.uploads.pop(upload_id, None)
+            self.store.rows.pop(upload_id, None)
+
+
+class MemoryStore(UploadStore):
+    def __init__(self, max_failed_rows: int, retention_seconds: float, **kwargs) -> None:
+        super().__init__(max_failed_rows, retention_seconds, **kwargs)
+        self.uploads: dict[str, UploadRecord] = {}
+        self.rows: dict[str, dict[int, RowState]] = {}
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def transaction(self, write: bool = True) -> Iterator[_MemoryTransaction]:
+        with self._lock:
+            tx = _MemoryTransaction(self)
+            yield tx
+            tx.commit()

@@ -1,0 +1,198 @@
+"""What an upload record is, and the pure rules that keep its counts exact.
+
+Rules (no I/O here, so they are tested without a database):
+
+* A row's first *final* outcome (succeeded, dead, cancelled) wins and is never
+  overwritten, except by a replay: a replay moves dead rows back to pending
+  under the upload's next replay number, and a report from an older replay
+  number is ignored. `retrying` only moves a row that is not final.
+* A row that no report mentioned yet has no stored state: it is pending. So an
+  upload of a million rows costs one record to create; row states appear as
+  reports arrive, one small batch per report.
+* Counts follow from row states: pending = rows - succeeded - dead - cancelled
+  (a retrying row is pending too). The state is derived from the counts.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from jobtypes.outcomes import RowOutcome
+
+FINAL = ("succeeded", "dead", "cancelled")
+STATES = ("publishing", "queued", "running", "done", "cancelled")
+#: Seconds over which `rows_per_second` is averaged (an exponentially decaying window).
+RATE_WINDOW_SECONDS = 30.0
+
+
+@dataclass
+class RowState:
+    row: int
+    state: str  # pending (after a replay), retrying, succeeded, dead, cancelled
+    replay: int = 0
+    attempts: int = 0
+    error: str | None = None
+    body: str | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL
+
+
+@dataclass
+class UploadRecord:
+    id: str
+    job_type: str
+    file_name: str
+    rows: int
+    header: list[str]
+    created_at: float
+    #: (row, offset) breakpoints: from `row` on, a row starts on line row + offset (until the next breakpoint).
+    line_breaks: list[tuple[int, int]] = field(default_factory=lambda: [(1, 1)])
+    idempotency_key: str | None = None
+    file_hash: str | None = None
+    state: str = "publishing"
+    confirmed: int = 0
+    publish_error: str | None = None
+    succeeded: int = 0
+    retrying: int = 0
+    dead: int = 0
+    cancelled: int = 0
+    replay: int = 0
+    failed_details: int = 0
+    details_dropped: int = 0
+    cancel_requested: bool = False
+    first_report_at: float | None = None
+    finished_at: float | None = None
+    rate: float = 0.0
+    rate_at: float | None = None
+
+    @property
+    def pending(self) -> int:
+        return self.rows - self.succeeded - self.dead - self.cancelled
+
+    def line_of(self, row: int) -> int:
+        """The line of the uploaded file on which data row `row` (1-based) starts."""
+        index = bisect.bisect_right(self.line_breaks, (row, math.inf)) - 1
+        return row + self.line_breaks[max(index, 0)][1]
+
+    def rows_per_second(self, now: float) -> float:
+        """Rows finished per second, recently: a decaying average over about RATE_WINDOW_SECONDS."""
+        if self.rate_at is None or self.first_report_at is None:
+            return 0.0
+        decayed = self.rate * math.exp(-(now - self.rate_at) / RATE_WINDOW_SECONDS)
+        # Early on the window is not full yet: scale up by the share of it that has elapsed.
+        filled = 1.0 - math.exp(-max(now - self.first_report_at, 1.0) / RATE_WINDOW_SECONDS)
+        return decayed / filled
+
+    def eta_seconds(self, now: float) -> float | None:
+        if self.pending == 0:
+            return 0.0
+        rate = self.rows_per_second(now)
+        if rate <= 0.01 or self.state in ("publishing", "cancelled"):
+            return None
+        return self.pending / rate
+
+
+def derived_state(record: UploadRecord) -> str:
+    if record.cancel_requested:
+        return "cancelled"
+    if record.confirmed < record.rows:
+        return "publishing"
+    if record.pending == 0:
+        return "done"
+    if record.first_report_at is not None:
+        return "running"
+    return "queued"
+
+
+def settle(record: UploadRecord, now: float) -> UploadRecord:
+    """The record with its state and finish time recomputed from its counts."""
+    finished = record.pending == 0 and (record.confirmed >= record.rows or record.cancel_requested)
+    return replace(
+        record,
+        state=derived_state(record),
+        finished_at=(record.finished_at or now) if finished else None,
+    )
+
+
+def count_finished(record: UploadRecord, finished: int, now: float) -> UploadRecord:
+    """Add `finished` final outcomes at `now` to the decaying rate."""
+    if record.first_report_at is None:
+        record = replace(record, first_report_at=now)
+    if finished == 0:
+        return record
+    previous = record.rate_at if record.rate_at is not None else now
+    decayed = record.rate * math.exp(-(now - previous) / RATE_WINDOW_SECONDS)
+    return replace(record, rate=decayed + finished / RATE_WINDOW_SECONDS, rate_at=now)
+
+
+@dataclass
+class Applied:
+    """What one outcome did to one row: the row's new state (None: ignored) and the counter deltas."""
+
+    row: RowState | None
+    deltas: dict[str, int]
+
+
+def transition(current: RowState | None, outcome: RowOutcome) -> Applied:
+    """Apply one row outcome to the row's current state (None: pending, never reported)."""
+    if current is not None and outcome.replay < current.replay:
+        return Applied(None, {})  # a report from before this row was replayed
+    if current is not None and current.final and outcome.replay == current.replay:
+        return Applied(None, {})  # the first final outcome wins
+    if current is not None and current.state == outcome.outcome == "retrying" and outcome.attempts <= current.attempts:
+        return Applied(None, {})  # an earlier or repeated retry report
+    was = current.state if current is not None else "pending"
+    deltas: dict[str, int] = {}
+    if was in ("retrying", "dead"):
+        deltas[was] = -1
+    deltas[outcome.outcome] = deltas.get(outcome.outcome, 0) + 1
+    attempts = max(outcome.attempts, current.attempts if current is not None else 0)
+    keep_details = outcome.outcome in ("dead", "retrying")
+    row = RowState(
+        row=outcome.row,
+        state=outcome.outcome,
+        replay=max(outcome.replay, current.replay if current is not None else 0),
+        attempts=attempts,
+        error=outcome.error if keep_details else None,
+        body=outcome.body if outcome.outcome == "dead" else (current.body if current is not None else None),
+    )
+    return Applied(row, {name: delta for name, delta in deltas.items() if delta})
+
+
+def public(record: UploadRecord, base_url: str, now: float, max_failed_rows: int) -> dict[str, Any]:
+    """The record as clients see it (JSON), with links under `base_url` (e.g. "/uploads/<id>")."""
+    return {
+        "id": record.id,
+        "job_type": record.job_type,
+        "file_name": record.file_name,
+        "state": record.state,
+        "rows": record.rows,
+        "confirmed": record.confirmed,
+        "succeeded": record.succeeded,
+        "retrying": record.retrying,
+        "dead": record.dead,
+        "cancelled": record.cancelled,
+        "pending": record.pending,
+        "replays": record.replay,
+        "created_at": record.created_at,
+        "finished_at": record.finished_at,
+        "rows_per_second": round(record.rows_per_second(now), 2),
+        "eta_seconds": _rounded(record.eta_seconds(now)),
+        "publish_error": record.publish_error,
+        "failed_rows_kept": record.failed_details,
+        "failed_rows_cap": max_failed_rows,
+        "failed_rows_truncated": record.details_dropped > 0,
+        "status_url": base_url,
+        "failed_rows_url": f"{base_url}/failed-rows.csv",
+        "replay_url": f"{base_url}/replay",
+        "cancel_url": f"{base_url}/cancel",
+    }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)

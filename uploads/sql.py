@@ -1,0 +1,263 @@
+"""The upload store on SQL (SQLAlchemy Core): SQLite by default, Postgres by URL.
+
+Two tables: `uploads` (one row per upload, counters included, so reading a
+record is one indexed lookup) and `upload_rows` (one row per data row that a
+report mentioned; a row never reported is pending and costs nothing). The
+counters and the row states change in the same transaction. On Postgres the
+upload's row is locked (`SELECT ... FOR UPDATE`) by every write, so two
+trackers or two replays of one upload take turns; SQLite writes start with
+`BEGIN IMMEDIATE`, which serialises writers the same way.
+
+Any database error becomes `StoreUnavailable` with the database's words.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Connection,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+
+from uploads.errors import StoreUnavailable
+from uploads.model import RowState, UploadRecord
+from uploads.store import DuplicateKey, UploadStore
+
+log = logging.getLogger("uploads.sql")
+metadata = MetaData()
+
+UPLOADS = Table(
+    "uploads",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("job_type", String(128), nullable=False),
+    Column("file_name", Text, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("header", Text, nullable=False),
+    Column("line_breaks", Text, nullable=False),
+    Column("idempotency_key", String(256), unique=True),
+    Column("file_hash", String(64)),
+    Column("state", String(16), nullable=False),
+    Column("confirmed", Integer, nullable=False),
+    Column("publish_error", Text),
+    Column("succeeded", Integer, nullable=False),
+    Column("retrying", Integer, nullable=False),
+    Column("dead", Integer, nullable=False),
+    Column("cancelled", Integer, nullable=False),
+    Column("replay", Integer, nullable=False),
+    Column("failed_details", Integer, nullable=False),
+    Column("details_dropped", Integer, nullable=False),
+    Column("cancel_requested", Boolean, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("first_report_at", Float),
+    Column("finished_at", Float),
+    Column("rate", Float, nullable=False),
+    Column("rate_at", Float),
+    Index("uploads_created", "created_at"),
+    Index("uploads_state", "state"),
+)
+
+ROWS = Table(
+    "upload_rows",
+    metadata,
+    Column("upload_id", String(64), primary_key=True),
+    Column("row", Integer, primary_key=True, autoincrement=False),
+    Column("state", String(16), nullable=False),
+    Column("replay", Integer, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("error", Text),
+    Column("body", Text),
+    Index("upload_rows_state", "upload_id", "state", "row"),
+)
+
+ROW_FIELDS = ("state", "replay", "attempts", "error", "body")
+
+
+def _to_columns(record: UploadRecord) -> dict[str, Any]:
+    values = dict(record.__dict__)
+    values["header"] = json.dumps(record.header)
+    values["line_breaks"] = json.dumps(record.line_breaks)
+    return values
+
+
+def _to_record(row: Any) -> UploadRecord:
+    values = dict(row._mapping)
+    values["header"] = json.loads(values["header"])
+    values["line_breaks"] = [tuple(pair) for pair in json.loads(values["line_breaks"])]
+    return UploadRecord(**values)
+
+
+def _to_row(row: Any) -> RowState:
+    return RowState(row=row.row, **{name: getattr(row, name) for name in ROW_FIELDS})
+
+
+class _SqlTransaction:
+    def __init__(self, connection: Connection) -> None:
+        self.c = connection
+
+    def get_upload(self, upload_id: str, for_update: bool = False) -> UploadRecord | None:
+        query = select(UPLOADS).where(UPLOADS.c.id == upload_id)
+        row = self.c.execute(query.with_for_update() if for_update else query).first()
+        return _to_record(row) if row is not None else None
+
+    def find_key(self, key: str) -> UploadRecord | None:
+        row = self.c.execute(select(UPLOADS).where(UPLOADS.c.idempotency_key == key)).first()
+        return _to_record(row) if row is not None else None
+
+    def insert_upload(self, record: UploadRecord) -> None:
+        try:
+            with self.c.begin_nested():
+                self.c.execute(insert(UPLOADS).values(_to_columns(record)))
+        except IntegrityError as error:
+            raise DuplicateKey(record.id) from error
+
+    def update_upload(self, record: UploadRecord) -> None:
+        self.c.execute(update(UPLOADS).where(UPLOADS.c.id == record.id).values(_to_columns(record)))
+
+    def list_uploads(self, job_type: str | None, state: str | None, limit: int) -> list[UploadRecord]:
+        query = select(UPLOADS).order_by(UPLOADS.c.created_at.desc()).limit(limit)
+        if job_type is not None:
+            query = query.where(UPLOADS.c.job_type == job_type)
+        if state is not None:
+            query = query.where(UPLOADS.c.state == state)
+        return [_to_record(row) for row in self.c.execute(query)]
+
+    def cancelled_unfinished(self) -> list[str]:
+        query = select(UPLOADS.c.id).where(UPLOADS.c.cancel_requested, UPLOADS.c.finished_at.is_(None))
+        return [row.id for row in self.c.execute(query)]
+
+    def count_in_states(self, states: tuple[str, ...]) -> int:
+        return self.c.execute(select(func.count()).where(UPLOADS.c.state.in_(states))).scalar_one()
+
+    def get_rows(self, upload_id: str, rows: Iterable[int]) -> dict[int, RowState]:
+        numbers = list(rows)
+        if not numbers:
+            return {}
+        query = select(ROWS).where(ROWS.c.upload_id == upload_id, ROWS.c.row.in_(numbers))
+        return {row.row: _to_row(row) for row in self.c.execute(query)}
+
+    def put_rows(self, upload_id: str, inserted: list[RowState], updated: list[RowState]) -> None:
+        if inserted:
+            self.c.execute(insert(ROWS), [{"upload_id": upload_id, **row.__dict__} for row in inserted])
+        if updated:
+            statement = (
+                update(ROWS)
+                .where(and_(ROWS.c.upload_id == bindparam("b_upload"), ROWS.c.row == bindparam("b_row")))
+                .values({name: bindparam(name) for name in ROW_FIELDS})
+            )
+            self.c.execute(
+                statement,
+                [
+                    {"b_upload": upload_id, "b_row": row.row, **{name: getattr(row, name) for name in ROW_FIELDS}}
+                    for row in updated
+                ],
+            )
+
+    def rows_in_state(self, upload_id: str, state: str, after_row: int, limit: int) -> list[RowState]:
+        query = (
+            select(ROWS)
+            .where(ROWS.c.upload_id == upload_id, ROWS.c.state == state, ROWS.c.row > after_row)
+            .order_by(ROWS.c.row)
+            .limit(limit)
+        )
+        return [_to_row(row) for row in self.c.execute(query)]
+
+    def numbers_between(self, upload_id: str, first: int, last: int) -> set[int]:
+        query = select(ROWS.c.row).where(ROWS.c.upload_id == upload_id, ROWS.c.row.between(first, last))
+        return {row.row for row in self.c.execute(query)}
+
+    def delete_older_than(self, cutoff: float) -> int:
+        old = select(UPLOADS.c.id).where(func.coalesce(UPLOADS.c.finished_at, UPLOADS.c.created_at) < cutoff)
+        ids = [row.id for row in self.c.execute(old)]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            self.c.execute(delete(ROWS).where(ROWS.c.upload_id.in_(chunk)))
+            self.c.execute(delete(UPLOADS).where(UPLOADS.c.id.in_(chunk)))
+        return len(ids)
+
+
+def database_url(url: str) -> URL:
+    """The URL as SQLAlchemy needs it: a plain postgres:// or postgresql:// URL (as managed databases give) uses psycopg 3."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+class SqlStore(UploadStore):
+    def __init__(self, url: str, max_failed_rows: int, retention_seconds: float, **kwargs) -> None:
+        super().__init__(max_failed_rows, retention_seconds, **kwargs)
+        self.url = database_url(url)
+        self.engine = _engine(self.url)
+        try:
+            metadata.create_all(self.engine)
+        except SQLAlchemyError as error:
+            raise StoreUnavailable(f"cannot open the upload store at {self.describe()}: {_reason(error)}") from error
+
+    def describe(self) -> str:
+        return self.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def transaction(self, write: bool = True) -> Iterator[_SqlTransaction]:
+        engine = self.engine.execution_options(sqlite_immediate=write)
+        try:
+            with engine.begin() as connection:
+                yield _SqlTransaction(connection)
+        except (DBAPIError, SQLAlchemyError) as error:
+            if isinstance(error, IntegrityError):
+                raise
+            raise StoreUnavailable(f"the upload store at {self.describe()} failed: {_reason(error)}") from error
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _reason(error: SQLAlchemyError) -> str:
+    original = getattr(error, "orig", None)
+    return str(original or error).strip().splitlines()[0][:300]
+
+
+def _engine(url: URL) -> Engine:
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves (below)
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        immediate = connection.get_execution_options().get("sqlite_immediate", True)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
