@@ -8,10 +8,13 @@ application is stopped and started with rabbitmqctl.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import random
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +25,9 @@ import pytest
 from tests.support import fault_report
 from tests.support.broker import Broker, broker_is_up, start_broker_app, stop_broker_app
 from tests.support.stack import Stack
+from tests.support.uploads import wait_record
 from tests.support.waiting import wait_until
+from workers.sample import main as sample_main
 
 pytestmark = pytest.mark.fault
 SLEEP = {
@@ -191,3 +196,65 @@ def test_config_broken_while_running_keeps_the_last_good(stack: Stack) -> None:
         expected_ids([upload.json()["upload_id"]], rows),
         broken,
     )
+
+
+def sales_csv(rows: int) -> bytes:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        sample_main([str(rows)])
+    return out.getvalue().encode()
+
+
+def test_rabbitmq_restarted_during_an_upload_retried_with_the_same_key(broker: Broker, tmp_path: Path) -> None:
+    """The issue's case for idempotent re-upload: a real broker restart mid-upload, then the same file with the
+    same Idempotency-Key. The record finishes exactly (every row succeeded once, whatever the publish window
+    duplicated) and the sales ledger, idempotent by message id, holds every row exactly once."""
+    ledger = tmp_path / "sales.db"
+    sales = {"handler": "sales", "batch_size": 100, "threshold": 100, "max_workers": 3, "idle_seconds": 3}
+    stack = Stack(broker, tmp_path, {"sales": {**sales, "env": {"SALES_DATABASE_URL": f"sqlite:///{ledger}"}}})
+    try:
+        stack.start_producer()
+        rows, key = 30_000, {"Idempotency-Key": f"fault-{tmp_path.name}"}
+        body, queue, answer = sales_csv(rows), stack.queue_of("sales"), {}
+
+        def first_try() -> None:
+            response = stack.upload(body, "sales", timeout=300, headers=key)
+            answer.update(status=response.status_code, **response.json())
+
+        thread = threading.Thread(target=first_try)
+        thread.start()
+        wait_until(lambda: broker.queue_depth(queue) > 3000, timeout=60, interval=0.05, what="publishing under way")
+        stop_broker_app()
+        thread.join(120)
+        restarted = time.monotonic()
+        start_broker_app()
+        assert answer["status"] == 503 and 0 < answer["confirmed"] < rows, answer
+        retry = wait_until(
+            lambda: (lambda r: r if r.status_code == 200 else None)(stack.upload(body, "sales", headers=key)),
+            timeout=120,
+            interval=1,
+            what="the retry with the same key to be accepted",
+        )
+        upload_id = retry.json()["upload_id"]
+        assert upload_id == answer["upload_id"], "the same key is the same upload"
+        stack.start_scaler()
+        done = wait_record(stack, upload_id, lambda r: r["state"] == "done", "the upload to finish", timeout=240)
+        assert (done["succeeded"], done["dead"], done["cancelled"], done["pending"]) == (rows, 0, 0, 0), done
+        with sqlite3.connect(ledger) as db:
+            stored = db.execute("SELECT COUNT(*), COUNT(DISTINCT message_id) FROM sales_rows").fetchone()
+        assert stored == (rows, rows), "every row stored once in the ledger"
+        fault_report.record(
+            fault_report.FaultRow(
+                f"RabbitMQ restart mid-upload, same Idempotency-Key: 503 with {answer['confirmed']} confirmed; "
+                "retry finished the same record exactly (ledger: each row once)",
+                rows,
+                done["succeeded"],
+                stored[0] - stored[1],
+                rows - stored[1],
+                time.monotonic() - restarted,
+            )
+        )
+    finally:
+        stack.stop()
+        if not broker_is_up():
+            start_broker_app()
