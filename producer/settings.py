@@ -12,6 +12,8 @@ Limits (each a named variable with its default):
   spooled bytes (bodies received plus JSON bodies) together; over either, 429 with `Retry-After`.
 - `PRODUCER_WORK_THREADS` (the number of CPUs, at least 2): uploads whose rows are checked or published at
   the same time; the others wait (admitted, not refused). Keeps the event loop and the probes responsive.
+- `PRODUCER_PUBLISH_WINDOW` (2000): rows published and not yet confirmed by the broker, per upload. Rows
+  leave in socket writes of about 256 KiB and at most about 1 MiB waits unsent, whatever the window.
 - `PRODUCER_BODY_TIMEOUT_SECONDS` (30): a body that stalls this long gets 408.
 - `PRODUCER_HEALTH_INTERVAL_SECONDS` (5): how often readiness checks the broker, in the background.
 
