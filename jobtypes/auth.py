@@ -31,12 +31,13 @@ import hmac
 import ipaddress
 import json
 import logging
-import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from jobtypes.env import env_flag, env_str
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +61,6 @@ VIA_LOOPBACK, VIA_TOKEN, VIA_COOKIE = "loopback", "token", "cookie"
 MAX_LOGIN_BYTES = 4096
 
 
-def _flag(name: str, default: bool) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if raw == "":
-        return default
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise SystemExit(f"{name}={raw!r} is not true or false")
-
-
 @dataclass(frozen=True)
 class AuthSettings:
     """`PRODUCER_TOKEN` (none: only loopback clients get in) and `AUTH_ALLOW_LOOPBACK` (default true)."""
@@ -80,13 +70,13 @@ class AuthSettings:
 
     @classmethod
     def from_environment(cls) -> AuthSettings:
-        token = os.environ.get("PRODUCER_TOKEN") or None
+        token = env_str("PRODUCER_TOKEN", None)
         if token is not None and token.startswith(PLACEHOLDER_PREFIX):
             raise SystemExit(
                 "PRODUCER_TOKEN holds the placeholder of the example manifests; "
                 "generate a real one (./manage.sh k8s-up does) before deploying"
             )
-        allow_loopback = _flag("AUTH_ALLOW_LOOPBACK", True)
+        allow_loopback = env_flag("AUTH_ALLOW_LOOPBACK", cls.allow_loopback)
         if token is None and not allow_loopback:
             raise SystemExit("AUTH_ALLOW_LOOPBACK=false needs a PRODUCER_TOKEN: without one nobody could get in")
         return cls(token=token, allow_loopback=allow_loopback)

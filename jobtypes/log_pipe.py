@@ -11,11 +11,12 @@ split between two files. It exits when the service's output closes.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from jobtypes.env import SettingsError, env_int
 
 #: Default of SERVICE_LOG_MAX_BYTES: a log file is rotated before it passes this size.
 DEFAULT_MAX_BYTES = 5 * 1024 * 1024
@@ -31,8 +32,8 @@ class LogPipeSettings:
     @classmethod
     def from_environment(cls) -> LogPipeSettings:
         return cls(
-            int(os.environ.get("SERVICE_LOG_MAX_BYTES", DEFAULT_MAX_BYTES)),
-            int(os.environ.get("SERVICE_LOG_BACKUPS", DEFAULT_BACKUPS)),
+            env_int("SERVICE_LOG_MAX_BYTES", DEFAULT_MAX_BYTES, minimum=1),
+            env_int("SERVICE_LOG_BACKUPS", DEFAULT_BACKUPS, minimum=0),
         )
 
 
@@ -76,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobtypes.log_pipe", description=__doc__)
     parser.add_argument("file", type=Path)
     args = parser.parse_args(argv)
-    sink = RotatingFile(args.file, LogPipeSettings.from_environment())
+    try:
+        settings = LogPipeSettings.from_environment()
+    except SettingsError as error:
+        parser.error(str(error))
+    sink = RotatingFile(args.file, settings)
     try:
         copy(sys.stdin.buffer, sink)
     finally:

@@ -6,27 +6,30 @@ the config path from here, so one environment works for the whole stack.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pika
 
+from jobtypes.env import env_int, env_str
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@localhost:5672/%2F"
 DEFAULT_RABBITMQ_API_URL = "http://guest:guest@localhost:15672/api"
+#: Seconds between AMQP heartbeats (0: none).
+DEFAULT_HEARTBEAT_SECONDS = 10
 
 
 def rabbitmq_url() -> str:
-    return os.environ.get("RABBITMQ_URL", DEFAULT_RABBITMQ_URL)
+    return env_str("RABBITMQ_URL", DEFAULT_RABBITMQ_URL)
 
 
 def rabbitmq_api_url() -> str:
-    return os.environ.get("RABBITMQ_API_URL", DEFAULT_RABBITMQ_API_URL)
+    return env_str("RABBITMQ_API_URL", DEFAULT_RABBITMQ_API_URL)
 
 
 def jobs_config_path() -> Path:
-    return Path(os.environ.get("JOBS_CONFIG", REPO_ROOT / "jobs.config.json"))
+    return Path(env_str("JOBS_CONFIG", REPO_ROOT / "jobs.config.json"))
 
 
 def redact_url(url: str) -> str:
@@ -46,7 +49,7 @@ def connection_parameters(connection_name: str, url: str | None = None) -> pika.
     """
     parameters = pika.URLParameters(url or rabbitmq_url())
     parameters.client_properties = {"connection_name": connection_name}
-    parameters.heartbeat = int(os.environ.get("RABBITMQ_HEARTBEAT_SECONDS", "10"))
+    parameters.heartbeat = env_int("RABBITMQ_HEARTBEAT_SECONDS", DEFAULT_HEARTBEAT_SECONDS, minimum=0)
     parameters.blocked_connection_timeout = 30
     parameters.connection_attempts = 1
     parameters.socket_timeout = 5

@@ -9,6 +9,7 @@ import uvicorn
 
 from jobtypes.auth import describe_rule
 from jobtypes.config import ConfigError
+from jobtypes.env import SettingsError
 from jobtypes.settings import rabbitmq_url, redact_url
 from producer.app import create_app
 from producer.settings import ProducerSettings
@@ -18,7 +19,11 @@ from uploads.errors import StoreUnavailable
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     logging.getLogger("pika").setLevel(logging.WARNING)
-    settings = ProducerSettings.from_environment()
+    try:
+        settings = ProducerSettings.from_environment()
+    except SettingsError as error:
+        print(f"producer: cannot start: {error}", file=sys.stderr)
+        return 2
     # The event loop (probes, bodies being received) shares the GIL with the threads that check and publish
     # rows; a shorter switch interval lets it in sooner when it has something to do.
     sys.setswitchinterval(0.001)

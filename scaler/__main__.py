@@ -15,8 +15,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from jobtypes.config import DEFAULT_STOP_GRACE_SECONDS, ConfigError
+from jobtypes.env import SettingsError
 from jobtypes.settings import jobs_config_path, rabbitmq_api_url, rabbitmq_url, redact_url
-from scaler.settings import ScalerSettings, SettingsError
+from scaler.settings import ScalerSettings
 
 if TYPE_CHECKING:
     from jobtypes.config_watch import ConfigWatcher
@@ -35,11 +36,12 @@ def _run(args: argparse.Namespace) -> int:
     from scaler.web import create_app
     from scaler.worker_channel import WorkerChannel
 
-    auth = AuthSettings.from_environment()  # before anything starts: a placeholder token stops us here
+    # Every setting is read before anything starts: a bad value or a placeholder token stops the scaler here.
+    auth = AuthSettings.from_environment()
+    settings = _settings(args)
     try:
-        settings = _settings(args)
         watcher = ConfigWatcher(jobs_config_path())
-    except (ConfigError, SettingsError) as error:
+    except ConfigError as error:
         print(f"scaler: cannot start: {error}", file=sys.stderr)
         return 2
     backend, controls, elector = _backend(settings, watcher)
@@ -103,15 +105,15 @@ def _backend(settings: ScalerSettings, watcher: ConfigWatcher) -> tuple[Backend,
         from scaler.backends.local import LocalBackend
 
         store = FileControlStore(settings.state_dir / "controls.json")
-        backend = LocalBackend(settings.state_dir, configured=lambda: watcher.config.job_types.values())
+        backend = LocalBackend(settings.state_dir, settings.local, configured=lambda: watcher.config.job_types.values())
         return backend, Controls(store, settings.controls_refresh_seconds), None
     from kubernetes import client
 
     from scaler.backends.kubernetes import KubernetesBackend
     from scaler.leader import LeaseElector
 
-    elector = LeaseElector.from_environment().start() if settings.leader_election else None
-    backend = KubernetesBackend.from_environment(leadership=elector, backoff=settings.backoff)
+    elector = LeaseElector.from_environment(settings.kubernetes).start() if settings.leader_election else None
+    backend = KubernetesBackend.from_environment(elector, settings.backoff, settings.kubernetes)
     store = LeaseControlStore(client.ApiClient(), backend.namespace, settings.controls_lease)
     return backend, Controls(store, settings.controls_refresh_seconds), elector
 
@@ -148,7 +150,8 @@ def _stop_workers(args: argparse.Namespace) -> int:
 
     from scaler.backends.local import LocalBackend
 
-    backend = LocalBackend(ScalerSettings.from_environment().state_dir)
+    settings = ScalerSettings.from_environment()
+    backend = LocalBackend(settings.state_dir, settings.local)
     deadline = time.monotonic() + args.grace + 5
     while live := [w for w in backend.list_workers() if not w.state.finished]:
         if time.monotonic() > deadline:
@@ -218,7 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
     logging.getLogger("pika").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    return args.command(args)
+    try:
+        return args.command(args)
+    except SettingsError as error:
+        print(f"scaler: cannot start: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,32 +11,20 @@ alive when anyone can ask.
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from scaler.loop import Scaler
 
-#: Default of SCALER_HEALTH_STALE_SECONDS: a thread that made no progress for this long is stuck.
-DEFAULT_STALE_SECONDS = 60.0
 #: The control loop may miss this many ticks in a row (a slow API call) before it counts as stuck.
 MISSED_TICKS = 5
 
 
-@dataclass(frozen=True)
-class HealthSettings:
-    stale_seconds: float = DEFAULT_STALE_SECONDS
-
-    @classmethod
-    def from_environment(cls) -> HealthSettings:
-        return cls(float(os.environ.get("SCALER_HEALTH_STALE_SECONDS", DEFAULT_STALE_SECONDS)))
-
-
 class HealthCheck:
-    def __init__(self, scaler: Scaler, settings: HealthSettings | None = None) -> None:
+    def __init__(self, scaler: Scaler) -> None:
         self.scaler = scaler
-        self.settings = settings or HealthSettings.from_environment()
+        #: A thread that made no progress for this long is stuck (`SCALER_HEALTH_STALE_SECONDS`).
+        self.stale_seconds = scaler.settings.health_stale_seconds
         self.created_at = time.time()
 
     def report(self) -> tuple[bool, dict[str, Any]]:
@@ -61,7 +49,7 @@ class HealthCheck:
     def _loop(self) -> dict[str, Any]:
         last = self.scaler.last_at
         age = time.time() - (last or self.created_at)
-        limit = max(self.settings.stale_seconds, MISSED_TICKS * self.scaler.tick_seconds)
+        limit = max(self.stale_seconds, MISSED_TICKS * self.scaler.tick_seconds)
         problem = None
         if age > limit:
             problem = f"no tick for {age:.0f} s (limit {limit:.0f} s)" if last else f"not ticked in {age:.0f} s"
@@ -72,7 +60,7 @@ class HealthCheck:
         problem = None
         if not health.alive:
             problem = "the heartbeat and wake-up consumer thread is not running"
-        elif health.last_progress_age > self.settings.stale_seconds:
+        elif health.last_progress_age > self.stale_seconds:
             problem = f"the heartbeat consumer made no progress for {health.last_progress_age:.0f} s"
         return {
             "alive": health.alive,

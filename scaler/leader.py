@@ -30,8 +30,6 @@ The semantics are client-go's leader election:
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -42,7 +40,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from scaler.backends.kubernetes_api import load_client_configuration
-from scaler.backends.kubernetes_manifests import ClusterSettings
+from scaler.backends.kubernetes_settings import DEFAULT_LEASE_SECONDS, KubernetesSettings
 
 log = logging.getLogger(__name__)
 REQUEST_TIMEOUT = 5
@@ -55,7 +53,7 @@ class LeaseElector:
         namespace: str,
         name: str,
         identity: str,
-        duration: float = 15.0,
+        duration: float = DEFAULT_LEASE_SECONDS,
         retry_period: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         tick_deadline: float | None = None,
@@ -80,17 +78,17 @@ class LeaseElector:
         self._thread = threading.Thread(target=self._run, name="leader-election", daemon=True)
 
     @classmethod
-    def from_environment(cls) -> LeaseElector:
+    def from_environment(cls, settings: KubernetesSettings | None = None) -> LeaseElector:
+        """The elector `settings` (default: read from the environment) describe, on the cluster's configuration."""
+        settings = settings or KubernetesSettings.from_environment()
         load_client_configuration()
         return cls(
             client.ApiClient(),
-            ClusterSettings.from_environment().namespace,
-            os.environ.get("SCALER_LEASE_NAME", "queue-autoscaler-scaler"),
-            os.environ.get("POD_NAME") or socket.gethostname(),
-            float(os.environ.get("SCALER_LEASE_SECONDS", "15")),
-            tick_deadline=float(os.environ["SCALER_TICK_DEADLINE_SECONDS"])
-            if os.environ.get("SCALER_TICK_DEADLINE_SECONDS")
-            else None,
+            settings.cluster.namespace,
+            settings.lease_name,
+            settings.identity,
+            settings.lease_seconds,
+            tick_deadline=settings.tick_deadline,
         )
 
     def is_leader(self) -> bool:

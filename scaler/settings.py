@@ -1,20 +1,24 @@
 """Every setting of the scaler process, read from the environment once, with named defaults.
 
 `ScalerSettings.from_environment()` is the only place the scaler reads its own
-variables; everything else gets the settings object. Bad values stop the
-scaler at start with a message that names the variable.
+variables (its health check's, its backends' and its leader election's
+included, through the shared `jobtypes.env` helpers); everything else gets the
+settings object. Bad values stop the scaler at start, before any thread runs
+or the cluster is contacted, with a message that names the variable.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kubernetes.utils.quantity import parse_quantity
 
+from jobtypes.env import SettingsError, env_flag, env_float, env_int, env_str
 from jobtypes.settings import REPO_ROOT
+from scaler.backends.kubernetes_settings import KubernetesSettings
+from scaler.backends.local_settings import LocalSettings
 from scaler.budget import Budget
 from scaler.policy import Backoff
 
@@ -26,10 +30,10 @@ DEFAULT_MAX_BACKOFF_SECONDS = 300.0
 #: How often the pause/drain set is re-read from its store (another replica may have changed it).
 DEFAULT_CONTROLS_REFRESH_SECONDS = 5.0
 DEFAULT_STATE_DIR = REPO_ROOT / ".run" / "scaler"
+#: A scaler thread that made no progress for this long is stuck.
+DEFAULT_HEALTH_STALE_SECONDS = 60.0
 
-
-class SettingsError(ValueError):
-    """A scaler environment variable has a value that cannot be used; the message names it."""
+__all__ = ["ScalerSettings", "SettingsError", "resource_budgets"]
 
 
 @dataclass(frozen=True)
@@ -48,44 +52,40 @@ class ScalerSettings:
     controls_lease: str = "queue-autoscaler-scaler-controls"
     #: Tick at once when the producer says work arrived (False: scale on the interval only, as a baseline).
     wake_ups: bool = True
+    #: A scaler thread (control loop, worker channel) that made no progress for this long is stuck (`/healthz`).
+    health_stale_seconds: float = DEFAULT_HEALTH_STALE_SECONDS
+    #: The local backend's limits (worker logs, templates, environment passthrough).
+    local: LocalSettings = field(default_factory=LocalSettings)
+    #: The Kubernetes backend's and the leader election's settings.
+    kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
 
     @classmethod
     def from_environment(cls) -> ScalerSettings:
-        env = os.environ
-        max_workers = env.get("SCALER_MAX_TOTAL_WORKERS", "").strip()
         return cls(
-            backend=env.get("SCALER_BACKEND", "local"),
-            host=env.get("SCALER_HOST", "127.0.0.1"),
-            port=_number("SCALER_PORT", int, "8080"),
-            tick_seconds=_number("SCALER_TICK_SECONDS", float, str(DEFAULT_TICK_SECONDS)),
-            state_dir=Path(env.get("SCALER_STATE_DIR") or DEFAULT_STATE_DIR),
-            producer_url=env.get("PRODUCER_URL", "http://127.0.0.1:8000").rstrip("/"),
+            backend=env_str("SCALER_BACKEND", cls.backend),
+            host=env_str("SCALER_HOST", cls.host),
+            port=env_int("SCALER_PORT", cls.port, minimum=0),
+            tick_seconds=env_float("SCALER_TICK_SECONDS", DEFAULT_TICK_SECONDS, minimum=0),
+            state_dir=Path(env_str("SCALER_STATE_DIR", DEFAULT_STATE_DIR)),
+            producer_url=env_str("PRODUCER_URL", cls.producer_url).rstrip("/"),
             budget=Budget(
-                max_workers=_number("SCALER_MAX_TOTAL_WORKERS", int, max_workers) if max_workers else None,
-                resources=resource_budgets(env.get("SCALER_RESOURCE_BUDGETS", "")),
+                max_workers=env_int("SCALER_MAX_TOTAL_WORKERS", None, minimum=0),
+                resources=resource_budgets(env_str("SCALER_RESOURCE_BUDGETS", "")),
             ),
             backoff=Backoff(
-                _number("SCALER_BACKOFF_SECONDS", float, str(DEFAULT_BACKOFF_SECONDS)),
-                _number("SCALER_MAX_BACKOFF_SECONDS", float, str(DEFAULT_MAX_BACKOFF_SECONDS)),
+                env_float("SCALER_BACKOFF_SECONDS", DEFAULT_BACKOFF_SECONDS, minimum=0),
+                env_float("SCALER_MAX_BACKOFF_SECONDS", DEFAULT_MAX_BACKOFF_SECONDS, minimum=0),
             ),
-            leader_election=env.get("SCALER_LEADER_ELECTION", "true").lower() not in ("0", "false", "no"),
-            controls_refresh_seconds=_number(
-                "SCALER_CONTROLS_REFRESH_SECONDS", float, str(DEFAULT_CONTROLS_REFRESH_SECONDS)
+            leader_election=env_flag("SCALER_LEADER_ELECTION", cls.leader_election),
+            controls_refresh_seconds=env_float(
+                "SCALER_CONTROLS_REFRESH_SECONDS", DEFAULT_CONTROLS_REFRESH_SECONDS, minimum=0
             ),
-            controls_lease=env.get("SCALER_CONTROLS_LEASE", cls.controls_lease),
-            wake_ups=env.get("SCALER_WAKE_UPS", "true").lower() not in ("0", "false", "no", "off"),
+            controls_lease=env_str("SCALER_CONTROLS_LEASE", cls.controls_lease),
+            wake_ups=env_flag("SCALER_WAKE_UPS", cls.wake_ups),
+            health_stale_seconds=env_float("SCALER_HEALTH_STALE_SECONDS", DEFAULT_HEALTH_STALE_SECONDS, minimum=0),
+            local=LocalSettings.from_environment(),
+            kubernetes=KubernetesSettings.from_environment(),
         )
-
-
-def _number(name: str, kind: type[int] | type[float], default: str) -> int | float:
-    text = os.environ.get(name, "").strip() or default
-    try:
-        value = kind(text)
-    except ValueError:
-        raise SettingsError(f"{name}={text!r} is not a {'whole ' if kind is int else ''}number") from None
-    if value < 0:
-        raise SettingsError(f"{name}={text!r} must not be negative")
-    return value
 
 
 def resource_budgets(text: str) -> dict[str, float]:

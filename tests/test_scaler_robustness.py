@@ -22,6 +22,7 @@ from scaler.backends.local import LocalBackend
 from scaler.backends.local_settings import LocalSettings
 from scaler.loop import Scaler
 from scaler.queue_stats import QueueStatsSource
+from scaler.settings import ScalerSettings
 from scaler.web import create_app
 from scaler.worker_channel import WorkerChannel
 from tests.support.broker import Broker
@@ -94,7 +95,12 @@ class InProcessScaler:
         backend = LocalBackend(directory / "state", LocalSettings(templates=False))
         self.channel = WorkerChannel(broker.amqp_url)
         self.scaler = Scaler(
-            watcher, backend, QueueStatsSource(broker.api_url, broker.amqp_url), self.channel, tick_seconds=tick_seconds
+            watcher,
+            backend,
+            QueueStatsSource(broker.api_url, broker.amqp_url),
+            self.channel,
+            tick_seconds=tick_seconds,
+            settings=ScalerSettings(health_stale_seconds=1),
         )
         self.channel.on_wake = self.scaler.wake
         self.channel.start()
@@ -115,8 +121,7 @@ class InProcessScaler:
 
 
 @pytest.fixture()
-def in_process(broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InProcessScaler]:
-    monkeypatch.setenv("SCALER_HEALTH_STALE_SECONDS", "1")
+def in_process(broker: Broker, tmp_path: Path) -> Iterator[InProcessScaler]:
     created = InProcessScaler(broker, tmp_path)
     yield created
     created.close()

@@ -2,35 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
+from jobtypes.env import env_flag, env_float, env_int, env_str
 from jobtypes.settings import REPO_ROOT
 
 DEFAULT_DATABASE_URL = f"sqlite:///{REPO_ROOT / '.run' / 'uploads.db'}"
 DAY = 86_400.0
-
-
-def _number(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError as error:
-        raise SystemExit(f"{name}={raw!r} is not a number") from error
-    if value <= 0:
-        raise SystemExit(f"{name}={raw!r} must be above 0")
-    return value
-
-
-def _switch(name: str, default: bool) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
-    if raw in ("", "on", "true", "1", "yes"):
-        return default if raw == "" else True
-    if raw in ("off", "false", "0", "no"):
-        return False
-    raise SystemExit(f"{name}={raw!r}: use on or off")
 
 
 @dataclass(frozen=True)
@@ -55,10 +33,10 @@ class UploadSettings:
     @classmethod
     def from_environment(cls) -> UploadSettings:
         return cls(
-            database_url=os.environ.get("UPLOADS_DATABASE_URL") or DEFAULT_DATABASE_URL,
-            retention_days=_number("UPLOADS_RETENTION_DAYS", cls.retention_days),
-            max_failed_rows=int(_number("UPLOADS_MAX_FAILED_ROWS", cls.max_failed_rows)),
-            cancel_notice_seconds=_number("UPLOADS_CANCEL_NOTICE_SECONDS", cls.cancel_notice_seconds),
-            report_batch=int(_number("UPLOADS_REPORT_BATCH", cls.report_batch)),
-            tracker=_switch("UPLOADS_TRACKER", cls.tracker),
+            database_url=env_str("UPLOADS_DATABASE_URL", DEFAULT_DATABASE_URL),
+            retention_days=env_float("UPLOADS_RETENTION_DAYS", cls.retention_days, above=0),
+            max_failed_rows=env_int("UPLOADS_MAX_FAILED_ROWS", cls.max_failed_rows, minimum=1),
+            cancel_notice_seconds=env_float("UPLOADS_CANCEL_NOTICE_SECONDS", cls.cancel_notice_seconds, above=0),
+            report_batch=env_int("UPLOADS_REPORT_BATCH", cls.report_batch, minimum=1),
+            tracker=env_flag("UPLOADS_TRACKER", cls.tracker),
         )

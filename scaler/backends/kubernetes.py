@@ -20,7 +20,6 @@ and not tried again before a backoff, so it does not fail once per tick.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from scaler.backends.kubernetes_api import (
     with_retries,
 )
 from scaler.backends.kubernetes_manifests import MANAGED_SELECTOR, ClusterSettings, new_worker_id, render_job_manifest
+from scaler.backends.kubernetes_settings import DEFAULT_LIST_PAGE_SIZE, KubernetesSettings
 from scaler.backends.kubernetes_states import (
     StartLimits,
     container_status,
@@ -102,7 +102,7 @@ class KubernetesBackend:
         settings: ClusterSettings,
         limits: StartLimits | None = None,
         request_timeout: float = 10.0,
-        page_size: int = 500,
+        page_size: int = DEFAULT_LIST_PAGE_SIZE,
         leadership: Leadership | None = None,
         clock: Callable[[], float] = time.time,
         finished_per_tick: int = 20,
@@ -129,17 +129,19 @@ class KubernetesBackend:
 
     @classmethod
     def from_environment(
-        cls, leadership: Leadership | None = None, backoff: Backoff | None = None
+        cls,
+        leadership: Leadership | None = None,
+        backoff: Backoff | None = None,
+        settings: KubernetesSettings | None = None,
     ) -> KubernetesBackend:
+        """The backend `settings` (default: read from the environment) describe, on the cluster's configuration."""
+        settings = settings or KubernetesSettings.from_environment()
         load_client_configuration()
         return cls(
             client.ApiClient(),
-            ClusterSettings.from_environment(),
-            StartLimits(
-                unschedulable_grace=float(os.environ.get("SCALER_UNSCHEDULABLE_GRACE_SECONDS", "30")),
-                start_timeout=float(os.environ.get("SCALER_START_TIMEOUT_SECONDS", "600")),
-            ),
-            page_size=int(os.environ.get("SCALER_LIST_PAGE_SIZE", "500")),
+            settings.cluster,
+            settings.limits,
+            page_size=settings.page_size,
             leadership=leadership,
             backoff=backoff,
         )

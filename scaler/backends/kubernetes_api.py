@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -21,6 +20,8 @@ import urllib3
 from kubernetes import config
 from kubernetes.client.exceptions import ApiException
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from jobtypes.env import env_str
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -108,6 +109,4 @@ def load_client_configuration() -> None:
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        config.load_kube_config(
-            config_file=os.environ.get("KUBECONFIG") or None, context=os.environ.get("SCALER_KUBE_CONTEXT") or None
-        )
+        config.load_kube_config(config_file=env_str("KUBECONFIG", None), context=env_str("SCALER_KUBE_CONTEXT", None))

@@ -10,13 +10,13 @@ they stay unique, and the full name is kept in an annotation.
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from jobtypes.config import JobType
+from jobtypes.env import env_str
 from jobtypes.handoff import JOB_TYPE_ENV, encode
 
 PART_OF = "queue-autoscaler"
@@ -40,7 +40,7 @@ class ClusterSettings:
 
     @classmethod
     def from_environment(cls) -> ClusterSettings:
-        namespace = os.environ.get("SCALER_NAMESPACE")
+        namespace = env_str("SCALER_NAMESPACE", None)
         if not namespace:
             try:
                 with open(SERVICE_ACCOUNT_NAMESPACE_FILE) as handle:
@@ -49,11 +49,11 @@ class ClusterSettings:
                 namespace = cls.namespace
         return cls(
             namespace=namespace,
-            secret=os.environ.get("WORKER_SECRET", cls.secret),
-            secret_key=os.environ.get("WORKER_SECRET_KEY", cls.secret_key),
-            config_map=os.environ.get("JOBS_CONFIGMAP", cls.config_map),
-            service_account=os.environ.get("WORKER_SERVICE_ACCOUNT") or None,
-            pull_policy=os.environ.get("WORKER_IMAGE_PULL_POLICY", cls.pull_policy),
+            secret=env_str("WORKER_SECRET", cls.secret),
+            secret_key=env_str("WORKER_SECRET_KEY", cls.secret_key),
+            config_map=env_str("JOBS_CONFIGMAP", cls.config_map),
+            service_account=env_str("WORKER_SERVICE_ACCOUNT", None),
+            pull_policy=env_str("WORKER_IMAGE_PULL_POLICY", cls.pull_policy),
         )
 
 

@@ -12,6 +12,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from jobtypes.env import env_flag, env_float, env_int, env_str
+
 #: Finished workers' logs kept per job type (the newest); older ones are deleted.
 DEFAULT_LOGS_PER_TYPE = 20
 #: A worker's log is cut (its tail kept in `<log>.1`) when it grows past this many bytes.
@@ -33,11 +35,15 @@ class LocalSettings:
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> LocalSettings:
         return cls(
-            logs_per_type=int(environ.get("SCALER_WORKER_LOGS_PER_TYPE", DEFAULT_LOGS_PER_TYPE)),
-            log_max_bytes=int(environ.get("SCALER_WORKER_LOG_MAX_BYTES", DEFAULT_LOG_MAX_BYTES)),
-            log_sweep_seconds=float(environ.get("SCALER_WORKER_LOG_SWEEP_SECONDS", DEFAULT_LOG_SWEEP_SECONDS)),
-            templates=environ.get("SCALER_WORKER_TEMPLATES", "true").lower() not in ("0", "false", "no", "off"),
+            logs_per_type=env_int("SCALER_WORKER_LOGS_PER_TYPE", DEFAULT_LOGS_PER_TYPE, minimum=0, environ=environ),
+            log_max_bytes=env_int("SCALER_WORKER_LOG_MAX_BYTES", DEFAULT_LOG_MAX_BYTES, minimum=1, environ=environ),
+            log_sweep_seconds=env_float(
+                "SCALER_WORKER_LOG_SWEEP_SECONDS", DEFAULT_LOG_SWEEP_SECONDS, minimum=0, environ=environ
+            ),
+            templates=env_flag("SCALER_WORKER_TEMPLATES", cls.templates, environ=environ),
             env_passthrough=tuple(
-                name.strip() for name in environ.get("SCALER_WORKER_ENV_PASSTHROUGH", "").split(",") if name.strip()
+                name.strip()
+                for name in env_str("SCALER_WORKER_ENV_PASSTHROUGH", "", environ=environ).split(",")
+                if name.strip()
             ),
         )
