@@ -26,31 +26,12 @@ import os
 from dataclasses import dataclass, field
 
 from jobtypes.auth import AuthSettings
+from jobtypes.env import env_float, env_int, env_str
 from producer.limits import RowLimits
 from uploads.settings import UploadSettings
 
 GIB = 1024**3
 MIB = 1024**2
-
-
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError as error:
-        raise SystemExit(f"{name}={raw!r} is not a whole number") from error
-
-
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError as error:
-        raise SystemExit(f"{name}={raw!r} is not a number") from error
 
 
 @dataclass(frozen=True)
@@ -73,23 +54,23 @@ class ProducerSettings:
     @classmethod
     def from_environment(cls) -> ProducerSettings:
         return cls(
-            host=os.environ.get("PRODUCER_HOST", "127.0.0.1"),
-            port=_int("PRODUCER_PORT", 8000),
+            host=env_str("PRODUCER_HOST", "127.0.0.1"),
+            port=env_int("PRODUCER_PORT", 8000, minimum=1),
             auth=AuthSettings.from_environment(),
-            max_upload_bytes=_int("PRODUCER_MAX_UPLOAD_BYTES", GIB),
-            max_field_bytes=_int("PRODUCER_MAX_FIELD_BYTES", MIB),
+            max_upload_bytes=env_int("PRODUCER_MAX_UPLOAD_BYTES", GIB, minimum=1),
+            max_field_bytes=env_int("PRODUCER_MAX_FIELD_BYTES", MIB, minimum=1),
             rows=RowLimits(
-                max_columns=_int("PRODUCER_MAX_COLUMNS", 10_000),
-                max_header_bytes=_int("PRODUCER_MAX_HEADER_BYTES", 64 * 1024),
-                max_message_bytes=_int("PRODUCER_MAX_MESSAGE_BYTES", 4 * MIB),
-                max_spool_ratio=_float("PRODUCER_MAX_SPOOL_RATIO", 10.0),
+                max_columns=env_int("PRODUCER_MAX_COLUMNS", 10_000, minimum=1),
+                max_header_bytes=env_int("PRODUCER_MAX_HEADER_BYTES", 64 * 1024, minimum=1),
+                max_message_bytes=env_int("PRODUCER_MAX_MESSAGE_BYTES", 4 * MIB, minimum=1),
+                max_spool_ratio=env_float("PRODUCER_MAX_SPOOL_RATIO", 10.0, above=0),
             ),
-            max_concurrent_uploads=_int("PRODUCER_MAX_CONCURRENT_UPLOADS", 16),
-            max_spool_bytes=_int("PRODUCER_MAX_SPOOL_BYTES", 3 * GIB),
-            work_threads=_int("PRODUCER_WORK_THREADS", max(2, os.cpu_count() or 2)),
-            body_timeout_seconds=_float("PRODUCER_BODY_TIMEOUT_SECONDS", 30.0),
-            health_interval_seconds=_float("PRODUCER_HEALTH_INTERVAL_SECONDS", 5.0),
-            publish_window=_int("PRODUCER_PUBLISH_WINDOW", 2000),
-            spool_dir=os.environ.get("PRODUCER_SPOOL_DIR") or None,
+            max_concurrent_uploads=env_int("PRODUCER_MAX_CONCURRENT_UPLOADS", 16, minimum=1),
+            max_spool_bytes=env_int("PRODUCER_MAX_SPOOL_BYTES", 3 * GIB, minimum=1),
+            work_threads=env_int("PRODUCER_WORK_THREADS", max(2, os.cpu_count() or 2), minimum=1),
+            body_timeout_seconds=env_float("PRODUCER_BODY_TIMEOUT_SECONDS", 30.0, above=0),
+            health_interval_seconds=env_float("PRODUCER_HEALTH_INTERVAL_SECONDS", 5.0, above=0),
+            publish_window=env_int("PRODUCER_PUBLISH_WINDOW", 2000, minimum=1),
+            spool_dir=env_str("PRODUCER_SPOOL_DIR", None),
             uploads=UploadSettings.from_environment(),
         )
