@@ -32,9 +32,14 @@ OUTCOMES = ("succeeded", "retrying", "dead", "cancelled")
 REPLAY_HEADER = "x-replay"
 
 
+#: The report queue is a version 2 classic queue: it confirms a small persistent message in about half the time
+#: of version 1, and workers hold their rows unacked until their report is confirmed.
+OUTCOMES_QUEUE_ARGUMENTS = {"x-queue-version": 2}
+
+
 def declare_outcome_routes(channel: BlockingChannel) -> None:
     """Declare the report queue and the cancel exchange (idempotent, same arguments everywhere)."""
-    channel.queue_declare(queue=OUTCOMES_QUEUE, durable=True)
+    channel.queue_declare(queue=OUTCOMES_QUEUE, durable=True, arguments=OUTCOMES_QUEUE_ARGUMENTS)
     channel.exchange_declare(exchange=UPLOADS_EXCHANGE, exchange_type="fanout", durable=True)
 
 
