@@ -155,3 +155,29 @@ def test_cancelled_upload_is_skipped_and_reported_while_another_is_handled(harne
     assert handled[kept] == 30
     assert "malformed cancel notice dropped" in worker.log() and worker.process.poll() is None
     wait_until(lambda: harness.depth() == 0 and harness.unacked() == 0, timeout=10, what="every row acked")
+
+
+def test_a_report_round_trips_in_order_with_rows_grouped() -> None:
+    rows = [
+        RowOutcome("u1", 1, "succeeded"),
+        RowOutcome("u2", 9, "dead", attempts=3, replay=1, error="boom", body='{"a": "1"}'),
+        RowOutcome("u1", 2, "succeeded"),
+        RowOutcome("u1", 3, "succeeded"),
+    ]
+    body = OutcomeReport("w1", "work", rows).to_json()
+    assert OutcomeReport.from_json(body) == OutcomeReport("w1", "work", rows)
+    assert [group["rows"] for group in json.loads(body)["groups"]] == [[1], [9], [2, 3]]
+
+
+@pytest.mark.parametrize(
+    ("groups", "message"),
+    [
+        (None, "needs a list of objects 'groups'"),
+        ([{"upload_id": "u", "outcome": "succeeded"}], "needs a list 'rows'"),
+        ([{"upload_id": "u", "outcome": "lost", "rows": [1]}], "unknown outcome 'lost'"),
+        ([{"upload_id": "u", "outcome": "dead", "rows": ["1"]}], "field 'row' must be int"),
+    ],
+)
+def test_a_malformed_report_is_refused_with_the_reason(groups: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        OutcomeReport.from_json(json.dumps({"worker_id": "w1", "job_type": "work", "groups": groups}).encode())
