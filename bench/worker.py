@@ -15,9 +15,13 @@ them) from its own queue with the same prefetch:
   SLEEP_MS=1, a handler that does a millisecond of work per row.
 
 A report must be confirmed before its rows are acked, so with a no-op handler
-the prefetch window waits one confirm round trip per cycle: tracking costs
-what that round trip is worth against a window of no-op rows. With a handler
-that does any work the round trip is hidden behind the next rows.
+every row is held one confirm round trip longer and the prefetch window
+bounds tracked throughput at about prefetch / (confirm latency + delivery
+round trip): tracking costs what that round trip is worth against a window
+of no-op rows (little at prefetch 200, much at 20). The runtime keeps the
+round trip short (a version 2 outcomes queue, reports under the broker's
+4096-byte embedding size, a short GIL switch interval); with a handler that
+does any work it is hidden behind the next rows.
 
 Each is timed from outside the same way (bench/support/drain.py), in alternating
 order for several rounds; the best round of each counts. The ratios are

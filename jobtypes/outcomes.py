@@ -32,9 +32,14 @@ OUTCOMES = ("succeeded", "retrying", "dead", "cancelled")
 REPLAY_HEADER = "x-replay"
 
 
+#: The report queue is a version 2 classic queue: it confirms a small persistent message in about half the time
+#: of version 1, and workers hold their rows unacked until their report is confirmed.
+OUTCOMES_QUEUE_ARGUMENTS = {"x-queue-version": 2}
+
+
 def declare_outcome_routes(channel: BlockingChannel) -> None:
     """Declare the report queue and the cancel exchange (idempotent, same arguments everywhere)."""
-    channel.queue_declare(queue=OUTCOMES_QUEUE, durable=True)
+    channel.queue_declare(queue=OUTCOMES_QUEUE, durable=True, arguments=OUTCOMES_QUEUE_ARGUMENTS)
     channel.exchange_declare(exchange=UPLOADS_EXCHANGE, exchange_type="fanout", durable=True)
 
 
@@ -80,26 +85,53 @@ class RowOutcome:
 
 @dataclass(frozen=True)
 class OutcomeReport:
+    """On the wire, consecutive rows that differ only in their row number share one entry of `groups` (the
+    shared fields, then `rows`), so the order is kept and a report of 500 succeeded rows of one upload is a
+    few bytes a row: cheap to encode, and under the size the broker confirms quickest."""
+
     worker_id: str
     job_type: str
     rows: list[RowOutcome] = field(default_factory=list)
 
     def to_json(self) -> bytes:
-        # vars(), not asdict(): asdict deep-copies every row, a tenth of a busy worker's time.
-        data = {"worker_id": self.worker_id, "job_type": self.job_type, "rows": [vars(row) for row in self.rows]}
+        groups: list[tuple[tuple[Any, ...], list[int]]] = []
+        for row in self.rows:
+            key = (row.upload_id, row.outcome, row.attempts, row.replay, row.error, row.body)
+            if groups and groups[-1][0] == key:
+                groups[-1][1].append(row.row)
+            else:
+                groups.append((key, [row.row]))
+        data = {
+            "worker_id": self.worker_id,
+            "job_type": self.job_type,
+            "groups": [_group(key, rows) for key, rows in groups],
+        }
         return json.dumps(data, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, body: bytes) -> OutcomeReport:
         data = _object(body, "an outcome report")
-        rows = data.get("rows")
-        if not isinstance(rows, list):
-            raise ValueError("an outcome report needs a list 'rows'")
+        groups = data.get("groups")
+        if not isinstance(groups, list) or not all(isinstance(group, dict) for group in groups):
+            raise ValueError("an outcome report needs a list of objects 'groups'")
+        for group in groups:
+            if not isinstance(group.get("rows"), list):
+                raise ValueError("every group of an outcome report needs a list 'rows'")
         return cls(
             worker_id=_typed(data, "worker_id", str),
             job_type=_typed(data, "job_type", str),
-            rows=[RowOutcome.from_dict(row) for row in rows],
+            rows=[RowOutcome.from_dict({**group, "row": row}) for group in groups for row in group["rows"]],
         )
+
+
+_GROUP_FIELDS = ("upload_id", "outcome", "attempts", "replay", "error", "body")
+
+
+def _group(key: tuple[Any, ...], rows: list[int]) -> dict[str, Any]:
+    """One group of a report: the fields its rows share (None ones left out), then the row numbers."""
+    group = {name: value for name, value in zip(_GROUP_FIELDS, key, strict=True) if value is not None}
+    group["rows"] = rows
+    return group
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,16 @@ from collections import Counter, defaultdict
 import pika
 import pytest
 
-from jobtypes.outcomes import REPLAY_HEADER, UPLOADS_EXCHANGE, CancelNotice, RowOutcome, declare_outcome_routes
+from jobtypes.outcomes import (
+    OUTCOMES_QUEUE,
+    OUTCOMES_QUEUE_ARGUMENTS,
+    REPLAY_HEADER,
+    UPLOADS_EXCHANGE,
+    CancelNotice,
+    OutcomeReport,
+    RowOutcome,
+    declare_outcome_routes,
+)
 from tests.support.broker import Broker
 from tests.support.waiting import wait_until
 from tests.support.worker_harness import Harness, harness, reported_rows  # noqa: F401 - the fixture
@@ -57,6 +66,26 @@ def test_one_report_per_batch_with_retrying_and_dead_rows(harness: Harness) -> N
     mine_reports = [report for report in reports.reports if any(row.upload_id == upload_id for row in report.rows)]
     assert len(mine_reports) < 100, "rows are reported in batches, not one report per row"
     assert all(report.worker_id == "w1" and report.job_type == "work" for report in mine_reports)
+
+
+@pytest.mark.job_settings({"prefetch": 100})
+def test_a_large_group_is_split_into_reports_under_the_size_limit(harness: Harness, broker: Broker) -> None:
+    upload_id = harness.enqueue([{"n": i} for i in range(300)])
+    harness.start_worker("w1", {"WORKER_REPORT_MAX_BYTES": "600"})
+    bodies: list[bytes] = []
+
+    def all_reported() -> bool:
+        bodies.extend(body for _, body in broker.drain(OUTCOMES_QUEUE))
+        return len(reported_rows([OutcomeReport.from_json(body) for body in bodies])) >= 300
+
+    wait_until(all_reported, timeout=60, what="300 rows reported")
+    reports = [OutcomeReport.from_json(body) for body in bodies]
+    rows = [row for row in reported_rows(reports) if row.upload_id == upload_id]
+    assert final_rows(rows) == Counter(range(1, 301)), "every row reported exactly once across the split reports"
+    assert max(len(body) for body in bodies) <= 600
+    assert max(len(report.rows) for report in reports) > 1, "split, not one report per row"
+    queue = broker.queue(OUTCOMES_QUEUE)
+    assert queue["arguments"] == OUTCOMES_QUEUE_ARGUMENTS and queue["durable"]
 
 
 @pytest.mark.job_settings({"max_attempts": 2, "retry_delay_seconds": 0.05})
@@ -126,3 +155,29 @@ def test_cancelled_upload_is_skipped_and_reported_while_another_is_handled(harne
     assert handled[kept] == 30
     assert "malformed cancel notice dropped" in worker.log() and worker.process.poll() is None
     wait_until(lambda: harness.depth() == 0 and harness.unacked() == 0, timeout=10, what="every row acked")
+
+
+def test_a_report_round_trips_in_order_with_rows_grouped() -> None:
+    rows = [
+        RowOutcome("u1", 1, "succeeded"),
+        RowOutcome("u2", 9, "dead", attempts=3, replay=1, error="boom", body='{"a": "1"}'),
+        RowOutcome("u1", 2, "succeeded"),
+        RowOutcome("u1", 3, "succeeded"),
+    ]
+    body = OutcomeReport("w1", "work", rows).to_json()
+    assert OutcomeReport.from_json(body) == OutcomeReport("w1", "work", rows)
+    assert [group["rows"] for group in json.loads(body)["groups"]] == [[1], [9], [2, 3]]
+
+
+@pytest.mark.parametrize(
+    ("groups", "message"),
+    [
+        (None, "needs a list of objects 'groups'"),
+        ([{"upload_id": "u", "outcome": "succeeded"}], "needs a list 'rows'"),
+        ([{"upload_id": "u", "outcome": "lost", "rows": [1]}], "unknown outcome 'lost'"),
+        ([{"upload_id": "u", "outcome": "dead", "rows": ["1"]}], "field 'row' must be int"),
+    ],
+)
+def test_a_malformed_report_is_refused_with_the_reason(groups: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        OutcomeReport.from_json(json.dumps({"worker_id": "w1", "job_type": "work", "groups": groups}).encode())

@@ -22,6 +22,8 @@ def test_defaults_and_overrides() -> None:
             "WORKER_LOG_LEVEL": "debug",
             "WORKER_SETTLE_DELAY_MS": "10",
             "WORKER_HEARTBEAT_SECONDS": "0.5",
+            "WORKER_SWITCH_INTERVAL_MS": "2",
+            "WORKER_REPORT_MAX_BYTES": "10000",
         },
     )
     assert (tuned.report_outcomes, tuned.log_level, tuned.settle_delay_seconds, tuned.heartbeat_seconds) == (
@@ -30,6 +32,7 @@ def test_defaults_and_overrides() -> None:
         0.01,
         0.5,
     )
+    assert (tuned.switch_interval_seconds, tuned.report_max_bytes) == (0.002, 10000)
     assert WorkerSettings.from_environment("sales", {}).worker_id.startswith("sales-")
 
 
@@ -38,6 +41,7 @@ def test_defaults_and_overrides() -> None:
     [
         ({"WORKER_HEARTBEAT_SECONDS": "soon"}, "WORKER_HEARTBEAT_SECONDS='soon' is not a number of seconds"),
         ({"WORKER_SETTLE_DELAY_MS": "-1"}, "WORKER_SETTLE_DELAY_MS='-1' must be above 0"),
+        ({"WORKER_REPORT_MAX_BYTES": "big"}, "WORKER_REPORT_MAX_BYTES='big' is not a number of bytes"),
         ({"WORKER_LOG_LEVEL": "loud"}, "WORKER_LOG_LEVEL='loud'"),
         ({"WORKER_REPORT_OUTCOMES": "maybe"}, "WORKER_REPORT_OUTCOMES='maybe'"),
     ],

@@ -52,6 +52,7 @@ def serve(job_type: JobType, handler: Handler) -> int:
         print(f"worker: cannot start: {error}", file=sys.stderr)
         return 2
     logger = jsonlog.configure(settings.worker_id, job_type.name, settings.log_level)
+    sys.setswitchinterval(settings.switch_interval_seconds)
     return build_worker(job_type, handler, settings, logger).run()
 
 

@@ -34,7 +34,7 @@ def build_worker(job_type: JobType, handler: Handler, settings: WorkerSettings, 
         Retries(job_type, settings.worker_id),
     ]
     if settings.report_outcomes:
-        hooks.append(OutcomeReports(settings.worker_id, job_type.name))
+        hooks.append(OutcomeReports(settings.worker_id, job_type.name, settings.report_max_bytes))
     hooks += [RowLog(logger, settings.summary_seconds), status]
     chain = Hooks(hooks)
     executor = Executor(job_type, handler, chain, settings.worker_id)

@@ -21,6 +21,12 @@ DEFAULT_SUMMARY_SECONDS = 10.0
 DEFAULT_SETTLE_DELAY_SECONDS = 0.05
 #: A cancelled upload not repeated in a cancel notice for this long is forgotten.
 DEFAULT_CANCEL_MEMORY_SECONDS = 600.0
+#: Longest a thread holds the GIL while another wants it (Python's default is 5 ms): short, so the connection's
+#: thread reads a report's confirm (and acks its rows) promptly even while handler threads are busy.
+DEFAULT_SWITCH_INTERVAL_MS = 0.5
+#: Largest outcome report body; a bigger group is split. RabbitMQ keeps messages under 4096 bytes
+#: (`queue_index_embed_msgs_below`) in the queue's own store and confirms them sooner than larger ones.
+DEFAULT_REPORT_MAX_BYTES = 4000
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -39,11 +45,14 @@ class WorkerSettings:
     report_outcomes: bool = True
     cancel_memory_seconds: float = DEFAULT_CANCEL_MEMORY_SECONDS
     settle_delay_seconds: float = DEFAULT_SETTLE_DELAY_SECONDS
+    switch_interval_seconds: float = DEFAULT_SWITCH_INTERVAL_MS / 1000
+    report_max_bytes: int = DEFAULT_REPORT_MAX_BYTES
 
     @classmethod
     def from_environment(cls, job_type: str, environ: Mapping[str, str] = os.environ) -> WorkerSettings:
         """WORKER_ID, WORKER_HEARTBEAT_SECONDS, WORKER_SUMMARY_SECONDS, WORKER_LOG_LEVEL,
-        WORKER_REPORT_OUTCOMES, WORKER_CANCEL_MEMORY_SECONDS, WORKER_SETTLE_DELAY_MS."""
+        WORKER_REPORT_OUTCOMES, WORKER_CANCEL_MEMORY_SECONDS, WORKER_SETTLE_DELAY_MS, WORKER_SWITCH_INTERVAL_MS,
+        WORKER_REPORT_MAX_BYTES."""
         return cls(
             worker_id=environ.get("WORKER_ID") or f"{job_type}-{socket.gethostname()}-{os.getpid()}",
             heartbeat_seconds=_seconds(environ, "WORKER_HEARTBEAT_SECONDS", DEFAULT_HEARTBEAT_SECONDS),
@@ -53,6 +62,9 @@ class WorkerSettings:
             cancel_memory_seconds=_seconds(environ, "WORKER_CANCEL_MEMORY_SECONDS", DEFAULT_CANCEL_MEMORY_SECONDS),
             settle_delay_seconds=_seconds(environ, "WORKER_SETTLE_DELAY_MS", DEFAULT_SETTLE_DELAY_SECONDS * 1000)
             / 1000,
+            switch_interval_seconds=_seconds(environ, "WORKER_SWITCH_INTERVAL_MS", DEFAULT_SWITCH_INTERVAL_MS, "ms")
+            / 1000,
+            report_max_bytes=int(_seconds(environ, "WORKER_REPORT_MAX_BYTES", DEFAULT_REPORT_MAX_BYTES, "bytes")),
         )
 
 

@@ -1,10 +1,12 @@
 """The `OutcomeReports` hook: tell the upload record what became of each upload's rows.
 
 For every finished row with an `upload_id` header and a `<upload_id>:<row>`
-message id, one `RowOutcome` (succeeded, retrying, dead, cancelled). All the
-rows finished together go into one `OutcomeReport`, published persistent to
-the outcomes queue; those rows are acked only once the broker has confirmed
-it. A worker killed between the two reports the rows again when they are
+message id, one `RowOutcome` (succeeded, retrying, dead, cancelled). The
+rows finished together go into one `OutcomeReport` (split into several when
+its body would pass `max_bytes`, which keeps each one small enough for the
+broker's quickest confirm), published persistent to the outcomes queue; those
+rows are acked only once the broker has confirmed every report covering
+them. A worker killed between the two reports the rows again when they are
 redelivered: the record keeps a row's first final outcome, so it counts once.
 
 Rows given back by a stopping worker are not reported: nothing happened to them.
@@ -23,9 +25,10 @@ _PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, c
 
 
 class OutcomeReports(Hook):
-    def __init__(self, worker_id: str, job_type: str) -> None:
+    def __init__(self, worker_id: str, job_type: str, max_bytes: int) -> None:
         self.worker_id = worker_id
         self.job_type = job_type
+        self.max_bytes = max_bytes
         self.rows: list[RowOutcome] = []
 
     def after_handle(self, outcome: Outcome) -> None:
@@ -36,9 +39,17 @@ class OutcomeReports(Hook):
     def before_ack(self, outcomes: list[Outcome], publisher: ConfirmedPublisher) -> None:
         if not self.rows:
             return
-        report = OutcomeReport(self.worker_id, self.job_type, self.rows)
-        publisher.publish(OUTCOMES_QUEUE, report.to_json(), _PROPERTIES)
+        for body in self._bodies(self.rows):
+            publisher.publish(OUTCOMES_QUEUE, body, _PROPERTIES)
         self.rows = []
+
+    def _bodies(self, rows: list[RowOutcome]) -> list[bytes]:
+        """One report body for the rows, or halves of them until each body fits in `max_bytes`."""
+        body = OutcomeReport(self.worker_id, self.job_type, rows).to_json()
+        if len(body) <= self.max_bytes or len(rows) == 1:
+            return [body]
+        middle = len(rows) // 2
+        return self._bodies(rows[:middle]) + self._bodies(rows[middle:])
 
 
 def row_outcome(outcome: Outcome) -> RowOutcome | None:
