@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import pika
 
-from jobtypes.outcomes import OUTCOMES_QUEUE, UPLOADS_EXCHANGE, CancelNotice, OutcomeReport, RowOutcome
+from jobtypes.outcomes import (
+    OUTCOMES_QUEUE,
+    UPLOADS_EXCHANGE,
+    CancelNotice,
+    OutcomeReport,
+    RowOutcome,
+    declare_outcome_routes,
+)
 from tests.support.broker import Broker
 
 
 def publish_reports(broker: Broker, job_type: str, batches: list[list[RowOutcome]]) -> None:
     """Publish one persistent, confirmed OutcomeReport per batch, as a worker does."""
     with broker.channel() as channel:
-        channel.queue_declare(queue=OUTCOMES_QUEUE, durable=True)
+        declare_outcome_routes(channel)
         channel.confirm_delivery()
         for rows in batches:
             report = OutcomeReport(worker_id="test-worker", job_type=job_type, rows=rows)
@@ -29,7 +36,7 @@ class CancelListener:
     def __init__(self, broker: Broker) -> None:
         self.connection = pika.BlockingConnection(pika.URLParameters(broker.amqp_url))
         self.channel = self.connection.channel()
-        self.channel.exchange_declare(UPLOADS_EXCHANGE, exchange_type="fanout", durable=True)
+        declare_outcome_routes(self.channel)
         self.queue = self.channel.queue_declare("", exclusive=True).method.queue
         self.channel.queue_bind(self.queue, UPLOADS_EXCHANGE)
 
