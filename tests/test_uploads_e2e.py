@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +22,7 @@ import pytest
 from tests.support.broker import Broker, create_vhost, delete_vhost
 from tests.support.proxy import CuttableProxy, producer_behind
 from tests.support.stack import Stack
-from tests.support.uploads import wait_record
-from tests.support.waiting import wait_until
+from tests.support.uploads import interrupted_upload, wait_record
 
 
 def recorder(tmp_path: Path, **settings) -> dict:
@@ -140,29 +138,18 @@ def test_reupload_with_the_same_key_after_a_broker_cut_handles_every_row_once(
     try:
         rows = 20_000
         body = rows_csv(rows)
-        key = {"Idempotency-Key": "e2e-file-1"}
         queue = stack.queue_of("rec")
-        answer: dict = {}
-
-        def first_try() -> None:
-            response = stack.upload(body, "rec", headers=key)
-            answer.update(status=response.status_code, **response.json())
-
-        thread = threading.Thread(target=first_try)
-        thread.start()
-        wait_until(lambda: own_broker.queue_depth(queue) > 2_000, timeout=60, interval=0.02, what="publishing")
-        proxy.cut()
-        thread.join(120)
-        assert answer["status"] == 503 and 0 < answer["confirmed"] < rows, answer
-        proxy.restore()
-        retry = wait_until(
-            lambda: (lambda r: r if r.status_code == 200 else None)(stack.upload(body, "rec", headers=key)),
+        answer, upload_id = interrupted_upload(
+            stack,
+            body,
+            "rec",
+            "e2e-file-1",
+            publishing=lambda: own_broker.queue_depth(queue) > 2_000,
+            fail=proxy.cut,
+            recover=proxy.restore,
             timeout=60,
-            interval=1,
-            what="the retry to succeed",
         )
-        upload_id = retry.json()["upload_id"]
-        assert upload_id == answer["upload_id"]
+        assert answer["confirmed"] < rows, answer
         stack.env["RABBITMQ_URL"] = own_broker.amqp_url  # the scaler and its workers connect directly
         stack.start_scaler()
         done = final(stack, upload_id, timeout=240)

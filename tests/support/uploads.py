@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -32,3 +33,40 @@ def wait_record(
     except AssertionError as error:
         log = stack.producer.log()[-3000:] if stack.producer else ""
         raise AssertionError(f"{error}\nrecord: {last}\nproducer log:\n{log}") from None
+
+
+def interrupted_upload(
+    stack: Stack,
+    body: bytes,
+    job_type: str,
+    key: str,
+    publishing: Callable[[], bool],
+    fail: Callable[[], None],
+    recover: Callable[[], None],
+    timeout: float = 120,
+) -> tuple[dict[str, Any], str]:
+    """Upload `body` with the Idempotency-Key `key`; once `publishing()` holds, `fail()` the broker; expect a 503;
+    `recover()`; retry the same file with the same key until it is accepted. Returns (the 503's body, upload id)
+    after checking that the retry finished the same upload."""
+    headers = {"Idempotency-Key": key}
+    answer: dict[str, Any] = {}
+
+    def first_try() -> None:
+        response = stack.upload(body, job_type, timeout=300, headers=headers)
+        answer.update(status=response.status_code, **response.json())
+
+    thread = threading.Thread(target=first_try)
+    thread.start()
+    wait_until(publishing, timeout=60, interval=0.02, what="publishing under way")
+    fail()
+    thread.join(120)
+    assert answer.get("status") == 503 and 0 < answer["confirmed"], answer
+    recover()
+    retry = wait_until(
+        lambda: (lambda r: r if r.status_code == 200 else None)(stack.upload(body, job_type, headers=headers)),
+        timeout=timeout,
+        interval=1,
+        what="the retry with the same key to be accepted",
+    )
+    assert retry.json()["upload_id"] == answer["upload_id"], "the same key is the same upload"
+    return answer, answer["upload_id"]
