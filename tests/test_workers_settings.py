@@ -7,7 +7,8 @@ import logging
 import pytest
 
 from jobtypes.config import ConfigError, parse_config
-from workers.settings import SettingsError, WorkerSettings
+from jobtypes.env import SettingsError
+from workers.settings import WorkerSettings
 
 
 def test_defaults_and_overrides() -> None:
@@ -39,9 +40,9 @@ def test_defaults_and_overrides() -> None:
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
-        ({"WORKER_HEARTBEAT_SECONDS": "soon"}, "WORKER_HEARTBEAT_SECONDS='soon' is not a number of seconds"),
+        ({"WORKER_HEARTBEAT_SECONDS": "soon"}, "WORKER_HEARTBEAT_SECONDS='soon' is not a number"),
         ({"WORKER_SETTLE_DELAY_MS": "-1"}, "WORKER_SETTLE_DELAY_MS='-1' must be above 0"),
-        ({"WORKER_REPORT_MAX_BYTES": "big"}, "WORKER_REPORT_MAX_BYTES='big' is not a number of bytes"),
+        ({"WORKER_REPORT_MAX_BYTES": "big"}, "WORKER_REPORT_MAX_BYTES='big' is not a whole number"),
         ({"WORKER_LOG_LEVEL": "loud"}, "WORKER_LOG_LEVEL='loud'"),
         ({"WORKER_REPORT_OUTCOMES": "maybe"}, "WORKER_REPORT_OUTCOMES='maybe'"),
     ],

@@ -15,12 +15,13 @@ import argparse
 import sys
 
 from jobtypes.config import ConfigError, JobType, load_config
+from jobtypes.env import SettingsError
 from jobtypes.handoff import handed_job_type
 from jobtypes.settings import jobs_config_path
 from workers import jsonlog
 from workers.handlers import Handler, HandlerNotFound, load_handler
 from workers.runtime import build_worker
-from workers.settings import SettingsError, WorkerSettings
+from workers.settings import WorkerSettings
 
 
 class CannotStart(Exception):

@@ -13,6 +13,8 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from jobtypes.env import SettingsError, env_flag, env_float, env_int
+
 #: Seconds between status heartbeats to the scaler.
 DEFAULT_HEARTBEAT_SECONDS = 2.0
 #: Seconds between INFO progress lines (per-row lines are DEBUG).
@@ -27,13 +29,6 @@ DEFAULT_SWITCH_INTERVAL_MS = 0.5
 #: Largest outcome report body; a bigger group is split. RabbitMQ keeps messages under 4096 bytes
 #: (`queue_index_embed_msgs_below`) in the queue's own store and confirms them sooner than larger ones.
 DEFAULT_REPORT_MAX_BYTES = 4000
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-class SettingsError(ValueError):
-    """An environment variable has a value the worker cannot use; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -55,39 +50,20 @@ class WorkerSettings:
         WORKER_REPORT_MAX_BYTES."""
         return cls(
             worker_id=environ.get("WORKER_ID") or f"{job_type}-{socket.gethostname()}-{os.getpid()}",
-            heartbeat_seconds=_seconds(environ, "WORKER_HEARTBEAT_SECONDS", DEFAULT_HEARTBEAT_SECONDS),
-            summary_seconds=_seconds(environ, "WORKER_SUMMARY_SECONDS", DEFAULT_SUMMARY_SECONDS),
+            heartbeat_seconds=_positive(environ, "WORKER_HEARTBEAT_SECONDS", DEFAULT_HEARTBEAT_SECONDS),
+            summary_seconds=_positive(environ, "WORKER_SUMMARY_SECONDS", DEFAULT_SUMMARY_SECONDS),
             log_level=_level(environ.get("WORKER_LOG_LEVEL", "info")),
-            report_outcomes=_flag(environ, "WORKER_REPORT_OUTCOMES", True),
-            cancel_memory_seconds=_seconds(environ, "WORKER_CANCEL_MEMORY_SECONDS", DEFAULT_CANCEL_MEMORY_SECONDS),
-            settle_delay_seconds=_seconds(environ, "WORKER_SETTLE_DELAY_MS", DEFAULT_SETTLE_DELAY_SECONDS * 1000)
+            report_outcomes=env_flag("WORKER_REPORT_OUTCOMES", True, environ=environ),
+            cancel_memory_seconds=_positive(environ, "WORKER_CANCEL_MEMORY_SECONDS", DEFAULT_CANCEL_MEMORY_SECONDS),
+            settle_delay_seconds=_positive(environ, "WORKER_SETTLE_DELAY_MS", DEFAULT_SETTLE_DELAY_SECONDS * 1000)
             / 1000,
-            switch_interval_seconds=_seconds(environ, "WORKER_SWITCH_INTERVAL_MS", DEFAULT_SWITCH_INTERVAL_MS, "ms")
-            / 1000,
-            report_max_bytes=int(_seconds(environ, "WORKER_REPORT_MAX_BYTES", DEFAULT_REPORT_MAX_BYTES, "bytes")),
+            switch_interval_seconds=_positive(environ, "WORKER_SWITCH_INTERVAL_MS", DEFAULT_SWITCH_INTERVAL_MS) / 1000,
+            report_max_bytes=env_int("WORKER_REPORT_MAX_BYTES", DEFAULT_REPORT_MAX_BYTES, minimum=1, environ=environ),
         )
 
 
-def _seconds(environ: Mapping[str, str], name: str, default: float, unit: str = "seconds") -> float:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number of {unit}") from None
-    if value <= 0:
-        raise SettingsError(f"{name}={raw!r} must be above 0")
-    return value
-
-
-def _flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = environ.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw in _TRUE | _FALSE:
-        return raw in _TRUE
-    raise SettingsError(f"{name}={raw!r}: use one of {sorted(_TRUE | _FALSE)}")
+def _positive(environ: Mapping[str, str], name: str, default: float) -> float:
+    return env_float(name, default, above=0, environ=environ)
 
 
 def _level(raw: str) -> int:
