@@ -102,7 +102,8 @@ start_service() {
     log "$name already running (pid $(cat "$pidfile"))"
   else
     # The output goes through a rotating writer, so the log stays within SERVICE_LOG_MAX_BYTES x (1 + SERVICE_LOG_BACKUPS).
-    nohup "$@" > >(exec "$PY" -m jobtypes.log_pipe "$RUN/logs/$name.log") 2>&1 &
+    # Neither holds on to this script's stdout or stderr, so `./manage.sh up | tee` returns once `up` is done.
+    nohup "$@" </dev/null > >(exec "$PY" -m jobtypes.log_pipe "$RUN/logs/$name.log" </dev/null >/dev/null 2>&1) 2>&1 &
     echo $! >"$pidfile"
     log "$name started (pid $!), log: .run/logs/$name.log"
   fi

@@ -105,7 +105,7 @@ def test_workers_killed_repeatedly_mid_rows(stack: Stack) -> None:
 
 def test_rabbitmq_restarted_during_an_upload(stack: Stack) -> None:
     stack.start_producer()
-    rows = 30_000
+    rows = 100_000  # long enough that the broker is stopped mid-upload however fast publishing is
     queue = stack.queue_of("sleep")
     answer: dict = {}
 
@@ -214,7 +214,7 @@ def test_rabbitmq_restarted_during_an_upload_retried_with_the_same_key(broker: B
     stack = Stack(broker, tmp_path, {"sales": {**sales, "env": {"SALES_DATABASE_URL": f"sqlite:///{ledger}"}}})
     try:
         stack.start_producer()
-        rows, queue, restarted = 30_000, stack.queue_of("sales"), []
+        rows, queue, restarted = 100_000, stack.queue_of("sales"), []
 
         def restart() -> None:
             restarted.append(time.monotonic())
