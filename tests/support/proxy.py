@@ -3,6 +3,9 @@
 It makes "the broker went away" deterministic for one component without
 stopping the broker every other test shares: `cut()` drops every open
 connection and refuses new ones, `restore()` lets them through again.
+`cut_after(n)` cuts by itself once clients have sent `n` more bytes, so a
+test can cut an upload in the middle however fast the machine publishes
+(a wait on the broker's queue statistics, which lag, may see it too late).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class CuttableProxy:
         self._closed = False
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
+        self._cut_after: int | None = None
         threading.Thread(target=self._accept, daemon=True).start()
 
     def url(self, vhost_path: str) -> str:
@@ -52,12 +56,15 @@ class CuttableProxy:
                 continue
             with self._lock:
                 self._sockets.update((client, upstream))
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+            for source, sink, outbound in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pipe, args=(source, sink, outbound), daemon=True).start()
 
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, outbound: bool) -> None:
         try:
             while data := source.recv(65536):
+                if outbound and self._spend(len(data)):
+                    self.cut()
+                    return
                 sink.sendall(data)
         except OSError:
             pass
@@ -67,6 +74,22 @@ class CuttableProxy:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+    def cut_after(self, sent_bytes: int) -> None:
+        """Cut (as `cut()`) once clients have sent `sent_bytes` more bytes towards the broker."""
+        with self._lock:
+            self._cut_after = sent_bytes
+
+    def _spend(self, sent: int) -> bool:
+        """Count bytes a client sent; True once an armed `cut_after` budget is used up (it then disarms)."""
+        with self._lock:
+            if self._cut_after is None:
+                return False
+            self._cut_after -= sent
+            if self._cut_after > 0:
+                return False
+            self._cut_after = None
+            return True
 
     def cut(self) -> None:
         """Drop every connection now and refuse new ones until `restore()`."""
