@@ -199,6 +199,12 @@ class JobType(BaseModel):
         return max(self.prefetch, self.concurrency)
 
     @property
+    def read_ahead(self) -> int:
+        """Rows a worker holds beyond what its handler calls take at once: rows waiting their turn in the worker
+        (0 for the default `prefetch` 1, where every row held is being handled)."""
+        return self.effective_prefetch - self.concurrency * self.batch_size
+
+    @property
     def dead_queue(self) -> str:
         return f"{self.queue}.dead"
 

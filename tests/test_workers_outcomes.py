@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import signal
 from collections import Counter, defaultdict
+from urllib.parse import quote
 
+import httpx
 import pika
 import pytest
 
@@ -24,7 +26,7 @@ from jobtypes.outcomes import (
     RowOutcome,
     declare_outcome_routes,
 )
-from tests.support.broker import Broker
+from tests.support.broker import API, AUTH, Broker
 from tests.support.waiting import wait_until
 from tests.support.worker_harness import Harness, harness, reported_rows  # noqa: F401 - the fixture
 
@@ -66,6 +68,29 @@ def test_one_report_per_batch_with_retrying_and_dead_rows(harness: Harness) -> N
     mine_reports = [report for report in reports.reports if any(row.upload_id == upload_id for row in report.rows)]
     assert len(mine_reports) < 100, "rows are reported in batches, not one report per row"
     assert all(report.worker_id == "w1" and report.job_type == "work" for report in mine_reports)
+
+
+@pytest.mark.job_settings({"prefetch": 20})
+def test_rows_awaiting_their_report_have_room_beyond_the_prefetch(harness: Harness, broker: Broker) -> None:
+    """With reports on, the channel's prefetch is the type's plus twice its read-ahead (20 + 2 x 19): a confirm
+    round trip does not empty the handler's window. Without reports it is the type's own."""
+
+    def consumer_prefetch() -> int | None:
+        response = httpx.get(f"{API}/consumers/{quote(broker.vhost, safe='')}", auth=AUTH, timeout=10)
+        response.raise_for_status()
+        found = [c["prefetch_count"] for c in response.json() if c["queue"]["name"] == harness.queue]
+        return found[0] if len(found) == 1 else None
+
+    for name, env, expected in [("tracked", {}, 58), ("untracked", {"WORKER_REPORT_OUTCOMES": "0"}, 20)]:
+        worker = harness.start_worker(name, env)
+        wait_until(
+            lambda expected=expected: consumer_prefetch() == expected,
+            timeout=30,
+            what=f"{name}: a consumer with prefetch {expected}",
+        )
+        assert f'"channel_prefetch": {expected}' in worker.log()
+        worker.stop(timeout=10)
+        wait_until(lambda: harness.consumers() == 0, timeout=30, what=f"{name} gone")
 
 
 @pytest.mark.job_settings({"prefetch": 100})

@@ -25,6 +25,7 @@ def test_defaults_and_overrides() -> None:
             "WORKER_HEARTBEAT_SECONDS": "0.5",
             "WORKER_SWITCH_INTERVAL_MS": "2",
             "WORKER_REPORT_MAX_BYTES": "10000",
+            "WORKER_SETTLE_ALLOWANCE": "0",
         },
     )
     assert (tuned.report_outcomes, tuned.log_level, tuned.settle_delay_seconds, tuned.heartbeat_seconds) == (
@@ -33,7 +34,7 @@ def test_defaults_and_overrides() -> None:
         0.01,
         0.5,
     )
-    assert (tuned.switch_interval_seconds, tuned.report_max_bytes) == (0.002, 10000)
+    assert (tuned.switch_interval_seconds, tuned.report_max_bytes, tuned.settle_allowance) == (0.002, 10000, 0)
     assert WorkerSettings.from_environment("sales", {}).worker_id.startswith("sales-")
 
 
@@ -45,6 +46,7 @@ def test_defaults_and_overrides() -> None:
         ({"WORKER_REPORT_MAX_BYTES": "big"}, "WORKER_REPORT_MAX_BYTES='big' is not a whole number"),
         ({"WORKER_LOG_LEVEL": "loud"}, "WORKER_LOG_LEVEL='loud'"),
         ({"WORKER_REPORT_OUTCOMES": "maybe"}, "WORKER_REPORT_OUTCOMES='maybe'"),
+        ({"WORKER_SETTLE_ALLOWANCE": "-1"}, "WORKER_SETTLE_ALLOWANCE='-1'"),
     ],
 )
 def test_bad_values_name_the_variable(environ: dict[str, str], message: str) -> None:
@@ -68,3 +70,18 @@ def test_runtime_fields_of_a_job_type() -> None:
     for field, value in [("concurrency", 0), ("batch_size", 0), ("batch_wait_ms", -1), ("timeout_seconds", 0)]:
         with pytest.raises(ConfigError, match=f"job type 't', field '{field}'"):
             parse_config({"t": {"queue": "q", field: value}})
+
+
+@pytest.mark.parametrize(
+    ("fields", "read_ahead"),
+    [
+        ({}, 0),
+        ({"prefetch": 20}, 19),
+        ({"concurrency": 3}, 0),
+        ({"prefetch": 10, "concurrency": 4}, 6),
+        ({"batch_size": 50, "concurrency": 2}, 100),
+    ],
+)
+def test_read_ahead_is_the_rows_held_beyond_the_handler_calls(fields: dict, read_ahead: int) -> None:
+    """The rows held waiting their turn: the room a worker also keeps for rows whose report awaits its confirm."""
+    assert parse_config({"t": {"queue": "q", **fields}}).job_types["t"].read_ahead == read_ahead

@@ -10,7 +10,9 @@ holds (fewer if nothing else is running, or once the oldest has waited
 group (one `before_ack`: one outcome report, retry copies, published without
 waiting), and once the broker has confirmed those publishes, acks with one
 `basic_ack(tag, multiple=True)` up to the highest tag below which every
-delivery is settled. Confirms arrive while the other half is being handled.
+delivery is settled. Confirms arrive while the other half is being handled,
+and the channel's prefetch has room for the rows awaiting them
+(`channel_prefetch`, see `workers.runtime`), so the handler keeps its window.
 
 At-least-once: a row is acked only after its handler returned, or after its
 retry, dead-letter or give-back copy was confirmed by the broker. A worker
@@ -75,6 +77,7 @@ class Consumer:
         status: StatusHeartbeats,
         logger: logging.Logger,
         settle_delay: float,
+        channel_prefetch: int,
     ) -> None:
         self.job_type = job_type
         self.worker_id = worker_id
@@ -92,6 +95,8 @@ class Consumer:
         self.finished: list[Outcome] = []
         self.finished_since = 0.0
         self.settle_delay = settle_delay
+        #: the channel's prefetch: the type's, plus room for rows whose report awaits its confirm
+        self.channel_prefetch = channel_prefetch
         #: (publisher sequence to wait for, outcomes) in the order they were settled
         self.unconfirmed: deque[tuple[int, list[Outcome]]] = deque()
         self.awaiting_confirm = 0
@@ -106,7 +111,12 @@ class Consumer:
         signal.signal(signal.SIGINT, self._on_signal)
         self.executor.start()
         self.log.info(
-            "worker starting", extra={"queue": self.job_type.queue, "prefetch": self.job_type.effective_prefetch}
+            "worker starting",
+            extra={
+                "queue": self.job_type.queue,
+                "prefetch": self.job_type.effective_prefetch,
+                "channel_prefetch": self.channel_prefetch,
+            },
         )
         while True:
             try:
@@ -153,7 +163,7 @@ class Consumer:
         self.channel = connection.channel()
         declare_queues(self.channel, self.job_type)
         declare_outcome_routes(self.channel)
-        self.channel.basic_qos(prefetch_count=self.job_type.effective_prefetch)
+        self.channel.basic_qos(prefetch_count=self.channel_prefetch)
         control = connection.channel()
         declare_control_exchanges(control)
         listen = control.queue_declare("", exclusive=True, auto_delete=True).method.queue

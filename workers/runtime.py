@@ -41,4 +41,16 @@ def build_worker(job_type: JobType, handler: Handler, settings: WorkerSettings, 
     status.current = executor.current_message
     # Grouping finished rows pays off when each group costs a report; without reports, ack at once.
     settle_delay = settings.settle_delay_seconds if settings.report_outcomes else 0.0
-    return Consumer(job_type, settings.worker_id, executor, chain, status, logger, settle_delay)
+    # Rows waiting for their report's confirm get room of their own, so counting never starves the handler;
+    # a type that reads no rows ahead (prefetch 1: long rows) holds exactly its prefetch, as without reports.
+    settling = settings.settle_allowance * job_type.read_ahead if settings.report_outcomes else 0
+    return Consumer(
+        job_type,
+        settings.worker_id,
+        executor,
+        chain,
+        status,
+        logger,
+        settle_delay,
+        job_type.effective_prefetch + settling,
+    )

@@ -29,6 +29,10 @@ DEFAULT_SWITCH_INTERVAL_MS = 0.5
 #: Largest outcome report body; a bigger group is split. RabbitMQ keeps messages under 4096 bytes
 #: (`queue_index_embed_msgs_below`) in the queue's own store and confirms them sooner than larger ones.
 DEFAULT_REPORT_MAX_BYTES = 4000
+#: Room for rows already handled whose outcome report awaits the broker's confirm, in multiples of the type's
+#: read-ahead (`JobType.read_ahead`): those rows still count against the channel's prefetch until acked, and
+#: without this room they would empty the handler's window for a confirm round trip at every group.
+DEFAULT_SETTLE_ALLOWANCE = 2
 
 
 @dataclass(frozen=True)
@@ -42,12 +46,13 @@ class WorkerSettings:
     settle_delay_seconds: float = DEFAULT_SETTLE_DELAY_SECONDS
     switch_interval_seconds: float = DEFAULT_SWITCH_INTERVAL_MS / 1000
     report_max_bytes: int = DEFAULT_REPORT_MAX_BYTES
+    settle_allowance: int = DEFAULT_SETTLE_ALLOWANCE
 
     @classmethod
     def from_environment(cls, job_type: str, environ: Mapping[str, str] = os.environ) -> WorkerSettings:
         """WORKER_ID, WORKER_HEARTBEAT_SECONDS, WORKER_SUMMARY_SECONDS, WORKER_LOG_LEVEL,
         WORKER_REPORT_OUTCOMES, WORKER_CANCEL_MEMORY_SECONDS, WORKER_SETTLE_DELAY_MS, WORKER_SWITCH_INTERVAL_MS,
-        WORKER_REPORT_MAX_BYTES."""
+        WORKER_REPORT_MAX_BYTES, WORKER_SETTLE_ALLOWANCE."""
         return cls(
             worker_id=environ.get("WORKER_ID") or f"{job_type}-{socket.gethostname()}-{os.getpid()}",
             heartbeat_seconds=_positive(environ, "WORKER_HEARTBEAT_SECONDS", DEFAULT_HEARTBEAT_SECONDS),
@@ -59,6 +64,7 @@ class WorkerSettings:
             / 1000,
             switch_interval_seconds=_positive(environ, "WORKER_SWITCH_INTERVAL_MS", DEFAULT_SWITCH_INTERVAL_MS) / 1000,
             report_max_bytes=env_int("WORKER_REPORT_MAX_BYTES", DEFAULT_REPORT_MAX_BYTES, minimum=1, environ=environ),
+            settle_allowance=env_int("WORKER_SETTLE_ALLOWANCE", DEFAULT_SETTLE_ALLOWANCE, minimum=0, environ=environ),
         )
 
 

@@ -88,16 +88,23 @@ def _idle_since(broker: Broker, queue: str, moment: float) -> bool:
     return all(sample.get("timestamp", 0) / 1000 >= moment + 5 and sample.get("sample") == 0 for sample in newest)
 
 
-def best_rates(contenders: dict[str, Callable[[], float]], rounds: int, count: int, unit: str) -> dict[str, float]:
-    """Run each contender once per round, alternating the order; the best rate (`count` / seconds) of each."""
-    best = dict.fromkeys(contenders, float("inf"))
+def round_rates(
+    contenders: dict[str, Callable[[], float]], rounds: int, count: int, unit: str
+) -> dict[str, list[float]]:
+    """Run each contender once per round, alternating the order; every round's rate (`count` / seconds) of each."""
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
     for round_number in range(rounds):
         for name in names if round_number % 2 == 0 else names[::-1]:
-            seconds = contenders[name]()
-            print(f"  round {round_number + 1} {name:8}: {count / seconds:9,.0f} {unit}", flush=True)
-            best[name] = min(best[name], seconds)
-    return {name: count / seconds for name, seconds in best.items()}
+            rate = count / contenders[name]()
+            print(f"  round {round_number + 1} {name:8}: {rate:9,.0f} {unit}", flush=True)
+            rates[name].append(rate)
+    return rates
+
+
+def best_rates(contenders: dict[str, Callable[[], float]], rounds: int, count: int, unit: str) -> dict[str, float]:
+    """The best round's rate of each contender (see `round_rates`)."""
+    return {name: max(rates) for name, rates in round_rates(contenders, rounds, count, unit).items()}
 
 
 def write_job_config(directory: Path, name: str, settings: dict) -> Path:

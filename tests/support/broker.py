@@ -84,13 +84,18 @@ class _Channel:
 def create_vhost() -> Broker:
     vhost = f"autoscaler-test-{uuid.uuid4().hex[:8]}"
     httpx.put(f"{API}/vhosts/{quote(vhost, safe='')}", auth=AUTH, timeout=10).raise_for_status()
+    _grant_all(vhost, "guest")
+    return Broker(vhost)
+
+
+def _grant_all(vhost: str, username: str) -> None:
+    """Full rights for `username` on `vhost` (and nowhere else)."""
     httpx.put(
-        f"{API}/permissions/{quote(vhost, safe='')}/guest",
+        f"{API}/permissions/{quote(vhost, safe='')}/{username}",
         auth=AUTH,
         json={"configure": ".*", "write": ".*", "read": ".*"},
         timeout=10,
     ).raise_for_status()
-    return Broker(vhost)
 
 
 def delete_vhost(broker: Broker) -> None:
@@ -119,12 +124,7 @@ def create_user(broker: Broker, username: str, password: str) -> None:
     httpx.put(
         f"{API}/users/{username}", auth=AUTH, json={"password": password, "tags": "monitoring"}, timeout=10
     ).raise_for_status()
-    httpx.put(
-        f"{API}/permissions/{quote(broker.vhost, safe='')}/{username}",
-        auth=AUTH,
-        json={"configure": ".*", "write": ".*", "read": ".*"},
-        timeout=10,
-    ).raise_for_status()
+    _grant_all(broker.vhost, username)
 
 
 def delete_user(username: str) -> None:
