@@ -8,6 +8,7 @@ import pytest
 
 from jobtypes.config import ConfigError, parse_config
 from jobtypes.env import SettingsError
+from workers.runtime import MAX_PREFETCH_COUNT, channel_prefetch
 from workers.settings import WorkerSettings
 
 
@@ -85,3 +86,19 @@ def test_runtime_fields_of_a_job_type() -> None:
 def test_read_ahead_is_the_rows_held_beyond_the_handler_calls(fields: dict, read_ahead: int) -> None:
     """The rows held waiting their turn: the room a worker also keeps for rows whose report awaits its confirm."""
     assert parse_config({"t": {"queue": "q", **fields}}).job_types["t"].read_ahead == read_ahead
+
+
+@pytest.mark.parametrize(
+    ("fields", "environ", "expected"),
+    [
+        ({}, {}, 1),
+        ({"prefetch": 20}, {}, 58),
+        ({"prefetch": 20}, {"WORKER_REPORT_OUTCOMES": "off"}, 20),
+        ({"prefetch": 20}, {"WORKER_SETTLE_ALLOWANCE": "0"}, 20),
+        ({"batch_size": 10_000, "concurrency": 4}, {}, MAX_PREFETCH_COUNT),
+    ],
+)
+def test_channel_prefetch_adds_room_for_rows_awaiting_their_report(fields: dict, environ: dict, expected: int) -> None:
+    job_type = parse_config({"t": {"queue": "q", **fields}}).job_types["t"]
+    settings = WorkerSettings.from_environment("t", {"WORKER_ID": "w", **environ})
+    assert channel_prefetch(job_type, settings) == expected

@@ -41,9 +41,6 @@ def build_worker(job_type: JobType, handler: Handler, settings: WorkerSettings, 
     status.current = executor.current_message
     # Grouping finished rows pays off when each group costs a report; without reports, ack at once.
     settle_delay = settings.settle_delay_seconds if settings.report_outcomes else 0.0
-    # Rows waiting for their report's confirm get room of their own, so counting never starves the handler;
-    # a type that reads no rows ahead (prefetch 1: long rows) holds exactly its prefetch, as without reports.
-    settling = settings.settle_allowance * job_type.read_ahead if settings.report_outcomes else 0
     return Consumer(
         job_type,
         settings.worker_id,
@@ -52,5 +49,17 @@ def build_worker(job_type: JobType, handler: Handler, settings: WorkerSettings, 
         status,
         logger,
         settle_delay,
-        job_type.effective_prefetch + settling,
+        channel_prefetch(job_type, settings),
     )
+
+
+#: The largest prefetch count AMQP can carry (a 16-bit field); RabbitMQ closes the channel on more.
+MAX_PREFETCH_COUNT = 65_535
+
+
+def channel_prefetch(job_type: JobType, settings: WorkerSettings) -> int:
+    """The type's prefetch, plus room for rows whose outcome report awaits its confirm, so counting never
+    starves the handler. A type that reads no rows ahead (prefetch 1: long rows) holds exactly its prefetch,
+    as without reports, so no row waits in one worker while another could take it."""
+    settling = settings.settle_allowance * job_type.read_ahead if settings.report_outcomes else 0
+    return min(job_type.effective_prefetch + settling, MAX_PREFETCH_COUNT)
