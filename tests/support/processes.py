@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -16,10 +17,35 @@ from tests.support.waiting import wait_until
 REPO = Path(__file__).resolve().parents[2]
 
 
+#: Where ports for test services are picked: below the kernel's range of ephemeral ports (the source ports of
+#: outgoing connections), so no connection a test opens can take a port between choosing it and the service
+#: binding it (asking the kernel for port 0 hands out exactly those ports).
+def _service_ports() -> range:
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32_768  # Linux's default
+    return range(10_000, max(ephemeral_low, 11_000))
+
+
+SERVICE_PORTS = _service_ports()
+#: RabbitMQ's inter-node port: free for a moment while the broker restarts, and it must get it back.
+RABBITMQ_DIST_PORT = 25_672
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port no one listens on now, outside the ephemeral range (see `SERVICE_PORTS`)."""
+    for _ in range(1000):
+        port = random.choice(SERVICE_PORTS)
+        if port == RABBITMQ_DIST_PORT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {SERVICE_PORTS}")
 
 
 class Service:
