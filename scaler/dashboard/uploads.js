@@ -26,6 +26,7 @@ const seconds = (value) => (value === null || value === undefined ? "–" : valu
 function progressText(item) {
   const finished = item.rows - item.pending;
   const extra = ["retrying", "dead", "cancelled"].filter((k) => item[k]).map((k) => `${item[k]} ${k}`);
+  if (item.replays) extra.push(`replayed ${item.replays}×`);
   return [`${finished} / ${item.rows} rows`, ...extra, `${item.rows_per_second} rows/s`, `ETA ${seconds(item.eta_seconds)}`].join(" · ");
 }
 
