@@ -125,7 +125,10 @@ class Stack:
         """Worker id -> pid of every worker process the local backend recorded that is still alive."""
         alive = {}
         for record in (self.state_dir / "workers").glob("*.json"):
-            data = json.loads(record.read_text())
+            try:
+                data = json.loads(record.read_text())
+            except FileNotFoundError:
+                continue  # the worker exited and the scaler removed its record after the listing
             try:
                 if psutil.Process(data["pid"]).status() == psutil.STATUS_ZOMBIE:
                     continue
