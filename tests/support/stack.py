@@ -23,6 +23,9 @@ from tests.support.processes import Service, free_port
 from tests.support.waiting import wait_until
 
 
+DEFAULT_TOKEN = "test-stack-token"
+
+
 class Stack:
     def __init__(
         self,
@@ -49,6 +52,9 @@ class Stack:
             "UPLOADS_DATABASE_URL": f"sqlite:///{directory / 'uploads.db'}",
             # Per-row "processed" lines are DEBUG; processed() counts them.
             "WORKER_LOG_LEVEL": "debug",
+            # Every stack has a token, and every request the tests make sends it (auth_headers):
+            # a deployment without one is the exception a test asks for explicitly.
+            "PRODUCER_TOKEN": DEFAULT_TOKEN,
             **(env or {}),
         }
         self.producer: Service | None = None
@@ -83,20 +89,23 @@ class Stack:
         self.start_scaler()
         return self
 
+    def auth_headers(self) -> dict[str, str]:
+        """The bearer header for this stack's token (empty when a test runs it without one)."""
+        token = self.env.get("PRODUCER_TOKEN")
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     def upload(
         self, csv: bytes, job_type: str, timeout: float = 120, headers: dict[str, str] | None = None
     ) -> httpx.Response:
         return httpx.post(
             f"{self.producer_url}/submit/{job_type}",
             content=csv,
-            headers={"Content-Type": "text/csv", **(headers or {})},
+            headers={"Content-Type": "text/csv", **self.auth_headers(), **(headers or {})},
             timeout=timeout,
         )
 
     def status(self) -> dict[str, Any]:
-        token = self.env.get("PRODUCER_TOKEN")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        response = httpx.get(f"{self.scaler_url}/api/status", headers=headers, timeout=5)
+        response = httpx.get(f"{self.scaler_url}/api/status", headers=self.auth_headers(), timeout=5)
         response.raise_for_status()
         return response.json()
 
