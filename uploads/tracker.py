@@ -119,7 +119,8 @@ class TrackerLoop(threading.Thread):
         #: Reports ready in the queue when last asked, plus those handed back by a lost connection.
         self._queued = 0
         now = time.monotonic()
-        #: When the loop last returned from a call (`beat_at`) and last had nothing in hand (`progress_at`).
+        #: When the loop last returned from a call (`beat_at`), and last applied a batch or found nothing waiting
+        #: (`progress_at`): a loop that reconnects and fails again and again beats, but makes no progress.
         self.beat_at = self.progress_at = now
         self._next_notice = 0.0
         self._next_purge = 0.0
@@ -213,12 +214,15 @@ class TrackerLoop(threading.Thread):
             self.beat_at = time.monotonic()
             if self._pending:
                 self._apply_pending()
-            self.beat_at = self.progress_at = time.monotonic()
-            if self.progress_at >= self._next_notice:
+                self.progress_at = time.monotonic()
+            elif self._queued == 0:
+                self.progress_at = time.monotonic()  # idle, and nothing was waiting when last asked
+            now = self.beat_at = time.monotonic()
+            if now >= self._next_notice:
                 self._broadcast_cancels()
-            if self.progress_at >= self._next_purge:
+            if now >= self._next_purge:
                 self._purge()
-            if self.progress_at >= self._next_gauge:
+            if now >= self._next_gauge:
                 self._read_gauges()
 
     def _on_report(self, channel: BlockingChannel, method: Any, properties: Any, body: bytes) -> None:
@@ -337,6 +341,8 @@ class Tracker:
         self._watchdog = threading.Thread(target=self._watch, name="upload-tracker-watchdog", daemon=True)
         self._backoff = 1.0
         self._restart_at = 0.0
+        #: Reports ready in the queue, as the watchdog last asked (only while the loop is blocked).
+        self._ready = 0
 
     def start(self) -> None:
         self._loop.start()
@@ -375,12 +381,17 @@ class Tracker:
         now = time.monotonic()
         held = [old for old in self._abandoned if old.in_hand and old.is_alive()]
         stalled = [part for part in (loop, *held) if now - part.progress_at > self.settings.tracker_stall_seconds]
-        waiting = (loop.waiting if loop in stalled else 0) + sum(old.in_hand for old in held if old in stalled)
+        waiting = sum(old.in_hand for old in held if old in stalled)
+        if loop in stalled:
+            waiting += loop.in_hand + self._ready if self._blocked(loop) else loop.waiting
         if not waiting:
             return None
         age = now - min(part.progress_at for part in stalled)
         why = "" if loop.status.state is TrackerState.CONSUMING else f" ({loop.status.state}: {loop.status.reason})"
         return f"no progress for {age:.0f} s with {waiting} reports waiting{why}"
+
+    def _blocked(self, loop: TrackerLoop) -> bool:
+        return time.monotonic() - loop.beat_at > self.settings.tracker_stall_seconds
 
     def _watch(self) -> None:
         while not self._stopping.wait(WATCH_EVERY_SECONDS):
@@ -388,18 +399,31 @@ class Tracker:
 
     def _check(self) -> None:
         loop = self._loop
+        blocked = self._blocked(loop)
+        # A blocked loop cannot count what waits in the queue (it may be blocked with nothing in hand): ask.
+        self._ready = self._ready_in_queue() if blocked else 0
         problem = self._problem()
         metrics.HEALTHY.set(0 if problem else 1)
         if problem is None:
             self._backoff = 1.0
             return
-        blocked = time.monotonic() - loop.beat_at > self.settings.tracker_stall_seconds
         self._abandoned = [old for old in self._abandoned if old.is_alive()]
         if (blocked or not loop.is_alive()) and time.monotonic() >= self._restart_at:
             if len(self._abandoned) >= MAX_ABANDONED:
                 log.warning("tracker: %s; not restarted: %d earlier threads still blocked", problem, MAX_ABANDONED)
             else:
                 self._restart(loop, problem)
+
+    def _ready_in_queue(self) -> int:
+        """Reports ready in the queue, asked on a connection of the watchdog's own (0 when the broker is away)."""
+        try:
+            connection = pika.BlockingConnection(connection_parameters(f"{self.connection_name}-watchdog"))
+            try:
+                return connection.channel().queue_declare(OUTCOMES_QUEUE, passive=True).method.message_count
+            finally:
+                connection.close()
+        except CONNECTION_ERRORS:
+            return 0
 
     def _restart(self, loop: TrackerLoop, problem: str) -> None:
         log.warning("tracker: %s; starting a new tracker thread", problem)
