@@ -6,8 +6,8 @@ headers are anything a publisher can set), and raw report JSON with any
 values, go through `check_batch` and the store. The store never raises, every
 row it is given is within the upload's bounds, and every row within them is
 given to it (no good row is set aside). Then the failures the tracker tells
-apart: a value the database refuses is one report's doing, a database that
-refuses connections is passing.
+apart: a value the database refuses is one report's doing; a database that
+refuses connections, or is read-only, is the store's state.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from uploads.model import UploadRecord
 from uploads.report_checks import MAX_STORED_INT, Reason, check_batch, storable
 from uploads.sql import SqlStore
 from uploads.store import UploadStore
-from uploads.tracker import passing
+from uploads.tracker import report_at_fault
 from workers.delivery import Delivery, Outcome, Status
 from workers.hooks.outcomes import row_outcome
 from workers.retry import ATTEMPT_HEADER
@@ -165,24 +165,36 @@ def test_a_replay_number_the_upload_never_issued_is_named(store: UploadStore) ->
 
 
 def test_a_value_the_database_refuses_is_permanent(store: UploadStore) -> None:
-    """Unchecked, the issue's replay number fails the store: not as a passing failure, so it is never retried."""
+    """Unchecked, the issue's replay number fails the store (Postgres: out of range; SQLite: OverflowError in the
+    driver): the report's doing, so it is dead-lettered, never retried."""
     with pytest.raises(Exception) as refused:
         store.apply([RowOutcome("u1", 3, "succeeded", replay=99999999999999999999)])
-    assert not passing(refused.value), refused.value
+    assert report_at_fault(refused.value), refused.value
 
 
-def test_a_database_refusing_connections_is_passing(fresh_postgres_url: str, postgres_server) -> None:  # noqa: F811
+def test_a_database_read_only_or_refusing_connections_is_the_stores_state(
+    fresh_postgres_url: str,
+    postgres_server,  # noqa: F811
+) -> None:
     store = SqlStore(fresh_postgres_url, 100, 86_400.0)
+    store.begin_upload(UploadRecord("u1", "sales", "data.csv", ROWS, ["a"], created_at=1.0))
     database = fresh_postgres_url.rsplit("/", 1)[1]
     admin = f"host={postgres_server.host} port={postgres_server.port} user=postgres dbname=postgres"
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
-        connection.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
     try:
+        with psycopg.connect(admin, autocommit=True) as connection:  # as after a failover to a replica
+            connection.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+        store.engine.dispose()
+        with pytest.raises(StoreUnavailable) as read_only:
+            store.apply([RowOutcome("u1", 1, "succeeded")])
+        assert "read-only" in read_only.value.message and not report_at_fault(read_only.value)
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+            connection.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
         with pytest.raises(StoreUnavailable) as down:
             store.get_many({"u1"})
-        assert passing(down.value), down.value
+        assert not report_at_fault(down.value), down.value
     finally:
         with psycopg.connect(admin, autocommit=True) as connection:
             connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+            connection.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
         store.close()

@@ -12,12 +12,15 @@ Nothing a report carries stops counting. Every report is range-checked first
 (`uploads/report_checks.py`); a report with rows that cannot be applied, or
 that is not a report at all, goes to `autoscaler.outcomes.dead` (confirmed,
 before the ack) with the reason in its headers, is counted and logged once,
-and its other rows are applied. A store failure is told apart by its kind: the
-database down, restarting or locked is passing, so the batch waits unacked and
-is retried after 1, 2, 4... up to 30 seconds (state `store-unavailable` on
-/healthz, `uploads_tracker_store_failures_total`); any other failure is one
-report's doing, so the batch is applied report by report and the ones the
-store refuses are dead-lettered: no report is retried forever.
+and its other rows are applied. A store failure is told apart by its kind
+(`report_at_fault`): a database that refused a value, or a driver that could
+not bind one, blames a report, so the batch is applied report by report and
+the ones the store refuses are dead-lettered: no report is retried forever.
+Anything else (the database down, restarting, locked, read-only) is the
+store's state: the batch waits unacked and is retried after 1, 2, 4... up to
+30 seconds (state `store-unavailable` on /healthz,
+`uploads_tracker_store_failures_total`), and good reports are never set aside
+for it.
 
 `Tracker` watches the loop: a loop that died, or made no progress for
 `UPLOADS_TRACKER_STALL_SECONDS` while reports wait, is a problem /healthz names
@@ -45,8 +48,7 @@ from typing import Any
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from jobtypes.outcomes import (
     DEAD_OUTCOMES_QUEUE,
@@ -74,8 +76,8 @@ WATCH_EVERY_SECONDS = 1.0
 #: Blocked loops left behind (each may hold a database connection until its call returns) before no new one starts.
 MAX_ABANDONED = 2
 CONNECTION_ERRORS = (pika.exceptions.AMQPError, OSError)
-#: Database errors that say nothing about the report: the server is down, restarting, locked or out of connections.
-PASSING_DATABASE_ERRORS = (OperationalError, InterfaceError, PoolTimeout)
+#: Database errors that blame the values given (the DB-API's DataError: out of range, NUL in text...; IntegrityError).
+VALUE_ERRORS = (DataError, IntegrityError)
 _DEAD_LETTER = dict(delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json")
 
 
@@ -96,11 +98,27 @@ class TrackerStatus:
     dead_lettered: int = 0
 
 
-def passing(error: Exception) -> bool:
-    """Whether a store failure is worth retrying as it is (the database's state), not one report's doing."""
-    return isinstance(error, StoreUnavailable) and (
-        error.__cause__ is None or isinstance(error.__cause__, PASSING_DATABASE_ERRORS)
-    )
+def report_at_fault(error: Exception) -> bool:
+    """Whether a store failure is the report's doing (dead-letter it), not the store's state (retry it).
+
+    Only a database that refused a value, or a driver that could not bind one (Python's own errors: an
+    integer too large, text that is not UTF-8), blames the report. Anything else the database says (down,
+    restarting, locked, read-only after a failover, a permission missing) is retried with backoff, visibly,
+    so that a store problem never sends good reports to the dead-letter queue.
+    """
+    cause = error.__cause__ if isinstance(error, StoreUnavailable) else error
+    if isinstance(cause, SQLAlchemyError):
+        return isinstance(cause, VALUE_ERRORS)
+    return not isinstance(error, StoreUnavailable)
+
+
+def _retry_unless_at_fault(error: Exception) -> None:
+    """Raise a store failure that is not the report's doing as the loop retries it (StoreUnavailable)."""
+    if report_at_fault(error):
+        return
+    if isinstance(error, StoreUnavailable):
+        raise error
+    raise StoreUnavailable(f"the upload store failed: {type(error).__name__}: {error}"[:300]) from error
 
 
 class TrackerLoop(threading.Thread):
@@ -236,8 +254,7 @@ class TrackerLoop(threading.Thread):
         try:
             self._applied(self.store.apply([row for report in checked for row in report.accepted]))
         except Exception as error:
-            if passing(error):
-                raise  # nothing acked: the batch is retried whole once the store is back
+            _retry_unless_at_fault(error)  # nothing acked: the batch is retried whole once the store is back
             log.warning("the store refused a batch of %d reports (%s); applying them one by one", len(checked), error)
             self._apply_one_by_one(checked)
         assert self._channel is not None
@@ -256,8 +273,7 @@ class TrackerLoop(threading.Thread):
             try:
                 self._applied(self.store.apply(report.accepted))
             except Exception as error:
-                if passing(error):
-                    raise
+                _retry_unless_at_fault(error)
                 detail = error.message if isinstance(error, StoreUnavailable) else f"{type(error).__name__}: {error}"
                 report.refuse_all(Rejection(Reason.STORE, detail[: report_checks.MAX_DETAIL_CHARS]))
 
