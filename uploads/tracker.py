@@ -361,6 +361,7 @@ class Tracker:
         self._ready = 0
 
     def start(self) -> None:
+        metrics.HEALTHY.set(1)
         self._loop.start()
         self._watchdog.start()
 
@@ -418,6 +419,8 @@ class Tracker:
         blocked = self._blocked(loop)
         # A blocked loop cannot count what waits in the queue (it may be blocked with nothing in hand): ask.
         self._ready = self._ready_in_queue() if blocked else 0
+        if blocked:
+            metrics.WAITING.set(loop.in_hand + self._ready)  # the loop's own reading stopped with it
         problem = self._problem()
         metrics.HEALTHY.set(0 if problem else 1)
         if problem is None:
