@@ -432,6 +432,8 @@ class Tracker:
                 log.warning("tracker: %s; not restarted: %d earlier threads still blocked", problem, MAX_ABANDONED)
             else:
                 self._restart(loop, problem)
+            self._restart_at = time.monotonic() + self._backoff
+            self._backoff = min(self._backoff * 2, MAX_BACKOFF_SECONDS)
 
     def _ready_in_queue(self) -> int:
         """Reports ready in the queue, asked on a connection of the watchdog's own (0 when the broker is away)."""
@@ -453,8 +455,6 @@ class Tracker:
         metrics.RESTARTS.inc()
         self._loop = self._new_loop()
         self._loop.start()
-        self._restart_at = time.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, MAX_BACKOFF_SECONDS)
 
     def _new_loop(self) -> TrackerLoop:
         return TrackerLoop(self.store, self.settings, self.connection_name, self.restarts)
