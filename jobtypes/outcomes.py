@@ -24,6 +24,8 @@ from typing import Any
 
 from pika.adapters.blocking_connection import BlockingChannel
 
+from jobtypes.queues import bind_route, declare_routes_exchange
+
 OUTCOMES_QUEUE = "autoscaler.outcomes"
 UPLOADS_EXCHANGE = "autoscaler.uploads"
 #: Final and intermediate outcomes of one delivery of a row.
@@ -38,8 +40,10 @@ OUTCOMES_QUEUE_ARGUMENTS = {"x-queue-version": 2}
 
 
 def declare_outcome_routes(channel: BlockingChannel) -> None:
-    """Declare the report queue and the cancel exchange (idempotent, same arguments everywhere)."""
+    """Declare the report queue (routed from `ROUTES_EXCHANGE`) and the cancel exchange (idempotent)."""
+    declare_routes_exchange(channel)
     channel.queue_declare(queue=OUTCOMES_QUEUE, durable=True, arguments=OUTCOMES_QUEUE_ARGUMENTS)
+    bind_route(channel, OUTCOMES_QUEUE)
     channel.exchange_declare(exchange=UPLOADS_EXCHANGE, exchange_type="fanout", durable=True)
 
 
