@@ -77,8 +77,8 @@ BROKER_USERS="$RUN/rabbitmq"
 
 ensure_broker_users() {
   # One RabbitMQ user each for the producer, the scaler (monitoring tag) and every job type's workers, with
-  # only the permissions it uses (jobtypes/broker_users.py); their URLs in .run/rabbitmq/ (0600 files, 0700 dir).
-  "$PY" -m jobtypes.local_broker_users "$BROKER_USERS" || die "could not create the broker users (see above)"
+  # only the permissions it uses (scaler/broker_users.py); their URLs in .run/rabbitmq/ (0600 files, 0700 dir).
+  "$PY" -m scaler.local_broker_users "$BROKER_USERS" || die "could not create the broker users (see above)"
 }
 
 stop_rabbitmq_if_ours() {
@@ -216,11 +216,13 @@ cmd_bench() {
   "$PY" "bench/$name.py" "$@"
 }
 
+# The images' tag: set once, in infra/k8s/kustomization.yaml (images: newTag).
+IMAGE_TAG="$(sed -n 's/^ *newTag: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' infra/k8s/kustomization.yaml | head -n 1)"
 IMAGES=(
-  "producer/Dockerfile queue-autoscaler/producer:latest"
-  "scaler/Dockerfile queue-autoscaler/scaler:latest"
-  "workers/sales/Dockerfile queue-autoscaler/worker-sales:latest"
-  "workers/sleep/Dockerfile queue-autoscaler/worker-sleep:latest"
+  "producer/Dockerfile queue-autoscaler/producer"
+  "scaler/Dockerfile queue-autoscaler/scaler"
+  "workers/sales/Dockerfile queue-autoscaler/worker-sales"
+  "workers/sleep/Dockerfile queue-autoscaler/worker-sleep"
 )
 
 cmd_images() {
@@ -228,8 +230,8 @@ cmd_images() {
   command -v docker >/dev/null || die "docker is not installed"
   for entry in "${IMAGES[@]}"; do
     set -- $entry
-    log "building $2 from $1"
-    docker build -f "$1" -t "$2" .
+    log "building $2:$IMAGE_TAG from $1"
+    docker build -f "$1" -t "$2:$IMAGE_TAG" .
   done
 }
 

@@ -19,7 +19,7 @@ The three are also bound, each under its own name, to the topic exchange
 Workers publish their retry, dead-letter, give-back copies and reports there,
 never to the default exchange: a worker's broker user may write to that one
 exchange only, with topic permissions naming its own type's queues, so it
-cannot publish to another type's queue (jobtypes.broker_users).
+cannot publish to another type's queue (scaler.broker_users).
 """
 
 from __future__ import annotations

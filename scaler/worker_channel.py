@@ -14,7 +14,7 @@ thread: a malformed heartbeat or wake-up is counted, logged (at most once per
 and when it last made progress, for the scaler's /healthz.
 
 It also declares what workers use and may not declare themselves (their
-broker user is read and route-only, jobtypes.broker_users): the control and
+broker user is read and route-only, scaler.broker_users): the control and
 cancel exchanges, the outcome report queue, and the queues and routes of every
 configured type (`declare`, called by the control loop with the config each
 tick; a type is declared again only when it changed or the connection was new).

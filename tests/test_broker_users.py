@@ -2,7 +2,7 @@
 
 Real RabbitMQ, real processes: the producer, the scaler (its management API
 user tagged `monitoring` only) and the workers the scaler's local backend
-starts each use the user jobtypes.broker_users derives for them, created for
+starts each use the user scaler.broker_users derives for them, created for
 this test under names of its own and deleted after it. The worker's
 credential is read from the running worker process itself, so the test checks
 what the scaler really handed it.
@@ -19,16 +19,15 @@ import httpx
 import pika
 import pytest
 
-from jobtypes.broker_users import BrokerUser, Role, apply, broker_users, delete, new_password, with_credentials
 from jobtypes.config import load_config
 from jobtypes.control import CONTROL_EXCHANGE
 from jobtypes.outcomes import OUTCOMES_QUEUE
 from jobtypes.queues import ROUTES_EXCHANGE
+from scaler.broker_users import BrokerUser, Role, apply, broker_users, delete, new_password, with_credentials
 from tests.support.broker import API, AUTH, Broker
 from tests.support.stack import Stack
 from tests.support.waiting import wait_until
 
-ADMIN_API = "http://guest:guest@127.0.0.1:15672/api"
 ROWS, RETRIED, DEAD = 12, 3, 2
 
 
@@ -52,7 +51,7 @@ def stack(broker: Broker, tmp_path: Path) -> Iterator[Stack]:
     }
     stack = Stack(broker, tmp_path, types, env={"WORKER_HEARTBEAT_SECONDS": "0.5"})
     users = {user: new_password() for user in broker_users(load_config(stack.config_path), f"t{uuid.uuid4().hex[:10]}")}
-    apply(ADMIN_API, broker.vhost, users)
+    apply(broker.api_url, broker.vhost, users)
     url = {user.name: with_credentials(broker.amqp_url, user.name, password) for user, password in users.items()}
     by_role = {(user.role, user.job_type): user for user in users}
     credentials = tmp_path / "worker-credentials"
@@ -73,7 +72,7 @@ def stack(broker: Broker, tmp_path: Path) -> Iterator[Stack]:
         yield stack
     finally:
         stack.stop()
-        delete(ADMIN_API, [user.name for user in users])
+        delete(broker.api_url, [user.name for user in users])
 
 
 def refusal(url: str, action: Callable[[pika.adapters.blocking_connection.BlockingChannel], object]) -> int | None:

@@ -1,7 +1,7 @@
 """What a worker needs on the broker before it consumes, and why it normally declares none of it.
 
 A worker's broker user may declare nothing but its own server-named queues
-(jobtypes.broker_users): the scaler declares every configured type's queues,
+(scaler.broker_users): the scaler declares every configured type's queues,
 their routes and the shared exchanges before it starts workers, and the
 producer does before it publishes. A worker therefore only checks, with
 passive declarations (they need no permission), that they exist. When one is

@@ -33,7 +33,7 @@ class LocalSettings:
     #: Names of the scaler's environment variables that workers get besides the ones they need.
     env_passthrough: tuple[str, ...] = ()
     #: Directory of `<type>.url` files, each the RABBITMQ_URL of that type's workers (their own broker user,
-    #: jobtypes.broker_users; ./manage.sh up writes them). None: workers get the scaler's own RABBITMQ_URL.
+    #: scaler.broker_users; ./manage.sh up writes them). None: workers get the scaler's own RABBITMQ_URL.
     worker_credentials: Path | None = None
 
     @classmethod

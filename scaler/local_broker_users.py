@@ -1,6 +1,6 @@
 """`./manage.sh up`'s broker users: create them on the local RabbitMQ and keep each one's URL in a 0600 file.
 
-The users are those of jobtypes.broker_users for the config. Each URL (with
+The users are those of scaler.broker_users for the config. Each URL (with
 its password) is written once under the directory (mode 0700) and reused on
 later runs, so restarting the stack never changes a password under a running
 worker:
@@ -13,7 +13,7 @@ worker:
 The administrator's credential that creates them (RABBITMQ_ADMIN_API_URL,
 default the development broker's guest on loopback) is used here only.
 
-python -m jobtypes.local_broker_users DIR
+python -m scaler.local_broker_users DIR
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from jobtypes.broker_users import BrokerUser, BrokerUserError, Role, apply, broker_users, new_password, vhost_of
-from jobtypes.broker_users import with_credentials as credentials
 from jobtypes.config import ConfigError, load_config
 from jobtypes.env import env_str
 from jobtypes.settings import DEFAULT_RABBITMQ_API_URL, jobs_config_path, rabbitmq_url
+from scaler.broker_users import BrokerUser, BrokerUserError, Role, apply, broker_users, new_password, vhost_of
+from scaler.broker_users import with_credentials as credentials
 
 WORKERS = "workers"
 
@@ -75,7 +75,7 @@ def ensure(directory: Path, admin_api_url: str, amqp_url: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobtypes.local_broker_users", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m scaler.local_broker_users", description=__doc__.split("\n")[0])
     parser.add_argument("directory", type=Path)
     args = parser.parse_args(argv)
     admin = env_str("RABBITMQ_ADMIN_API_URL", DEFAULT_RABBITMQ_API_URL)
