@@ -175,7 +175,7 @@ class WorkerChannel:
             self._connection = connection
             while self._running:
                 self._progress_at = time.monotonic()
-                self._declare_wanted(channel)
+                self._declare_wanted(connection)
                 while True:
                     try:
                         worker_id = self.stops.get_nowait()
@@ -188,11 +188,22 @@ class WorkerChannel:
             if connection.is_open:
                 connection.close()
 
-    def _declare_wanted(self, channel) -> None:
+    def _declare_wanted(self, connection: pika.BlockingConnection) -> None:
+        """Declare each type not declared on this connection yet, on a channel of its own: a declaration the broker
+        refuses (a queue that exists with other arguments) closes only that channel, is logged once and is not
+        tried again until the type's settings change or the connection is new."""
         for job_type in self._wanted:
-            if self._declared.get(job_type.name) != job_type:
+            if self._declared.get(job_type.name) == job_type:
+                continue
+            self._declared[job_type.name] = job_type
+            channel = connection.channel()
+            try:
                 declare_queues(channel, job_type)
-                self._declared[job_type.name] = job_type
+            except pika.exceptions.ChannelClosedByBroker as refused:
+                log.warning("could not declare the queues of %s: %s", job_type.name, refused.reply_text)
+            finally:
+                if channel.is_open:
+                    channel.close()
 
     def close(self) -> None:
         self._running = False

@@ -19,11 +19,12 @@ import httpx
 import pika
 import pytest
 
-from jobtypes.config import load_config
-from jobtypes.control import CONTROL_EXCHANGE
+from jobtypes.config import JobType, load_config
+from jobtypes.control import CONTROL_EXCHANGE, stop_routing_key
 from jobtypes.outcomes import OUTCOMES_QUEUE
 from jobtypes.queues import ROUTES_EXCHANGE
 from scaler.broker_users import BrokerUser, Role, apply, broker_users, delete, new_password, with_credentials
+from scaler.worker_channel import WorkerChannel
 from tests.support.broker import API, AUTH, Broker
 from tests.support.stack import Stack
 from tests.support.waiting import wait_until
@@ -147,3 +148,27 @@ def test_the_scaler_user_is_tagged_monitoring_only(stack: Stack) -> None:
     user = httpx.get(f"{API}/users/{quote(scaler.name, safe='')}", auth=AUTH, timeout=10).json()
     assert user["tags"] in (["monitoring"], "monitoring")
     assert wait_until(lambda: stack.type_status("work")["ready"] is not None, timeout=10, what="queue stats")
+
+
+def test_the_scaler_declares_every_type_a_refused_one_alone_failing(broker: Broker) -> None:
+    """Workers declare nothing, so the scaler's channel declares each configured type's queues and routes; a queue
+    that exists with other arguments is refused by the broker and logged, and neither stops the others nor the
+    channel (a stop request still goes out)."""
+    clash, good = JobType(name="clash", queue=f"clash-{uuid.uuid4().hex[:6]}"), JobType(name="good", queue="good-q")
+    with broker.channel() as channel:
+        channel.queue_declare(clash.queue, durable=True)  # no dead-letter arguments: the declaration will clash
+        listen = channel.queue_declare("", exclusive=True).method.queue
+        channel.exchange_declare(CONTROL_EXCHANGE, "direct", durable=True)
+        channel.queue_bind(listen, CONTROL_EXCHANGE, routing_key=stop_routing_key("w1"))
+        scaler = WorkerChannel(broker.amqp_url).start()
+        try:
+            scaler.declare([clash, good])
+            wait_until(lambda: broker.queue("good-q.dead"), timeout=10, what="the good type's queues")
+            scaler.request_stop("w1")
+            wait_until(lambda: channel.basic_get(listen, auto_ack=True)[0], timeout=10, what="the stop request")
+            assert scaler.health().connected
+            with broker.channel() as probe:
+                probe.confirm_delivery()
+                probe.basic_publish(ROUTES_EXCHANGE, "good-q.retry", b"{}", mandatory=True)  # routed, or it raises
+        finally:
+            scaler.close()
