@@ -27,7 +27,16 @@ from urllib.parse import unquote, urlsplit
 from jobtypes.config import ConfigError, load_config
 from jobtypes.env import env_str
 from jobtypes.settings import DEFAULT_RABBITMQ_API_URL, jobs_config_path, rabbitmq_url
-from scaler.broker_users import BrokerUser, BrokerUserError, Role, apply, broker_users, new_password, vhost_of
+from scaler.broker_users import (
+    DEFAULT_PREFIX,
+    BrokerUser,
+    BrokerUserError,
+    Role,
+    apply,
+    broker_users,
+    new_password,
+    vhost_of,
+)
 from scaler.broker_users import with_credentials as credentials
 
 WORKERS = "workers"
@@ -59,11 +68,11 @@ def _write_private(path: Path, text: str) -> None:
     os.chmod(path, 0o600)
 
 
-def ensure(directory: Path, admin_api_url: str, amqp_url: str) -> list[str]:
+def ensure(directory: Path, admin_api_url: str, amqp_url: str, prefix: str = DEFAULT_PREFIX) -> list[str]:
     """Create or update the users and their URL files; returns the users' names."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
-    users = broker_users(load_config(jobs_config_path()))
+    users = broker_users(load_config(jobs_config_path()), prefix)
     passwords = {user: _stored_password(url_files(directory, user)["amqp"]) or new_password() for user in users}
     apply(admin_api_url, vhost_of(amqp_url), passwords)
     for user, password in passwords.items():

@@ -24,8 +24,10 @@ from jobtypes.control import CONTROL_EXCHANGE, stop_routing_key
 from jobtypes.outcomes import OUTCOMES_QUEUE
 from jobtypes.queues import ROUTES_EXCHANGE
 from scaler.broker_users import BrokerUser, Role, apply, broker_users, delete, new_password, with_credentials
+from scaler.local_broker_users import ensure
 from scaler.worker_channel import WorkerChannel
 from tests.support.broker import API, AUTH, Broker
+from tests.support.processes import REPO
 from tests.support.stack import Stack
 from tests.support.waiting import wait_until
 
@@ -172,3 +174,34 @@ def test_the_scaler_declares_every_type_a_refused_one_alone_failing(broker: Brok
                 probe.basic_publish(ROUTES_EXCHANGE, "good-q.retry", b"{}", mandatory=True)  # routed, or it raises
         finally:
             scaler.close()
+
+
+def test_manage_sh_users_get_private_url_files_that_log_in_and_keep_their_passwords(
+    broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `./manage.sh up` runs (scaler.local_broker_users), with this test's own user names."""
+    monkeypatch.setenv("JOBS_CONFIG", str(REPO / "jobs.config.json"))
+    directory, prefix = tmp_path / "rabbitmq", f"t{uuid.uuid4().hex[:10]}"
+    try:
+        names = ensure(directory, broker.api_url, broker.amqp_url, prefix)
+        files = sorted(path for path in directory.rglob("*") if path.is_file())
+        assert [path.relative_to(directory).as_posix() for path in files] == [
+            "producer.url",
+            "scaler-api.url",
+            "scaler.url",
+            "workers/sales.url",
+            "workers/sleep.url",
+        ]
+        assert {path.stat().st_mode & 0o777 for path in files} == {0o600}
+        assert {path.stat().st_mode & 0o777 for path in (directory, directory / "workers")} == {0o700}
+        for path in files:
+            if path.name != "scaler-api.url":
+                pika.BlockingConnection(pika.URLParameters(path.read_text().strip())).close()
+        scaler_api = urlsplit((directory / "scaler-api.url").read_text().strip())
+        answer = httpx.get(f"{API}/queues", auth=(scaler_api.username, scaler_api.password), timeout=10)
+        assert answer.status_code == 200
+        before = {path: path.read_text() for path in files}
+        assert ensure(directory, broker.api_url, broker.amqp_url, prefix) == names
+        assert {path: path.read_text() for path in files} == before, "a second run keeps every password"
+    finally:
+        delete(broker.api_url, [f"{prefix}-{name}" for name in ("producer", "scaler", "worker-sales", "worker-sleep")])
