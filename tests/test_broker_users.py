@@ -23,6 +23,9 @@ from jobtypes.config import JobType, load_config
 from jobtypes.control import CONTROL_EXCHANGE, stop_routing_key
 from jobtypes.outcomes import OUTCOMES_QUEUE
 from jobtypes.queues import ROUTES_EXCHANGE
+from scaler.backends.kubernetes_manifests import ClusterSettings, render_job_manifest
+from scaler.backends.local import LocalBackend
+from scaler.backends.local_settings import LocalSettings
 from scaler.broker_users import BrokerUser, Role, apply, broker_users, delete, new_password, with_credentials
 from scaler.local_broker_users import ensure
 from scaler.worker_channel import WorkerChannel
@@ -205,3 +208,33 @@ def test_manage_sh_users_get_private_url_files_that_log_in_and_keep_their_passwo
         assert {path: path.read_text() for path in files} == before, "a second run keeps every password"
     finally:
         delete(broker.api_url, [f"{prefix}-{name}" for name in ("producer", "scaler", "worker-sales", "worker-sleep")])
+
+
+def test_a_type_without_its_broker_credential_is_not_started_and_says_why(tmp_path: Path) -> None:
+    """With per-type credentials, a type added after `./manage.sh up` created them never falls back to the
+    scaler's own broker user: the local backend's pre-start check names the missing file."""
+    credentials = tmp_path / "workers"
+    credentials.mkdir()
+    (credentials / "known.url").write_text("amqp://autoscaler-worker-known:secret@localhost:5672/%2F\n")
+    backend = LocalBackend(tmp_path / "state", LocalSettings(worker_credentials=credentials, templates=False))
+    known, added = (
+        JobType(name="known", queue="q1", handler="sleep"),
+        JobType(name="added", queue="q2", handler="sleep"),
+    )
+    assert backend.check(known) is None
+    assert backend.environment(known)["RABBITMQ_URL"] == "amqp://autoscaler-worker-known:secret@localhost:5672/%2F"
+    problem = backend.check(added)
+    assert problem is not None and str(credentials / "added.url") in problem and "./manage.sh up" in problem
+
+
+def test_a_rendered_worker_job_gets_its_types_broker_credential_and_no_other_secret() -> None:
+    job_type = JobType(name="sales", queue="queue_sales")
+    pod = render_job_manifest(job_type, settings=ClusterSettings())["spec"]["template"]["spec"]
+    references = [
+        item["valueFrom"]["secretKeyRef"]
+        for container in pod["containers"]
+        for item in container["env"]
+        if "secretKeyRef" in item.get("valueFrom", {})
+    ]
+    assert references == [{"name": "rabbitmq-worker-sales", "key": "url"}]
+    assert not any("secret" in volume for volume in pod["volumes"]) and pod["automountServiceAccountToken"] is False
