@@ -6,11 +6,14 @@ that is written only where an emptyDir or the data volume is mounted; metrics ar
 from __future__ import annotations
 
 import copy
+import re
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from jobtypes.config import JobType, load_config
 from scaler.backends.kubernetes_manifests import ClusterSettings, render_job_manifest
@@ -215,3 +218,18 @@ def test_dockerfiles_run_as_the_uid_the_pods_run_as() -> None:
 def test_the_namespace_enforces_the_restricted_level() -> None:
     [namespace] = [d for d in infra_documents() if d["kind"] == "Namespace"]
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_kustomize_renders_every_image_with_its_version_tag() -> None:
+    """What `kubectl kustomize infra/k8s` (as ./manage.sh k8s-up runs it) gives the cluster: no untagged or latest
+    image anywhere."""
+    rendered = subprocess.run(
+        ["kubectl", "kustomize", str(REPO / "infra" / "k8s")], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    images = [
+        container["image"]
+        for document in yaml.safe_load_all(rendered)
+        if document and document["kind"] in ("Deployment", "StatefulSet")
+        for container in document["spec"]["template"]["spec"]["containers"]
+    ]
+    assert images and all(re.fullmatch(r"[\w./-]+:\d[\w.-]*", image) for image in images), images
