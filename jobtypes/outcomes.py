@@ -26,6 +26,8 @@ from typing import Any
 
 from pika.adapters.blocking_connection import BlockingChannel
 
+from jobtypes.queues import bind_route, declare_routes_exchange
+
 OUTCOMES_QUEUE = "autoscaler.outcomes"
 #: Reports the tracker could not apply (out of range, not storable, not a report), kept for an operator with the
 #: reason in their headers; the newest DEAD_REPORTS_KEPT of them (older ones are dropped first).
@@ -48,9 +50,11 @@ DEAD_OUTCOMES_QUEUE_ARGUMENTS = {"x-max-length": DEAD_REPORTS_KEPT, "x-overflow"
 
 
 def declare_outcome_routes(channel: BlockingChannel) -> None:
-    """Declare the report queue, its dead-letter queue and the cancel exchange (idempotent, same arguments
-    everywhere)."""
+    """Declare the report queue (routed from `ROUTES_EXCHANGE`), its dead-letter queue and the cancel exchange
+    (idempotent, same arguments everywhere)."""
+    declare_routes_exchange(channel)
     channel.queue_declare(queue=OUTCOMES_QUEUE, durable=True, arguments=OUTCOMES_QUEUE_ARGUMENTS)
+    bind_route(channel, OUTCOMES_QUEUE)
     channel.queue_declare(queue=DEAD_OUTCOMES_QUEUE, durable=True, arguments=DEAD_OUTCOMES_QUEUE_ARGUMENTS)
     channel.exchange_declare(exchange=UPLOADS_EXCHANGE, exchange_type="fanout", durable=True)
 
