@@ -51,7 +51,7 @@ function typeChartsFor(name) {
     box,
     depth: Charts.create(depthHost, {
       title: `${name}: queue depth and workers`, x: "clock", range: xRange, height: 150,
-      axes: [{ label: "rows" }, { label: "workers" }],
+      axes: [{ label: "rows" }, { label: "workers", whole: true }],
       lines: [
         { label: "queue", colour: Charts.COLOURS.depth },
         { label: "workers", colour: Charts.COLOURS.workers, axis: 2, stepped: true },
@@ -149,12 +149,7 @@ function renderBudget(status) {
   bar.setAttribute("aria-label", $("budget-text").textContent);
   bar.dataset.used = String(budget.used);
   bar.dataset.total = String(total);
-  drawBudget(names);
-  $("budget-legend").replaceChildren(...names.map((name) => {
-    const key = el("span", { class: "swatch" }, name);
-    key.style.setProperty("--swatch", colourOf(name, names));
-    return key;
-  }));
+  drawBudget(names);  // its legend names each type's colour
 }
 
 // Workers held by each type over the window, stacked: how the budget was shared.
@@ -175,7 +170,7 @@ function drawBudget(names) {
     budgetNames = names;
     budgetChart = Charts.create($("budget-chart"), {
       title: "Workers of every job type, stacked", x: "clock", range: xRange, height: 130,
-      axes: [{ label: "workers" }],
+      axes: [{ label: "workers", whole: true }],
       // Drawn top down, each filled to zero, so each band shows one type's share.
       lines: names.map((name, k) => ({ label: name, colour: colourOf(name, names), fill: colourOf(name, names) + "cc", stepped: true, width: 1, value: ownWorkers(k) })).reverse(),
       summary: (data) => `Workers of ${names.length} job types over the last ${Charts.duration(historyWindow)}, stacked: at most ${Charts.extent(data[1] || [])} together`,

@@ -78,6 +78,11 @@ const Charts = (() => {
     host.dataset[key] = labels.filter((label) => label !== "").join("|");
   }
 
+  // Ticks of whole things (workers) at whole numbers only.
+  const WHOLE_STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000];
+  // At least `space` pixels between x ticks, and at most about eight ticks on a wide chart.
+  const xSpace = (space) => (u, axisIndex, min, max, width) => Math.max(space, width / 8);
+
   function axis(host, key, format, side, label, extra = {}) {
     return {
       space: 24,
@@ -160,7 +165,7 @@ const Charts = (() => {
   /**
    * A chart in `host` (an element that stays in the page; the chart follows its width).
    * spec: {title, x: "clock"|"elapsed"|"number"|"bins", xLabel, edges (bins), range(), height,
-   *        axes: [{label}, {label}?], lines: [{label, colour, axis, stepped, bars, dash, fill, points, spanGaps, format,
+   *        axes: [{label, whole}, {label, whole}?] (whole: ticks at whole numbers), lines: [{label, colour, axis, stepped, bars, dash, fill, points, spanGaps, format,
    *        value(index) (the legend's text at a data index, or null off the chart, instead of the value)}],
    *        markers(), summary(data)}
    */
@@ -169,9 +174,10 @@ const Charts = (() => {
     host.replaceChildren();
     const kind = xAxisKind(spec);
     const [left, right] = spec.axes;
-    const xExtra = { space: kind.space, ...(kind.splits ? { splits: kind.splits } : kind.incrs ? { incrs: kind.incrs } : {}) };
-    const axes = [axis(host, "xTicks", kind.label, 2, spec.xLabel, xExtra), axis(host, "yTicks", number, 3, left.label)];
-    if (right) axes.push(axis(host, "y2Ticks", number, 1, right.label));
+    const xExtra = { space: xSpace(kind.space), ...(kind.splits ? { splits: kind.splits } : kind.incrs ? { incrs: kind.incrs } : {}) };
+    const yExtra = (scale) => (scale.whole ? { incrs: WHOLE_STEPS } : {});
+    const axes = [axis(host, "xTicks", kind.label, 2, spec.xLabel, xExtra), axis(host, "yTicks", number, 3, left.label, yExtra(left))];
+    if (right) axes.push(axis(host, "y2Ticks", number, 1, right.label, yExtra(right)));
     const scales = {
       x: { time: kind.time, range: spec.range ? () => spec.range() : kind.range },
       y: { range: fromZero(left.floor || 1) },

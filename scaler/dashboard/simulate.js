@@ -166,7 +166,7 @@
     const lines = (stepped) => policies.map(([name], i) => ({ label: name, colour: colour(i), stepped, spanGaps: true }));
     const span = (data) => `${Charts.elapsed(data[0][0] || 0)} to ${Charts.elapsed(data[0][data[0].length - 1] || 0)} of trace time`;
     place("sim-workers", {
-      title: "Workers per policy", x: "elapsed", xLabel: "trace time", height: 220, axes: [{ label: "workers" }], lines: lines(true),
+      title: "Workers per policy", x: "elapsed", xLabel: "trace time", height: 220, axes: [{ label: "workers", whole: true }], lines: lines(true),
       summary: (data) => `Workers over ${span(data)}: ` + policies.map(([name], i) => `${name} ${Charts.extent(data[i + 1])}`).join(", "),
     }, joined(policies, "workers"), caption);
     place("sim-backlog", {
@@ -182,7 +182,7 @@
       wrap.append(host, el("p", caption, { class: "attribution" }));
       const chart = Charts.create(host, {
         title: `Row waits under ${name}`, x: "bins", xLabel: "wait (s)", edges, height: 150,
-        axes: [{ label: "rows" }],
+        axes: [{ label: "rows", whole: true }],
         lines: [{ label: "rows", colour: colour(i), fill: `${colour(i)}99`, bars: true, value: (k) => Charts.number(k === null ? total(counts) : counts[k]) }],
         summary: () => `Row waits under ${name}: ` + counts.map((count, k) => `${count} rows waited ${edges[k]} to ${edges[k + 1]} s`).join(", "),
       });
