@@ -168,6 +168,7 @@ function drawBudget(names) {
   if (!historyData) return;
   if (!budgetChart || names.join() !== budgetNames.join()) {
     budgetNames = names;
+    if (budgetChart) budgetChart.destroy();
     budgetChart = Charts.create($("budget-chart"), {
       title: "Workers of every job type, stacked", x: "clock", range: xRange, height: 130,
       axes: [{ label: "workers", whole: true }],

@@ -205,10 +205,11 @@ const Charts = (() => {
     canvas.setAttribute("role", "img");
     host.append(note);
     host.dataset.points = "0";
-    new ResizeObserver(() => {
+    const resizing = new ResizeObserver(() => {
       const width = Math.max(host.clientWidth, 200);
       if (width !== plot.width) plot.setSize({ width, height: plot.height });
-    }).observe(host);
+    });
+    resizing.observe(host);
 
     return {
       plot,
@@ -218,7 +219,10 @@ const Charts = (() => {
         host.dataset.points = String(data[0].length);
         canvas.setAttribute("aria-label", spec.summary ? spec.summary(data) : spec.title);
       },
-      destroy() { plot.destroy(); },
+      destroy() {
+        resizing.disconnect();
+        plot.destroy();
+      },
     };
   }
 
