@@ -116,8 +116,7 @@ function chooseWindow(seconds) {
 
 // ---- budget ------------------------------------------------------------------
 // One colour per job type, stable across ticks (by name), for the stacked bar and chart.
-const PALETTE = ["#2563eb", "#d97706", "#059669", "#7c3aed", "#db2777", "#0891b2", "#65a30d", "#dc2626"];
-const colourOf = (name, names) => PALETTE[names.indexOf(name) % PALETTE.length];
+const colourOf = (name, names) => Charts.PALETTE[names.indexOf(name) % Charts.PALETTE.length];
 
 function budgetTotal(budget) {
   if (budget.max_workers !== null && budget.max_workers !== undefined) return budget.max_workers;
@@ -314,13 +313,16 @@ function render(status) {
 // ---- data sources ------------------------------------------------------------
 async function loadHistory() {
   clearTimeout(historyTimer);
+  const asked = historyWindow;
   let pause = 5;
   try {
-    const query = historyWindow ? `?window=${historyWindow}` : "";
+    const query = asked ? `?window=${asked}` : "";
     const response = await fetch(`/api/history${query}`, { cache: "no-store" });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    historyData = await response.json();
-    historyWindow = historyData.window;
+    const answer = await response.json();
+    if (historyWindow !== asked) return;  // another window was chosen meanwhile: its own request draws and goes on
+    historyData = answer;
+    historyWindow = answer.window;
     pause = Math.min(Math.max(historyData.step, 1), 5);
     renderWindowPicker();
     for (const name of typeCharts.keys()) drawType(name);
