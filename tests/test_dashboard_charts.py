@@ -219,6 +219,19 @@ def test_simulate_view_draws_a_summary(stack: Stack, page: tuple[Page, list[str]
     hovered = sweep(browser_page, pareto, steps=20)
     assert any("with threshold=" in values["p95 wait"] for values, _ in hovered)
     browser_page.screenshot(path=str(ARTIFACTS / "simulate.png"), full_page=True)
+    browser_page.set_viewport_size({"width": 390, "height": 844})
+    browser_page.wait_for_function("document.documentElement.scrollWidth <= 390", timeout=5000)
+    browser_page.screenshot(path=str(ARTIFACTS / "simulate-phone.png"), full_page=True)
+    header = browser_page.locator("#sim-costs th[scope=col]").evaluate_all("cells => cells.map(c => c.offsetWidth > 0)")
+    assert all(header), "every column of the cost table keeps its heading on a phone"
+
+    # Without a sweep there is no Pareto front, and no panel for it.
+    plain = {key: value for key, value in summary.items() if key != "pareto"}
+    (tmp_path / "plain.json").write_text(json.dumps(plain))
+    browser_page.set_input_files("#sim-file", str(tmp_path / "plain.json"))
+    browser_page.wait_for_function("document.querySelector('#sim-answer').textContent.startsWith('plain.json')")
+    assert browser_page.locator("#sim-answer").inner_text() == f"plain.json: {len(policies)} policies."
+    assert browser_page.locator("#sim-pareto-panel").is_hidden()
 
     # A file that is not a summary is refused, saying what is wrong and where.
     broken = json.loads(EXAMPLE.read_text())
