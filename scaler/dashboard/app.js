@@ -78,13 +78,28 @@ function typeChartsFor(name) {
   return charts;
 }
 
+// Workers report their rows in heartbeats (every 2 s by default), so buckets narrower than that see
+// rows in bursts: there, rows/s is the mean over the last RATE_SECONDS instead of the bucket's own.
+const RATE_SECONDS = 5;
+
+function rowsPerSecond(series, step) {
+  if (step >= RATE_SECONDS) return series.rows_per_second;
+  const { t, rows } = series;
+  let first = 0, sum = 0;
+  return t.map((end, i) => {
+    sum += rows[i];
+    while (t[first] <= end - RATE_SECONDS) sum -= rows[first++];
+    return +(sum / Math.min(RATE_SECONDS, end - t[0] + step)).toFixed(2);
+  });
+}
+
 function drawType(name) {
   const charts = typeCharts.get(name);
   const found = historyData && historyData.job_types[name];
-  const s = found ? found.series : { t: [], ready: [], unacked: [], workers: [], desired: [], rows_per_second: [], worker_seconds: [] };
+  const s = found ? found.series : { t: [], ready: [], unacked: [], workers: [], desired: [], rows: [], rows_per_second: [], worker_seconds: [] };
   const depth = s.ready.map((ready, i) => (ready === null || s.unacked[i] === null ? null : ready + s.unacked[i]));
   charts.depth.update([s.t, depth, s.workers, s.desired]);
-  charts.flow.update([s.t, s.rows_per_second, Charts.cumulative(s.worker_seconds)]);
+  charts.flow.update([s.t, rowsPerSecond(s, historyData ? historyData.step : RATE_SECONDS), Charts.cumulative(s.worker_seconds)]);
 }
 
 function forgetTypeCharts(names) {
