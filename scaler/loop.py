@@ -27,6 +27,7 @@ from scaler import metrics
 from scaler.backends.base import Backend, WorkerInfo, WorkerState
 from scaler.budget import Allocation, Claim, allocate, worker_requests
 from scaler.control_state import Controls
+from scaler.history import Sample
 from scaler.policy import Control, Decision, State, TypeMemory, WorkerView, decide
 from scaler.queue_stats import QueueStatsSource, RawCounts, stats_for
 from scaler.settings import ScalerSettings
@@ -89,7 +90,7 @@ class Scaler:
         self.is_leader = is_leader
         self.clock = clock
         self.controls = controls or Controls()
-        self.board = StatusBoard(self.tick_seconds)
+        self.board = StatusBoard(self.settings.history)
         self.memory: dict[str, TypeMemory] = {}
         self.known: dict[str, JobType] = {}
         self.states: dict[str, State] = {}
@@ -354,7 +355,12 @@ class Scaler:
             for name, fact in facts.items()
         }
         samples = {
-            name: (fact.stats.ready if fact.stats else 0, fact.stats.unacked if fact.stats else 0, len(fact.live))
+            name: Sample(
+                fact.stats.ready if fact.stats else None,
+                fact.stats.unacked if fact.stats else None,
+                len(fact.live),
+                allocation.decisions[name].desired,
+            )
             for name, fact in facts.items()
         }
         document: dict[str, Any] = {
@@ -375,4 +381,4 @@ class Scaler:
             "backend": self.backend.name,
             "tick": tick_document(self.tick_seconds, self.last_duration, self.durations, self.last_at),
         }
-        self.board.publish(document, samples)
+        self.board.publish(document, samples, seen.heartbeats, seen.now)

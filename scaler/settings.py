@@ -20,6 +20,7 @@ from jobtypes.settings import REPO_ROOT
 from scaler.backends.kubernetes_settings import KubernetesSettings
 from scaler.backends.local_settings import LocalSettings
 from scaler.budget import Budget
+from scaler.history import HistorySettings
 from scaler.policy import Backoff
 
 #: Seconds between ticks.
@@ -54,6 +55,8 @@ class ScalerSettings:
     wake_ups: bool = True
     #: A scaler thread (control loop, worker channel) that made no progress for this long is stuck (`/healthz`).
     health_stale_seconds: float = DEFAULT_HEALTH_STALE_SECONDS
+    #: How long and how finely the dashboard's charts are kept (`scaler.history`).
+    history: HistorySettings = field(default_factory=HistorySettings)
     #: The local backend's limits (worker logs, templates, environment passthrough).
     local: LocalSettings = field(default_factory=LocalSettings)
     #: The Kubernetes backend's and the leader election's settings.
@@ -83,6 +86,7 @@ class ScalerSettings:
             controls_lease=env_str("SCALER_CONTROLS_LEASE", cls.controls_lease),
             wake_ups=env_flag("SCALER_WAKE_UPS", cls.wake_ups),
             health_stale_seconds=env_float("SCALER_HEALTH_STALE_SECONDS", DEFAULT_HEALTH_STALE_SECONDS, minimum=0),
+            history=HistorySettings.from_environment(),
             local=LocalSettings.from_environment(),
             kubernetes=KubernetesSettings.from_environment(),
         )

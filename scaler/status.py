@@ -1,8 +1,9 @@
-"""What the scaler shows: the status document, recent events and 15 minutes of history.
+"""What the scaler shows: the status document, recent events and the charts' history.
 
 The control loop writes here once per tick; the web server's threads read.
 Documents are built whole and swapped under a lock, so a reader never sees
-half a tick.
+half a tick. The history behind the charts (six hours, bounded) is
+`scaler.history`; every event goes there too, as a marker.
 """
 
 from __future__ import annotations
@@ -10,34 +11,35 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
-HISTORY_SECONDS = 15 * 60
+from jobtypes.control import Heartbeat
+from scaler.history import History, HistorySettings, Sample
+
 MAX_EVENTS = 200
 
 
 class StatusBoard:
-    def __init__(self, tick_seconds: float) -> None:
+    def __init__(self, history: HistorySettings | None = None) -> None:
         self._lock = threading.Lock()
         self._document: dict[str, Any] = {"job_types": {}, "workers": [], "events": [], "tick": {"number": 0}}
         self._events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
-        self._history: dict[str, deque[tuple[float, int, int, int]]] = {}
-        self._history_length = max(int(HISTORY_SECONDS / max(tick_seconds, 0.1)), 10)
+        self.history = History(history)
         self.tick_number = 0
 
     def event(self, job_type: str, direction: str, reason: str) -> None:
-        with self._lock:
-            self._events.append({"ts": time.time(), "job_type": job_type, "direction": direction, "reason": reason})
-
-    def publish(self, document: dict[str, Any], samples: dict[str, tuple[int, int, int]]) -> None:
-        """Swap in this tick's document and append one history sample per type."""
         now = time.time()
         with self._lock:
-            for name, (ready, unacked, workers) in samples.items():
-                series = self._history.setdefault(name, deque(maxlen=self._history_length))
-                series.append((round(now, 2), ready, unacked, workers))
-            for name in set(self._history) - set(samples):
-                del self._history[name]
+            self._events.append({"ts": now, "job_type": job_type, "direction": direction, "reason": reason})
+        self.history.event(now, job_type, direction, reason)
+
+    def publish(
+        self, document: dict[str, Any], samples: Mapping[str, Sample], heartbeats: Mapping[str, Heartbeat], now: float
+    ) -> None:
+        """Swap in this tick's document and add its samples to the history."""
+        self.history.record(now, samples, heartbeats)
+        with self._lock:
             self.tick_number += 1
             document["events"] = list(self._events)[::-1][:50]
             document["tick"]["number"] = self.tick_number
@@ -46,7 +48,3 @@ class StatusBoard:
     def document(self) -> dict[str, Any]:
         with self._lock:
             return self._document
-
-    def history(self) -> dict[str, list[tuple[float, int, int, int]]]:
-        with self._lock:
-            return {name: list(series) for name, series in self._history.items()}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -58,7 +59,9 @@ async def status(request: Request) -> Response:
 
 
 async def history(request: Request) -> Response:
-    return JSONResponse(request.app.state.scaler.board.history())
+    """`?window=300|3600|21600`: that many seconds of every type's charts (`scaler.history`); 400 for another."""
+    store = request.app.state.scaler.board.history
+    return JSONResponse(store.window(store.parse_window(request.query_params.get("window")), time.time()))
 
 
 async def stream(request: Request) -> Response:

@@ -96,8 +96,7 @@ def test_live_dashboard_through_a_burst(stack: Stack, page: tuple[Page, list[str
     ARTIFACTS.mkdir(exist_ok=True)
     browser_page.screenshot(path=str(ARTIFACTS / "dashboard-burst.png"), full_page=True)
     assert "burst +4" in browser_page.locator("#events").inner_text()
-    assert int(browser_page.locator('.card[data-type="sleep"] svg.chart').get_attribute("data-points")) >= 2
-    assert browser_page.locator('.card[data-type="sleep"] svg.chart path.workers').count() == 1
+    assert int(browser_page.locator('.card[data-type="sleep"] [data-chart="depth"]').get_attribute("data-points")) >= 2
 
     # A worker's log view shows its JSON log lines.
     browser_page.locator("#workers .log-button").first.click()

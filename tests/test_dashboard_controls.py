@@ -61,7 +61,11 @@ def test_budget_pause_resume_and_a_failing_type(stack: Stack, page: tuple[Page, 
     assert not browser_page.locator("#budget-panel").is_hidden()
     wait_js(browser_page, "document.querySelector('#budget-text').textContent.startsWith('2 / 3 workers')")
     assert browser_page.locator('#budget-bar .budget-part[data-type="sleep"]').inner_text() == "2"
-    wait_js(browser_page, "document.querySelector('#budget-chart path.area[data-type=\"sleep\"]') !== null")
+    wait_js(  # the stacked chart's legend: the latest workers held by each type, not the running total
+        browser_page,
+        "[...document.querySelectorAll('#budget-chart .u-series')].some((s) => "
+        "s.querySelector('.u-label').textContent === 'sleep' && s.querySelector('.u-value').textContent === '2')",
+    )
     assert browser_page.locator(f"{card('sleep')} .stat.desired .value").inner_text() == "2 / 2"
     ARTIFACTS.mkdir(exist_ok=True)
     browser_page.screenshot(path=str(ARTIFACTS / "dashboard-fleet.png"), full_page=True)

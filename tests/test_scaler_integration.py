@@ -45,10 +45,11 @@ def test_burst_drain_exactly_once_and_scale_to_zero(stack: Stack, broker: Broker
     response = stack.upload(rows(400), "sleep")
     assert response.status_code == 200
     stack.wait_workers("sleep", lambda s: s["workers"] >= 5, timeout=10, what="a burst of 5 workers")
-    samples = httpx.get(f"{stack.scaler_url}/api/history").json()["sleep"]
-    seen = next(i for i, (_, ready, _, _) in enumerate(samples) if ready > 40)
-    burst = next(i for i, (_, _, _, workers) in enumerate(samples) if workers >= 5)
-    assert burst - seen <= 2, "the burst must come within two ticks of the backlog being seen"
+    history = httpx.get(f"{stack.scaler_url}/api/history", headers=stack.auth_headers()).json()
+    series = history["job_types"]["sleep"]["series"]
+    seen = next(t for t, ready in zip(series["t"], series["ready"], strict=True) if ready > 40)
+    burst = next(t for t, workers in zip(series["t"], series["workers"], strict=True) if workers >= 5)
+    assert burst - seen <= 2, "the burst must come within two ticks (1-second buckets) of the backlog being seen"
     events = [e["reason"] for e in stack.status()["events"]]
     assert any(reason.startswith("burst +5: ready") for reason in events), events
     peak = stack.wait_workers("sleep", lambda s: s["workers"] == 8, timeout=30, what="scale-up to max_workers 8")

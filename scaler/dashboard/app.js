@@ -1,10 +1,9 @@
 // The dashboard: live view of the scaler's /api/status, fed by server-sent
-// events (/api/stream) with polling as the fallback. No library, no build step:
-// it has to work offline, served by the scaler itself.
+// events (/api/stream) with polling as the fallback, and charts of its history
+// (charts.js, uPlot). No build step and no CDN: it has to work offline, served
+// by the scaler itself.
 "use strict";
 
-const HISTORY_SECONDS = 15 * 60;
-const history = {};          // job type -> [[t, ready, unacked, workers], ...]
 let lastStatus = null;
 let lastUpdate = 0;
 let source = null;
@@ -32,51 +31,107 @@ function setConnection(text, ok) {
 }
 
 // ---- charts --------------------------------------------------------------
-function remember(status) {
-  const now = Date.now() / 1000;
-  for (const [name, item] of Object.entries(status.job_types)) {
-    const series = history[name] || (history[name] = []);
-    series.push([now, item.ready || 0, item.unacked || 0, item.workers || 0]);
-    while (series.length && series[0][0] < now - HISTORY_SECONDS) series.shift();
+// The scaler keeps six hours of every type's history (/api/history, scaler/history.py); the charts
+// show the chosen window of it and fetch it again as often as its buckets change (every second
+// for 5 minutes, every 5 s for longer windows), so they move with the live cards.
+let historyWindow = null;      // seconds; the server's shortest window until another is chosen
+let historyData = null;        // the last /api/history answer
+let historyTimer = null;
+const typeCharts = new Map();  // job type -> {box, depth, flow}
+
+const xRange = () => historyData ? [historyData.now - historyData.window, historyData.now] : [0, 1];
+const eventsOf = (name) => (historyData ? historyData.events.filter((event) => event.job_type === name) : []);
+
+function typeChartsFor(name) {
+  if (typeCharts.has(name)) return typeCharts.get(name);
+  const depthHost = el("div", { "data-chart": "depth" });
+  const flowHost = el("div", { "data-chart": "flow" });
+  const box = el("div", { class: "type-charts", "data-type": name }, depthHost, flowHost);
+  const charts = {
+    box,
+    depth: Charts.create(depthHost, {
+      title: `${name}: queue depth and workers`, x: "clock", range: xRange, height: 150,
+      axes: [{ label: "rows" }, { label: "workers", whole: true }],
+      lines: [
+        { label: "queue", colour: Charts.COLOURS.depth },
+        { label: "workers", colour: Charts.COLOURS.workers, axis: 2, stepped: true },
+        { label: "desired", colour: Charts.COLOURS.desired, axis: 2, stepped: true, dash: [5, 4], width: 1.5 },
+      ],
+      markers: () => eventsOf(name),
+      summary: (data) => `${name}, last ${Charts.duration(historyWindow)}: queue depth ${Charts.extent(data[1])} rows, ` +
+        `workers ${Charts.extent(data[2])}, desired ${Charts.extent(data[3])}, ${eventsOf(name).length} scaling events`,
+    }),
+    flow: Charts.create(flowHost, {
+      title: `${name}: throughput and cost`, x: "clock", range: xRange, height: 130,
+      axes: [{ label: "rows/s" }, { label: "worker-s" }],
+      lines: [
+        { label: "rows/s", colour: Charts.COLOURS.rows },
+        { label: "worker-s", colour: Charts.COLOURS.cost, axis: 2 },
+      ],
+      markers: () => eventsOf(name),
+      summary: (data) => `${name}, last ${Charts.duration(historyWindow)}: throughput ${Charts.extent(data[1])} rows/s, ` +
+        `cost ${Charts.number(data[2][data[2].length - 1] || 0)} worker-seconds`,
+    }),
+  };
+  typeCharts.set(name, charts);
+  drawType(name);
+  return charts;
+}
+
+// Workers report their rows in heartbeats (every 2 s by default), so buckets narrower than that see
+// rows in bursts: there, rows/s is the mean over the last RATE_SECONDS instead of the bucket's own.
+const RATE_SECONDS = 5;
+
+function rowsPerSecond(series, step) {
+  if (step >= RATE_SECONDS) return series.rows_per_second;
+  const { t, rows } = series;
+  let first = 0, sum = 0;
+  return t.map((end, i) => {
+    sum += rows[i];
+    while (t[first] <= end - RATE_SECONDS) sum -= rows[first++];
+    return +(sum / Math.min(RATE_SECONDS, end - t[0] + step)).toFixed(2);
+  });
+}
+
+function drawType(name) {
+  const charts = typeCharts.get(name);
+  const found = historyData && historyData.job_types[name];
+  const s = found ? found.series : { t: [], ready: [], unacked: [], workers: [], desired: [], rows: [], rows_per_second: [], worker_seconds: [] };
+  const depth = s.ready.map((ready, i) => (ready === null || s.unacked[i] === null ? null : ready + s.unacked[i]));
+  charts.depth.update([s.t, depth, s.workers, s.desired]);
+  charts.flow.update([s.t, rowsPerSecond(s, historyData ? historyData.step : RATE_SECONDS), Charts.cumulative(s.worker_seconds)]);
+}
+
+function forgetTypeCharts(names) {
+  for (const [name, charts] of typeCharts) {
+    if (names.includes(name)) continue;
+    charts.depth.destroy();
+    charts.flow.destroy();
+    typeCharts.delete(name);
   }
 }
 
-function chart(name, maxWorkers) {
-  const series = history[name] || [];
-  const width = 300, height = 90, pad = 2;
-  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
-  svg.setAttribute("class", "chart");
-  svg.setAttribute("role", "img");
-  const now = Date.now() / 1000;
-  const peakDepth = Math.max(1, ...series.map((p) => p[1] + p[2]));
-  const peakWorkers = Math.max(1, maxWorkers || 1, ...series.map((p) => p[3]));
-  // Up to 15 minutes, but never less than 2: a fresh burst fills the chart instead of hugging its edge.
-  const window = Math.min(HISTORY_SECONDS, Math.max(120, series.length ? now - series[0][0] : 0));
-  const x = (t) => pad + (width - 2 * pad) * (1 - (now - t) / window);
-  const line = (values, peak) =>
-    values.map(([t, v], i) => `${i ? "L" : "M"}${x(t).toFixed(1)},${(height - pad - (height - 2 * pad) * (v / peak)).toFixed(1)}`).join(" ");
-  const depth = series.map((p) => [p[0], p[1] + p[2]]);
-  const workers = series.map((p) => [p[0], p[3]]);
-  const last = series[series.length - 1];
-  svg.dataset.window = String(Math.round(window));
-  svg.setAttribute("aria-label", `${name}: queue depth and workers over the last ${Math.round(window / 60)} minutes` +
-    (last ? `, now ${last[1] + last[2]} messages and ${last[3]} workers` : ""));
-  svg.dataset.points = String(series.length);
-  for (const [cls, values, peak] of [["depth", depth, peakDepth], ["workers", workers, peakWorkers]]) {
-    if (!values.length) continue;
-    const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
-    path.setAttribute("d", line(values, peak));
-    path.setAttribute("class", cls);
-    svg.append(path);
+function renderWindowPicker() {
+  const box = $("window-buttons");
+  if (box.childElementCount !== historyData.windows.length) {
+    box.replaceChildren(...historyData.windows.map((seconds) => {
+      const button = el("button", { type: "button", class: "window", "data-window": String(seconds) }, Charts.duration(seconds));
+      button.addEventListener("click", () => chooseWindow(seconds));
+      return button;
+    }));
   }
-  return svg;
+  for (const button of box.children) button.setAttribute("aria-pressed", String(Number(button.dataset.window) === historyData.window));
+}
+
+function chooseWindow(seconds) {
+  historyWindow = seconds;
+  $("window-status").textContent = `Charts now show the last ${Charts.duration(seconds)}.`;
+  loadHistory();
 }
 
 // ---- budget ------------------------------------------------------------------
 // One colour per job type, stable across ticks (by name), for the stacked bar and chart.
-const PALETTE = ["#2563eb", "#d97706", "#059669", "#7c3aed", "#db2777", "#0891b2", "#65a30d", "#dc2626"];
-const colourOf = (name, names) => PALETTE[names.indexOf(name) % PALETTE.length];
+const colourOf = (name, names) => Charts.PALETTE[names.indexOf(name) % Charts.PALETTE.length];
 
 function budgetTotal(budget) {
   if (budget.max_workers !== null && budget.max_workers !== undefined) return budget.max_workers;
@@ -108,50 +163,44 @@ function renderBudget(status) {
   bar.setAttribute("aria-label", $("budget-text").textContent);
   bar.dataset.used = String(budget.used);
   bar.dataset.total = String(total);
-  $("budget-chart").replaceChildren(stackedChart(names, capacity));
-  $("budget-legend").replaceChildren(...names.map((name) => {
-    const key = el("span", { class: "swatch" }, name);
-    key.style.setProperty("--swatch", colourOf(name, names));
-    return key;
-  }));
+  drawBudget(names);  // its legend names each type's colour
 }
 
-function stackedChart(names, capacity) {
-  // Workers held per type over time, stacked: how the budget was shared.
-  const width = 600, height = 110, pad = 2;
-  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
-  svg.setAttribute("class", "chart stacked");
-  svg.setAttribute("role", "img");
-  svg.setAttribute("aria-label", "Workers of every job type over time, stacked against the budget");
-  const now = Date.now() / 1000;
-  const times = [...new Set(names.flatMap((name) => (history[name] || []).map((p) => Math.round(p[0]))))].sort((a, b) => a - b);
-  if (!times.length) return svg;
-  const window = Math.min(HISTORY_SECONDS, Math.max(120, now - times[0]));
-  const x = (t) => pad + (width - 2 * pad) * (1 - (now - t) / window);
-  const y = (v) => height - pad - (height - 2 * pad) * (v / capacity);
-  const at = (name, t) => {
-    let value = 0;
-    for (const point of history[name] || []) { if (point[0] <= t + 0.5) value = point[3]; else break; }
-    return value;
-  };
-  let below = times.map(() => 0);
-  for (const name of names) {
-    const above = times.map((t, i) => below[i] + at(name, t));
-    if (above.some((v, i) => v !== below[i])) {
-      const top = times.map((t, i) => `${i ? "L" : "M"}${x(t).toFixed(1)},${y(above[i]).toFixed(1)}`).join(" ");
-      const bottom = times.map((t, i) => `L${x(t).toFixed(1)},${y(below[i]).toFixed(1)}`).reverse().join(" ");
-      const area = document.createElementNS("http://www.w3.org/2000/svg", "path");
-      area.setAttribute("d", `${top} ${bottom} Z`);
-      area.setAttribute("class", "area");
-      area.dataset.type = name;
-      area.style.fill = colourOf(name, names);
-      svg.append(area);
-    }
-    below = above;
+// Workers held by each type over the window, stacked: how the budget was shared.
+let budgetChart = null;
+let budgetNames = [];
+let budgetStack = [];  // per type (sorted by name): workers of it and the types before it
+
+// The legend shows each type's own workers (the latest off the chart), not the running total its band is drawn to.
+const ownWorkers = (k) => (index) => {
+  const stack = budgetStack[k] || [];
+  const i = index === null ? stack.length - 1 : index;
+  return i >= 0 ? String(stack[i] - (k ? budgetStack[k - 1][i] : 0)) : "–";
+};
+
+function drawBudget(names) {
+  if (!historyData) return;
+  if (!budgetChart || names.join() !== budgetNames.join()) {
+    budgetNames = names;
+    if (budgetChart) budgetChart.destroy();
+    budgetChart = Charts.create($("budget-chart"), {
+      title: "Workers of every job type, stacked", x: "clock", range: xRange, height: 130,
+      axes: [{ label: "workers", whole: true }],
+      // Drawn top down, each filled to zero, so each band shows one type's share.
+      lines: names.map((name, k) => ({ label: name, colour: colourOf(name, names), fill: colourOf(name, names) + "cc", stepped: true, width: 1, value: ownWorkers(k) })).reverse(),
+      summary: (data) => `Workers of ${names.length} job types over the last ${Charts.duration(historyWindow)}, stacked: at most ${Charts.extent(data[1] || [])} together`,
+    });
   }
-  svg.dataset.points = String(times.length);
-  return svg;
+  const times = [...new Set(names.flatMap((name) => (historyData.job_types[name] ? historyData.job_types[name].series.t : [])))].sort((a, b) => a - b);
+  let below = times.map(() => 0);
+  const stacked = names.map((name) => {
+    const found = historyData.job_types[name];
+    const held = new Map(found ? found.series.t.map((t, i) => [t, found.series.workers[i]]) : []);
+    below = times.map((t, i) => below[i] + (held.get(t) || 0));
+    return below;
+  });
+  budgetStack = stacked;
+  budgetChart.update([times, ...stacked.slice().reverse()]);
 }
 
 // ---- rendering -------------------------------------------------------------
@@ -207,14 +256,15 @@ function renderCards(status) {
         stat("workers", `${item.workers}/${item.max_workers}`, "workers"),
         stat(share ? "desired / share" : "desired", `${number(item.desired)}${share}`, "desired"),
         stat("dead letters", number(item.dead), item.dead ? "dead warn" : "dead")),
-      chart(name, item.max_workers),
-      el("p", { class: "legend" }, el("span", { class: "key depth" }, "queue depth"), " ", el("span", { class: "key workers" }, "workers"),
-        ` · threshold ${item.threshold}, burst > ${item.burst_threshold} (+${item.burst_size}), idle ${item.idle_seconds} s, priority ${item.priority}`),
+      typeChartsFor(name).box,
+      el("p", { class: "legend" },
+        `threshold ${item.threshold}, burst > ${item.burst_threshold} (+${item.burst_size}), idle ${item.idle_seconds} s, priority ${item.priority}`),
       controlButtons(name, item));
     if (rest.length) card.insertBefore(el("pre", { class: "failure", "data-field": "failure" }, rest.join("\n")), card.querySelector(".stats"));
     if (item.unschedulable) card.append(el("p", { class: "warn" }, "Unschedulable: " + item.unschedulable));
     cards.append(card);
   }
+  forgetTypeCharts(Object.keys(status.job_types));
 }
 
 function renderWorkers(status) {
@@ -259,7 +309,6 @@ function renderTypesSelect(status) {
 function render(status) {
   lastStatus = status;
   lastUpdate = Date.now();
-  remember(status);
   const banner = $("banner");
   const problems = [];
   if (!status.broker.reachable) problems.push("RabbitMQ is unreachable: the scaler makes no scaling decision until it is back. " + (status.broker.error || ""));
@@ -278,14 +327,25 @@ function render(status) {
 
 // ---- data sources ------------------------------------------------------------
 async function loadHistory() {
+  clearTimeout(historyTimer);
+  const asked = historyWindow;
+  let pause = 5;
   try {
-    const response = await fetch("/api/history");
-    if (!response.ok) return;
-    const data = await response.json();
-    for (const [name, samples] of Object.entries(data)) history[name] = samples.map((s) => [...s]);
+    const query = asked ? `?window=${asked}` : "";
+    const response = await fetch(`/api/history${query}`, { cache: "no-store" });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const answer = await response.json();
+    if (historyWindow !== asked) return;  // another window was chosen meanwhile: its own request draws and goes on
+    historyData = answer;
+    historyWindow = answer.window;
+    pause = Math.min(Math.max(historyData.step, 1), 5);
+    renderWindowPicker();
+    for (const name of typeCharts.keys()) drawType(name);
+    if (lastStatus) drawBudget(Object.keys(lastStatus.job_types).sort());
   } catch (error) {
     setConnection("scaler unreachable", false);
   }
+  historyTimer = setTimeout(loadHistory, pause * 1000);
 }
 
 async function poll() {
