@@ -359,7 +359,7 @@ def _draft(job_type: JobType, file_name: str, checked: Checked, key: str | None)
 
 
 def _log_published(record: UploadRecord, result: PublishResult, seconds: float) -> None:
-    outcome = f"failed: {result.error}" if result.error else "queued"
+    outcome = "cancelled" if record.cancel_requested else f"failed: {result.error}" if result.error else "queued"
     log.log(
         logging.ERROR if result.error else logging.INFO,
         "upload %s type=%s rows=%d confirmed=%d seconds=%.2f rows_per_s=%.0f %s",
