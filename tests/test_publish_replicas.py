@@ -168,7 +168,10 @@ def test_a_producer_killed_mid_publish_leaves_it_interrupted_and_a_retry_on_anot
         killed = time.monotonic()
         thread.join(30)
         interrupted = wait_record(b, upload_id, lambda r: r["state"] == "interrupted", "interrupted", timeout=15)
-        print(f"interrupted {time.monotonic() - killed:.1f} s after the kill, {interrupted['confirmed']} confirmed")
+        after = time.monotonic() - killed
+        print(f"interrupted {after:.1f} s after the kill, {interrupted['confirmed']} confirmed")
+        bound = float(LEASES["PRODUCER_PUBLISH_LEASE_SECONDS"]) + float(LEASES["PRODUCER_LEASE_CHECK_SECONDS"])
+        assert after < bound + 1.0, "lease + check interval after the last renewal (plus this test's polling)"
         assert 0 < interrupted["confirmed"] < rows and "lease" in interrupted["publish_error"]
         retry = b.upload(body, "sleep", timeout=300, headers={"Idempotency-Key": "killed-mid-publish"})
         assert retry.status_code == 200 and retry.json()["upload_id"] == upload_id, retry.text
