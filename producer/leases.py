@@ -90,8 +90,12 @@ class PublishLease:
         return self.store.release_lease(self.upload_id, self.holder, confirmed, error)
 
     def _keep(self) -> None:
-        renewed = time.monotonic()
+        """Renew until released; the run may send for half a lease after each renewal (`send_until`), so it stops
+        on its own, before anyone else may take the upload, when renewing fails or hangs."""
+        margin = self.settings.lease_seconds / 2
+        self.control.send_until = time.monotonic() + margin
         while not self._done.wait(self.settings.progress_seconds):
+            started = time.monotonic()
             try:
                 record = self.store.renew_lease(
                     self.upload_id, self.holder, self.settings.lease_seconds, self.control.confirmed_through
@@ -99,16 +103,10 @@ class PublishLease:
             except LeaseLost as error:
                 self.control.stop(error.message)
                 return
-            except StoreUnavailable as error:
-                log.warning("upload %s: cannot renew the publishing lease: %s", self.upload_id, error.message)
-                if time.monotonic() - renewed > self.settings.lease_seconds / 2:
-                    self.control.stop(
-                        f"the upload store was unreachable for {time.monotonic() - renewed:.0f} s, so this producer "
-                        "stopped publishing before its lease could pass to another; retry with the same Idempotency-Key"
-                    )
-                    return
+            except Exception as error:  # the store unreachable, or anything else: the next round tries again
+                log.warning("upload %s: cannot renew the publishing lease: %s", self.upload_id, error)
                 continue
-            renewed = time.monotonic()
+            self.control.send_until = started + margin
             if record.cancel_requested:
                 self.control.stop(CANCELLED)
                 return

@@ -28,6 +28,7 @@ it only costs that tick.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -69,11 +70,15 @@ class PublishControl:
     """What another thread sees of one publishing run, and how it stops it (thread-safe).
 
     `confirmed_through` is written only by the run's I/O thread (a plain int:
-    readers see the old or the new value, both true).
+    readers see the old or the new value, both true). `send_until` (monotonic)
+    is moved on by whoever holds the run's lease: past it the run sends
+    nothing more and fails, so a holder stuck renewing (a store that hangs)
+    cannot keep publishing after its lease may have passed to another.
     """
 
     def __init__(self, first: int = 1) -> None:
         self.confirmed_through = first - 1
+        self.send_until = math.inf
         self._lock = threading.Lock()
         self._stop_reason: str | None = None
         self._run: _ConfirmedRun | None = None
@@ -233,6 +238,9 @@ class _ConfirmedRun:
     # publishing ------------------------------------------------------------
     def _pump(self) -> None:
         """Publish until the window of unconfirmed messages is full, the socket lags or the rows run out."""
+        if time.monotonic() > self.control.send_until:
+            self._fail("this producer could not renew its publishing lease in time, so it stopped publishing")
+            return
         while self._room() and _unsent_bytes(self.connection) < UNSENT_BYTES:
             self._send_batch()
         if self._done() and self.connection.is_open:
