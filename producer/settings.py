@@ -17,7 +17,8 @@ Limits (each a named variable with its default):
 - `PRODUCER_PUBLISH_LEASE_SECONDS` (10), `PRODUCER_PUBLISH_PROGRESS_SECONDS` (0.5), `PRODUCER_LEASE_CHECK_SECONDS`
   (2): publishing leases (producer/leases.py): how long a publisher that stopped renewing keeps an upload, how
   often a publisher stores its confirmed count, renews and looks for a cancel, how often expired leases are
-  looked for. The lease must be more than twice the progress interval.
+  looked for. The lease must be at least 4 progress intervals: a publisher sends only for half a lease after
+  its last renewal, and a renewal needs time.
 - `PRODUCER_BODY_TIMEOUT_SECONDS` (30): a body that stalls this long gets 408.
 - `PRODUCER_HEALTH_INTERVAL_SECONDS` (5): how often readiness checks the broker, in the background.
 
@@ -90,9 +91,10 @@ def _lease_settings() -> LeaseSettings:
         progress_seconds=env_float("PRODUCER_PUBLISH_PROGRESS_SECONDS", defaults.progress_seconds, above=0),
         check_seconds=env_float("PRODUCER_LEASE_CHECK_SECONDS", defaults.check_seconds, above=0),
     )
-    if leases.lease_seconds <= 2 * leases.progress_seconds:
+    if leases.lease_seconds < 4 * leases.progress_seconds:
         raise SettingsError(
-            f"PRODUCER_PUBLISH_LEASE_SECONDS={leases.lease_seconds:g} must be more than twice "
-            f"PRODUCER_PUBLISH_PROGRESS_SECONDS={leases.progress_seconds:g} (a publisher renews its lease that often)"
+            f"PRODUCER_PUBLISH_LEASE_SECONDS={leases.lease_seconds:g} must be at least 4 times "
+            f"PRODUCER_PUBLISH_PROGRESS_SECONDS={leases.progress_seconds:g}: a publisher renews its lease that often "
+            "and stops sending half a lease after its last renewal"
         )
     return leases

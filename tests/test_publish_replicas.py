@@ -28,8 +28,9 @@ from tests.support.stack import Stack
 from tests.support.uploads import record, wait_record
 from tests.support.waiting import wait_until
 
-#: Short leases, so a killed publisher's upload reads `interrupted` within seconds.
-LEASES = {"PRODUCER_PUBLISH_LEASE_SECONDS": "2", "PRODUCER_LEASE_CHECK_SECONDS": "0.5"}
+#: Short leases, so a killed publisher's upload reads `interrupted` within seconds (a live one, renewing every
+#: 0.5 s, may send for 2 s after a renewal: room for a slow store on a busy machine).
+LEASES = {"PRODUCER_PUBLISH_LEASE_SECONDS": "4", "PRODUCER_LEASE_CHECK_SECONDS": "0.5"}
 SLEEP = {"sleep": {"prefetch": 200}}
 
 
