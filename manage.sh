@@ -73,6 +73,14 @@ ensure_rabbitmq() {
   wait_http "http://127.0.0.1:15672/api/overview" 60 -u guest:guest || die "RabbitMQ management API did not answer"
 }
 
+BROKER_USERS="$RUN/rabbitmq"
+
+ensure_broker_users() {
+  # One RabbitMQ user each for the producer, the scaler (monitoring tag) and every job type's workers, with
+  # only the permissions it uses (scaler/broker_users.py); their URLs in .run/rabbitmq/ (0600 files, 0700 dir).
+  "$PY" -m scaler.local_broker_users "$BROKER_USERS" || die "could not create the broker users (see above)"
+}
+
 stop_rabbitmq_if_ours() {
   if [ -f "$RUN/rabbitmq.started-by-manage" ]; then
     log "stopping RabbitMQ (started by manage.sh)"
@@ -148,9 +156,14 @@ cmd_up() {
   ensure_venv
   ensure_rabbitmq
   ensure_token
-  start_service producer "http://$PRODUCER_ADDR/healthz" -- "$PY" -m producer
+  ensure_broker_users
+  # Each service its own broker user, in its environment (never on a command line other users can read).
+  RABBITMQ_URL="$(cat "$BROKER_USERS/producer.url")" \
+    start_service producer "http://$PRODUCER_ADDR/healthz" -- "$PY" -m producer
   if [ -f scaler/__main__.py ]; then
-    start_service scaler "http://$SCALER_ADDR/healthz" -- "$PY" -m scaler --backend local
+    RABBITMQ_URL="$(cat "$BROKER_USERS/scaler.url")" RABBITMQ_API_URL="$(cat "$BROKER_USERS/scaler-api.url")" \
+      SCALER_WORKER_CREDENTIALS_DIR="$BROKER_USERS/workers" \
+      start_service scaler "http://$SCALER_ADDR/healthz" -- "$PY" -m scaler --backend local
   fi
   echo
   echo "  producer:   http://$PRODUCER_ADDR   (curl -F file=@data.csv http://$PRODUCER_ADDR/upload)"
@@ -203,11 +216,13 @@ cmd_bench() {
   "$PY" "bench/$name.py" "$@"
 }
 
+# The images' tag: set once, in infra/k8s/kustomization.yaml (images: newTag).
+IMAGE_TAG="$(sed -n 's/^ *newTag: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' infra/k8s/kustomization.yaml | head -n 1)"
 IMAGES=(
-  "producer/Dockerfile queue-autoscaler/producer:latest"
-  "scaler/Dockerfile queue-autoscaler/scaler:latest"
-  "workers/sales/Dockerfile queue-autoscaler/worker-sales:latest"
-  "workers/sleep/Dockerfile queue-autoscaler/worker-sleep:latest"
+  "producer/Dockerfile queue-autoscaler/producer"
+  "scaler/Dockerfile queue-autoscaler/scaler"
+  "workers/sales/Dockerfile queue-autoscaler/worker-sales"
+  "workers/sleep/Dockerfile queue-autoscaler/worker-sleep"
 )
 
 cmd_images() {
@@ -215,8 +230,8 @@ cmd_images() {
   command -v docker >/dev/null || die "docker is not installed"
   for entry in "${IMAGES[@]}"; do
     set -- $entry
-    log "building $2 from $1"
-    docker build -f "$1" -t "$2" .
+    log "building $2:$IMAGE_TAG from $1"
+    docker build -f "$1" -t "$2:$IMAGE_TAG" .
   done
 }
 

@@ -13,7 +13,9 @@ starts later learns it too). Workers skip and ack those uploads' rows and
 report them as `cancelled`.
 
 Every parser here raises ValueError for anything malformed, so a consumer can
-log and drop a bad message instead of dying on it.
+set a bad message aside instead of dying on it. The tracker range-checks what
+parses (`uploads/report_checks.py`) and moves a report it cannot apply to
+`DEAD_OUTCOMES_QUEUE`, the reason in its headers.
 """
 
 from __future__ import annotations
@@ -24,7 +26,16 @@ from typing import Any
 
 from pika.adapters.blocking_connection import BlockingChannel
 
+from jobtypes.queues import bind_route, declare_routes_exchange
+
 OUTCOMES_QUEUE = "autoscaler.outcomes"
+#: Reports the tracker could not apply (out of range, not storable, not a report), kept for an operator with the
+#: reason in their headers; the newest DEAD_REPORTS_KEPT of them (older ones are dropped first).
+DEAD_OUTCOMES_QUEUE = "autoscaler.outcomes.dead"
+DEAD_REPORTS_KEPT = 10_000
+#: Headers of a dead-lettered report: the reason's short code, and what and where in words.
+REJECT_REASON_HEADER = "x-reject-reason"
+REJECT_DETAIL_HEADER = "x-reject-detail"
 UPLOADS_EXCHANGE = "autoscaler.uploads"
 #: Final and intermediate outcomes of one delivery of a row.
 OUTCOMES = ("succeeded", "retrying", "dead", "cancelled")
@@ -35,11 +46,16 @@ REPLAY_HEADER = "x-replay"
 #: The report queue is a version 2 classic queue: it confirms a small persistent message in about half the time
 #: of version 1, and workers hold their rows unacked until their report is confirmed.
 OUTCOMES_QUEUE_ARGUMENTS = {"x-queue-version": 2}
+DEAD_OUTCOMES_QUEUE_ARGUMENTS = {"x-max-length": DEAD_REPORTS_KEPT, "x-overflow": "drop-head"}
 
 
 def declare_outcome_routes(channel: BlockingChannel) -> None:
-    """Declare the report queue and the cancel exchange (idempotent, same arguments everywhere)."""
+    """Declare the report queue (routed from `ROUTES_EXCHANGE`), its dead-letter queue and the cancel exchange
+    (idempotent, same arguments everywhere)."""
+    declare_routes_exchange(channel)
     channel.queue_declare(queue=OUTCOMES_QUEUE, durable=True, arguments=OUTCOMES_QUEUE_ARGUMENTS)
+    bind_route(channel, OUTCOMES_QUEUE)
+    channel.queue_declare(queue=DEAD_OUTCOMES_QUEUE, durable=True, arguments=DEAD_OUTCOMES_QUEUE_ARGUMENTS)
     channel.exchange_declare(exchange=UPLOADS_EXCHANGE, exchange_type="fanout", durable=True)
 
 

@@ -13,6 +13,13 @@ Each type has three durable queues:
   failing row therefore waits here, not in front of the rows behind it.
 * `<queue>.dead`: rows that failed `max_attempts` times, with the reason in
   their headers, for an operator to inspect or replay.
+
+The three are also bound, each under its own name, to the topic exchange
+`ROUTES_EXCHANGE`, and so is the outcome report queue (jobtypes.outcomes).
+Workers publish their retry, dead-letter, give-back copies and reports there,
+never to the default exchange: a worker's broker user may write to that one
+exchange only, with topic permissions naming its own type's queues, so it
+cannot publish to another type's queue (scaler.broker_users).
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ from typing import Any
 from pika.adapters.blocking_connection import BlockingChannel
 
 from jobtypes.config import JobType
+
+#: The topic exchange workers publish copies and reports to; routing key = the queue's name.
+ROUTES_EXCHANGE = "autoscaler.routes"
 
 
 def queue_arguments(job_type: JobType) -> dict[str, dict[str, Any]]:
@@ -39,7 +49,18 @@ def queue_arguments(job_type: JobType) -> dict[str, dict[str, Any]]:
     }
 
 
+def declare_routes_exchange(channel: BlockingChannel) -> None:
+    channel.exchange_declare(exchange=ROUTES_EXCHANGE, exchange_type="topic", durable=True)
+
+
+def bind_route(channel: BlockingChannel, queue: str) -> None:
+    """Route `ROUTES_EXCHANGE` messages with routing key `queue` to that queue (queue names hold no * or #)."""
+    channel.queue_bind(queue, ROUTES_EXCHANGE, routing_key=queue)
+
+
 def declare_queues(channel: BlockingChannel, job_type: JobType) -> None:
-    """Declare the work, retry and dead-letter queues of `job_type` (idempotent)."""
+    """Declare the work, retry and dead-letter queues of `job_type` and their routes (idempotent)."""
+    declare_routes_exchange(channel)
     for name, arguments in queue_arguments(job_type).items():
         channel.queue_declare(queue=name, durable=True, arguments=arguments)
+        bind_route(channel, name)

@@ -2,6 +2,13 @@
 
 Every component reads the broker's address, the management API's address and
 the config path from here, so one environment works for the whole stack.
+
+Each process's RABBITMQ_URL carries its own broker user (scaler.broker_users:
+the producer's, the scaler's, one per job type's workers); the defaults, the
+development broker's guest, are for a laptop only. METRICS_PORT gives the
+producer and the scaler a second port serving only Prometheus metrics, without
+the token: the app's own /metrics needs the token like every path, and a
+scraper should not hold a credential that can also upload or pause.
 """
 
 from __future__ import annotations
@@ -18,6 +25,9 @@ DEFAULT_RABBITMQ_URL = "amqp://guest:guest@localhost:5672/%2F"
 DEFAULT_RABBITMQ_API_URL = "http://guest:guest@localhost:15672/api"
 #: Seconds between AMQP heartbeats (0: none).
 DEFAULT_HEARTBEAT_SECONDS = 10
+#: The metrics-only port: off unless set (on a laptop, /metrics with the token is enough).
+DEFAULT_METRICS_PORT = 0
+DEFAULT_METRICS_HOST = "0.0.0.0"
 
 
 def rabbitmq_url() -> str:
@@ -26,6 +36,12 @@ def rabbitmq_url() -> str:
 
 def rabbitmq_api_url() -> str:
     return env_str("RABBITMQ_API_URL", DEFAULT_RABBITMQ_API_URL)
+
+
+def metrics_address() -> tuple[str, int] | None:
+    """(host, port) of the metrics-only port, None when METRICS_PORT is unset or 0."""
+    port = env_int("METRICS_PORT", DEFAULT_METRICS_PORT, minimum=0)
+    return (env_str("METRICS_HOST", DEFAULT_METRICS_HOST), port) if port else None
 
 
 def jobs_config_path() -> Path:

@@ -6,11 +6,12 @@ import logging
 import sys
 
 import uvicorn
+from prometheus_client import start_http_server
 
 from jobtypes.auth import describe_rule
 from jobtypes.config import ConfigError
 from jobtypes.env import SettingsError
-from jobtypes.settings import rabbitmq_url, redact_url
+from jobtypes.settings import metrics_address, rabbitmq_url, redact_url
 from producer.app import create_app
 from producer.settings import ProducerSettings
 from uploads.errors import StoreUnavailable
@@ -40,9 +41,18 @@ def main() -> int:
         redact_url(settings.uploads.database_url),
         describe_rule(settings.auth),
     )
+    serve_metrics_port()
     # No proxy-header rewriting: the client address must be the socket's (see jobtypes.auth).
     uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level="info", proxy_headers=False)
     return 0
+
+
+def serve_metrics_port() -> None:
+    """Metrics only, without the token, on METRICS_PORT (jobtypes.settings), from prometheus_client's server."""
+    address = metrics_address()
+    if address is not None:
+        start_http_server(address[1], addr=address[0])
+        logging.getLogger("producer").info("metrics only on http://%s:%d/metrics, without the token", *address)
 
 
 if __name__ == "__main__":

@@ -114,9 +114,9 @@ async def job_types(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
-    """The readiness document (always 200) and the upload tracker's state."""
-    document = {**request.app.state.health.document(), "status": "ok"}
-    return JSONResponse({**document, "upload_tracker": _uploads(request).tracker_status()})
+    """The readiness document and the upload tracker's state; 503 naming the tracker when it stopped counting."""
+    status, document = health.healthz_document(request.app.state.health.document(), _uploads(request).tracker_status())
+    return JSONResponse(document, status_code=status)
 
 
 async def metrics(request: Request) -> Response:

@@ -7,8 +7,12 @@
   reached it, else 503 with the error. The check runs on its own thread every
   `PRODUCER_HEALTH_INTERVAL_SECONDS`; the endpoint only reads the result, so
   it never blocks the event loop or waits for a thread-pool slot.
-- `GET /healthz` is the readiness document with status 200 either way, for
-  people and scripts that want to read it.
+- `GET /healthz` is the readiness document for people and scripts that want
+  to read it, with the upload tracker's state: 200 whether or not the broker
+  is reachable (`/readyz` says that), 503 when the tracker thread died or made
+  no progress for `UPLOADS_TRACKER_STALL_SECONDS` while reports wait, naming
+  it in `problems` (the tracker replaces such a thread itself; the 503 says
+  counting has stopped meanwhile).
 """
 
 from __future__ import annotations
@@ -98,5 +102,8 @@ async def readyz(request: Request) -> Response:
     return JSONResponse(document, status_code=200 if document["broker"]["reachable"] else 503)
 
 
-async def healthz(request: Request) -> Response:
-    return JSONResponse({**request.app.state.health.document(), "status": "ok"})
+def healthz_document(broker: dict[str, Any], tracker: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
+    """(status code, document) of /healthz: the readiness document, the tracker's state, and its problem if any."""
+    problems = [f"tracker: {tracker['problem']}"] if tracker is not None and tracker["problem"] else []
+    document = {**broker, "status": "unhealthy" if problems else "ok", "problems": problems, "upload_tracker": tracker}
+    return (503 if problems else 200), document

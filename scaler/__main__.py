@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from jobtypes.config import DEFAULT_STOP_GRACE_SECONDS, ConfigError
 from jobtypes.env import SettingsError
-from jobtypes.settings import jobs_config_path, rabbitmq_api_url, rabbitmq_url, redact_url
+from jobtypes.settings import jobs_config_path, metrics_address, rabbitmq_api_url, rabbitmq_url, redact_url
 from scaler.settings import ScalerSettings
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 def _run(args: argparse.Namespace) -> int:
     import uvicorn
+    from prometheus_client import start_http_server
 
     from jobtypes.auth import AuthSettings, describe_rule
     from jobtypes.config_watch import ConfigWatcher
@@ -71,6 +72,9 @@ def _run(args: argparse.Namespace) -> int:
         describe_rule(auth),
     )
     try:
+        address = metrics_address()  # metrics only, without the token (jobtypes.settings)
+        if address is not None:
+            start_http_server(address[1], addr=address[0])
         # No proxy-header rewriting: the client address must be the socket's (see jobtypes.auth).
         uvicorn.run(
             create_app(scaler, settings, auth=auth),

@@ -14,6 +14,14 @@ same value must appear: the RabbitMQ password in its user and in both URLs).
 - `strip`: a filter for `kubectl kustomize` output that drops the Secrets,
   so `kubectl apply` never overwrites the real values with placeholders.
 
+Besides the Secrets of that file, `ensure` keeps one Secret per job type of
+jobs.config.json (`rabbitmq-worker-<type>`, key `url`: that type's own broker
+user, what its worker Jobs get) and `rabbitmq-definitions` (key
+`definitions.json`: every broker user, its permissions and a salted hash of its
+password, scaler.broker_users), which RabbitMQ loads at boot. The
+definitions are rewritten only when the users or their permissions change
+(a type added or removed); RabbitMQ reads them at its next start.
+
 python -m scaler.deploy_secrets check|ensure [--namespace NS]
 kubectl kustomize infra/k8s | python -m scaler.deploy_secrets strip | kubectl apply -f -
 """
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import re
 import secrets
@@ -35,11 +44,17 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
 from jobtypes.auth import PLACEHOLDER_PREFIX
-from jobtypes.settings import REPO_ROOT
+from jobtypes.config import ConfigError, JobsConfig, load_config
+from jobtypes.settings import REPO_ROOT, jobs_config_path
+from scaler.broker_users import BrokerUser, Role, broker_users, definitions, with_credentials
 
 SECRETS_FILE = REPO_ROOT / "infra" / "k8s" / "secrets.yaml"
 PLACEHOLDER = re.compile(rf"{PLACEHOLDER_PREFIX}-[a-z0-9-]+")
 DEFAULT_NAMESPACE = "queue-autoscaler"
+#: Where the pods reach RabbitMQ (infra/k8s/rabbitmq.yaml's Service) and its one vhost.
+BROKER_URL, BROKER_API_URL, VHOST = "amqp://rabbitmq:5672/%2F", "http://rabbitmq:15672/api", "/"
+ADMIN_SECRET, DEFINITIONS_SECRET, DEFINITIONS_KEY = "rabbitmq-credentials", "rabbitmq-definitions", "definitions.json"
+LABELS = {"app.kubernetes.io/part-of": "queue-autoscaler"}
 
 
 class Refused(Exception):
@@ -58,6 +73,24 @@ def load_templates(path: Path = SECRETS_FILE) -> list[SecretTemplate]:
     return [
         SecretTemplate(doc["metadata"]["name"], dict(doc["metadata"].get("labels", {})), dict(doc["stringData"]))
         for doc in documents
+    ]
+
+
+def password_placeholder(user: BrokerUser) -> str:
+    """The placeholder of a broker user's password: `PLACEHOLDER-<user name>-password` (as secrets.yaml spells it)."""
+    return f"{PLACEHOLDER_PREFIX}-{user.name}-password"
+
+
+def worker_templates(config: JobsConfig) -> list[SecretTemplate]:
+    """One Secret per configured type: its workers' broker URL (the Kubernetes backend's default `WORKER_SECRET`)."""
+    return [
+        SecretTemplate(
+            f"rabbitmq-worker-{user.job_type}",
+            dict(LABELS),
+            {"url": with_credentials(BROKER_URL, user.name, password_placeholder(user))},
+        )
+        for user in broker_users(config)
+        if user.role is Role.WORKER
     ]
 
 
@@ -113,8 +146,11 @@ def fill(template: str, known: dict[str, str]) -> str:
     return PLACEHOLDER.sub(lambda match: known.setdefault(match.group(), secrets.token_hex(24)), template)
 
 
-def ensure(api: client.CoreV1Api, templates: list[SecretTemplate], namespace: str) -> list[str]:
-    """Create missing Secrets and keys; returns what was done, one line each."""
+def ensure(
+    api: client.CoreV1Api, templates: list[SecretTemplate], namespace: str, config: JobsConfig | None = None
+) -> list[str]:
+    """Create missing Secrets and keys (and, given the config, the broker users' definitions); returns what was
+    done, one line each."""
     existing = {template.name: read_secret(api, template.name, namespace) for template in templates}
     check(templates, existing, namespace)
     known = known_values(templates, existing)
@@ -134,7 +170,46 @@ def ensure(api: client.CoreV1Api, templates: list[SecretTemplate], namespace: st
         else:
             api.patch_namespaced_secret(template.name, namespace, {"data": data})
             done.append(f"added {', '.join(sorted(missing))} to Secret {template.name} (generated values)")
+    if config is not None:
+        done += ensure_definitions(api, namespace, config, known, existing.get(ADMIN_SECRET) or {})
     return done
+
+
+def _without_hashes(document: dict) -> dict:
+    """What a definitions document grants, without the (salted, so always different) password hashes."""
+    return {
+        **document,
+        "users": [{k: v for k, v in user.items() if k != "password_hash"} for user in document["users"]],
+    }
+
+
+def ensure_definitions(
+    api: client.CoreV1Api, namespace: str, config: JobsConfig, known: dict[str, str], admin: dict[str, str]
+) -> list[str]:
+    """Write the broker's definitions when the users or their permissions differ from the config's."""
+    users = broker_users(config)
+    admin_user = admin.get("username", "autoscaler")
+    admin_password = admin.get("password") or known[f"{PLACEHOLDER_PREFIX}-rabbitmq-password"]
+    wanted = definitions(
+        VHOST, {user: known[password_placeholder(user)] for user in users}, (admin_user, admin_password)
+    )
+    current = read_secret(api, DEFINITIONS_SECRET, namespace)
+    if current is not None and DEFINITIONS_KEY in current:
+        try:
+            if _without_hashes(json.loads(current[DEFINITIONS_KEY])) == _without_hashes(wanted):
+                return []
+        except (ValueError, KeyError, TypeError):
+            pass  # unreadable: replaced below
+    data = {DEFINITIONS_KEY: base64.b64encode(json.dumps(wanted, indent=1).encode()).decode()}
+    if current is None:
+        metadata = client.V1ObjectMeta(name=DEFINITIONS_SECRET, labels=dict(LABELS))
+        api.create_namespaced_secret(namespace, client.V1Secret(metadata=metadata, type="Opaque", data=data))
+        return [f"created Secret {DEFINITIONS_SECRET} ({len(users)} broker users)"]
+    api.patch_namespaced_secret(DEFINITIONS_SECRET, namespace, {"data": data})
+    return [
+        f"updated Secret {DEFINITIONS_SECRET} ({len(users)} broker users); RabbitMQ loads it when it starts: "
+        f"kubectl -n {namespace} rollout restart statefulset/rabbitmq"
+    ]
 
 
 def strip(source: str) -> str:
@@ -156,14 +231,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "strip":
         sys.stdout.write(strip(sys.stdin.read()))
         return 0
-    templates = load_templates()
+    try:
+        config = load_config(jobs_config_path())
+    except ConfigError as error:
+        print(f"[secrets] error: {error}", file=sys.stderr)
+        return 2
+    templates = load_templates() + worker_templates(config)
     try:
         api = _api()
         if args.command == "check":
             existing = {t.name: read_secret(api, t.name, args.namespace) for t in templates}
             check(templates, existing, args.namespace)
         else:
-            for line in ensure(api, templates, args.namespace):
+            for line in ensure(api, templates, args.namespace, config):
                 print(f"[secrets] {line}", file=sys.stderr)
     except Refused as refused:
         print(f"[secrets] error: {refused}", file=sys.stderr)

@@ -192,6 +192,7 @@ class Scaler:
     def _refresh_config(self) -> None:
         """Pick up config edits; a type whose settings changed gets its failure memory reset (retried at once)."""
         self.watcher.refresh()
+        self.channel.declare(list(self.watcher.config.job_types.values()))
         for name, job_type in self.watcher.config.job_types.items():
             if name in self.known and self.known[name] != job_type:
                 self._retry(name, "its config changed")

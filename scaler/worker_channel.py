@@ -12,6 +12,12 @@ Anything can publish to these exchanges, so nothing received may stop the
 thread: a malformed heartbeat or wake-up is counted, logged (at most once per
 `MALFORMED_LOG_SECONDS`) and dropped. `health()` says whether the thread runs
 and when it last made progress, for the scaler's /healthz.
+
+It also declares what workers use and may not declare themselves (their
+broker user is read and route-only, scaler.broker_users): the control and
+cancel exchanges, the outcome report queue, and the queues and routes of every
+configured type (`declare`, called by the control loop with the config each
+tick; a type is declared again only when it changed or the connection was new).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 
 import pika
 
+from jobtypes.config import JobType
 from jobtypes.control import (
     CONTROL_EXCHANGE,
     HEARTBEAT_EXCHANGE,
@@ -35,6 +42,8 @@ from jobtypes.control import (
     stop_routing_key,
     wake_job_type,
 )
+from jobtypes.outcomes import declare_outcome_routes
+from jobtypes.queues import declare_queues
 from jobtypes.settings import connection_parameters
 
 log = logging.getLogger(__name__)
@@ -64,6 +73,9 @@ class WorkerChannel:
         self.heartbeats: dict[str, Heartbeat] = {}
         self.received_at: dict[str, float] = {}
         self.stops: queue.SimpleQueue[str] = queue.SimpleQueue()
+        #: the configured types (replaced whole by `declare`), and those declared on the current connection
+        self._wanted: tuple[JobType, ...] = ()
+        self._declared: dict[str, JobType] = {}
         self.malformed = 0
         self.wake_ups = 0
         self._malformed_logged_at = 0.0
@@ -95,6 +107,10 @@ class WorkerChannel:
                 connection.add_callback_threadsafe(lambda: None)
             except pika.exceptions.AMQPError:
                 pass  # the thread reconnects and sends it then
+
+    def declare(self, job_types: list[JobType]) -> None:
+        """Have the thread declare these types' queues and routes (those not declared on this connection yet)."""
+        self._wanted = tuple(job_types)
 
     def snapshot(self) -> dict[str, Heartbeat]:
         with self._lock:
@@ -149,6 +165,8 @@ class WorkerChannel:
         try:
             channel = connection.channel()
             declare_control_exchanges(channel)
+            declare_outcome_routes(channel)
+            self._declared = {}
             inbox = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
             channel.queue_bind(inbox, HEARTBEAT_EXCHANGE)
             channel.queue_bind(inbox, CONTROL_EXCHANGE, routing_key=WAKE_ROUTING_KEY)
@@ -157,6 +175,7 @@ class WorkerChannel:
             self._connection = connection
             while self._running:
                 self._progress_at = time.monotonic()
+                self._declare_wanted(connection)
                 while True:
                     try:
                         worker_id = self.stops.get_nowait()
@@ -168,6 +187,23 @@ class WorkerChannel:
             self._connection = None
             if connection.is_open:
                 connection.close()
+
+    def _declare_wanted(self, connection: pika.BlockingConnection) -> None:
+        """Declare each type not declared on this connection yet, on a channel of its own: a declaration the broker
+        refuses (a queue that exists with other arguments) closes only that channel, is logged once and is not
+        tried again until the type's settings change or the connection is new."""
+        for job_type in self._wanted:
+            if self._declared.get(job_type.name) == job_type:
+                continue
+            self._declared[job_type.name] = job_type
+            channel = connection.channel()
+            try:
+                declare_queues(channel, job_type)
+            except pika.exceptions.ChannelClosedByBroker as refused:
+                log.warning("could not declare the queues of %s: %s", job_type.name, refused.reply_text)
+            finally:
+                if channel.is_open:
+                    channel.close()
 
     def close(self) -> None:
         self._running = False

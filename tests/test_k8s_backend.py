@@ -66,7 +66,7 @@ def test_burst_creates_jobs_with_the_type_spec(backend: KubernetesBackend, emula
     assert pod["terminationGracePeriodSeconds"] == 45 and pod["restartPolicy"] == "Never"
     env = {item["name"]: item for item in container["env"]}
     assert env["MODE"]["value"] == "fast"
-    assert env["RABBITMQ_URL"]["valueFrom"]["secretKeyRef"]["name"] == "queue-autoscaler-secrets"
+    assert env["RABBITMQ_URL"]["valueFrom"]["secretKeyRef"] == {"name": "rabbitmq-worker-render", "key": "url"}
     assert "fieldRef" in env["WORKER_ID"]["valueFrom"]
     assert job["spec"]["ttlSecondsAfterFinished"] == 86400
 

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from jobtypes.config import JobType, load_config
-from scaler.backends.kubernetes_manifests import TYPE_LABEL, ClusterSettings, render_job_manifest
+from scaler.backends.kubernetes_manifests import TYPE_LABEL, ClusterSettings, render_job_manifest, worker_secret
+from scaler.deploy_secrets import DEFINITIONS_KEY, DEFINITIONS_SECRET, worker_templates
 from tests.support.configs import write_config
 from tests.support.processes import REPO
 
@@ -180,24 +181,6 @@ def pod_templates() -> list[tuple[str, dict]]:
     return templates
 
 
-@pytest.mark.parametrize("name,spec", pod_templates(), ids=[name for name, _ in pod_templates()])
-def test_every_pod_meets_the_restricted_pod_security_standard(name: str, spec: dict) -> None:
-    """The checks of the "restricted" Pod Security Standard that a manifest alone decides."""
-    pod_context = spec.get("securityContext", {})
-    assert pod_context.get("runAsNonRoot") is True and pod_context.get("runAsUser", 0) != 0
-    assert pod_context.get("seccompProfile", {}).get("type") == "RuntimeDefault"
-    assert not any(spec.get(key) for key in ("hostNetwork", "hostPID", "hostIPC"))
-    allowed_volumes = {"configMap", "emptyDir", "persistentVolumeClaim", "secret", "downwardAPI", "projected"}
-    for volume in spec.get("volumes", []):
-        assert set(volume) - {"name"} <= allowed_volumes, volume
-    assert spec.get("enableServiceLinks") is False, "service links would inject PRODUCER_PORT=tcp://... and the like"
-    for container in spec["containers"]:
-        context = container.get("securityContext", {})
-        assert context.get("allowPrivilegeEscalation") is False
-        assert context.get("capabilities", {}).get("drop") == ["ALL"] and not context.get("capabilities", {}).get("add")
-        assert not context.get("privileged") and not container.get("ports", [{}])[0].get("hostPort")
-
-
 def test_references_between_manifests_resolve() -> None:
     """Secrets, keys, ConfigMaps, ServiceAccounts, Service selectors and named ports all exist."""
     documents = infra_documents()
@@ -206,12 +189,16 @@ def test_references_between_manifests_resolve() -> None:
         for d in documents
         if d["kind"] == "Secret"
     }
+    # ./manage.sh k8s-up creates these from the config (scaler.deploy_secrets)
+    configured = load_config(REPO / "jobs.config.json")
+    secrets |= {template.name: set(template.values) for template in worker_templates(configured)}
+    secrets[DEFINITIONS_SECRET] = {DEFINITIONS_KEY}
     config_maps = {d["metadata"]["name"] for d in documents if d["kind"] == "ConfigMap"} | {
         "jobs-config"
     }  # manage.sh creates jobs-config
     accounts = {d["metadata"]["name"] for d in documents if d["kind"] == "ServiceAccount"}
     workloads = [d for d in documents if d["kind"] in ("Deployment", "StatefulSet")]
-    rendered = render_job_manifest(JobType(name="sleep", queue="q"), settings=ClusterSettings())
+    rendered = render_job_manifest(configured.job_types["sleep"], settings=ClusterSettings())
     for name, spec in [(w["metadata"]["name"], w["spec"]["template"]["spec"]) for w in workloads] + [
         ("worker", rendered["spec"]["template"]["spec"])
     ]:
@@ -220,6 +207,8 @@ def test_references_between_manifests_resolve() -> None:
         for volume in spec.get("volumes", []):
             if "configMap" in volume:
                 assert volume["configMap"]["name"] in config_maps, (name, volume)
+            if "secret" in volume:
+                assert volume["secret"]["secretName"] in secrets, (name, volume)
         for container in spec["containers"]:
             ports = {port["name"] for port in container.get("ports", [])}
             for item in container.get("env", []):
@@ -261,8 +250,11 @@ def test_backend_defaults_match_the_manifests() -> None:
         == kustomization["namespace"]
         == next(d for d in documents if d["kind"] == "Namespace")["metadata"]["name"]
     )
-    secret = next(d for d in documents if d["kind"] == "Secret" and d["metadata"]["name"] == settings.secret)
-    assert settings.secret_key in secret["stringData"]
+    for job_type in load_config(REPO / "jobs.config.json").job_types.values():
+        [template] = [
+            t for t in worker_templates(load_config(REPO / "jobs.config.json")) if t.name.endswith(job_type.name)
+        ]
+        assert (template.name, set(template.values)) == (worker_secret(job_type, settings), {settings.secret_key})
     assert settings.config_map == "jobs-config"
     scaler = next(d for d in documents if d["kind"] == "Deployment" and d["metadata"]["name"] == "scaler")
     container = scaler["spec"]["template"]["spec"]["containers"][0]
@@ -283,20 +275,35 @@ def test_backend_defaults_match_the_manifests() -> None:
             assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"].isdigit()
 
 
-def test_image_tags_agree_between_manifests_config_and_manage_sh() -> None:
+def test_images_carry_one_version_tag_set_in_the_kustomization() -> None:
+    """Our images are untagged in the manifests and tagged once by kustomize `images:` (not latest); the worker
+    images of jobs.config.json carry that same tag; manage.sh builds those names with it; others are pinned."""
     manage = (REPO / "manage.sh").read_text()
-    built = dict((tag, dockerfile) for dockerfile, tag in re.findall(r'"(\S+/Dockerfile) (\S+)"', manage))
-    images = {
-        c["image"]
-        for d in infra_documents()
-        if d["kind"] == "Deployment"
-        for c in d["spec"]["template"]["spec"]["containers"]
+    built = dict((name, dockerfile) for dockerfile, name in re.findall(r'"(\S+/Dockerfile) (\S+)"', manage))
+    tags = {
+        image["name"]: image["newTag"] for image in yaml.safe_load((INFRA / "kustomization.yaml").read_text())["images"]
     }
-    images |= {job_type.image for job_type in load_config(REPO / "jobs.config.json").job_types.values()}
-    assert images <= set(built), f"images no Dockerfile builds: {images - set(built)}"
-    for tag, dockerfile in built.items():
+    assert set(tags) == set(built), "every image manage.sh builds gets its tag from the kustomization, and only those"
+    assert (
+        len(set(tags.values())) == 1
+        and "latest" not in tags.values()
+        and re.fullmatch(r"\d+\.\d+\.\d+", tags[next(iter(tags))])
+    )
+    for document in infra_documents():
+        if document["kind"] in ("Deployment", "StatefulSet"):
+            for container in document["spec"]["template"]["spec"]["containers"]:
+                image = container["image"]
+                if image in tags:
+                    continue  # ours: kustomize sets the tag
+                name, _, tag = image.partition(":")
+                assert name not in tags, f"{image}: the tag belongs in kustomization.yaml"
+                assert tag and tag != "latest" and re.match(r"\d", tag), f"{image}: pin a version"
+    for job_type in load_config(REPO / "jobs.config.json").job_types.values():
+        name, _, tag = job_type.image.partition(":")
+        assert tags.get(name) == tag, f"{job_type.image}: jobs.config.json's tag must be kustomization.yaml's"
+    for name, dockerfile in built.items():
         assert (REPO / dockerfile).is_file()
-        assert tag in (REPO / dockerfile).read_text(), f"{dockerfile} documents a different tag"
+        assert f"{name}:{tags[name]}" in (REPO / dockerfile).read_text(), f"{dockerfile} documents a different tag"
 
 
 COMPONENT_PACKAGES = {  # import name -> pip distribution

@@ -8,18 +8,25 @@ like any cluster's).
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import os
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
+import httpx
+import pika
 import yaml
 from kubernetes import client
 
-from jobtypes.config import JobType
+from jobtypes.config import JobType, load_config
 from scaler.backends.kubernetes_manifests import ClusterSettings, render_job_manifest
+from scaler.broker_users import Role, broker_users, definitions, delete, new_password, with_credentials
 from scaler.deploy_secrets import load_templates
+from tests.support.broker import API, AUTH, Broker
 from tests.support.k8s_emulator import KubernetesEmulator, emulator  # noqa: F401 - the fixture
 from tests.support.processes import REPO
 from tests.test_k8s_manifests import infra_documents
@@ -84,7 +91,9 @@ def test_ensure_generates_consistent_random_values_and_keeps_them(emulator: Kube
     kube = kubeconfig(tmp_path, emulator.url)
     first = run([sys.executable, "-m", "scaler.deploy_secrets", "ensure"], kube)
     assert first.returncode == 0, first.stderr
-    assert first.stderr.count("created Secret") == 3
+    types = load_config(REPO / "jobs.config.json").job_types
+    # the five of secrets.yaml, one per job type's workers, the broker's definitions
+    assert first.stderr.count("created Secret") == 5 + len(types) + 1
     values = secrets_in(emulator)
     credentials, app, postgres = (
         values["rabbitmq-credentials"],
@@ -93,18 +102,35 @@ def test_ensure_generates_consistent_random_values_and_keeps_them(emulator: Kube
     )
     assert "PLACEHOLDER" not in str(values)
     assert credentials["username"] == "autoscaler"
-    for secret in (credentials["password"], credentials["erlang-cookie"], app["producer-token"]):
-        assert HEX48.match(secret)
-    assert len({credentials["password"], credentials["erlang-cookie"], app["producer-token"]}) == 3
-    assert app["rabbitmq-url"] == f"amqp://autoscaler:{credentials['password']}@rabbitmq:5672/%2F"
-    assert app["rabbitmq-api-url"] == f"http://autoscaler:{credentials['password']}@rabbitmq:15672/api"
+    urls = {
+        "producer": values["rabbitmq-producer"]["url"],
+        "scaler": values["rabbitmq-scaler"]["url"],
+        **{f"worker-{name}": values[f"rabbitmq-worker-{name}"]["url"] for name in types},
+    }
+    passwords = {}
+    for role, url in urls.items():
+        match = re.fullmatch(rf"amqp://autoscaler-{role}:([0-9a-f]{{48}})@rabbitmq:5672/%2F", url)
+        assert match, url
+        passwords[f"autoscaler-{role}"] = match.group(1)
+    scaler_password = passwords["autoscaler-scaler"]
+    assert values["rabbitmq-scaler"]["api-url"] == f"http://autoscaler-scaler:{scaler_password}@rabbitmq:15672/api"
+    generated = [credentials["password"], credentials["erlang-cookie"], app["producer-token"], *passwords.values()]
+    assert all(HEX48.match(secret) for secret in generated) and len(set(generated)) == len(generated)
+    assert "rabbitmq-url" not in app and "rabbitmq-api-url" not in app, "no component gets the administrator"
     assert (
         app["uploads-database-url"] == f"postgresql://autoscaler:{postgres['POSTGRES_PASSWORD']}@postgres:5432/uploads"
     )
+    definitions = json.loads(values["rabbitmq-definitions"]["definitions.json"])
+    users = {user["name"]: user for user in definitions["users"]}
+    assert set(users) == {"autoscaler", *passwords}
+    assert users["autoscaler"]["tags"] == ["administrator"] and users["autoscaler-scaler"]["tags"] == ["monitoring"]
+    for name, password in [("autoscaler", credentials["password"]), *passwords.items()]:
+        salted = base64.b64decode(users[name]["password_hash"])
+        assert hashlib.sha256(salted[:4] + password.encode()).digest() == salted[4:], name
 
     again = run([sys.executable, "-m", "scaler.deploy_secrets", "ensure"], kube)
     assert again.returncode == 0 and again.stderr == ""
-    assert secrets_in(emulator) == values, "a second run changes nothing (RabbitMQ keeps its first password)"
+    assert secrets_in(emulator) == values, "a second run changes nothing (RabbitMQ keeps its first passwords)"
 
     # An older deploy without the uploads database URL: the key is added, with the password Postgres has.
     with emulator.lock:
@@ -150,7 +176,7 @@ def test_rabbitmq_refuses_to_start_with_a_placeholder_password_or_cookie(tmp_pat
     assert started.returncode == 0 and started.stdout == "entrypoint rabbitmq-server\n"
 
 
-def test_only_producer_scaler_and_workers_reach_rabbitmq() -> None:
+def test_only_producer_scaler_and_workers_reach_rabbitmq_and_only_the_scaler_its_management_api() -> None:
     documents = infra_documents()
     [policy] = [d for d in documents if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "rabbitmq"]
     rabbitmq = next(d for d in documents if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "rabbitmq")
@@ -158,11 +184,9 @@ def test_only_producer_scaler_and_workers_reach_rabbitmq() -> None:
         policy["spec"]["podSelector"]["matchLabels"].items()
         <= rabbitmq["spec"]["template"]["metadata"]["labels"].items()
     )
-    assert policy["spec"]["policyTypes"] == ["Ingress"]
-    [rule] = policy["spec"]["ingress"]
-    [peer] = rule["from"]
-    [expression] = peer["podSelector"]["matchExpressions"]
-    allowed = set(expression["values"])
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"] and policy["spec"]["egress"] == []
+    amqp, management, prometheus = policy["spec"]["ingress"]
+    [expression] = amqp["from"][0]["podSelector"]["matchExpressions"]
     clients = [
         d["spec"]["template"]["metadata"]["labels"]
         for d in documents
@@ -170,9 +194,36 @@ def test_only_producer_scaler_and_workers_reach_rabbitmq() -> None:
     ]
     worker = render_job_manifest(JobType(name="sales", queue="queue_sales"), settings=ClusterSettings())
     clients.append(worker["spec"]["template"]["metadata"]["labels"])
-    assert {labels[expression["key"]] for labels in clients} == allowed
+    assert {labels[expression["key"]] for labels in clients} == set(expression["values"])
+    assert amqp["ports"] == [{"port": "amqp"}]
+    assert management == {
+        "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "scaler"}}}],
+        "ports": [{"port": "management"}],
+    }
+    assert prometheus["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
     ports = {port["name"] for port in rabbitmq["spec"]["template"]["spec"]["containers"][0]["ports"]}
-    assert {port["port"] for port in rule["ports"]} == {"amqp", "management"} <= ports
+    assert {"amqp", "management", "prometheus"} <= ports
+
+
+def test_the_broker_loads_the_definitions_and_their_users_log_in(broker: Broker) -> None:
+    """What k8s-up puts in rabbitmq-definitions, imported into the real RabbitMQ: hashes, tags and permissions
+    are what RabbitMQ accepts (the test's own user names, deleted afterwards)."""
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    users = {user: new_password() for user in broker_users(load_config(REPO / "jobs.config.json"), prefix)}
+    document = definitions(broker.vhost, users, (f"{prefix}-admin", new_password()))
+    del document["vhosts"]  # the test's vhost exists already
+    try:
+        httpx.post(f"{API}/definitions", json=document, auth=AUTH, timeout=30).raise_for_status()
+        for user, password in users.items():
+            connection = pika.BlockingConnection(
+                pika.URLParameters(with_credentials(broker.amqp_url, user.name, password))
+            )
+            connection.close()
+        scaler = next(user for user in users if user.role is Role.SCALER)
+        assert httpx.get(f"{API}/queues", auth=(scaler.name, users[scaler]), timeout=10).status_code == 200
+        assert httpx.get(f"{API}/users", auth=(scaler.name, users[scaler]), timeout=10).status_code == 401
+    finally:
+        delete(broker.api_url, [user.name for user in users] + [f"{prefix}-admin"])
 
 
 def test_services_are_cluster_internal_and_auth_is_on() -> None:

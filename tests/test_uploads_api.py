@@ -11,7 +11,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import signal
+import sqlite3
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +23,15 @@ import httpx
 import psycopg
 import pytest
 
-from jobtypes.outcomes import REPLAY_HEADER, RowOutcome, split_message_id
+from jobtypes.outcomes import (
+    DEAD_OUTCOMES_QUEUE,
+    OUTCOMES_QUEUE,
+    REJECT_DETAIL_HEADER,
+    REJECT_REASON_HEADER,
+    REPLAY_HEADER,
+    RowOutcome,
+    split_message_id,
+)
 from tests.support.broker import Broker, create_vhost, delete_vhost
 from tests.support.outcomes import CancelListener, publish_reports
 from tests.support.postgres import fresh_postgres_url, postgres_server  # noqa: F401 - fixtures
@@ -262,15 +272,46 @@ def test_errors_are_named_and_clear(stack: Stack) -> None:
     assert bad_state.status_code == 400 and "running" in bad_state.json()["error"]
 
 
-def test_malformed_reports_are_dropped_and_the_tracker_goes_on(stack: Stack, broker: Broker) -> None:
-    upload_id = upload(stack, rows_csv(1)).json()["upload_id"]
+def test_reports_that_cannot_be_applied_are_dead_lettered_with_their_reason_and_counting_goes_on(
+    stack: Stack, broker: Broker
+) -> None:
+    upload_id = upload(stack, rows_csv(2)).json()["upload_id"]
     with broker.channel() as channel:
-        channel.basic_publish("", "autoscaler.outcomes", b"not json")
-        channel.basic_publish("", "autoscaler.outcomes", json.dumps({"worker_id": "w", "job_type": "x"}).encode())
+        channel.basic_publish("", OUTCOMES_QUEUE, b"not json")
+        channel.basic_publish("", OUTCOMES_QUEUE, json.dumps({"worker_id": "w", "job_type": "x"}).encode())
+    hostile = [
+        RowOutcome(upload_id, 1, "succeeded", replay=99999999999999999999),  # the issue's x-replay, copied
+        RowOutcome(upload_id, 7, "succeeded"),
+        RowOutcome(upload_id, 1, "retrying", attempts=2**40),
+        RowOutcome(upload_id, 2, "dead", body="a\x00b"),
+    ]
+    publish_reports(broker, "sales", [[row] for row in hostile] + [[hostile[0], RowOutcome(upload_id, 2, "succeeded")]])
     publish_reports(broker, "sales", [[RowOutcome(upload_id, 1, "succeeded")]])
-    wait_record(stack, upload_id, lambda r: r["state"] == "done", "the good report after two bad ones")
-    assert "dropping a malformed outcome report" in stack.producer.log()
-    assert broker.queue_depth("autoscaler.outcomes") == 0
+    done = wait_record(stack, upload_id, lambda r: r["state"] == "done", "the good rows after six bad reports")
+    assert (done["succeeded"], done["dead"], done["retrying"]) == (2, 0, 0), "nothing of a rejected row counted"
+
+    dead = [properties.headers for properties, _ in broker.drain(DEAD_OUTCOMES_QUEUE)]
+    assert sorted((headers[REJECT_REASON_HEADER], headers["x-applied-rows"]) for headers in dead) == [
+        ("attempts-out-of-range", 0),
+        ("malformed", 0),
+        ("malformed", 0),
+        ("replay-not-issued", 0),
+        ("replay-not-issued", 1),  # its other row (row 2 succeeded) was applied
+        ("row-out-of-range", 0),
+        ("text-not-storable", 0),
+    ]
+    details = {headers[REJECT_REASON_HEADER]: headers[REJECT_DETAIL_HEADER] for headers in dead}
+    assert (
+        details["replay-not-issued"]
+        == f"row 1 of upload {upload_id!r}: replay 99999999999999999999 was never issued (replays so far: 0)"
+    )
+    assert details["row-out-of-range"] == f"row 7 of upload {upload_id!r}: the upload has rows 1..2"
+    assert broker.queue_depth(OUTCOMES_QUEUE) == 0
+    health = httpx.get(f"{stack.producer_url}/healthz", headers=stack.auth_headers())
+    assert health.status_code == 200 and health.json()["upload_tracker"]["dead_lettered"] >= 7, health.text
+    metrics = httpx.get(f"{stack.producer_url}/metrics", headers=stack.auth_headers()).text
+    assert 'uploads_report_rows_rejected_total{reason="replay-not-issued"} 2.0' in metrics
+    assert f"moved to {DEAD_OUTCOMES_QUEUE}: replay-not-issued: row 1 of upload" in stack.producer.log()
 
 
 def test_tracker_killed_mid_stream_restarts_with_exact_counts(own_broker: Broker, tmp_path: Path) -> None:
@@ -295,6 +336,43 @@ def test_tracker_killed_mid_stream_restarts_with_exact_counts(own_broker: Broker
         done = wait_record(stack, upload_id, lambda r: r["state"] == "done", "the restarted tracker to finish")
         assert (done["succeeded"], done["dead"], done["pending"]) == (rows - 30, 30, 0)
     finally:
+        stack.stop()
+
+
+def test_a_blocked_tracker_turns_healthz_503_naming_it_and_is_replaced(own_broker: Broker, tmp_path: Path) -> None:
+    """Another writer holds the SQLite file's write lock: the tracker's write waits on it, for real."""
+    stack = Stack(own_broker, tmp_path, {"sleep": {}}, env={"UPLOADS_TRACKER_STALL_SECONDS": "2"})
+    stack.start_producer()
+    holder = sqlite3.connect(tmp_path / "uploads.db", isolation_level=None)
+
+    def healthz() -> httpx.Response:
+        return httpx.get(f"{stack.producer_url}/healthz", headers=stack.auth_headers(), timeout=5)
+
+    try:
+        upload_id = stack.upload(rows_csv(10), "sleep").json()["upload_id"]
+        holder.execute("BEGIN IMMEDIATE")
+        publish_reports(own_broker, "sleep", [[RowOutcome(upload_id, row, "succeeded")] for row in range(1, 11)])
+        stuck = wait_until(
+            lambda: (lambda r: r.json() if r.status_code == 503 else None)(healthz()),
+            timeout=30,
+            interval=0.1,
+            what="/healthz to name the blocked tracker",
+        )
+        assert stuck["status"] == "unhealthy" and len(stuck["problems"]) == 1, stuck
+        assert re.fullmatch(r"tracker: no progress for \d+ s with \d+ reports waiting", stuck["problems"][0]), stuck
+        wait_until(
+            lambda: (lambda r: r.status_code == 503 and r.json()["upload_tracker"]["restarts"] >= 1)(healthz()),
+            timeout=30,
+            what="the watchdog to start a new tracker thread (the blocked one still holds the reports: still 503)",
+        )
+        assert record(stack, upload_id)["succeeded"] == 0
+        holder.execute("ROLLBACK")
+        done = wait_record(stack, upload_id, lambda r: r["state"] == "done", "the reports applied once the lock goes")
+        assert (done["succeeded"], done["pending"]) == (10, 0)
+        wait_until(lambda: healthz().status_code == 200, timeout=10, what="/healthz back to 200")
+        assert "starting a new tracker thread" in stack.producer.log()
+    finally:
+        holder.close()
         stack.stop()
 
 

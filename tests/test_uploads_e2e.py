@@ -17,12 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pika
 import pytest
 
+from jobtypes.outcomes import DEAD_OUTCOMES_QUEUE, REJECT_DETAIL_HEADER, REJECT_REASON_HEADER, REPLAY_HEADER
 from tests.support.broker import Broker, create_vhost, delete_vhost
 from tests.support.proxy import CuttableProxy, producer_behind
 from tests.support.stack import Stack
 from tests.support.uploads import interrupted_upload, wait_record
+from tests.support.waiting import wait_until
 
 
 def recorder(tmp_path: Path, **settings) -> dict:
@@ -91,6 +94,32 @@ def test_worker_and_tracker_killed_mid_upload_count_every_row_once(stack: Stack,
         rows,
     )
     assert handled_ids(tmp_path) == {f"{upload_id}:{n}" for n in range(1, rows + 1)}
+
+
+def test_a_hostile_replay_header_is_dead_lettered_and_counting_goes_on(stack: Stack, own_broker: Broker) -> None:
+    """The issue's message: a real upload's row on its job queue with `x-replay: "99999999999999999999"`. A real
+    worker handles it and copies the header into its report; the tracker sets the report aside, named, and goes on."""
+    first = stack.upload(rows_csv(3), "rec").json()["upload_id"]
+    assert final(stack, first)["succeeded"] == 3
+    hostile = pika.BasicProperties(
+        message_id=f"{first}:1",
+        headers={"upload_id": first, REPLAY_HEADER: "99999999999999999999"},
+        delivery_mode=2,
+    )
+    with own_broker.channel() as channel:
+        channel.basic_publish("", stack.queue_of("rec"), b'{"n": "1", "sleep_ms": "0", "fail_until": "0"}', hostile)
+    dead = wait_until(lambda: own_broker.drain(DEAD_OUTCOMES_QUEUE), timeout=60, what="the worker's report set aside")
+    headers = dead[0][0].headers
+    assert headers[REJECT_REASON_HEADER] == "replay-not-issued", headers
+    assert headers[REJECT_DETAIL_HEADER] == (
+        f"row 1 of upload {first!r}: replay 99999999999999999999 was never issued (replays so far: 0)"
+    )
+    second = stack.upload(rows_csv(20), "rec").json()["upload_id"]
+    done = final(stack, second)
+    assert (done["state"], done["succeeded"]) == ("done", 20)
+    assert final(stack, first)["succeeded"] == 3, "the hostile row changed nothing"
+    health = httpx.get(f"{stack.producer_url}/healthz", headers=stack.auth_headers(), timeout=10)
+    assert health.status_code == 200 and health.json()["upload_tracker"]["dead_lettered"] == 1, health.text
 
 
 def test_two_uploads_on_one_type_one_cancelled_the_other_untouched(stack: Stack) -> None:

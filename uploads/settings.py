@@ -23,6 +23,11 @@ class UploadSettings:
     cancel_notice_seconds: float = 2.0
     #: Outcome reports applied per transaction at most.
     report_batch: int = 200
+    #: Largest outcome report the tracker reads; a bigger one is dead-lettered unread. Workers split theirs at
+    #: WORKER_REPORT_MAX_BYTES, but one dead row's report carries its whole body (up to PRODUCER_MAX_MESSAGE_BYTES).
+    max_report_bytes: int = 8 * 1024 * 1024
+    #: A tracker that made no progress this long while reports wait makes /healthz answer 503 and is restarted.
+    tracker_stall_seconds: float = 30.0
     #: Whether this producer consumes outcome reports (off: something else reads them, e.g. a test).
     tracker: bool = True
 
@@ -38,5 +43,7 @@ class UploadSettings:
             max_failed_rows=env_int("UPLOADS_MAX_FAILED_ROWS", cls.max_failed_rows, minimum=1),
             cancel_notice_seconds=env_float("UPLOADS_CANCEL_NOTICE_SECONDS", cls.cancel_notice_seconds, above=0),
             report_batch=env_int("UPLOADS_REPORT_BATCH", cls.report_batch, minimum=1),
+            max_report_bytes=env_int("UPLOADS_MAX_REPORT_BYTES", cls.max_report_bytes, minimum=1024),
+            tracker_stall_seconds=env_float("UPLOADS_TRACKER_STALL_SECONDS", cls.tracker_stall_seconds, above=0),
             tracker=env_flag("UPLOADS_TRACKER", cls.tracker),
         )

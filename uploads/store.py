@@ -346,6 +346,13 @@ class UploadStore:
         with self.transaction(write=False) as tx:
             return _existing(tx, upload_id)
 
+    def get_many(self, upload_ids: Iterable[str]) -> dict[str, UploadRecord]:
+        """The records of those ids that exist, in one read transaction (the tracker checks a batch of reports
+        against them: rows, replays issued)."""
+        with self.transaction(write=False) as tx:
+            records = (tx.get_upload(upload_id) for upload_id in sorted(set(upload_ids)))
+            return {record.id: record for record in records if record is not None}
+
     def recent(self, job_type: str | None = None, state: str | None = None, limit: int = 50) -> list[UploadRecord]:
         with self.transaction(write=False) as tx:
             return tx.list_uploads(job_type, state, limit)

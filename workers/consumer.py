@@ -39,9 +39,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from tenacity import Retrying, retry_if_exception_type, stop_never, wait_exponential
 
 from jobtypes.config import JobType
-from jobtypes.control import CONTROL_EXCHANGE, declare_control_exchanges, stop_routing_key
-from jobtypes.outcomes import declare_outcome_routes
-from jobtypes.queues import declare_queues
+from jobtypes.control import CONTROL_EXCHANGE, stop_routing_key
 from jobtypes.settings import connection_parameters
 from workers.acks import AckLedger
 from workers.delivery import Delivery, Outcome, Status
@@ -49,6 +47,7 @@ from workers.executor import Executor
 from workers.hooks import Hooks
 from workers.publisher import ConfirmedPublisher, PublishFailed
 from workers.status import StatusHeartbeats
+from workers.topology import ensure_topology
 
 #: Errors that mean "the connection is gone": reconnect and carry on.
 CONNECTION_ERRORS = (
@@ -160,12 +159,10 @@ class Consumer:
         self.generation += 1
         self.executor.wake = lambda: _wake(connection)
         self.publisher = ConfirmedPublisher(connection, self.executor.wake)
+        ensure_topology(connection, self.job_type)
         self.channel = connection.channel()
-        declare_queues(self.channel, self.job_type)
-        declare_outcome_routes(self.channel)
         self.channel.basic_qos(prefetch_count=self.channel_prefetch)
         control = connection.channel()
-        declare_control_exchanges(control)
         listen = control.queue_declare("", exclusive=True, auto_delete=True).method.queue
         control.queue_bind(listen, CONTROL_EXCHANGE, routing_key=stop_routing_key(self.worker_id))
         control.basic_consume(listen, self._on_control, auto_ack=True)

@@ -22,6 +22,8 @@ from typing import Any
 import pika
 from pika.adapters.blocking_connection import BlockingConnection
 
+from jobtypes.queues import ROUTES_EXCHANGE
+
 CONFIRM_SELECT_TIMEOUT = 10.0
 
 
@@ -46,9 +48,10 @@ class ConfirmedPublisher:
                 raise pika.exceptions.AMQPConnectionError("no answer to confirm.select")
             connection.process_data_events(time_limit=0.01)
 
-    def publish(self, routing_key: str, body: bytes, properties: pika.BasicProperties) -> None:
-        """Publish to the default exchange (a queue by name); confirmed later."""
-        self.channel._impl.basic_publish("", routing_key, body, properties, mandatory=True)
+    def publish(self, queue: str, body: bytes, properties: pika.BasicProperties) -> None:
+        """Publish to `queue` through the routes exchange (the only one a worker's user may write to); confirmed
+        later."""
+        self.channel._impl.basic_publish(ROUTES_EXCHANGE, queue, body, properties, mandatory=True)
         self.sequence += 1
         self.unconfirmed[self.sequence] = None
 

@@ -26,7 +26,7 @@ def attempt_of(properties: pika.BasicProperties) -> int:
     value = (properties.headers or {}).get(ATTEMPT_HEADER, 1)
     try:
         return max(int(value), 1)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a float infinity
         return 1
 
 

@@ -5,6 +5,12 @@ Used by the Kubernetes backend to create workers and by
 created, without a cluster. Names and label values are limited to 63
 characters by Kubernetes; long job-type names are shortened with a hash so
 they stay unique, and the full name is kept in an annotation.
+
+Every worker pod meets the "restricted" Pod Security Standard (non-root,
+no privilege escalation, every capability dropped, RuntimeDefault seccomp) and
+runs on a read-only root filesystem with one writable emptyDir at /tmp. Its
+only credential is its type's broker user (scaler.broker_users), from the
+Secret `WORKER_SECRET` names, `{type}` standing for the job type's name.
 """
 
 from __future__ import annotations
@@ -24,6 +30,12 @@ TYPE_LABEL = "queue-autoscaler.io/job-type"
 TYPE_ANNOTATION = "queue-autoscaler.io/job-type"
 MANAGED_SELECTOR = f"app.kubernetes.io/managed-by={PART_OF},app.kubernetes.io/component=worker"
 CONFIG_MOUNT = "/etc/queue-autoscaler"
+#: The one writable place in a worker's filesystem, and its size limit.
+TMP_MOUNT, TMP_SIZE = "/tmp", "256Mi"
+#: The uid and gid the images' USER runs as (their Dockerfiles create it).
+IMAGE_UID = 10001
+#: Stands for the job type's name in `ClusterSettings.secret`.
+TYPE_PLACEHOLDER = "{type}"
 SERVICE_ACCOUNT_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
@@ -32,8 +44,10 @@ class ClusterSettings:
     """Where workers run and where their secrets and config come from (env, with infra/k8s's names)."""
 
     namespace: str = "queue-autoscaler"
-    secret: str = "queue-autoscaler-secrets"
-    secret_key: str = "rabbitmq-url"
+    #: The Secret holding a worker's broker URL: one per type by default (each type its own broker user);
+    #: without `{type}`, every type's workers share one.
+    secret: str = f"rabbitmq-worker-{TYPE_PLACEHOLDER}"
+    secret_key: str = "url"
     config_map: str = "jobs-config"
     service_account: str | None = None
     pull_policy: str = "IfNotPresent"
@@ -72,6 +86,11 @@ def new_worker_id(job_type: JobType) -> str:
     return f"{short_name(job_type.name, 63 - len(suffix) - 1)}-{suffix}"
 
 
+def worker_secret(job_type: JobType, settings: ClusterSettings) -> str:
+    """The name of the Secret with the broker URL of `job_type`'s workers."""
+    return settings.secret.replace(TYPE_PLACEHOLDER, job_type.name)
+
+
 def worker_labels(job_type: JobType, worker_id: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "queue-autoscaler-worker",
@@ -85,14 +104,17 @@ def worker_labels(job_type: JobType, worker_id: str) -> dict[str, str]:
 
 def worker_env(job_type: JobType, settings: ClusterSettings) -> list[dict[str, Any]]:
     """The worker container's environment: the type's `env`, then what the scaler hands every worker (its id,
-    the broker's URL from the Secret, the config's path, and the type's validated settings, which the worker
+    its type's broker URL from its Secret, the config's path, and the type's validated settings, which the worker
     prefers to a possibly broken file), which win over a same-named entry of the type's `env`."""
     scaler_env: list[dict[str, Any]] = [
         {
             "name": "WORKER_ID",
             "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app.kubernetes.io/instance']"}},
         },
-        {"name": "RABBITMQ_URL", "valueFrom": {"secretKeyRef": {"name": settings.secret, "key": settings.secret_key}}},
+        {
+            "name": "RABBITMQ_URL",
+            "valueFrom": {"secretKeyRef": {"name": worker_secret(job_type, settings), "key": settings.secret_key}},
+        },
         {"name": "JOBS_CONFIG", "value": f"{CONFIG_MOUNT}/jobs.config.json"},
     ]
     scaler_env.append({"name": JOB_TYPE_ENV, "value": encode(job_type)})
@@ -115,8 +137,17 @@ def render_job_manifest(
         "image": job_type.image,
         "imagePullPolicy": settings.pull_policy,
         "env": env,
-        "volumeMounts": [{"name": "jobs-config", "mountPath": CONFIG_MOUNT, "readOnly": True}],
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [
+            {"name": "jobs-config", "mountPath": CONFIG_MOUNT, "readOnly": True},
+            {"name": "tmp", "mountPath": TMP_MOUNT},
+        ],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
     }
     if job_type.command:
         container["command"] = list(job_type.command)
@@ -137,13 +168,16 @@ def render_job_manifest(
         "terminationGracePeriodSeconds": int(job_type.stop_grace_seconds),
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": 10001,
-            "runAsGroup": 10001,
-            "fsGroup": 10001,
+            "runAsUser": IMAGE_UID,
+            "runAsGroup": IMAGE_UID,
+            "fsGroup": IMAGE_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [{"name": "jobs-config", "configMap": {"name": settings.config_map}}],
+        "volumes": [
+            {"name": "jobs-config", "configMap": {"name": settings.config_map}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
+        ],
     }
     if job_type.node_selector:
         pod_spec["nodeSelector"] = dict(job_type.node_selector)

@@ -92,7 +92,16 @@ class LocalBackend:
             return False
 
     def environment(self, job_type: JobType) -> dict[str, str]:
-        return worker_environment(job_type, os.environ, self.settings.env_passthrough)
+        env = worker_environment(job_type, os.environ, self.settings.env_passthrough)
+        credential = self._credential_file(job_type)
+        if credential is not None and credential.is_file():
+            env["RABBITMQ_URL"] = credential.read_text().strip()
+        return env
+
+    def _credential_file(self, job_type: JobType) -> Path | None:
+        """Where the type's workers' own broker URL is, when the scaler hands out per-type credentials."""
+        directory = self.settings.worker_credentials
+        return directory / f"{job_type.name}.url" if directory is not None else None
 
     def list_workers(self) -> list[WorkerInfo]:
         """Live workers from their records (adopting any this process did not start), plus the recently finished.
@@ -154,7 +163,14 @@ class LocalBackend:
         return self.templates.exit_code(worker_id) if self.templates is not None else None
 
     def check(self, job_type: JobType) -> str | None:
-        """A type run by the default command whose handler module cannot be found, without importing it."""
+        """A type without its broker credential, or run by the default command and whose handler module cannot
+        be found (without importing it)."""
+        credential = self._credential_file(job_type)
+        if credential is not None and not credential.is_file():
+            return (
+                f"no broker credential for its workers at {credential} (SCALER_WORKER_CREDENTIALS_DIR): "
+                "./manage.sh up creates a broker user for every configured type"
+            )
         if job_type.command is not None:
             return None
         module = handler_module(job_type)

@@ -2,8 +2,8 @@
 
 Each limit has a named default: how many finished workers' logs to keep per
 job type and how large one log may grow, whether workers are forked from
-pre-imported templates, and which extra variables of the scaler's own
-environment its workers may see.
+pre-imported templates, which extra variables of the scaler's own
+environment its workers may see, and where each type's broker credential is.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from jobtypes.env import env_flag, env_float, env_int, env_str
 
@@ -31,6 +32,9 @@ class LocalSettings:
     templates: bool = True
     #: Names of the scaler's environment variables that workers get besides the ones they need.
     env_passthrough: tuple[str, ...] = ()
+    #: Directory of `<type>.url` files, each the RABBITMQ_URL of that type's workers (their own broker user,
+    #: scaler.broker_users; ./manage.sh up writes them). None: workers get the scaler's own RABBITMQ_URL.
+    worker_credentials: Path | None = None
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] = os.environ) -> LocalSettings:
@@ -46,4 +50,9 @@ class LocalSettings:
                 for name in env_str("SCALER_WORKER_ENV_PASSTHROUGH", "", environ=environ).split(",")
                 if name.strip()
             ),
+            worker_credentials=_path(env_str("SCALER_WORKER_CREDENTIALS_DIR", None, environ=environ)),
         )
+
+
+def _path(text: str | None) -> Path | None:
+    return Path(text) if text else None

@@ -33,6 +33,9 @@ class FakeChannel:
     def request_stop(self, worker_id: str) -> None:
         self.stop_requests.append(worker_id)
 
+    def declare(self, job_types: list) -> None:
+        """The real channel declares these types' queues on the broker; these tests have none."""
+
 
 class FakeClock:
     """A clock a test moves by hand (`clock.now += 11`)."""

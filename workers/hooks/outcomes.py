@@ -76,5 +76,5 @@ def row_outcome(outcome: Outcome) -> RowOutcome | None:
 def _replay(value: object) -> int:
     try:
         return max(int(value), 0) if value is not None else 0  # type: ignore[call-overload]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a float infinity
         return 0

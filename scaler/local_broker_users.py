@@ -1,0 +1,101 @@
+"""`./manage.sh up`'s broker users: create them on the local RabbitMQ and keep each one's URL in a 0600 file.
+
+The users are those of scaler.broker_users for the config. Each URL (with
+its password) is written once under the directory (mode 0700) and reused on
+later runs, so restarting the stack never changes a password under a running
+worker:
+
+    <dir>/producer.url      the producer's RABBITMQ_URL
+    <dir>/scaler.url        the scaler's RABBITMQ_URL
+    <dir>/scaler-api.url    the scaler's RABBITMQ_API_URL (the monitoring-tagged user)
+    <dir>/workers/<type>.url  what the local backend hands that type's workers (SCALER_WORKER_CREDENTIALS_DIR)
+
+The administrator's credential that creates them (RABBITMQ_ADMIN_API_URL,
+default the development broker's guest on loopback) is used here only.
+
+python -m scaler.local_broker_users DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from jobtypes.config import ConfigError, load_config
+from jobtypes.env import env_str
+from jobtypes.settings import DEFAULT_RABBITMQ_API_URL, jobs_config_path, rabbitmq_url
+from scaler.broker_users import (
+    DEFAULT_PREFIX,
+    BrokerUser,
+    BrokerUserError,
+    Role,
+    apply,
+    broker_users,
+    new_password,
+    vhost_of,
+)
+from scaler.broker_users import with_credentials as credentials
+
+WORKERS = "workers"
+
+
+def url_files(directory: Path, user: BrokerUser) -> dict[str, Path]:
+    """Which URL files a user gets: 'amqp' (and 'api' for the scaler)."""
+    if user.role is Role.WORKER:
+        return {"amqp": directory / WORKERS / f"{user.job_type}.url"}
+    files = {"amqp": directory / f"{user.role}.url"}
+    if user.role is Role.SCALER:
+        files["api"] = directory / "scaler-api.url"
+    return files
+
+
+def _stored_password(path: Path) -> str | None:
+    try:
+        password = urlsplit(path.read_text().strip()).password
+    except OSError:
+        return None
+    return unquote(password) if password else None
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text + "\n")
+    os.chmod(path, 0o600)
+
+
+def ensure(directory: Path, admin_api_url: str, amqp_url: str, prefix: str = DEFAULT_PREFIX) -> list[str]:
+    """Create or update the users and their URL files; returns the users' names."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    users = broker_users(load_config(jobs_config_path()), prefix)
+    passwords = {user: _stored_password(url_files(directory, user)["amqp"]) or new_password() for user in users}
+    apply(admin_api_url, vhost_of(amqp_url), passwords)
+    for user, password in passwords.items():
+        files = url_files(directory, user)
+        _write_private(files["amqp"], credentials(amqp_url, user.name, password))
+        if "api" in files:
+            _write_private(files["api"], credentials(admin_api_url, user.name, password))
+    return [user.name for user in users]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m scaler.local_broker_users", description=__doc__.split("\n")[0])
+    parser.add_argument("directory", type=Path)
+    args = parser.parse_args(argv)
+    admin = env_str("RABBITMQ_ADMIN_API_URL", DEFAULT_RABBITMQ_API_URL)
+    try:
+        names = ensure(args.directory, admin, rabbitmq_url())
+    except (BrokerUserError, ConfigError, OSError) as error:
+        print(f"[broker-users] error: {error}", file=sys.stderr)
+        return 1
+    print(f"[broker-users] {', '.join(names)} ready; their URLs are in {args.directory}/", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
