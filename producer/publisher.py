@@ -238,7 +238,7 @@ class _ConfirmedRun:
     # publishing ------------------------------------------------------------
     def _pump(self) -> None:
         """Publish until the window of unconfirmed messages is full, the socket lags or the rows run out."""
-        if time.monotonic() > self.control.send_until:
+        if self._room() and time.monotonic() > self.control.send_until:
             self._fail("this producer could not renew its publishing lease in time, so it stopped publishing")
             return
         while self._room() and _unsent_bytes(self.connection) < UNSENT_BYTES:
