@@ -14,6 +14,11 @@ Rows come as (row number, JSON body) pairs in increasing row order: all rows
 of a new upload, the rest of an upload retried after a failure, or the dead
 rows of a replay.
 
+Another thread may follow a run through a `PublishControl`: it reads how far
+rows are confirmed without a gap (the producer stores that while publishing)
+and can stop the run (a cancel, a lost lease); the run then ends as after a
+failure, with `confirmed_through` exact.
+
 As soon as more rows are confirmed than the type's `threshold` (or the upload
 is complete), one wake-up goes to the scaler on a second channel, so the
 scaler scales up now rather than at its next tick; it is a hint, and losing
@@ -23,6 +28,8 @@ it only costs that tick.
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -59,6 +66,39 @@ class PublishResult:
     error: str | None = None
 
 
+class PublishControl:
+    """What another thread sees of one publishing run, and how it stops it (thread-safe).
+
+    `confirmed_through` is written only by the run's I/O thread (a plain int:
+    readers see the old or the new value, both true). `send_until` (monotonic)
+    is moved on by whoever holds the run's lease: past it the run sends
+    nothing more and fails, so a holder stuck renewing (a store that hangs)
+    cannot keep publishing after its lease may have passed to another.
+    """
+
+    def __init__(self, first: int = 1) -> None:
+        self.confirmed_through = first - 1
+        self.send_until = math.inf
+        self._lock = threading.Lock()
+        self._stop_reason: str | None = None
+        self._run: _ConfirmedRun | None = None
+
+    def stop(self, reason: str) -> None:
+        """Stop publishing as soon as the run's I/O loop gets to it (before it starts, if it has not yet)."""
+        with self._lock:
+            self._stop_reason = self._stop_reason or reason
+            run = self._run
+        if run is not None:
+            run.stop_threadsafe(reason)
+
+    def _attach(self, run: _ConfirmedRun) -> None:
+        with self._lock:
+            self._run = run
+            reason = self._stop_reason
+        if reason is not None:
+            run.stop_threadsafe(reason)
+
+
 def file_rows(bodies: BinaryIO, first: int = 1) -> Iterator[tuple[int, bytes]]:
     """(row, body) for every line of a bodies file (one JSON body per line), from row `first` on."""
     for row, line in enumerate(bodies, start=1):
@@ -81,9 +121,16 @@ class _ConfirmedRun:
     """One upload's publishing session on its own SelectConnection."""
 
     def __init__(
-        self, job_type: JobType, upload_id: str, rows: Iterable[tuple[int, bytes]], window: int, replay: int
+        self,
+        job_type: JobType,
+        upload_id: str,
+        rows: Iterable[tuple[int, bytes]],
+        window: int,
+        replay: int,
+        control: PublishControl,
     ) -> None:
         self.job_type = job_type
+        self.control = control
         self.upload_id = upload_id
         self.rows = iter(rows)
         self.window = window
@@ -111,9 +158,19 @@ class _ConfirmedRun:
     def run(self, first: int) -> PublishResult:
         self.last_row = first - 1
         self.connection.ioloop.call_later(5, self._watchdog)
+        self.control._attach(self)
         self.connection.ioloop.start()
-        through = min([*self.outstanding.values(), *self.returned], default=self.last_row + 1) - 1
-        return PublishResult(self.confirmed, through, self.error)
+        return PublishResult(self.confirmed, self._through(), self.error)
+
+    def stop_threadsafe(self, reason: str) -> None:
+        """Called from another thread: fail the run with `reason` on its own I/O thread."""
+        self.connection.ioloop.add_callback_threadsafe(lambda: self._fail(reason))
+
+    def _through(self) -> int:
+        """The highest row confirmed with every row before it (rows and delivery tags rise together, and
+        `outstanding` keeps tags in the order they were sent, so its first entry is the lowest row)."""
+        lowest = next(iter(self.outstanding.values()), self.last_row + 1)
+        return min(lowest, *self.returned) - 1 if self.returned else lowest - 1
 
     # connection lifecycle -------------------------------------------------
     def _on_open(self, connection: SelectConnection) -> None:
@@ -181,6 +238,9 @@ class _ConfirmedRun:
     # publishing ------------------------------------------------------------
     def _pump(self) -> None:
         """Publish until the window of unconfirmed messages is full, the socket lags or the rows run out."""
+        if self._room() and time.monotonic() > self.control.send_until:
+            self._fail("this producer could not renew its publishing lease in time, so it stopped publishing")
+            return
         while self._room() and _unsent_bytes(self.connection) < UNSENT_BYTES:
             self._send_batch()
         if self._done() and self.connection.is_open:
@@ -238,6 +298,7 @@ class _ConfirmedRun:
                 self.confirmed += 1
         if method.multiple:
             self.lowest = method.delivery_tag + 1
+        self.control.confirmed_through = self._through()
         self.last_progress = time.monotonic()
         if self.error is None:
             self._maybe_wake()
@@ -257,10 +318,13 @@ def publish_rows(
     window: int,
     first: int = 1,
     replay: int = 0,
+    control: PublishControl | None = None,
 ) -> PublishResult:
-    """Publish `rows` (numbered from `first` on) to the type's queue; blocks until all are confirmed or it fails."""
+    """Publish `rows` (numbered from `first` on) to the type's queue; blocks until all are confirmed, it fails,
+    or `control` stops it."""
     try:
         declare(job_type, f"producer-declare-{upload_id}")
     except pika.exceptions.AMQPError as error:
         return PublishResult(0, first - 1, f"cannot reach RabbitMQ: {error or type(error).__name__}")
-    return _ConfirmedRun(job_type, upload_id, rows, window, replay).run(first)
+    run = _ConfirmedRun(job_type, upload_id, rows, window, replay, control or PublishControl(first))
+    return run.run(first)

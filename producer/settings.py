@@ -14,6 +14,11 @@ Limits (each a named variable with its default):
   the same time; the others wait (admitted, not refused). Keeps the event loop and the probes responsive.
 - `PRODUCER_PUBLISH_WINDOW` (2000): rows published and not yet confirmed by the broker, per upload. Rows
   leave in socket writes of about 256 KiB and at most about 1 MiB waits unsent, whatever the window.
+- `PRODUCER_PUBLISH_LEASE_SECONDS` (10), `PRODUCER_PUBLISH_PROGRESS_SECONDS` (0.5), `PRODUCER_LEASE_CHECK_SECONDS`
+  (2): publishing leases (producer/leases.py): how long a publisher that stopped renewing keeps an upload, how
+  often a publisher stores its confirmed count, renews and looks for a cancel, how often expired leases are
+  looked for. The lease must be at least 4 progress intervals: a publisher sends only for half a lease after
+  its last renewal, and a renewal needs time.
 - `PRODUCER_BODY_TIMEOUT_SECONDS` (30): a body that stalls this long gets 408.
 - `PRODUCER_HEALTH_INTERVAL_SECONDS` (5): how often readiness checks the broker, in the background.
 
@@ -26,7 +31,8 @@ import os
 from dataclasses import dataclass, field
 
 from jobtypes.auth import AuthSettings
-from jobtypes.env import env_float, env_int, env_str
+from jobtypes.env import SettingsError, env_float, env_int, env_str
+from producer.leases import LeaseSettings
 from producer.limits import RowLimits
 from uploads.settings import UploadSettings
 
@@ -50,6 +56,7 @@ class ProducerSettings:
     publish_window: int
     spool_dir: str | None
     uploads: UploadSettings = field(default_factory=UploadSettings)
+    leases: LeaseSettings = field(default_factory=LeaseSettings)
 
     @classmethod
     def from_environment(cls) -> ProducerSettings:
@@ -73,4 +80,21 @@ class ProducerSettings:
             publish_window=env_int("PRODUCER_PUBLISH_WINDOW", 2000, minimum=1),
             spool_dir=env_str("PRODUCER_SPOOL_DIR", None),
             uploads=UploadSettings.from_environment(),
+            leases=_lease_settings(),
         )
+
+
+def _lease_settings() -> LeaseSettings:
+    defaults = LeaseSettings()
+    leases = LeaseSettings(
+        lease_seconds=env_float("PRODUCER_PUBLISH_LEASE_SECONDS", defaults.lease_seconds, above=0),
+        progress_seconds=env_float("PRODUCER_PUBLISH_PROGRESS_SECONDS", defaults.progress_seconds, above=0),
+        check_seconds=env_float("PRODUCER_LEASE_CHECK_SECONDS", defaults.check_seconds, above=0),
+    )
+    if leases.lease_seconds < 4 * leases.progress_seconds:
+        raise SettingsError(
+            f"PRODUCER_PUBLISH_LEASE_SECONDS={leases.lease_seconds:g} must be at least 4 times "
+            f"PRODUCER_PUBLISH_PROGRESS_SECONDS={leases.progress_seconds:g}: a publisher renews its lease that often "
+            "and stops sending half a lease after its last renewal"
+        )
+    return leases

@@ -12,6 +12,11 @@ An Idempotency-Key makes a retry the same upload: the same record, the same
 message ids, and only the rows after the confirmed count are published again
 (rows just after it may already be in the queue, within the publish window;
 the record counts each row once and handlers are idempotent by message id).
+
+One request at a time publishes an upload, across every producer replica on
+the store: it holds the upload's publishing lease (producer/leases.py), which
+also stores the confirmed count as publishing advances and stops publishing
+when the upload is cancelled on any replica.
 """
 
 from __future__ import annotations
@@ -21,11 +26,10 @@ import hashlib
 import logging
 import re
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -40,11 +44,12 @@ from jobtypes.errors import AutoscalerError
 from producer.body import RAW_CSV_TYPES, GuardedReceive, check_declared_length, media_type, spool_raw_body
 from producer.csv_rows import ConvertedUpload, check_encoding, convert_rows
 from producer.errors import UploadError
+from producer.leases import CANCELLED, Leases, PublishLease
 from producer.limits import WorkThreads
 from producer.metrics import ROWS_PUBLISHED, UPLOAD_SECONDS, UPLOADS
 from producer.publisher import PublishResult, file_rows, publish_rows
 from producer.settings import ProducerSettings
-from uploads.errors import StoreUnavailable, UploadBusy, UploadCancelled
+from uploads.errors import StoreUnavailable, UploadCancelled
 from uploads.failed_rows import failed_rows_csv
 from uploads.model import STATES, UploadRecord, public
 from uploads.store import UploadStore
@@ -81,15 +86,16 @@ class UploadService:
         self.store = store
         self.tracker = tracker
         self.work = work
-        self._publishing: set[str] = set()
-        self._lock = threading.Lock()
+        self.leases = Leases(store, settings.leases)
         csv.field_size_limit(settings.max_field_bytes)
 
     def start(self) -> None:
         if self.tracker is not None:
             self.tracker.start()
+        self.leases.start()
 
     def stop(self) -> None:
+        self.leases.stop()
         if self.tracker is not None:
             self.tracker.stop()
         self.store.close()
@@ -181,22 +187,21 @@ class UploadService:
                 record.confirmed,
                 record.rows,
             )
+        record, lease = self.leases.acquire(record.id)  # the confirmed count as it stands under the lease
         if record.cancel_requested:
             raise UploadCancelled(f"upload {record.id} was cancelled; nothing more of it is published")
-        if record.confirmed >= record.rows:
+        if lease is None:
             return record
-        first = record.confirmed + 1
-        with self._claim(record.id):
-            bodies.seek(0)
-            started = time.perf_counter()
-            result = publish_rows(
-                job_type, record.id, file_rows(bodies, first), self.settings.publish_window, first=first
-            )
-            record = self.store.mark_published(record.id, result.confirmed_through, result.error)
-            if record.cancel_requested:  # cancelled while this request published it
-                self.store.cancel_unpublished(record.id)
+        started = time.perf_counter()
+        result, record = self._publish_leased(job_type, record, bodies, lease)
         ROWS_PUBLISHED.labels(job_type.name).inc(result.confirmed)
         _log_published(record, result, time.perf_counter() - started)
+        if record.cancel_requested:  # cancelled (on any replica) while this request published it
+            self.store.cancel_unpublished(record.id)
+            raise UploadCancelled(
+                f"upload {record.id} was cancelled while it was published: {record.confirmed} of {record.rows} rows "
+                "were queued (workers skip them), the rest are counted cancelled"
+            )
         if result.error is not None:
             raise UploadError(
                 503,
@@ -211,21 +216,19 @@ class UploadService:
             )
         return record
 
-    @contextmanager
-    def _claim(self, upload_id: str) -> Iterator[None]:
-        """One request at a time publishes an upload (a retry while the first try still runs waits its turn)."""
-        with self._lock:
-            if upload_id in self._publishing:
-                raise UploadBusy(
-                    f"upload {upload_id} is being published by another request right now; "
-                    "retry with the same Idempotency-Key when that request has answered"
-                )
-            self._publishing.add(upload_id)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._publishing.discard(upload_id)
+    def _publish_leased(
+        self, job_type: JobType, record: UploadRecord, bodies: BinaryIO, lease: PublishLease
+    ) -> tuple[PublishResult, UploadRecord]:
+        """Publish the rows after the confirmed count while holding the upload's lease."""
+        first = record.confirmed + 1
+        bodies.seek(0)
+        window = self.settings.publish_window
+        result, record = lease.publish(
+            lambda control: publish_rows(job_type, record.id, file_rows(bodies, first), window, first, control=control)
+        )
+        if result.error == CANCELLED:
+            result.error = None  # not a failure: the record says cancelled
+        return result, record
 
     # the record -------------------------------------------------------------------------------
     def describe(self, record: UploadRecord) -> dict[str, Any]:
@@ -275,9 +278,9 @@ class UploadService:
 
     def cancel(self, upload_id: str) -> dict[str, Any]:
         record = self.store.request_cancel(upload_id)
-        with self._lock:
-            publishing = upload_id in self._publishing
-        if not publishing and self.store.cancel_unpublished(upload_id):  # else the publishing request does it
+        # A request publishing it, on any replica, sees the cancel within PRODUCER_PUBLISH_PROGRESS_SECONDS,
+        # stops and counts the unpublished rows itself.
+        if not self.store.publishing_now(upload_id) and self.store.cancel_unpublished(upload_id):
             record = self.store.get(upload_id)
         log.info("upload %s: cancel requested (%s, %d rows pending)", upload_id, record.state, record.pending)
         if self.tracker is not None:
@@ -356,7 +359,7 @@ def _draft(job_type: JobType, file_name: str, checked: Checked, key: str | None)
 
 
 def _log_published(record: UploadRecord, result: PublishResult, seconds: float) -> None:
-    outcome = f"failed: {result.error}" if result.error else "queued"
+    outcome = "cancelled" if record.cancel_requested else f"failed: {result.error}" if result.error else "queued"
     log.log(
         logging.ERROR if result.error else logging.INFO,
         "upload %s type=%s rows=%d confirmed=%d seconds=%.2f rows_per_s=%.0f %s",

@@ -95,6 +95,11 @@ def test_bounds_accept_their_edge() -> None:
         ),
         ("producer", {"AUTH_ALLOW_LOOPBACK": "perhaps"}, "AUTH_ALLOW_LOOPBACK='perhaps' is not a switch"),
         ("producer", {"UPLOADS_RETENTION_DAYS": "0"}, "UPLOADS_RETENTION_DAYS='0' must be above 0"),
+        (
+            "producer",
+            {"PRODUCER_PUBLISH_LEASE_SECONDS": "1", "PRODUCER_PUBLISH_PROGRESS_SECONDS": "0.5"},
+            "PRODUCER_PUBLISH_LEASE_SECONDS=1 must be at least 4 times PRODUCER_PUBLISH_PROGRESS_SECONDS=0.5",
+        ),
     ],
 )
 def test_a_process_with_a_bad_value_stops_at_start_naming_it(

@@ -390,7 +390,7 @@ def test_reupload_after_broker_cut_mid_upload_finishes_the_same_record(own_broke
         answer = first_try.json()
         assert first_try.status_code == 503, answer
         confirmed = answer["confirmed"]
-        assert 0 < confirmed < rows and record(stack, answer["upload_id"])["state"] == "publishing"
+        assert 0 < confirmed < rows and record(stack, answer["upload_id"])["state"] == "interrupted"
         proxy.restore()
         retry = wait_until(
             lambda: (lambda r: r if r.status_code == 200 else None)(stack.upload(body, "sleep", headers=headers)),
@@ -466,7 +466,7 @@ def test_cancelling_an_upload_that_never_finished_publishing_ends_it(own_broker:
         failed = stack.upload(rows_csv(20), "sleep", headers={"Idempotency-Key": "never-published"})
         assert failed.status_code == 503 and failed.json()["confirmed"] == 0
         upload_id = failed.json()["upload_id"]
-        assert record(stack, upload_id)["state"] == "publishing"
+        assert record(stack, upload_id)["state"] == "interrupted"
         cancelled = httpx.post(f"{stack.producer_url}/uploads/{upload_id}/cancel").json()
         assert (cancelled["state"], cancelled["cancelled"], cancelled["pending"]) == ("cancelled", 20, 0)
         assert cancelled["finished_at"] is not None

@@ -78,7 +78,7 @@ def counts(record: UploadRecord) -> tuple[int, int, int, int, int]:
 def test_lifecycle_publishing_queued_running_done(store: UploadStore, clock: FakeClock) -> None:
     record, created = store.begin_upload(draft(rows=3))
     assert created and record.state == "publishing"
-    assert store.mark_published("u1", 2, "the RabbitMQ connection was lost").state == "publishing"
+    assert store.mark_published("u1", 2, "the RabbitMQ connection was lost").state == "interrupted"
     assert store.get("u1").publish_error == "the RabbitMQ connection was lost"
     assert store.mark_published("u1", 1, None).confirmed == 2, "the confirmed count never goes down"
     assert store.mark_published("u1", 3, None).state == "queued"

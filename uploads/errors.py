@@ -34,3 +34,15 @@ class UploadCancelled(AutoscalerError):
     """A retry of an upload that was cancelled meanwhile: nothing more of it is published."""
 
     status = 409
+
+
+class LeaseLost(AutoscalerError):
+    """This publishing run no longer holds the upload's lease (it expired and was released or taken over)."""
+
+    status = 503
+
+    def __init__(self, upload_id: str) -> None:
+        super().__init__(
+            f"upload {upload_id[:80]}: this producer lost its publishing lease (it could not renew it in time), "
+            "so it stopped publishing; retry with the same Idempotency-Key"
+        )

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
-from uploads.model import RowState, UploadRecord
+from uploads.model import Lease, RowState, UploadRecord
 from uploads.store import DuplicateKey, UploadStore
 
 
@@ -22,6 +22,7 @@ class _MemoryTransaction:
         self.uploads: dict[str, UploadRecord] = {}
         self.rows: dict[tuple[str, int], RowState] = {}
         self.deleted: set[str] = set()
+        self.leases: dict[str, Lease | None] = {}  # None: deleted in this transaction
 
     def _upload(self, upload_id: str) -> UploadRecord | None:
         if upload_id in self.deleted:
@@ -83,7 +84,30 @@ class _MemoryTransaction:
         self.deleted.update(old)
         return len(old)
 
+    # publishing leases -----------------------------------------------------------------------
+    def get_lease(self, upload_id: str) -> Lease | None:
+        return self.leases[upload_id] if upload_id in self.leases else self.store.leases.get(upload_id)
+
+    def put_lease(self, lease: Lease) -> None:
+        self.leases[lease.upload_id] = lease
+
+    def delete_lease(self, upload_id: str) -> None:
+        self.leases[upload_id] = None
+
+    def expired_leases(self, now: float) -> list[str]:
+        ids = set(self.store.leases) | set(self.leases)
+        return [i for i in ids if (lease := self.get_lease(i)) is not None and not lease.live(now)]
+
+    def unleased_publishing(self, created_before: float) -> list[str]:
+        records = self.list_uploads(None, "publishing", 1 << 30)
+        return [r.id for r in records if r.created_at < created_before and self.get_lease(r.id) is None]
+
     def commit(self) -> None:
+        for upload_id, lease in self.leases.items():
+            if lease is None:
+                self.store.leases.pop(upload_id, None)
+            else:
+                self.store.leases[upload_id] = lease
         self.store.uploads.update(self.uploads)
         for (upload_id, number), row in self.rows.items():
             self.store.rows.setdefault(upload_id, {})[number] = row
@@ -97,6 +121,7 @@ class MemoryStore(UploadStore):
         super().__init__(max_failed_rows, retention_seconds, **kwargs)
         self.uploads: dict[str, UploadRecord] = {}
         self.rows: dict[str, dict[int, RowState]] = {}
+        self.leases: dict[str, Lease] = {}
         self._lock = threading.RLock()
 
     @contextmanager

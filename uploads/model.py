@@ -11,6 +11,9 @@ Rules (no I/O here, so they are tested without a database):
   reports arrive, one small batch per report.
 * Counts follow from row states: pending = rows - succeeded - dead - cancelled
   (a retrying row is pending too). The state is derived from the counts.
+* An upload whose rows are not all confirmed is `publishing` while a producer
+  holds its publishing lease, and `interrupted` once publishing stopped
+  (`publish_error` says why): only a retry with the same key goes on.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 from jobtypes.outcomes import RowOutcome
 
 FINAL = ("succeeded", "dead", "cancelled")
-STATES = ("publishing", "queued", "running", "done", "cancelled")
+STATES = ("publishing", "interrupted", "queued", "running", "done", "cancelled")
 #: Seconds over which `rows_per_second` is averaged (an exponentially decaying window).
 RATE_WINDOW_SECONDS = 30.0
 
@@ -92,7 +95,7 @@ class UploadRecord:
         if self.pending == 0:
             return 0.0
         rate = self.rows_per_second(now)
-        if rate <= 0.01 or self.state in ("publishing", "cancelled"):
+        if rate <= 0.01 or self.state in ("publishing", "interrupted", "cancelled"):
             return None
         return self.pending / rate
 
@@ -101,7 +104,7 @@ def derived_state(record: UploadRecord) -> str:
     if record.cancel_requested:
         return "cancelled"
     if record.confirmed < record.rows:
-        return "publishing"
+        return "interrupted" if record.publish_error is not None else "publishing"
     if record.pending == 0:
         return "done"
     if record.first_report_at is not None:
@@ -128,6 +131,27 @@ def count_finished(record: UploadRecord, finished: int, now: float) -> UploadRec
     previous = record.rate_at if record.rate_at is not None else now
     decayed = record.rate * math.exp(-(now - previous) / RATE_WINDOW_SECONDS)
     return replace(record, rate=decayed + finished / RATE_WINDOW_SECONDS, rate_at=now)
+
+
+# publishing leases ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who publishes an upload right now: one publishing run of one producer, until `expires_at` (wall clock).
+
+    Kept beside the record, not in it: it is how producer replicas sharing one
+    store take turns, not part of what clients read. A holder renews it while
+    it publishes; one that stops renewing (killed, cut off from the store)
+    loses it at `expires_at`, and the upload reads `interrupted`.
+    """
+
+    upload_id: str
+    holder: str
+    expires_at: float
+
+    def live(self, now: float) -> bool:
+        return self.expires_at > now
 
 
 @dataclass

@@ -8,6 +8,10 @@ upload's row is locked (`SELECT ... FOR UPDATE`) by every write, so two
 trackers or two replays of one upload take turns; SQLite writes start with
 `BEGIN IMMEDIATE`, which serialises writers the same way.
 
+A third table, `upload_leases`, says which producer publishes an upload
+right now (one row per upload being published, removed when publishing
+ends); it is only written with the upload's row locked, like everything else.
+
 Any database error becomes `StoreUnavailable` with the database's words.
 """
 
@@ -45,7 +49,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from uploads.errors import StoreUnavailable
-from uploads.model import RowState, UploadRecord
+from uploads.model import Lease, RowState, UploadRecord
 from uploads.store import DuplicateKey, UploadStore
 
 log = logging.getLogger("uploads.sql")
@@ -93,6 +97,15 @@ ROWS = Table(
     Column("error", Text),
     Column("body", Text),
     Index("upload_rows_state", "upload_id", "state", "row"),
+)
+
+LEASES = Table(
+    "upload_leases",
+    metadata,
+    Column("upload_id", String(64), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Index("upload_leases_expiry", "expires_at"),
 )
 
 ROW_FIELDS = ("state", "replay", "attempts", "error", "body")
@@ -199,6 +212,31 @@ class _SqlTransaction:
             self.c.execute(delete(ROWS).where(ROWS.c.upload_id.in_(chunk)))
             self.c.execute(delete(UPLOADS).where(UPLOADS.c.id.in_(chunk)))
         return len(ids)
+
+    # publishing leases -----------------------------------------------------------------------
+    def get_lease(self, upload_id: str) -> Lease | None:
+        row = self.c.execute(select(LEASES).where(LEASES.c.upload_id == upload_id)).first()
+        return Lease(row.upload_id, row.holder, row.expires_at) if row is not None else None
+
+    def put_lease(self, lease: Lease) -> None:
+        """Insert or replace (callers hold the upload's row lock, so no one else writes this lease meanwhile)."""
+        values = {"holder": lease.holder, "expires_at": lease.expires_at}
+        if self.c.execute(update(LEASES).where(LEASES.c.upload_id == lease.upload_id).values(values)).rowcount == 0:
+            self.c.execute(insert(LEASES).values(upload_id=lease.upload_id, **values))
+
+    def delete_lease(self, upload_id: str) -> None:
+        self.c.execute(delete(LEASES).where(LEASES.c.upload_id == upload_id))
+
+    def expired_leases(self, now: float) -> list[str]:
+        return [row.upload_id for row in self.c.execute(select(LEASES.c.upload_id).where(LEASES.c.expires_at <= now))]
+
+    def unleased_publishing(self, created_before: float) -> list[str]:
+        query = (
+            select(UPLOADS.c.id)
+            .outerjoin(LEASES, LEASES.c.upload_id == UPLOADS.c.id)
+            .where(UPLOADS.c.state == "publishing", UPLOADS.c.created_at < created_before, LEASES.c.upload_id.is_(None))
+        )
+        return [row.id for row in self.c.execute(query)]
 
 
 def database_url(url: str) -> URL:

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from jobtypes.outcomes import RowOutcome
-from uploads.errors import IdempotencyConflict, UploadNotFound
-from uploads.model import RowState, UploadRecord, count_finished, settle, transition
+from uploads.errors import IdempotencyConflict, LeaseLost, UploadBusy, UploadNotFound
+from uploads.model import Lease, RowState, UploadRecord, count_finished, settle, transition
 
 #: Longest handler error kept per row (characters).
 MAX_ERROR_CHARS = 500
@@ -50,6 +50,13 @@ class Transaction(Protocol):
     def rows_in_state(self, upload_id: str, state: str, after_row: int, limit: int) -> list[RowState]: ...
     def numbers_between(self, upload_id: str, first: int, last: int) -> set[int]: ...
     def delete_older_than(self, cutoff: float) -> int: ...
+
+    # publishing leases (a table of their own beside the records)
+    def get_lease(self, upload_id: str) -> Lease | None: ...
+    def put_lease(self, lease: Lease) -> None: ...
+    def delete_lease(self, upload_id: str) -> None: ...
+    def expired_leases(self, now: float) -> list[str]: ...
+    def unleased_publishing(self, created_before: float) -> list[str]: ...
 
 
 @dataclass
@@ -104,11 +111,113 @@ class UploadStore:
     def mark_published(self, upload_id: str, confirmed: int, error: str | None) -> UploadRecord:
         """Record that rows 1..confirmed are durably queued (never lowers it); `error` says why it stopped."""
         with self.transaction() as tx:
+            return self._published(tx, _existing(tx, upload_id, for_update=True), confirmed, error)
+
+    def _published(self, tx: Transaction, record: UploadRecord, confirmed: int, error: str | None) -> UploadRecord:
+        record = replace(record, confirmed=max(record.confirmed, confirmed), publish_error=error)
+        record = settle(record, self.clock())
+        tx.update_upload(record)
+        return record
+
+    # publishing leases: one publisher per upload across producer replicas ---------------------------
+    def acquire_lease(self, upload_id: str, holder: str, seconds: float) -> UploadRecord:
+        """Make `holder` the one publisher of the upload for `seconds`; the record as it stands now.
+
+        Refused with `UploadBusy` while another holder's lease is live. No lease
+        is taken when there is nothing to publish (every row confirmed, or the
+        upload cancelled): the caller reads that from the record it gets.
+        Taking it clears `publish_error`, so the upload reads `publishing` again.
+        """
+        now = self.clock()
+        with self.transaction() as tx:
             record = _existing(tx, upload_id, for_update=True)
-            record = replace(record, confirmed=max(record.confirmed, confirmed), publish_error=error)
-            record = settle(record, self.clock())
+            lease = tx.get_lease(upload_id)
+            if lease is not None and lease.live(now):
+                raise UploadBusy(
+                    f"upload {upload_id} is being published by another request right now; "
+                    "retry with the same Idempotency-Key when that request has answered"
+                )
+            if record.cancel_requested or record.confirmed >= record.rows:
+                return record
+            tx.put_lease(Lease(upload_id, holder, now + seconds))
+            record = settle(replace(record, publish_error=None), now)
             tx.update_upload(record)
             return record
+
+    def renew_lease(self, upload_id: str, holder: str, seconds: float, confirmed: int) -> UploadRecord:
+        """Extend `holder`'s lease by `seconds` from now and store its progress (rows 1..confirmed are queued).
+
+        Raises `LeaseLost` when the lease is no longer `holder`'s. The record
+        returned tells the publisher whether the upload was cancelled meanwhile.
+        """
+        now = self.clock()
+        with self.transaction() as tx:
+            record = _existing(tx, upload_id, for_update=True)
+            lease = tx.get_lease(upload_id)
+            if lease is None or lease.holder != holder:
+                raise LeaseLost(upload_id)
+            tx.put_lease(replace(lease, expires_at=now + seconds))
+            if confirmed > record.confirmed:
+                record = settle(replace(record, confirmed=confirmed), now)
+                tx.update_upload(record)
+            return record
+
+    def release_lease(self, upload_id: str, holder: str, confirmed: int, error: str | None) -> UploadRecord:
+        """`holder` stopped publishing: store how far it got (as `mark_published`) and free the upload.
+
+        If another holder took the lease over meanwhile, only the confirmed count
+        is raised: the upload is still being published, by that one.
+        """
+        with self.transaction() as tx:
+            record = _existing(tx, upload_id, for_update=True)
+            lease = tx.get_lease(upload_id)
+            if lease is not None and lease.holder != holder:
+                return self._published(tx, record, confirmed, record.publish_error)
+            if lease is not None:
+                tx.delete_lease(upload_id)
+            return self._published(tx, record, confirmed, error)
+
+    def publishing_now(self, upload_id: str) -> bool:
+        """Whether some producer holds a live publishing lease on the upload."""
+        with self.transaction(write=False) as tx:
+            lease = tx.get_lease(upload_id)
+        return lease is not None and lease.live(self.clock())
+
+    def interrupt_expired(self, lease_seconds: float) -> list[str]:
+        """End the publishing of uploads whose publisher stopped renewing its lease; their ids.
+
+        Such an upload reads `interrupted` with its confirmed count (a retry with
+        the same key publishes the rest); a cancelled one gets its unpublished
+        rows counted cancelled. A new upload that never got a lease (its producer
+        died right after creating the record) counts as expired after
+        `lease_seconds`.
+        """
+        now = self.clock()
+        with self.transaction(write=False) as tx:
+            candidates = tx.expired_leases(now) + tx.unleased_publishing(now - lease_seconds)
+        interrupted = [upload_id for upload_id in dict.fromkeys(candidates) if self._interrupt(upload_id, now)]
+        for upload_id in interrupted:
+            self.cancel_unpublished(upload_id)  # nothing unless it was cancelled
+        return interrupted
+
+    def _interrupt(self, upload_id: str, now: float) -> bool:
+        """Free an upload whose lease expired (or that never had one); whether it had rows left to publish."""
+        with self.transaction() as tx:
+            record = tx.get_upload(upload_id, for_update=True)
+            lease = tx.get_lease(upload_id)
+            if lease is not None and lease.live(now) and record is not None:
+                return False  # renewed, or taken by a retry, since the candidates were read
+            if lease is not None:
+                tx.delete_lease(upload_id)
+            if record is None or record.confirmed >= record.rows or record.publish_error is not None:
+                return False
+            if not record.cancel_requested:
+                error = (
+                    f"publishing stopped after {record.confirmed} confirmed rows: the producer publishing it "
+                    "stopped renewing its lease (killed, or cut off from the store)"
+                )
+                self._published(tx, record, record.confirmed, error)
+            return True
 
     # outcomes ---------------------------------------------------------------------------
     def apply(self, outcomes: list[RowOutcome]) -> ApplyResult:

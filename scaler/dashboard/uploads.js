@@ -7,7 +7,8 @@
 
 const UPLOADS_POLL_MS = 1000;
 const PARTS = ["succeeded", "retrying", "dead", "cancelled"];
-const ACTIVE = ["publishing", "queued", "running"];
+const ACTIVE = ["publishing", "interrupted", "queued", "running"];
+const INTERRUPTED_HINT = "Send the file again with the same key: only the rows after the confirmed count are published, into the same record.";
 const uploadKeys = new Map();  // file + type -> Idempotency-Key, kept until that upload is answered 200
 let followedUpload = null;
 
@@ -68,7 +69,10 @@ function renderUpload(item) {
     bar(item),
     el("p", { class: "upload-progress", "data-field": "progress" }, progressText(item)),
     actions(item));
-  if (item.publish_error && item.state === "publishing") node.append(el("p", { class: "warn" }, "Publishing stopped: " + item.publish_error));
+  if (item.state === "interrupted") {
+    node.append(el("p", { class: "warn", "data-field": "interrupted" }, `Publishing interrupted at ${item.confirmed} of ${item.rows} rows: ${item.publish_error}`),
+      el("p", { class: "hint", "data-field": "interrupted-hint" }, INTERRUPTED_HINT));
+  }
   if (item.failed_rows_truncated) node.append(el("p", { class: "hint" }, `Failed-row details kept for the first ${item.failed_rows_cap} rows only.`));
   return node;
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -50,6 +51,20 @@ class Broker:
         """Messages in the queue right now, from AMQP (exact, not the stats sample)."""
         with self.channel() as channel:
             return channel.queue_declare(queue=name, passive=True).method.message_count
+
+    def settled_depth(self, name: str, quiet: float, timeout: float = 30) -> tuple[float, int]:
+        """Sample the queue's exact depth every 50 ms until it held still for `quiet` seconds; returns when
+        (time.monotonic()) it reached that depth, and the depth."""
+        with self.channel() as channel:
+            depth = channel.queue_declare(queue=name, passive=True).method.message_count
+            started = since = time.monotonic()
+            while time.monotonic() - since < quiet:
+                assert time.monotonic() - started < timeout, f"queue {name} still changing after {timeout} s"
+                time.sleep(0.05)  # the sampling period
+                now = channel.queue_declare(queue=name, passive=True).method.message_count
+                if now != depth:
+                    depth, since = now, time.monotonic()
+        return since, depth
 
     def channel(self) -> _Channel:
         return _Channel(self.amqp_url)

@@ -25,6 +25,7 @@ import pytest
 from pytest_postgresql.executors.proc import PostgreSQLExecutor
 
 from tests.support.processes import free_port
+from tests.support.waiting import wait_until
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 OS_USER = "postgres"
@@ -64,11 +65,26 @@ def postgres_server() -> Iterator[PostgreSQLExecutor]:
         user="postgres",
     )
     executor.start()
+    _wait_accepting(executor)
     try:
         yield executor
     finally:
         executor.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _wait_accepting(executor: PostgreSQLExecutor, timeout: float = 60) -> None:
+    """Until the server accepts connections: on a busy machine it can still answer "the database system is starting
+    up" after pg_ctl returned, and the session's first test would fail on that."""
+
+    def accepting() -> bool:
+        try:
+            psycopg.connect(f"host={executor.host} port={executor.port} user=postgres dbname=postgres").close()
+        except psycopg.OperationalError:
+            return False
+        return True
+
+    wait_until(accepting, timeout=timeout, interval=0.1, what="PostgreSQL to accept connections")
 
 
 @pytest.fixture(scope="session")

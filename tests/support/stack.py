@@ -7,6 +7,7 @@ ports, against the test session's private vhost and a config of the test's own.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -56,6 +57,7 @@ class Stack:
             "PRODUCER_TOKEN": DEFAULT_TOKEN,
             **(env or {}),
         }
+        self.producer_log = directory / "producer.log"
         self.producer: Service | None = None
         self.scaler: Service | None = None
 
@@ -73,8 +75,20 @@ class Stack:
     def queue_of(self, job_type: str) -> str:
         return self.config()[job_type]["queue"]
 
+    def replica(self) -> Stack:
+        """A second producer replica: its own port and log, the same config, broker vhost and upload store.
+
+        Start it with `start_producer()`; stop it with `producer.stop()` (its `stop()` would stop this stack's
+        scaler and workers too)."""
+        other = copy.copy(self)
+        other.producer_port = free_port()
+        other.producer_log = self.directory / f"producer-{other.producer_port}.log"
+        other.env = {**self.env, "PRODUCER_PORT": str(other.producer_port)}
+        other.producer, other.scaler = None, None
+        return other
+
     def start_producer(self) -> Service:
-        self.producer = Service("producer", [], self.env, self.directory / "producer.log")
+        self.producer = Service("producer", [], self.env, self.producer_log)
         self.producer.wait_http(f"{self.producer_url}/healthz")
         return self.producer
 
