@@ -85,7 +85,11 @@ def test_token_required_when_set(broker: Broker, tmp_path) -> None:
             {"Authorization": token},
             {"Authorization": f"Basic {token}"},
         ):
-            response = stack.upload(sample_rows(1), "sleep", headers=headers)
+            response = httpx.post(
+                f"{stack.producer_url}/submit/sleep",
+                content=sample_rows(1),
+                headers={"Content-Type": "text/csv", **headers},  # not stack.upload: it sends the right token
+            )
             assert response.status_code == 401, headers
             assert "token" in response.json()["error"]
         multipart = httpx.post(f"{stack.producer_url}/upload", files={"file": ("x.csv", sample_rows(1))})
