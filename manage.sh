@@ -123,6 +123,15 @@ stop_service() {
   rm -f "$pidfile"
 }
 
+private_run_dir() {
+  # .run holds the token, uploads.db (dead rows' bodies), sales.db and the logs: 0700, its files 0600, and
+  # everything this script starts from here on (services, the workers they start) creates files 0600.
+  umask 077
+  mkdir -p "$RUN/logs"
+  chmod 700 "$RUN"
+  chmod -R go-rwx "$RUN"
+}
+
 stored_token() {
   # PRODUCER_TOKEN from the environment, else the one `up` stored (for commands that call the services).
   if [ -z "${PRODUCER_TOKEN:-}" ] && [ -s "$RUN/producer.token" ]; then
@@ -133,10 +142,10 @@ stored_token() {
 
 ensure_token() {
   # The token for uploads and the dashboard: PRODUCER_TOKEN if set, else the one stored in .run (mode 600),
-  # generated on the first `up`. Loopback clients need none; everyone else sends it.
+  # generated on the first `up`. Every client sends it, loopback included.
   stored_token
   if [ -z "${PRODUCER_TOKEN:-}" ]; then
-    mkdir -p "$RUN"
+    private_run_dir
     (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN/producer.token")
     log "generated a token in .run/producer.token"
     stored_token
@@ -146,6 +155,7 @@ ensure_token() {
 
 cmd_up() {
   ensure_venv
+  private_run_dir
   ensure_rabbitmq
   ensure_token
   start_service producer "http://$PRODUCER_ADDR/healthz" -- "$PY" -m producer
@@ -153,10 +163,9 @@ cmd_up() {
     start_service scaler "http://$SCALER_ADDR/healthz" -- "$PY" -m scaler --backend local
   fi
   echo
-  echo "  producer:   http://$PRODUCER_ADDR   (curl -F file=@data.csv http://$PRODUCER_ADDR/upload)"
-  [ -f scaler/__main__.py ] && echo "  dashboard:  http://$SCALER_ADDR/"
-  echo "  token:      $PRODUCER_TOKEN   (.run/producer.token; loopback clients need none, others send"
-  echo "              'Authorization: Bearer <token>' or log in to the dashboard with it)"
+  [ -f scaler/__main__.py ] && echo "  dashboard:  http://$SCALER_ADDR/?token=$PRODUCER_TOKEN   (one-click login)"
+  echo "  token:      $PRODUCER_TOKEN   (kept in .run/producer.token; every request sends it)"
+  echo "  producer:   curl -H \"Authorization: Bearer \$(cat .run/producer.token)\" -F file=@data.csv http://$PRODUCER_ADDR/upload"
   echo "  rabbitmq:   http://127.0.0.1:15672/  (guest / guest)"
   echo "  stop with:  ./manage.sh down"
 }
@@ -316,4 +325,5 @@ main() {
   esac
 }
 
-main "$@"
+# Sourcing the script (the tests do) defines its functions without running a command.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then main "$@"; fi

@@ -1,7 +1,7 @@
 """HTTP routes of the producer: uploads and their records, job types, health and metrics.
 
-Before a route runs, `AuthMiddleware` decides who may call (token, session
-cookie, or loopback; never cross-site) and `AdmissionMiddleware` whether
+Before a route runs, `AuthMiddleware` decides who may call (token or session
+cookie, loopback only when opted in; never cross-site) and `AdmissionMiddleware` whether
 there is room (uploads in flight, spooled bytes). Endpoints are thin: the
 upload service (producer/upload_service.py) does the work of upload, submit,
 replay and cancel, and raises named errors that one exception handler turns
@@ -26,6 +26,7 @@ from starlette.routing import Route
 from jobtypes.auth import AuthMiddleware
 from jobtypes.config_watch import ConfigWatcher
 from jobtypes.errors import AutoscalerError
+from jobtypes.health_view import health_response
 from jobtypes.settings import jobs_config_path
 from producer import health
 from producer.errors import UploadError
@@ -37,6 +38,8 @@ from uploads.tracker import Tracker
 
 log = logging.getLogger("producer")
 MAX_LIST_LIMIT = 500
+#: The upload tracker's states that count as healthy (see `uploads.tracker`).
+TRACKER_HEALTHY_STATES = frozenset({"starting", "consuming"})
 
 
 class Producer:
@@ -114,9 +117,13 @@ async def job_types(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
-    """The readiness document (always 200) and the upload tracker's state."""
-    document = {**request.app.state.health.document(), "status": "ok"}
-    return JSONResponse({**document, "upload_tracker": _uploads(request).tracker_status()})
+    """The readiness document (always 200) and the upload tracker's state; details only with the token."""
+    tracker = _uploads(request).tracker_status()
+    document = {**request.app.state.health.document(), "status": "ok", "upload_tracker": tracker}
+    parts = request.app.state.health.parts()
+    if tracker is not None:
+        parts["upload_tracker"] = tracker["state"] in TRACKER_HEALTHY_STATES
+    return health_response(request, document, parts)
 
 
 async def metrics(request: Request) -> Response:

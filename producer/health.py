@@ -9,6 +9,10 @@
   it never blocks the event loop or waits for a thread-pool slot.
 - `GET /healthz` is the readiness document with status 200 either way, for
   people and scripts that want to read it.
+
+All three are public, and a caller without the token learns only the status
+and `ok` / `failing` per part; the error texts (which can name the broker's
+host and user) are for authenticated callers (`jobtypes.health_view`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from jobtypes.health_view import health_response
 from jobtypes.settings import connection_parameters
 
 log = logging.getLogger(__name__)
@@ -70,6 +75,10 @@ class BrokerHealth:
     def stop(self) -> None:
         self._stop.set()
 
+    def parts(self) -> dict[str, bool]:
+        """Each part's health, for the public view."""
+        return {"broker": self.state.reachable}
+
     def document(self) -> dict[str, Any]:
         state = self.state
         age = None if state.checked_at is None else round(time.time() - state.checked_at, 3)
@@ -94,9 +103,6 @@ async def livez(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    document = request.app.state.health.document()
-    return JSONResponse(document, status_code=200 if document["broker"]["reachable"] else 503)
-
-
-async def healthz(request: Request) -> Response:
-    return JSONResponse({**request.app.state.health.document(), "status": "ok"})
+    health: BrokerHealth = request.app.state.health
+    document = health.document()
+    return health_response(request, document, health.parts(), 200 if document["broker"]["reachable"] else 503)

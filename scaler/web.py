@@ -27,6 +27,7 @@ from starlette.staticfiles import StaticFiles
 
 from jobtypes.auth import AuthMiddleware, AuthSettings
 from jobtypes.errors import AutoscalerError
+from jobtypes.health_view import health_response
 from scaler import controls, producer_proxy
 from scaler.health import HealthCheck
 from scaler.loop import Scaler
@@ -49,8 +50,10 @@ async def index(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
+    """503 when a thread is stuck; the problems' texts only for an authenticated caller."""
     healthy, document = request.app.state.health.report()
-    return JSONResponse(document, status_code=200 if healthy else 503)
+    parts = {name: document[name]["problem"] is None for name in ("control_loop", "worker_channel")}
+    return health_response(request, document, parts, 200 if healthy else 503)
 
 
 async def status(request: Request) -> Response:
