@@ -496,10 +496,11 @@ class AuthMiddleware:
         if sessions is None or not self.authenticator.token_matches(supplied, origin.client):
             log.info("failed login from %s", origin.client)
             page = LOGIN_PAGE.format(message='<p class="error">Wrong token.</p>')
-            await _send(send, 401, page.encode(), "text/html; charset=utf-8", {"referrer-policy": "no-referrer"})
+            await _send(send, 401, page.encode(), "text/html; charset=utf-8")
             return
         cookie = self._cookie(sessions.issue(), int(sessions.lifetime_seconds), origin)
         log.info("login from %s", origin.client)
+        # no-referrer: the next request must not carry the link's URL (with the token) as its Referer.
         await _redirect(send, target, {"set-cookie": cookie, "referrer-policy": "no-referrer"})
 
     async def _logout(self, scope: Scope, send: Send, headers: Headers, origin: Origin) -> None:

@@ -136,6 +136,23 @@ async def not_a_type(request: Request) -> Response:
     raise UploadError(400 if re.search(r"[/\\.]", raw) else 404, f"{raw[:80]!r} is not a job type name")
 
 
+ROUTES = [
+    Route("/upload", upload, methods=["POST"]),
+    Route("/submit/{job_type}", submit, methods=["POST"]),
+    Route("/submit/{rest:path}", not_a_type, methods=["POST"]),
+    Route("/uploads", list_uploads, methods=["GET"]),
+    Route("/uploads/{upload_id}", get_upload, methods=["GET"]),
+    Route("/uploads/{upload_id}/failed-rows.csv", failed_rows, methods=["GET"]),
+    Route("/uploads/{upload_id}/replay", replay, methods=["POST"]),
+    Route("/uploads/{upload_id}/cancel", cancel, methods=["POST"]),
+    Route("/job-types", job_types, methods=["GET"]),
+    Route("/livez", health.livez, methods=["GET"]),
+    Route("/readyz", health.readyz, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     """Broker health checks and the upload tracker run for as long as the app serves."""
@@ -155,25 +172,7 @@ def create_app(settings: ProducerSettings | None = None, config: ConfigWatcher |
     store = open_store(settings.uploads)
     tracker = Tracker(store, settings.uploads) if settings.uploads.tracker else None
     service = UploadService(settings, config, store, tracker, WorkThreads(settings.work_threads))
-    app = Starlette(
-        routes=[
-            Route("/upload", upload, methods=["POST"]),
-            Route("/submit/{job_type}", submit, methods=["POST"]),
-            Route("/submit/{rest:path}", not_a_type, methods=["POST"]),
-            Route("/uploads", list_uploads, methods=["GET"]),
-            Route("/uploads/{upload_id}", get_upload, methods=["GET"]),
-            Route("/uploads/{upload_id}/failed-rows.csv", failed_rows, methods=["GET"]),
-            Route("/uploads/{upload_id}/replay", replay, methods=["POST"]),
-            Route("/uploads/{upload_id}/cancel", cancel, methods=["POST"]),
-            Route("/job-types", job_types, methods=["GET"]),
-            Route("/livez", health.livez, methods=["GET"]),
-            Route("/readyz", health.readyz, methods=["GET"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
-        ],
-        exception_handlers={AutoscalerError: error_response},
-        lifespan=lifespan,
-    )
+    app = Starlette(routes=ROUTES, exception_handlers={AutoscalerError: error_response}, lifespan=lifespan)
     app.add_middleware(AdmissionMiddleware, Admission(settings.max_concurrent_uploads, settings.max_spool_bytes))
     app.add_middleware(AuthMiddleware, settings=settings.auth)
     app.state.health = health.BrokerHealth(settings.health_interval_seconds)
