@@ -102,6 +102,8 @@ BROWSER_SAYS_SAME = frozenset({"same-origin", "none"})
 PLACEHOLDER_PREFIX = "PLACEHOLDER"
 #: How the middleware authenticated a request; read it from `request.scope["auth"]` (None: not authenticated).
 VIA_LOOPBACK, VIA_TOKEN, VIA_COOKIE = "loopback", "token", "cookie"
+#: `scope[SESSION_EXPIRES]`: when the session of a cookie-authenticated request ends (long streams stop then).
+SESSION_EXPIRES = "auth_session_expires"
 MAX_LOGIN_BYTES = 4096
 #: Where `./manage.sh up` keeps the token; the command-line tools read it when PRODUCER_TOKEN is unset.
 TOKEN_FILE = Path(__file__).resolve().parent.parent / ".run" / "producer.token"
@@ -132,13 +134,13 @@ class AuthSettings:
     def from_environment(cls) -> AuthSettings:
         token = env_str("PRODUCER_TOKEN", None)
         if token is not None and token.startswith(PLACEHOLDER_PREFIX):
-            raise SystemExit(
+            raise SettingsError(
                 "PRODUCER_TOKEN holds the placeholder of the example manifests; "
                 "generate a real one (./manage.sh k8s-up does) before deploying"
             )
         allow_loopback = env_flag("AUTH_ALLOW_LOOPBACK", cls.allow_loopback)
         if token is None and not allow_loopback:
-            raise SystemExit(
+            raise SettingsError(
                 "PRODUCER_TOKEN is not set, and without it nobody could get in: ./manage.sh up generates one "
                 "in .run/producer.token (or set AUTH_ALLOW_LOOPBACK=true to let loopback clients in without one)"
             )
@@ -349,9 +351,12 @@ class Sessions:
             return None
         return session_id, int(expires)
 
-    def valid(self, value: str) -> bool:
+    def expiry(self, value: str) -> int | None:
+        """When a valid (signed, unexpired, not revoked) cookie expires, in Unix seconds; None when it is not valid."""
         parsed = self._parse(value)
-        return parsed is not None and parsed[1] > self.clock() and parsed[0] not in self._revoked
+        if parsed is None or parsed[1] <= self.clock() or parsed[0] in self._revoked:
+            return None
+        return parsed[1]
 
     def revoke(self, value: str) -> None:
         """Refuse this cookie from now on (kept until it would have expired anyway)."""
@@ -393,7 +398,10 @@ class Authenticator:
         return cookie.value if cookie is not None else None
 
     def authenticate(self, scope: Scope, headers: Headers, client: str) -> tuple[str | None, str]:
-        """(how the caller got in, or None) and, when refused, why. Raises TooManyFailures."""
+        """(how the caller got in, or None) and, when refused, why. Raises TooManyFailures.
+
+        A session cookie's expiry goes into `scope[SESSION_EXPIRES]`.
+        """
         authorization = headers.get("authorization")
         if authorization is not None:
             scheme, _, supplied = authorization.partition(" ")
@@ -401,7 +409,9 @@ class Authenticator:
                 return VIA_TOKEN, ""
             return None, f"wrong token: {WHERE_THE_TOKEN_IS}"
         cookie = self.session_cookie(headers)
-        if cookie is not None and self.sessions is not None and self.sessions.valid(cookie):
+        expires = self.sessions.expiry(cookie) if cookie is not None and self.sessions is not None else None
+        if expires is not None:
+            scope[SESSION_EXPIRES] = expires
             return VIA_COOKIE, ""
         if self.settings.allow_loopback and self.straight_from_loopback(scope, headers):
             return VIA_LOOPBACK, ""

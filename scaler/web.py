@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from jobtypes.auth import AuthMiddleware, AuthSettings
+from jobtypes.auth import SESSION_EXPIRES, AuthMiddleware, AuthSettings
 from jobtypes.errors import AutoscalerError
 from jobtypes.health_view import health_response
 from scaler import controls, producer_proxy
@@ -65,11 +67,13 @@ async def history(request: Request) -> Response:
 
 
 async def stream(request: Request) -> Response:
+    """Status documents as server-sent events; a browser's stream ends with its session (it must log in again)."""
     board = request.app.state.scaler.board
+    ends = request.scope.get(SESSION_EXPIRES, math.inf)
 
     async def events() -> AsyncIterator[dict[str, str]]:
         seen = -1
-        while True:
+        while time.time() < ends:
             if board.tick_number != seen:
                 seen = board.tick_number
                 yield {"event": "status", "data": json.dumps(board.document())}

@@ -703,8 +703,8 @@ def test_login_link_session_expiry_and_logout_in_chromium(broker: Broker, tmp_pa
             )
             expired = httpx.get(status_url, headers={"Cookie": second}).json()["error"]
             assert "expired" in expired
-            page.reload()
-            assert page.url == f"{dashboard.scaler_url}/login"
+            # The open page notices by itself: its live stream ends with the session, its next poll gets 401.
+            page.wait_for_url(f"{dashboard.scaler_url}/login", timeout=15_000)
             browser.close()
     finally:
         dashboard.stop()
