@@ -95,7 +95,11 @@ def test_bounds_accept_their_edge() -> None:
         ),
         ("producer", {"AUTH_ALLOW_LOOPBACK": "perhaps"}, "AUTH_ALLOW_LOOPBACK='perhaps' is not a switch"),
         ("producer", {"PRODUCER_TOKEN": ""}, "PRODUCER_TOKEN is not set"),
-        ("scaler", {"AUTH_TRUSTED_PROXIES": "10.0.0.0/8, nginx"}, "AUTH_TRUSTED_PROXIES: 'nginx' is not an IP address or network"),
+        (
+            "scaler",
+            {"AUTH_TRUSTED_PROXIES": "10.0.0.0/8, nginx"},
+            "AUTH_TRUSTED_PROXIES: 'nginx' is not an IP address or network",
+        ),
         ("producer", {"PRODUCER_MIN_BODY_BYTES_PER_SECOND": "-1"}, "PRODUCER_MIN_BODY_BYTES_PER_SECOND='-1'"),
         ("producer", {"UPLOADS_RETENTION_DAYS": "0"}, "UPLOADS_RETENTION_DAYS='0' must be above 0"),
     ],
