@@ -278,7 +278,7 @@ cmd_help() {
   cat <<EOF
 usage: ./manage.sh COMMAND [ARGS]
 
-  up               install what is missing, start RabbitMQ, producer and scaler, print the URLs
+  up               install what is missing, start RabbitMQ, producer and scaler, print the token and a login link
   down             stop what 'up' started
   status           one-screen summary of queues and workers
   watch            the same summary, refreshed every second

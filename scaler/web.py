@@ -6,7 +6,8 @@ to `{"error": ...}` with their status once, in `create_app`. Reads live here;
 the writes (pause, resume, drain, retry) are in `scaler.controls`. Uploads and
 upload records (`/api/upload`, `/api/uploads...`) pass through to the producer
 (`scaler.producer_proxy`). Every path sits behind `jobtypes.auth.AuthMiddleware`
-(the producer's rule, with its `/login` form).
+(the producer's rule, with its login form, login link and logout); `/healthz`
+gives its reasons only to an authenticated caller.
 """
 
 from __future__ import annotations
