@@ -162,10 +162,13 @@ cmd_up() {
   if [ -f scaler/__main__.py ]; then
     start_service scaler "http://$SCALER_ADDR/healthz" -- "$PY" -m scaler --backend local
   fi
+  # Where the token is for the curl line: the file, unless PRODUCER_TOKEN came from the environment.
+  local from='$(cat .run/producer.token)' where=".run/producer.token"
+  [ "$(cat "$RUN/producer.token" 2>/dev/null)" = "$PRODUCER_TOKEN" ] || { from='$PRODUCER_TOKEN'; where="PRODUCER_TOKEN"; }
   echo
   [ -f scaler/__main__.py ] && echo "  dashboard:  http://$SCALER_ADDR/?token=$PRODUCER_TOKEN   (one-click login)"
-  echo "  token:      $PRODUCER_TOKEN   (kept in .run/producer.token; every request sends it)"
-  echo "  producer:   curl -H \"Authorization: Bearer \$(cat .run/producer.token)\" -F file=@data.csv http://$PRODUCER_ADDR/upload"
+  echo "  token:      $PRODUCER_TOKEN   ($where; every request sends it)"
+  echo "  producer:   curl -H \"Authorization: Bearer $from\" -F file=@data.csv http://$PRODUCER_ADDR/upload"
   echo "  rabbitmq:   http://127.0.0.1:15672/  (guest / guest)"
   echo "  stop with:  ./manage.sh down"
 }

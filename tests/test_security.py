@@ -738,3 +738,19 @@ def test_manage_sh_keeps_run_private(tmp_path: Path) -> None:
         "uploads.db": "0o600",
         "sales.db": "0o600",
     }
+
+
+def test_manage_sh_up_prints_the_token_and_the_login_link(tmp_path: Path) -> None:
+    """`up`'s last lines (its installs and starts stubbed out): the token, the link, a curl line that sends it."""
+    token = secrets.token_hex(32)
+    (tmp_path / "producer.token").write_text(token)
+    script = f"""
+        source {REPO / "manage.sh"}
+        RUN={tmp_path} SCALER_ADDR=127.0.0.1:8080 PRODUCER_ADDR=127.0.0.1:8000 PRODUCER_TOKEN={token}
+        ensure_venv() {{ :; }}; private_run_dir() {{ :; }}; ensure_rabbitmq() {{ :; }}; start_service() {{ :; }}
+        cmd_up
+    """
+    printed = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30, check=True).stdout
+    assert f"http://127.0.0.1:8080/?token={token}" in printed
+    assert f"token:      {token}   (.run/producer.token" in printed
+    assert 'curl -H "Authorization: Bearer $(cat .run/producer.token)" -F file=@data.csv' in printed
