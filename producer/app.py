@@ -26,7 +26,7 @@ from starlette.routing import Route
 from jobtypes.auth import AuthMiddleware
 from jobtypes.config_watch import ConfigWatcher
 from jobtypes.errors import AutoscalerError
-from jobtypes.health_view import health_response
+from jobtypes.health_view import visible_health
 from jobtypes.settings import jobs_config_path
 from producer import health
 from producer.errors import UploadError
@@ -123,7 +123,7 @@ async def healthz(request: Request) -> Response:
     parts = request.app.state.health.parts()
     if tracker is not None:
         parts["upload_tracker"] = tracker["state"] in TRACKER_HEALTHY_STATES
-    return health_response(request, document, parts)
+    return JSONResponse(visible_health(request.scope, document, parts))
 
 
 async def metrics(request: Request) -> Response:

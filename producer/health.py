@@ -30,7 +30,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from jobtypes.health_view import health_response
+from jobtypes.health_view import visible_health
 from jobtypes.settings import connection_parameters
 
 log = logging.getLogger(__name__)
@@ -105,4 +105,5 @@ async def livez(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     health: BrokerHealth = request.app.state.health
     document = health.document()
-    return health_response(request, document, health.parts(), 200 if document["broker"]["reachable"] else 503)
+    status = 200 if document["broker"]["reachable"] else 503
+    return JSONResponse(visible_health(request.scope, document, health.parts()), status_code=status)

@@ -30,7 +30,7 @@ from starlette.staticfiles import StaticFiles
 
 from jobtypes.auth import SESSION_EXPIRES, AuthMiddleware, AuthSettings
 from jobtypes.errors import AutoscalerError
-from jobtypes.health_view import health_response
+from jobtypes.health_view import visible_health
 from scaler import controls, producer_proxy
 from scaler.health import HealthCheck
 from scaler.loop import Scaler
@@ -56,7 +56,7 @@ async def healthz(request: Request) -> Response:
     """503 when a thread is stuck; the problems' texts only for an authenticated caller."""
     healthy, document = request.app.state.health.report()
     parts = {name: document[name]["problem"] is None for name in ("control_loop", "worker_channel")}
-    return health_response(request, document, parts, 200 if healthy else 503)
+    return JSONResponse(visible_health(request.scope, document, parts), status_code=200 if healthy else 503)
 
 
 async def status(request: Request) -> Response:
