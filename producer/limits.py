@@ -91,7 +91,7 @@ class BodyPace:
             if self.min_bytes_per_second
             else float("inf")
         )
-        return min(
+        limits = (
             (
                 self.idle_timeout_seconds,
                 f"it stalled, no data for {self.idle_timeout_seconds:g} s (PRODUCER_BODY_TIMEOUT_SECONDS)",
@@ -106,6 +106,7 @@ class BodyPace:
                 "(PRODUCER_MIN_BODY_BYTES_PER_SECOND)",
             ),
         )
+        return min(limits, key=lambda limit: limit[0])  # a tie goes to the first: the plain stall
 
 
 class Busy(UploadError):
