@@ -131,6 +131,15 @@ stop_service() {
   rm -f "$pidfile"
 }
 
+private_run_dir() {
+  # .run holds the token, uploads.db (dead rows' bodies), sales.db and the logs: 0700, its files 0600, and
+  # everything this script starts from here on (services, the workers they start) creates files 0600.
+  umask 077
+  mkdir -p "$RUN/logs"
+  chmod 700 "$RUN"
+  chmod -R go-rwx "$RUN"
+}
+
 stored_token() {
   # PRODUCER_TOKEN from the environment, else the one `up` stored (for commands that call the services).
   if [ -z "${PRODUCER_TOKEN:-}" ] && [ -s "$RUN/producer.token" ]; then
@@ -141,10 +150,10 @@ stored_token() {
 
 ensure_token() {
   # The token for uploads and the dashboard: PRODUCER_TOKEN if set, else the one stored in .run (mode 600),
-  # generated on the first `up`. Loopback clients need none; everyone else sends it.
+  # generated on the first `up`. Every client sends it, loopback included.
   stored_token
   if [ -z "${PRODUCER_TOKEN:-}" ]; then
-    mkdir -p "$RUN"
+    private_run_dir
     (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$RUN/producer.token")
     log "generated a token in .run/producer.token"
     stored_token
@@ -154,6 +163,7 @@ ensure_token() {
 
 cmd_up() {
   ensure_venv
+  private_run_dir
   ensure_rabbitmq
   ensure_token
   ensure_broker_users
@@ -165,11 +175,13 @@ cmd_up() {
       SCALER_WORKER_CREDENTIALS_DIR="$BROKER_USERS/workers" \
       start_service scaler "http://$SCALER_ADDR/healthz" -- "$PY" -m scaler --backend local
   fi
+  # Where the token is for the curl line: the file, unless PRODUCER_TOKEN came from the environment.
+  local from='$(cat .run/producer.token)' where=".run/producer.token"
+  [ "$(cat "$RUN/producer.token" 2>/dev/null)" = "$PRODUCER_TOKEN" ] || { from='$PRODUCER_TOKEN'; where="PRODUCER_TOKEN"; }
   echo
-  echo "  producer:   http://$PRODUCER_ADDR   (curl -F file=@data.csv http://$PRODUCER_ADDR/upload)"
-  [ -f scaler/__main__.py ] && echo "  dashboard:  http://$SCALER_ADDR/"
-  echo "  token:      $PRODUCER_TOKEN   (.run/producer.token; loopback clients need none, others send"
-  echo "              'Authorization: Bearer <token>' or log in to the dashboard with it)"
+  [ -f scaler/__main__.py ] && echo "  dashboard:  http://$SCALER_ADDR/?token=$PRODUCER_TOKEN   (one-click login)"
+  echo "  token:      $PRODUCER_TOKEN   ($where; every request sends it)"
+  echo "  producer:   curl -H \"Authorization: Bearer $from\" -F file=@data.csv http://$PRODUCER_ADDR/upload"
   echo "  rabbitmq:   http://127.0.0.1:15672/  (guest / guest)"
   echo "  stop with:  ./manage.sh down"
 }
@@ -284,7 +296,7 @@ cmd_help() {
   cat <<EOF
 usage: ./manage.sh COMMAND [ARGS]
 
-  up               install what is missing, start RabbitMQ, producer and scaler, print the URLs
+  up               install what is missing, start RabbitMQ, producer and scaler, print the token and a login link
   down             stop what 'up' started
   status           one-screen summary of queues and workers
   watch            the same summary, refreshed every second
@@ -331,4 +343,5 @@ main() {
   esac
 }
 
-main "$@"
+# Sourcing the script (the tests do) defines its functions without running a command.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then main "$@"; fi

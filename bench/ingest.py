@@ -175,7 +175,7 @@ class PeakRss:
 def upload(stack: Stack, path: Path, job_type: str) -> float:
     started = time.perf_counter()
     with path.open("rb") as handle:
-        response = httpx.post(
+        response = stack.post(
             f"{stack.producer_url}/submit/{job_type}", content=handle, headers={"Content-Type": "text/csv"}, timeout=600
         )
     elapsed = time.perf_counter() - started

@@ -1,7 +1,7 @@
 """HTTP routes of the producer: uploads and their records, job types, health and metrics.
 
-Before a route runs, `AuthMiddleware` decides who may call (token, session
-cookie, or loopback; never cross-site) and `AdmissionMiddleware` whether
+Before a route runs, `AuthMiddleware` decides who may call (token or session
+cookie, loopback only when opted in; never cross-site) and `AdmissionMiddleware` whether
 there is room (uploads in flight, spooled bytes). Endpoints are thin: the
 upload service (producer/upload_service.py) does the work of upload, submit,
 replay and cancel, and raises named errors that one exception handler turns
@@ -26,6 +26,7 @@ from starlette.routing import Route
 from jobtypes.auth import AuthMiddleware
 from jobtypes.config_watch import ConfigWatcher
 from jobtypes.errors import AutoscalerError
+from jobtypes.health_view import visible_health
 from jobtypes.settings import jobs_config_path
 from producer import health
 from producer.errors import UploadError
@@ -37,6 +38,8 @@ from uploads.tracker import Tracker
 
 log = logging.getLogger("producer")
 MAX_LIST_LIMIT = 500
+#: The upload tracker's states that count as healthy (see `uploads.tracker`).
+TRACKER_HEALTHY_STATES = frozenset({"starting", "consuming"})
 
 
 class Producer:
@@ -114,9 +117,14 @@ async def job_types(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
-    """The readiness document and the upload tracker's state; 503 naming the tracker when it stopped counting."""
-    status, document = health.healthz_document(request.app.state.health.document(), _uploads(request).tracker_status())
-    return JSONResponse(document, status_code=status)
+    """The readiness document and the upload tracker's state; 503 naming the tracker when it stopped counting.
+    Without the token only ok/failing per part."""
+    tracker = _uploads(request).tracker_status()
+    status, document = health.healthz_document(request.app.state.health.document(), tracker)
+    parts = request.app.state.health.parts()
+    if tracker is not None:
+        parts["upload_tracker"] = tracker["state"] in TRACKER_HEALTHY_STATES and not tracker["problem"]
+    return JSONResponse(visible_health(request.scope, document, parts), status_code=status)
 
 
 async def metrics(request: Request) -> Response:
@@ -127,6 +135,23 @@ async def not_a_type(request: Request) -> Response:
     """`/submit/` with no or a multi-segment job type: say so instead of a bare 404."""
     raw = request.path_params.get("rest", "")
     raise UploadError(400 if re.search(r"[/\\.]", raw) else 404, f"{raw[:80]!r} is not a job type name")
+
+
+ROUTES = [
+    Route("/upload", upload, methods=["POST"]),
+    Route("/submit/{job_type}", submit, methods=["POST"]),
+    Route("/submit/{rest:path}", not_a_type, methods=["POST"]),
+    Route("/uploads", list_uploads, methods=["GET"]),
+    Route("/uploads/{upload_id}", get_upload, methods=["GET"]),
+    Route("/uploads/{upload_id}/failed-rows.csv", failed_rows, methods=["GET"]),
+    Route("/uploads/{upload_id}/replay", replay, methods=["POST"]),
+    Route("/uploads/{upload_id}/cancel", cancel, methods=["POST"]),
+    Route("/job-types", job_types, methods=["GET"]),
+    Route("/livez", health.livez, methods=["GET"]),
+    Route("/readyz", health.readyz, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+]
 
 
 @contextlib.asynccontextmanager
@@ -148,25 +173,7 @@ def create_app(settings: ProducerSettings | None = None, config: ConfigWatcher |
     store = open_store(settings.uploads)
     tracker = Tracker(store, settings.uploads) if settings.uploads.tracker else None
     service = UploadService(settings, config, store, tracker, WorkThreads(settings.work_threads))
-    app = Starlette(
-        routes=[
-            Route("/upload", upload, methods=["POST"]),
-            Route("/submit/{job_type}", submit, methods=["POST"]),
-            Route("/submit/{rest:path}", not_a_type, methods=["POST"]),
-            Route("/uploads", list_uploads, methods=["GET"]),
-            Route("/uploads/{upload_id}", get_upload, methods=["GET"]),
-            Route("/uploads/{upload_id}/failed-rows.csv", failed_rows, methods=["GET"]),
-            Route("/uploads/{upload_id}/replay", replay, methods=["POST"]),
-            Route("/uploads/{upload_id}/cancel", cancel, methods=["POST"]),
-            Route("/job-types", job_types, methods=["GET"]),
-            Route("/livez", health.livez, methods=["GET"]),
-            Route("/readyz", health.readyz, methods=["GET"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/metrics", metrics, methods=["GET"]),
-        ],
-        exception_handlers={AutoscalerError: error_response},
-        lifespan=lifespan,
-    )
+    app = Starlette(routes=ROUTES, exception_handlers={AutoscalerError: error_response}, lifespan=lifespan)
     app.add_middleware(AdmissionMiddleware, Admission(settings.max_concurrent_uploads, settings.max_spool_bytes))
     app.add_middleware(AuthMiddleware, settings=settings.auth)
     app.state.health = health.BrokerHealth(settings.health_interval_seconds)

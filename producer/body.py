@@ -1,9 +1,10 @@
-"""Receive an upload's body safely: bounded in size and in how long it may stall.
+"""Receive an upload's body safely: bounded in size, in how long it may stall and how long it may take.
 
 Every byte passes through `GuardedReceive`, for raw bodies and multipart forms
 alike, so an oversize upload is refused with 413 as soon as it crosses the
-limit (whatever its Content-Length claimed) and a client that stops sending
-mid-body gets 408 instead of holding a worker forever. Every byte received
+limit (whatever its Content-Length claimed), and a client that stops sending
+mid-body, trickles below the minimum rate or passes the overall deadline
+(`producer.limits.BodyPace`) gets 408 instead of holding an upload slot. Every byte received
 is charged to the upload's share of the spool budget (`producer.limits`).
 Raw bodies are accepted only as `text/csv`, so a browser cannot send one
 cross-site without a preflight. Nothing is published
@@ -14,13 +15,14 @@ the queue untouched.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import BinaryIO
 
 from starlette.requests import Request
 from starlette.types import Message, Receive
 
 from producer.errors import UploadError
-from producer.limits import charge_spool, human_bytes
+from producer.limits import BodyPace, charge_spool, human_bytes
 
 #: Raw bodies must say they are CSV. `text/plain` and form encodings are what a
 #: web page may send cross-site without a preflight, so they are refused here.
@@ -28,21 +30,30 @@ RAW_CSV_TYPES = frozenset({"text/csv"})
 
 
 class GuardedReceive:
-    """An ASGI receive callable that enforces a byte limit and an idle timeout."""
+    """An ASGI receive callable that enforces a byte limit, an idle timeout, a minimum rate and a deadline.
 
-    def __init__(self, receive: Receive, max_bytes: int, idle_timeout: float) -> None:
+    Each wait for the next chunk is bounded by whichever of the three time
+    limits comes first, so a slow sender is cut off at that moment, not at
+    its next chunk.
+    """
+
+    def __init__(self, receive: Receive, max_bytes: int, pace: BodyPace) -> None:
         self._receive = receive
         self.max_bytes = max_bytes
-        self.idle_timeout = idle_timeout
+        self.pace = pace
         self.received = 0
+        self.started = time.monotonic()
 
     async def __call__(self) -> Message:
+        elapsed = time.monotonic() - self.started
+        allowed, limit = self.pace.wait_allowed(elapsed, self.received)
         try:
-            message = await asyncio.wait_for(self._receive(), self.idle_timeout)
+            message = await asyncio.wait_for(self._receive(), max(allowed, 0.0))
         except TimeoutError as error:
             raise UploadError(
                 408,
-                f"the upload stalled: no data for {self.idle_timeout:g} s after {self.received} bytes; nothing was queued",
+                f"the upload was cut off: {limit}; {self.received} bytes arrived in {time.monotonic() - self.started:.0f} s; "
+                "nothing was queued",
             ) from error
         if message["type"] == "http.request":
             size = len(message.get("body", b""))

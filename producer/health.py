@@ -7,12 +7,16 @@
   reached it, else 503 with the error. The check runs on its own thread every
   `PRODUCER_HEALTH_INTERVAL_SECONDS`; the endpoint only reads the result, so
   it never blocks the event loop or waits for a thread-pool slot.
-- `GET /healthz` is the readiness document for people and scripts that want
-  to read it, with the upload tracker's state: 200 whether or not the broker
+- `GET /healthz` is the readiness document with the upload tracker's state,
+  for people and scripts that want to read it: 200 whether or not the broker
   is reachable (`/readyz` says that), 503 when the tracker thread died or made
   no progress for `UPLOADS_TRACKER_STALL_SECONDS` while reports wait, naming
   it in `problems` (the tracker replaces such a thread itself; the 503 says
   counting has stopped meanwhile).
+
+All three are public, and a caller without the token learns only the status
+and `ok` / `failing` per part; the error texts (which can name the broker's
+host and user) are for authenticated callers (`jobtypes.health_view`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from jobtypes.health_view import visible_health
 from jobtypes.settings import connection_parameters
 
 log = logging.getLogger(__name__)
@@ -74,6 +79,10 @@ class BrokerHealth:
     def stop(self) -> None:
         self._stop.set()
 
+    def parts(self) -> dict[str, bool]:
+        """Each part's health, for the public view."""
+        return {"broker": self.state.reachable}
+
     def document(self) -> dict[str, Any]:
         state = self.state
         age = None if state.checked_at is None else round(time.time() - state.checked_at, 3)
@@ -98,8 +107,10 @@ async def livez(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    document = request.app.state.health.document()
-    return JSONResponse(document, status_code=200 if document["broker"]["reachable"] else 503)
+    health: BrokerHealth = request.app.state.health
+    document = health.document()
+    status = 200 if document["broker"]["reachable"] else 503
+    return JSONResponse(visible_health(request.scope, document, health.parts()), status_code=status)
 
 
 def healthz_document(broker: dict[str, Any], tracker: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:

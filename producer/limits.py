@@ -70,6 +70,45 @@ class RowLimits:
         return int(upload_bytes * self.max_spool_ratio) + SPOOL_RATIO_SLACK_BYTES
 
 
+@dataclass(frozen=True)
+class BodyPace:
+    """How slowly an upload's body may arrive, so a slow sender cannot hold an upload slot for long.
+
+    `idle_timeout_seconds` (`PRODUCER_BODY_TIMEOUT_SECONDS`): the longest wait for the next chunk.
+    `deadline_seconds` (`PRODUCER_BODY_DEADLINE_SECONDS`): the whole body, however fast it trickles.
+    `min_bytes_per_second` (`PRODUCER_MIN_BODY_BYTES_PER_SECOND`): the average rate the body must keep
+    once the first `idle_timeout_seconds` have passed (a grace for slow starts and small files).
+    """
+
+    idle_timeout_seconds: float = 30.0
+    deadline_seconds: float = 1800.0
+    min_bytes_per_second: float = 16 * KIB
+
+    def wait_allowed(self, elapsed: float, received: int) -> tuple[float, str]:
+        """How long the next chunk may take to arrive, and which limit that is (for the 408's message)."""
+        behind = (
+            self.idle_timeout_seconds + received / self.min_bytes_per_second - elapsed
+            if self.min_bytes_per_second
+            else float("inf")
+        )
+        limits = (
+            (
+                self.idle_timeout_seconds,
+                f"it stalled, no data for {self.idle_timeout_seconds:g} s (PRODUCER_BODY_TIMEOUT_SECONDS)",
+            ),
+            (
+                self.deadline_seconds - elapsed,
+                f"it was not complete after {self.deadline_seconds:g} s (PRODUCER_BODY_DEADLINE_SECONDS)",
+            ),
+            (
+                behind,
+                f"it came slower than {human_bytes(self.min_bytes_per_second)}/s on average "
+                "(PRODUCER_MIN_BODY_BYTES_PER_SECOND)",
+            ),
+        )
+        return min(limits, key=lambda limit: limit[0])  # a tie goes to the first: the plain stall
+
+
 class Busy(UploadError):
     """The producer is at its concurrency or spool limit: 429, retry later."""
 

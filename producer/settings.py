@@ -20,9 +20,13 @@ Limits (each a named variable with its default):
   looked for. The lease must be at least 4 progress intervals: a publisher sends only for half a lease after
   its last renewal, and a renewal needs time.
 - `PRODUCER_BODY_TIMEOUT_SECONDS` (30): a body that stalls this long gets 408.
+- `PRODUCER_BODY_DEADLINE_SECONDS` (1800) and `PRODUCER_MIN_BODY_BYTES_PER_SECOND` (16384): a body not complete
+  within the deadline, or slower on average than the rate once the first PRODUCER_BODY_TIMEOUT_SECONDS have
+  passed, gets 408; a slow sender cannot hold an upload slot.
 - `PRODUCER_HEALTH_INTERVAL_SECONDS` (5): how often readiness checks the broker, in the background.
 
-Authentication (`PRODUCER_TOKEN`, `AUTH_ALLOW_LOOPBACK`) is `jobtypes.auth.AuthSettings`.
+Authentication (`PRODUCER_TOKEN`, `AUTH_ALLOW_LOOPBACK`, `AUTH_TRUSTED_PROXIES`, sessions, login throttle) is
+`jobtypes.auth.AuthSettings`.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from dataclasses import dataclass, field
 from jobtypes.auth import AuthSettings
 from jobtypes.env import SettingsError, env_float, env_int, env_str
 from producer.leases import LeaseSettings
-from producer.limits import RowLimits
+from producer.limits import BodyPace, RowLimits
 from uploads.settings import UploadSettings
 
 GIB = 1024**3
@@ -51,7 +55,7 @@ class ProducerSettings:
     max_concurrent_uploads: int
     max_spool_bytes: int
     work_threads: int
-    body_timeout_seconds: float
+    body_pace: BodyPace
     health_interval_seconds: float
     publish_window: int
     spool_dir: str | None
@@ -75,7 +79,11 @@ class ProducerSettings:
             max_concurrent_uploads=env_int("PRODUCER_MAX_CONCURRENT_UPLOADS", 16, minimum=1),
             max_spool_bytes=env_int("PRODUCER_MAX_SPOOL_BYTES", 3 * GIB, minimum=1),
             work_threads=env_int("PRODUCER_WORK_THREADS", max(2, os.cpu_count() or 2), minimum=1),
-            body_timeout_seconds=env_float("PRODUCER_BODY_TIMEOUT_SECONDS", 30.0, above=0),
+            body_pace=BodyPace(
+                idle_timeout_seconds=env_float("PRODUCER_BODY_TIMEOUT_SECONDS", 30.0, above=0),
+                deadline_seconds=env_float("PRODUCER_BODY_DEADLINE_SECONDS", 1800.0, above=0),
+                min_bytes_per_second=env_float("PRODUCER_MIN_BODY_BYTES_PER_SECOND", 16 * 1024.0, minimum=0),
+            ),
             health_interval_seconds=env_float("PRODUCER_HEALTH_INTERVAL_SECONDS", 5.0, above=0),
             publish_window=env_int("PRODUCER_PUBLISH_WINDOW", 2000, minimum=1),
             spool_dir=env_str("PRODUCER_SPOOL_DIR", None),

@@ -159,9 +159,7 @@ class UploadService:
         """Spool the uploaded CSV into `spool`, within the size and stall limits."""
         limits = self.settings
         check_declared_length(request, limits.max_upload_bytes)
-        guarded = Request(
-            request.scope, GuardedReceive(request.receive, limits.max_upload_bytes, limits.body_timeout_seconds)
-        )
+        guarded = Request(request.scope, GuardedReceive(request.receive, limits.max_upload_bytes, limits.body_pace))
         kind = media_type(guarded)
         if kind == "multipart/form-data":
             return await _receive_form(guarded, spool)

@@ -172,19 +172,19 @@ def _scaler_url(args: argparse.Namespace) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from jobtypes.auth import AuthSettings
+    from jobtypes.auth import client_token
     from scaler.terminal import main
 
-    return main(_scaler_url(args), args.watch, AuthSettings.from_environment().token)
+    return main(_scaler_url(args), args.watch, client_token())
 
 
 def _control(args: argparse.Namespace) -> int:
     """POST /api/job-types/{type}/{action} with the token, and say what happened."""
     import httpx
 
-    from jobtypes.auth import AuthSettings
+    from jobtypes.auth import client_token
 
-    token = AuthSettings.from_environment().token
+    token = client_token()
     url = f"{_scaler_url(args).rstrip('/')}/api/job-types/{args.job_type}/{args.action}"
     try:
         answer = httpx.post(url, headers={"Authorization": f"Bearer {token}"} if token else {}, timeout=10)

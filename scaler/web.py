@@ -6,13 +6,15 @@ to `{"error": ...}` with their status once, in `create_app`. Reads live here;
 the writes (pause, resume, drain, retry) are in `scaler.controls`. Uploads and
 upload records (`/api/upload`, `/api/uploads...`) pass through to the producer
 (`scaler.producer_proxy`). Every path sits behind `jobtypes.auth.AuthMiddleware`
-(the producer's rule, with its `/login` form).
+(the producer's rule, with its login form, login link and logout); `/healthz`
+gives its reasons only to an authenticated caller.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,8 +28,9 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from jobtypes.auth import AuthMiddleware, AuthSettings
+from jobtypes.auth import SESSION_EXPIRES, AuthMiddleware, AuthSettings
 from jobtypes.errors import AutoscalerError
+from jobtypes.health_view import visible_health
 from scaler import controls, producer_proxy
 from scaler.health import HealthCheck
 from scaler.loop import Scaler
@@ -50,8 +53,10 @@ async def index(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
+    """503 when a thread is stuck; the problems' texts only for an authenticated caller."""
     healthy, document = request.app.state.health.report()
-    return JSONResponse(document, status_code=200 if healthy else 503)
+    parts = {name: document[name]["problem"] is None for name in ("control_loop", "worker_channel")}
+    return JSONResponse(visible_health(request.scope, document, parts), status_code=200 if healthy else 503)
 
 
 async def status(request: Request) -> Response:
@@ -65,11 +70,13 @@ async def history(request: Request) -> Response:
 
 
 async def stream(request: Request) -> Response:
+    """Status documents as server-sent events; a browser's stream ends with its session (it must log in again)."""
     board = request.app.state.scaler.board
+    ends = request.scope.get(SESSION_EXPIRES, math.inf)
 
     async def events() -> AsyncIterator[dict[str, str]]:
         seen = -1
-        while True:
+        while time.time() < ends:
             if board.tick_number != seen:
                 seen = board.tick_number
                 yield {"event": "status", "data": json.dumps(board.document())}

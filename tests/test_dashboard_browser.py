@@ -75,7 +75,7 @@ def card_value(page: Page, job_type: str, field: str) -> str:
 
 def test_live_dashboard_through_a_burst(stack: Stack, page: tuple[Page, list[str]], tmp_path: Path) -> None:
     browser_page, problems = page
-    browser_page.goto(stack.scaler_url)
+    browser_page.goto(stack.login_link())
     browser_page.wait_for_selector('.card[data-type="sleep"]')
     assert "live" in browser_page.locator("#connection").inner_text()
 
@@ -133,7 +133,7 @@ def test_live_dashboard_through_a_burst(stack: Stack, page: tuple[Page, list[str
 
 def test_dashboard_says_when_the_scaler_is_gone(stack: Stack, page: tuple[Page, list[str]]) -> None:
     browser_page, _ = page
-    browser_page.goto(stack.scaler_url)
+    browser_page.goto(stack.login_link())
     browser_page.wait_for_selector('.card[data-type="sleep"]')
     stack.scaler.stop()
     browser_page.wait_for_function(

@@ -45,7 +45,7 @@ def test_budget_pause_resume_and_a_failing_type(stack: Stack, page: tuple[Page, 
     browser_page, problems = page
     stack.upload(b"n\n" + b"".join(b"%d\n" % i for i in range(400)), "sleep").raise_for_status()
     stack.upload(b"n\n1\n2\n", "new-job").raise_for_status()
-    browser_page.goto(stack.scaler_url)
+    browser_page.goto(stack.login_link())
     browser_page.wait_for_selector(card("sleep"))
 
     # The type without a handler: red, with the error in the worker's words, and a retry button.

@@ -94,6 +94,13 @@ def test_bounds_accept_their_edge() -> None:
             "SCALER_TICK_DEADLINE_SECONDS=4 must be shorter than the renew deadline",
         ),
         ("producer", {"AUTH_ALLOW_LOOPBACK": "perhaps"}, "AUTH_ALLOW_LOOPBACK='perhaps' is not a switch"),
+        ("producer", {"PRODUCER_TOKEN": ""}, "PRODUCER_TOKEN is not set"),
+        (
+            "scaler",
+            {"AUTH_TRUSTED_PROXIES": "10.0.0.0/8, nginx"},
+            "AUTH_TRUSTED_PROXIES: 'nginx' is not an IP address or network",
+        ),
+        ("producer", {"PRODUCER_MIN_BODY_BYTES_PER_SECOND": "-1"}, "PRODUCER_MIN_BODY_BYTES_PER_SECOND='-1'"),
         ("producer", {"UPLOADS_RETENTION_DAYS": "0"}, "UPLOADS_RETENTION_DAYS='0' must be above 0"),
         (
             "producer",
@@ -116,6 +123,7 @@ def test_a_process_with_a_bad_value_stops_at_start_naming_it(
             "PRODUCER_PORT": str(free_port()),
             "SCALER_STATE_DIR": str(tmp_path / "scaler"),
             "KUBECONFIG": str(tmp_path / "no-kubeconfig"),
+            "PRODUCER_TOKEN": "a-token",
             **env,
         },
         capture_output=True,

@@ -14,8 +14,6 @@ import re
 import time
 from pathlib import Path
 
-import httpx
-
 from tests.support.broker import Broker
 from tests.support.stack import Stack
 from tests.support.waiting import wait_until
@@ -29,7 +27,7 @@ def rows(count: int) -> bytes:
 
 
 def failed_starts(stack: Stack, job_type: str) -> float:
-    text = httpx.get(f"{stack.scaler_url}/metrics", timeout=5).text
+    text = stack.get(f"{stack.scaler_url}/metrics", timeout=5).text
     found = re.search(rf'^scaler_failed_starts_total\{{job_type="{job_type}"\}} (\S+)$', text, re.MULTILINE)
     return float(found[1]) if found else 0.0
 
@@ -113,7 +111,7 @@ def test_retry_endpoint_probes_at_once(broker: Broker, tmp_path: Path) -> None:
         stack.upload(rows(20), "new-job").raise_for_status()
         stack.wait_workers("new-job", lambda s: s["code"] == "backoff", timeout=30, what="backing off")
         before = failed_starts(stack, "new-job")
-        assert httpx.post(f"{stack.scaler_url}/api/job-types/new-job/retry", timeout=5).status_code == 200
+        assert stack.post(f"{stack.scaler_url}/api/job-types/new-job/retry", timeout=5).status_code == 200
         wait_until(lambda: failed_starts(stack, "new-job") > before, timeout=30, what="a probe at once, not in 300 s")
     finally:
         stack.stop()

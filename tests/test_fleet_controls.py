@@ -77,7 +77,8 @@ class Sampler:
 
 
 def control(stack: Stack, action: str, job_type: str, token: str | None = None) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    """POST a control with the stack's token, or with `token` ("": none at all)."""
+    headers = stack.auth_headers() if token is None else {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.post(f"{stack.scaler_url}/api/job-types/{job_type}/{action}", headers=headers, timeout=10)
 
 
@@ -174,11 +175,11 @@ def test_control_endpoints_need_the_token_and_a_known_type(broker: Broker, tmp_p
         broker,
         tmp_path,
         {"sleep": {"handler": "sleep"}},
-        env={"PRODUCER_TOKEN": "s3cret", "AUTH_ALLOW_LOOPBACK": "false"},
+        env={"PRODUCER_TOKEN": "s3cret"},
     )
     try:
         stack.start_scaler()
-        refused = control(stack, "pause", "sleep")
+        refused = control(stack, "pause", "sleep", token="")
         assert refused.status_code == 401 and "Bearer" in refused.json()["error"]
         assert control(stack, "pause", "sleep", token="wrong").status_code == 401
         unknown = control(stack, "pause", "nope", token="s3cret")
@@ -186,7 +187,7 @@ def test_control_endpoints_need_the_token_and_a_known_type(broker: Broker, tmp_p
         assert control(stack, "drain", "sleep", token="s3cret").json()["control"] == "drain"
         stack.wait_workers("sleep", lambda s: s["control"] == "drain", timeout=10, what="drain in the status")
         assert control(stack, "retry", "sleep", token="s3cret").json() == {"job_type": "sleep", "retry": True}
-        writes_only = httpx.get(
+        writes_only = stack.get(
             f"{stack.scaler_url}/api/job-types/sleep/pause", headers={"Authorization": "Bearer s3cret"}
         )
         assert writes_only.status_code == 405

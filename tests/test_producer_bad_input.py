@@ -6,14 +6,13 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import httpx
 import pika
 import pytest
 
 from jobtypes.config import JobType
 from jobtypes.queues import declare_queues
 from tests.support.broker import Broker
-from tests.support.stack import Stack
+from tests.support.stack import DEFAULT_TOKEN, Stack
 
 TYPES = {
     "sales": {"default": True},
@@ -147,9 +146,9 @@ def assert_nothing_queued(stack: Stack, broker: Broker) -> None:
 def test_bad_upload_is_refused_clearly_and_publishes_nothing(case: Case, stack: Stack, broker: Broker) -> None:
     url = f"{stack.producer_url}{case.path}"
     if case.files is not None:
-        response = httpx.post(url, files=case.files, data=case.data, timeout=60)
+        response = stack.post(url, files=case.files, data=case.data, timeout=60)
     else:
-        response = httpx.post(url, content=case.body, headers={"Content-Type": case.content_type}, timeout=60)
+        response = stack.post(url, content=case.body, headers={"Content-Type": case.content_type}, timeout=60)
     assert response.status_code == case.status, response.text
     error = response.json()["error"]
     for fragment in case.fragments:
@@ -163,7 +162,7 @@ def test_chunked_body_over_the_limit_is_cut_off(stack: Stack, broker: Broker) ->
         for _ in range(MAX_UPLOAD // (1 << 20) + 2):
             yield b"a,b,c,d\n" * (1 << 17)
 
-    response = httpx.post(
+    response = stack.post(
         f"{stack.producer_url}/submit/sales", content=chunks(), headers={"Content-Type": "text/csv"}, timeout=60
     )
     assert response.status_code == 413
@@ -187,14 +186,14 @@ def raw_request(stack: Stack, head: str, body: bytes, hold_open: bool) -> tuple[
 
 
 def test_declared_length_over_the_limit_with_short_body(stack: Stack, broker: Broker) -> None:
-    head = f"POST /submit/sales HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/csv\r\nContent-Length: {50 * 1024**3}"
+    head = f"POST /submit/sales HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {DEFAULT_TOKEN}\r\nContent-Type: text/csv\r\nContent-Length: {50 * 1024**3}"
     status, body = raw_request(stack, head, HEADER + b"a,b,c,d\n", hold_open=True)
     assert status == 413 and "declares 50 GiB" in body
     assert_nothing_queued(stack, broker)
 
 
 def test_slow_drip_body_that_stops_times_out(stack: Stack, broker: Broker) -> None:
-    head = "POST /submit/sales HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/csv\r\nContent-Length: 100000"
+    head = f"POST /submit/sales HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {DEFAULT_TOKEN}\r\nContent-Type: text/csv\r\nContent-Length: 100000"
     status, body = raw_request(stack, head, HEADER + b"a,b,c,d\n", hold_open=True)
     assert status == 408 and "stalled" in body
     assert_nothing_queued(stack, broker)

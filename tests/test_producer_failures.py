@@ -41,15 +41,15 @@ def test_broker_unreachable_gives_503_and_health_says_so(proxied: tuple[Stack, C
     answer = response.json()
     assert answer["confirmed"] == 0 and "RabbitMQ" in answer["error"]
     wait_until(
-        lambda: httpx.get(f"{stack.producer_url}/healthz").json()["broker"]["reachable"] is False,
+        lambda: stack.get(f"{stack.producer_url}/healthz").json()["broker"]["reachable"] is False,
         timeout=10,
         what="healthz to report the broker unreachable",
     )
-    not_ready = httpx.get(f"{stack.producer_url}/readyz")
+    not_ready = stack.get(f"{stack.producer_url}/readyz")
     assert not_ready.status_code == 503 and not_ready.json()["broker"]["error"]
-    assert httpx.get(f"{stack.producer_url}/livez").status_code == 200, "liveness does not depend on the broker"
+    assert stack.get(f"{stack.producer_url}/livez").status_code == 200, "liveness does not depend on the broker"
     proxy.restore()
-    wait_until(lambda: httpx.get(f"{stack.producer_url}/readyz").status_code == 200, timeout=15, what="ready again")
+    wait_until(lambda: stack.get(f"{stack.producer_url}/readyz").status_code == 200, timeout=15, what="ready again")
     response = stack.upload(sample_rows(10), "sleep")
     assert response.status_code == 200, response.text
     assert broker.queue_depth(stack.queue_of("sleep")) == 10
@@ -75,8 +75,8 @@ def test_broker_lost_mid_upload_reports_only_confirmed_rows(
 
 def test_token_required_when_set(broker: Broker, tmp_path) -> None:
     token = "s3cret-token-value"
-    # Loopback clients need no token by default (tests/test_security.py); here they need it like everyone else.
-    stack = Stack(broker, tmp_path, {"sleep": {}}, env={"PRODUCER_TOKEN": token, "AUTH_ALLOW_LOOPBACK": "false"})
+    # Loopback clients need it like everyone else (tests/test_security.py has the whole table).
+    stack = Stack(broker, tmp_path, {"sleep": {}}, env={"PRODUCER_TOKEN": token})
     stack.start_producer()
     try:
         for headers in (

@@ -8,7 +8,6 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.support.broker import Broker
@@ -42,7 +41,7 @@ def tricky_csv() -> tuple[bytes, list[dict[str, str]]]:
 
 def test_multipart_upload_delivers_every_row_exactly(stack: Stack, broker: Broker) -> None:
     body, rows = tricky_csv()
-    response = httpx.post(f"{stack.producer_url}/upload", files={"file": ("data.csv", body, "text/csv")}, timeout=30)
+    response = stack.post(f"{stack.producer_url}/upload", files={"file": ("data.csv", body, "text/csv")}, timeout=30)
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["job_type"] == "sales" and answer["rows"] == len(rows)
@@ -63,11 +62,11 @@ def test_raw_body_submit_needs_text_csv(stack: Stack, broker: Broker) -> None:
     body, rows = tricky_csv()
     # A form-encoded or text/plain body is what a web page can send cross-site without a preflight: refused.
     for content_type in ("application/x-www-form-urlencoded", "text/plain"):
-        refused = httpx.post(
+        refused = stack.post(
             f"{stack.producer_url}/submit/sleep", content=body, headers={"Content-Type": content_type}, timeout=30
         )
         assert refused.status_code == 415 and "text/csv" in refused.json()["error"]
-    response = httpx.post(
+    response = stack.post(
         f"{stack.producer_url}/submit/sleep", content=body, headers={"Content-Type": "text/csv"}, timeout=30
     )
     assert response.status_code == 200, response.text
@@ -77,8 +76,8 @@ def test_raw_body_submit_needs_text_csv(stack: Stack, broker: Broker) -> None:
 
 def test_upload_form_job_type_field_and_submit_multipart(stack: Stack, broker: Broker) -> None:
     body = b"a,b\n1,2\n3,4\n"
-    first = httpx.post(f"{stack.producer_url}/upload", files={"file": ("x.csv", body)}, data={"job_type": "sleep"})
-    second = httpx.post(f"{stack.producer_url}/submit/sleep", files={"file": ("x.csv", body)})
+    first = stack.post(f"{stack.producer_url}/upload", files={"file": ("x.csv", body)}, data={"job_type": "sleep"})
+    second = stack.post(f"{stack.producer_url}/submit/sleep", files={"file": ("x.csv", body)})
     assert first.status_code == second.status_code == 200
     assert broker.drain_json(stack.queue_of("sleep")) == [{"a": "1", "b": "2"}, {"a": "3", "b": "4"}] * 2
 
@@ -90,15 +89,15 @@ def test_utf8_bom_is_stripped_and_blank_lines_skipped(stack: Stack, broker: Brok
 
 
 def test_job_types_health_and_metrics(stack: Stack, broker: Broker) -> None:
-    types = httpx.get(f"{stack.producer_url}/job-types").json()
+    types = stack.get(f"{stack.producer_url}/job-types").json()
     assert types["default"] == "sales"
     assert set(types["job_types"]) == {"sales", "sleep"}
-    health = httpx.get(f"{stack.producer_url}/healthz").json()
+    health = stack.get(f"{stack.producer_url}/healthz").json()
     assert health["broker"]["reachable"] is True
 
     stack.upload(b"a\n1\n2\n3\n", "sleep").raise_for_status()
     assert len(broker.drain(stack.queue_of("sleep"))) == 3
-    metrics = httpx.get(f"{stack.producer_url}/metrics").text
+    metrics = stack.get(f"{stack.producer_url}/metrics").text
     assert 'producer_rows_published_total{job_type="sleep"}' in metrics
     assert 'producer_uploads_total{outcome="ok"}' in metrics
     assert "producer_upload_duration_seconds_bucket" in metrics

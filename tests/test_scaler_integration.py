@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
-import httpx
 import pytest
 
 from tests.support.broker import Broker
@@ -45,7 +44,7 @@ def test_burst_drain_exactly_once_and_scale_to_zero(stack: Stack, broker: Broker
     response = stack.upload(rows(400), "sleep")
     assert response.status_code == 200
     stack.wait_workers("sleep", lambda s: s["workers"] >= 5, timeout=10, what="a burst of 5 workers")
-    history = httpx.get(f"{stack.scaler_url}/api/history", headers=stack.auth_headers()).json()
+    history = stack.get(f"{stack.scaler_url}/api/history").json()
     series = history["job_types"]["sleep"]["series"]
     seen = next(t for t, ready in zip(series["t"], series["ready"], strict=True) if ready > 40)
     burst = next(t for t, workers in zip(series["t"], series["workers"], strict=True) if workers >= 5)
@@ -169,4 +168,4 @@ def test_config_edits_apply_within_two_ticks_and_bad_edits_keep_the_last_good(st
     stack.wait_workers("extra", lambda s: s["removed"], timeout=5, what="the removed type to drain")
     wait_until(lambda: "extra" not in stack.status()["job_types"], timeout=20, what="the removed type's worker to stop")
     assert stack.status()["config"]["error"] is None
-    assert httpx.get(f"{stack.scaler_url}/healthz").status_code == 200
+    assert stack.get(f"{stack.scaler_url}/healthz").status_code == 200

@@ -16,6 +16,7 @@ import httpx
 import pytest
 import uvicorn
 
+from jobtypes.auth import AuthSettings
 from jobtypes.config_watch import ConfigWatcher
 from jobtypes.control import CONTROL_EXCHANGE, HEARTBEAT_EXCHANGE, WAKE_ROUTING_KEY
 from scaler.backends.local import LocalBackend
@@ -28,7 +29,7 @@ from scaler.worker_channel import WorkerChannel
 from tests.support.broker import Broker
 from tests.support.configs import write_config
 from tests.support.processes import free_port
-from tests.support.stack import Stack
+from tests.support.stack import DEFAULT_TOKEN, Stack
 from tests.support.waiting import wait_until
 
 SLEEP = {"handler": "sleep", "threshold": 5, "max_workers": 3, "idle_seconds": 2, "env": {"SLEEP_MS": "20"}}
@@ -55,7 +56,7 @@ def test_malformed_heartbeats_and_wake_ups_leave_scale_up_and_stops_working(brok
     try:
         stack.start()
         wait_until(
-            lambda: httpx.get(f"{stack.scaler_url}/healthz").json()["worker_channel"]["connected"],
+            lambda: stack.get(f"{stack.scaler_url}/healthz").json()["worker_channel"]["connected"],
             timeout=10,
             what="the worker channel to listen",
         )
@@ -67,7 +68,7 @@ def test_malformed_heartbeats_and_wake_ups_leave_scale_up_and_stops_working(brok
         dropped = len(MALFORMED_HEARTBEATS) + len(MALFORMED_WAKE_UPS)
         health = wait_until(
             lambda: (
-                (h := httpx.get(f"{stack.scaler_url}/healthz")).json()["worker_channel"]["malformed_messages"]
+                (h := stack.get(f"{stack.scaler_url}/healthz")).json()["worker_channel"]["malformed_messages"]
                 >= dropped
                 and h
             ),
@@ -107,12 +108,13 @@ class InProcessScaler:
         self.loop = threading.Thread(target=self.scaler.run, daemon=True)
         self.loop.start()
         self.url = f"http://127.0.0.1:{free_port()}"
-        config = uvicorn.Config(create_app(self.scaler), port=int(self.url.rsplit(":", 1)[1]), log_level="warning")
+        app = create_app(self.scaler, auth=AuthSettings(token=DEFAULT_TOKEN))
+        config = uvicorn.Config(app, port=int(self.url.rsplit(":", 1)[1]), log_level="warning")
         self.server = uvicorn.Server(config)
         threading.Thread(target=self.server.run, daemon=True).start()
 
     def health(self) -> httpx.Response:
-        return httpx.get(f"{self.url}/healthz", timeout=5)
+        return httpx.get(f"{self.url}/healthz", headers={"Authorization": f"Bearer {DEFAULT_TOKEN}"}, timeout=5)
 
     def close(self) -> None:
         self.server.should_exit = True

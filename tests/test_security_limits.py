@@ -10,6 +10,7 @@ the directory's listing would show nothing).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -204,14 +205,14 @@ def test_uploads_over_the_concurrency_limit_get_429_and_the_accepted_complete_ex
 
 
 def metric(stack: Stack, name: str) -> float:
-    text = httpx.get(f"{stack.producer_url}/metrics").text
+    text = stack.get(f"{stack.producer_url}/metrics").text
     return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
 
 
 def test_a_full_spool_answers_429_and_frees_when_the_upload_ends(tight: Stack, broker: Broker) -> None:
     """An upload holding 2 MiB of a 3 MiB spool leaves no room for a 1.5 MiB one; a 4 MiB one never fits."""
     held = socket.create_connection(("127.0.0.1", tight.producer_port))
-    head = f"POST /submit/sleep HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/csv\r\nContent-Length: {3 * MIB}"
+    head = f"POST /submit/sleep HTTP/1.1\r\nHost: 127.0.0.1\r\n{raw_auth(tight)}Content-Type: text/csv\r\nContent-Length: {3 * MIB}"
     held.sendall(head.encode() + b"\r\n\r\n" + rows_csv(80_000)[: 2 * MIB])
     try:
         wait_until(lambda: metric(tight, "producer_spool_bytes") >= 2 * MIB, timeout=20, what="2 MiB spooled")
@@ -228,6 +229,71 @@ def test_a_full_spool_answers_429_and_frees_when_the_upload_ends(tight: Stack, b
     assert fits.status_code == 200, fits.text
     assert broker.queue_depth(tight.queue_of("sleep")) == 20_000
     broker.drain(tight.queue_of("sleep"))
+
+
+def raw_auth(stack: Stack) -> str:
+    """The token as a header line of a hand-made request."""
+    return "".join(f"{name}: {value}\r\n" for name, value in stack.auth_headers().items())
+
+
+def trickle(stack: Stack, chunk: bytes, every: float) -> tuple[int, str, float]:
+    """Send an upload that declares 10 MiB and sends `chunk` every `every` seconds until the producer answers.
+
+    Returns the status, the body and the seconds from the request's head to the answer.
+    """
+    head = (
+        f"POST /submit/sleep HTTP/1.1\r\nHost: 127.0.0.1\r\n{raw_auth(stack)}"
+        f"Content-Type: text/csv\r\nContent-Length: {10 * MIB}\r\n\r\nn\n"
+    )
+    answer = b""
+    with socket.create_connection(("127.0.0.1", stack.producer_port), timeout=every) as sock:
+        started = time.monotonic()
+        sock.sendall(head.encode())
+        while time.monotonic() - started < 60:
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                with contextlib.suppress(OSError):
+                    sock.sendall(chunk)
+                continue
+            answer += data
+            if not data or b"}" in answer.partition(b"\r\n\r\n")[2]:
+                break
+        elapsed = time.monotonic() - started
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2].decode(), elapsed
+
+
+def test_slow_senders_are_cut_off_and_free_their_upload_slots(broker: Broker, tmp_path: Path) -> None:
+    """Two upload slots. Two clients that send a byte every 0.5 s (never idle long enough for the stall timeout,
+    as the review's one byte every 29 s) hold both, and are cut off by the minimum rate once its 2 s grace is
+    over; a client that keeps up the rate but never finishes is cut off by the deadline. Then uploads get in."""
+    stack = producer_stack(
+        broker,
+        tmp_path,
+        PRODUCER_MAX_CONCURRENT_UPLOADS="2",
+        PRODUCER_BODY_TIMEOUT_SECONDS="2",
+        PRODUCER_MIN_BODY_BYTES_PER_SECOND="1000",
+        PRODUCER_BODY_DEADLINE_SECONDS="4",
+    )
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            slow = [pool.submit(trickle, stack, b"1", 0.5) for _ in range(2)]
+            wait_until(lambda: metric(stack, "producer_uploads_in_progress") == 2, timeout=10, what="both slots held")
+            busy = stack.upload(b"n\n1\n", "sleep")
+            assert busy.status_code == 429, "the slow senders hold both slots"
+            answers = [future.result() for future in slow]
+        for status, body, elapsed in answers:
+            assert status == 408 and "PRODUCER_MIN_BODY_BYTES_PER_SECOND" in body, body
+            assert 2 <= elapsed < 5, f"cut off after {elapsed:.1f} s (the rate's grace is 2 s)"
+        status, body, elapsed = trickle(stack, b"1\n" * 1000, 0.2)  # 10 KB/s: above the rate
+        assert status == 408 and "PRODUCER_BODY_DEADLINE_SECONDS" in body, body
+        assert 4 <= elapsed < 7, f"cut off after {elapsed:.1f} s (the deadline is 4 s)"
+        assert metric(stack, "producer_uploads_in_progress") == 0
+        assert stack.upload(b"n\n1\n", "sleep").status_code == 200
+        assert broker.queue_depth(stack.queue_of("sleep")) == 1, "the cut-off uploads queued nothing"
+    finally:
+        stack.stop()
 
 
 # --- health -------------------------------------------------------------------------------------------
@@ -297,7 +363,7 @@ def test_liveness_answers_within_100_ms_during_40_concurrent_uploads(
         print(figures)
         assert median < 0.1 and p90 < 0.1, figures
         assert worst < 1.0, figures
-        assert httpx.get(f"{stack.producer_url}/readyz").status_code == 200
+        assert stack.get(f"{stack.producer_url}/readyz").status_code == 200
         assert broker.queue_depth(stack.queue_of("sleep")) == 40 * ROWS_EACH
     finally:
         stack.stop()

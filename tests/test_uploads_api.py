@@ -113,9 +113,9 @@ def test_upload_creates_a_record_that_reports_move(stack: Stack, broker: Broker)
     assert (done["succeeded"], done["retrying"], done["dead"], done["cancelled"], done["pending"]) == (4, 0, 1, 0, 0)
     assert done["finished_at"] >= done["created_at"] and done["eta_seconds"] == 0
 
-    listing = httpx.get(f"{stack.producer_url}/uploads", params={"job_type": "sales", "state": "done"}).json()
+    listing = stack.get(f"{stack.producer_url}/uploads", params={"job_type": "sales", "state": "done"}).json()
     assert upload_id in [item["id"] for item in listing["uploads"]]
-    metrics = httpx.get(f"{stack.producer_url}/metrics").text
+    metrics = stack.get(f"{stack.producer_url}/metrics").text
     assert 'uploads_rows_finished_total{job_type="sales",outcome="dead"}' in metrics
     assert "uploads_duration_seconds_bucket" in metrics and "uploads_in_progress" in metrics
 
@@ -148,7 +148,7 @@ def test_failed_row_csv_has_original_columns_and_true_line_numbers(stack: Stack,
         ],
     )
     wait_record(stack, upload_id, lambda r: r["state"] == "done", "the upload to be done")
-    response = httpx.get(f"{stack.producer_url}/uploads/{upload_id}/failed-rows.csv")
+    response = stack.get(f"{stack.producer_url}/uploads/{upload_id}/failed-rows.csv")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
     table = list(csv.reader(io.StringIO(response.text)))
     assert table == [
@@ -170,7 +170,7 @@ def test_replay_requeues_dead_rows_once_and_a_row_failing_again_counts_once(stac
     with ThreadPoolExecutor(4) as pool:  # pressed four times at once
         answers = list(
             pool.map(
-                lambda _: httpx.post(f"{stack.producer_url}/uploads/{upload_id}/replay", headers=AUTH, timeout=30),
+                lambda _: stack.post(f"{stack.producer_url}/uploads/{upload_id}/replay", headers=AUTH, timeout=30),
                 range(4),
             )
         )
@@ -202,7 +202,7 @@ def test_cancel_announces_the_upload_until_its_rows_are_reported(stack: Stack, b
         stop = upload(stack, rows_csv(4)).json()["upload_id"]
         publish_reports(broker, "sales", [[RowOutcome(stop, 1, "succeeded")]])
         wait_record(stack, stop, lambda r: r["succeeded"] == 1, "the first row to count")
-        answer = httpx.post(f"{stack.producer_url}/uploads/{stop}/cancel", headers=AUTH)
+        answer = stack.post(f"{stack.producer_url}/uploads/{stop}/cancel", headers=AUTH)
         assert answer.status_code == 200 and answer.json()["state"] == "cancelled"
         wait_until(
             lambda: len([n for n in listener.notices() if stop in n.cancelled]) >= 1,
@@ -219,13 +219,13 @@ def test_cancel_announces_the_upload_until_its_rows_are_reported(stack: Stack, b
         final = wait_record(stack, stop, lambda r: r["pending"] == 0, "every row of the cancelled upload reported")
         assert final["state"] == "cancelled" and final["finished_at"] is not None
         assert (final["succeeded"], final["cancelled"]) == (1, 3)
-        refused = httpx.post(f"{stack.producer_url}/uploads/{stop}/replay", headers=AUTH)
+        refused = stack.post(f"{stack.producer_url}/uploads/{stop}/replay", headers=AUTH)
         assert refused.status_code == 409 and "was cancelled" in refused.json()["error"]
         assert final["succeeded"] + final["dead"] + final["cancelled"] == final["rows"]
         untouched = record(stack, keep)
         assert (untouched["state"], untouched["pending"], untouched["cancelled"]) == ("queued", 3, 0)
         # A finished cancelled upload is no longer announced: the next notice names only the newly cancelled one.
-        httpx.post(f"{stack.producer_url}/uploads/{keep}/cancel", headers=AUTH).raise_for_status()
+        stack.post(f"{stack.producer_url}/uploads/{keep}/cancel", headers=AUTH).raise_for_status()
         notice = wait_until(
             lambda: next((n for n in listener.notices() if keep in n.cancelled), None), timeout=10, what="a notice"
         )
@@ -248,13 +248,14 @@ def test_idempotency_key_same_file_same_upload_other_file_409(stack: Stack, brok
     assert bad.status_code == 400 and "Idempotency-Key" in bad.json()["error"]
 
 
-def test_replay_and_cancel_need_the_token_when_loopback_is_not_trusted(broker: Broker, tmp_path: Path) -> None:
-    stack = Stack(broker, tmp_path, {"sleep": {}}, env={"PRODUCER_TOKEN": TOKEN, "AUTH_ALLOW_LOOPBACK": "false"})
+def test_replay_and_cancel_need_the_token_from_loopback_too(broker: Broker, tmp_path: Path) -> None:
+    stack = Stack(broker, tmp_path, {"sleep": {}}, env={"PRODUCER_TOKEN": TOKEN})
     stack.start_producer()
     try:
         for action in ("replay", "cancel"):
             refused = httpx.post(f"{stack.producer_url}/uploads/some-id/{action}")
             assert refused.status_code == 401, refused.text
+            assert ".run/producer.token" in refused.json()["error"], "the refusal says where the token is"
             wrong = httpx.post(f"{stack.producer_url}/uploads/some-id/{action}", headers={"Authorization": "Bearer x"})
             assert wrong.status_code == 401
             allowed = httpx.post(f"{stack.producer_url}/uploads/some-id/{action}", headers=AUTH)
@@ -264,11 +265,11 @@ def test_replay_and_cancel_need_the_token_when_loopback_is_not_trusted(broker: B
 
 
 def test_errors_are_named_and_clear(stack: Stack) -> None:
-    missing = httpx.get(f"{stack.producer_url}/uploads/nope")
+    missing = stack.get(f"{stack.producer_url}/uploads/nope")
     assert missing.status_code == 404 and "no upload 'nope'" in missing.json()["error"]
-    assert httpx.get(f"{stack.producer_url}/uploads/nope/failed-rows.csv").status_code == 404
-    assert httpx.post(f"{stack.producer_url}/uploads/nope/cancel", headers=AUTH).status_code == 404
-    bad_state = httpx.get(f"{stack.producer_url}/uploads", params={"state": "sideways"})
+    assert stack.get(f"{stack.producer_url}/uploads/nope/failed-rows.csv").status_code == 404
+    assert stack.post(f"{stack.producer_url}/uploads/nope/cancel", headers=AUTH).status_code == 404
+    bad_state = stack.get(f"{stack.producer_url}/uploads", params={"state": "sideways"})
     assert bad_state.status_code == 400 and "running" in bad_state.json()["error"]
 
 
@@ -438,11 +439,11 @@ def test_postgres_store_outage_is_visible_and_loses_no_report(
             connection.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
             connection.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (database,))
         publish_reports(broker, "sleep", [[RowOutcome(upload_id, row, "succeeded") for row in range(51, 101)]])
-        down = httpx.get(f"{stack.producer_url}/uploads/{upload_id}")
+        down = stack.get(f"{stack.producer_url}/uploads/{upload_id}")
         assert down.status_code == 503 and "upload store" in down.json()["error"], down.text
         tracker = wait_until(
             lambda: (lambda t: t if t["state"] == "store-unavailable" else None)(
-                httpx.get(f"{stack.producer_url}/healthz").json()["upload_tracker"]
+                stack.get(f"{stack.producer_url}/healthz").json()["upload_tracker"]
             ),
             timeout=30,
             what="the tracker to say the store is unavailable",
@@ -467,7 +468,7 @@ def test_cancelling_an_upload_that_never_finished_publishing_ends_it(own_broker:
         assert failed.status_code == 503 and failed.json()["confirmed"] == 0
         upload_id = failed.json()["upload_id"]
         assert record(stack, upload_id)["state"] == "interrupted"
-        cancelled = httpx.post(f"{stack.producer_url}/uploads/{upload_id}/cancel").json()
+        cancelled = stack.post(f"{stack.producer_url}/uploads/{upload_id}/cancel").json()
         assert (cancelled["state"], cancelled["cancelled"], cancelled["pending"]) == ("cancelled", 20, 0)
         assert cancelled["finished_at"] is not None
         proxy.restore()

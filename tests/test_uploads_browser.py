@@ -57,7 +57,7 @@ def test_uploads_panel_follows_progress_and_its_buttons_work(
     stack: Stack, page: tuple[Page, list[str]], tmp_path: Path
 ) -> None:
     browser, problems = page
-    browser.goto(stack.scaler_url)
+    browser.goto(stack.login_link())
     browser.wait_for_selector("#uploads")
 
     upload_from_form(browser, write_csv(tmp_path / "slow.csv", 40, 100, {7, 9}))

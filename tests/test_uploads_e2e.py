@@ -63,7 +63,7 @@ def rows_csv(count: int, sleep_ms: int = 0, failing: frozenset[int] = frozenset(
 
 
 def post(stack: Stack, path: str) -> httpx.Response:
-    return httpx.post(f"{stack.producer_url}{path}", timeout=60)
+    return stack.post(f"{stack.producer_url}{path}", timeout=60)
 
 
 def final(stack: Stack, upload_id: str, timeout: float = 120) -> dict:
@@ -147,7 +147,7 @@ def test_failed_rows_report_and_replay_with_real_workers(stack: Stack) -> None:
     upload_id = stack.upload(text.encode(), "rec").json()["upload_id"]
     done = final(stack, upload_id)
     assert (done["state"], done["succeeded"], done["dead"]) == ("done", 3, 2)
-    report = list(csv.reader(io.StringIO(httpx.get(f"{stack.producer_url}/uploads/{upload_id}/failed-rows.csv").text)))
+    report = list(csv.reader(io.StringIO(stack.get(f"{stack.producer_url}/uploads/{upload_id}/failed-rows.csv").text)))
     assert report[0] == ["n", "sleep_ms", "fail_until", "line", "attempts", "error"]
     assert [row[:5] for row in report[1:]] == [["3", "0", "99", "5", "2"], ["5", "0", "99", "7", "2"]]
     assert all("planned failure on attempt 2" in row[5] for row in report[1:])
@@ -191,6 +191,7 @@ def test_reupload_with_the_same_key_after_a_broker_cut_handles_every_row_once(
 def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "uploads.cli", "--url", stack.producer_url, *args],
+        env={**os.environ, "PRODUCER_TOKEN": stack.env["PRODUCER_TOKEN"]},
         capture_output=True,
         text=True,
         timeout=120,
@@ -226,7 +227,7 @@ def test_dashboard_proxy_says_when_the_producer_is_unreachable(own_broker: Broke
     stack.start_scaler()
     try:
         for method, path in (("GET", "/api/uploads"), ("GET", "/api/uploads/x"), ("POST", "/api/uploads/x/cancel")):
-            answer = httpx.request(method, f"{stack.scaler_url}{path}", timeout=10)
+            answer = httpx.request(method, f"{stack.scaler_url}{path}", headers=stack.auth_headers(), timeout=10)
             assert answer.status_code == 502, (path, answer.text)
             assert f"the producer at {stack.producer_url} is unreachable" in answer.json()["error"]
     finally:

@@ -21,6 +21,8 @@ from typing import Any, TextIO
 
 import httpx
 
+from jobtypes.auth import client_token
+
 RETRYABLE = {429, 503}
 BAR_WIDTH = 40
 FINAL_STATES = ("done", "cancelled")
@@ -158,7 +160,9 @@ def list_uploads(args: argparse.Namespace, out: TextIO) -> int:
 def parser() -> argparse.ArgumentParser:
     parse = argparse.ArgumentParser(prog="python -m uploads.cli", description="Submit CSV uploads and follow them.")
     parse.add_argument("--url", default=os.environ.get("PRODUCER_URL", "http://127.0.0.1:8000"), help="the producer")
-    parse.add_argument("--token", default=os.environ.get("PRODUCER_TOKEN"), help="default: $PRODUCER_TOKEN")
+    parse.add_argument(
+        "--token", default=client_token(), help="default: $PRODUCER_TOKEN, else .run/producer.token (./manage.sh up)"
+    )
     commands = parse.add_subparsers(dest="command", required=True)
     sub = commands.add_parser("submit", help="upload a CSV file")
     sub.add_argument("file")

@@ -351,6 +351,7 @@ async function loadHistory() {
 async function poll() {
   try {
     const response = await fetch("/api/status", { cache: "no-store" });
+    if (response.status === 401) { location.assign("/login"); return; }  // the session ended: log in again
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     render(await response.json());
   } catch (error) {

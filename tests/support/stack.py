@@ -14,6 +14,7 @@ import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import psutil
@@ -106,6 +107,18 @@ class Stack:
         """The bearer header for this stack's token (empty when a test runs it without one)."""
         token = self.env.get("PRODUCER_TOKEN")
         return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def login_link(self, base: str | None = None) -> str:
+        """The one-click login link `./manage.sh up` prints: a browser opening it gets a session and lands on `/`."""
+        return f"{base or self.scaler_url}/?token={quote(self.env['PRODUCER_TOKEN'])}"
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        """GET with this stack's token (the tests' one way to read the producer's and the scaler's APIs)."""
+        return httpx.get(url, headers={**self.auth_headers(), **kwargs.pop("headers", {})}, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        """POST with this stack's token."""
+        return httpx.post(url, headers={**self.auth_headers(), **kwargs.pop("headers", {})}, **kwargs)
 
     def upload(
         self, csv: bytes, job_type: str, timeout: float = 120, headers: dict[str, str] | None = None

@@ -6,14 +6,12 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import httpx
-
 from tests.support.stack import Stack
 from tests.support.waiting import wait_until
 
 
 def record(stack: Stack, upload_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{stack.producer_url}/uploads/{upload_id}", timeout=10)
+    response = stack.get(f"{stack.producer_url}/uploads/{upload_id}", timeout=10)
     response.raise_for_status()
     return response.json()
 
