@@ -126,6 +126,8 @@ def load(
 ) -> Trace:
     """Read every file of one format, keep the window [start, start + hours) and compress time by `speedup`.
 
+    `start` counts from the trace's first request (the project's format: from its zero).
+
     Speeding up divides arrival times and handler times alike, so the load in workers is unchanged and a
     day replays in a day/K (worker start and stop latencies are real times and are not divided)."""
     if not paths:
@@ -146,11 +148,15 @@ def load(
     uploads: list[Upload] = []
     for file in files:
         uploads.extend(reader(file))
-    end = start_seconds + hours * 3600 if hours is not None else float("inf")
+    # Public traces count from their first request: --start is relative to it (the project's own format
+    # is relative already).
+    origin = min((u.at for u in uploads), default=0.0) if kind is not Format.PROJECT else 0.0
+    begin = origin + start_seconds
+    end = begin + hours * 3600 if hours is not None else float("inf")
     window = [
-        Upload((u.at - start_seconds) / speedup, u.job_type, u.rows, u.row_seconds / speedup)
+        Upload((u.at - begin) / speedup, u.job_type, u.rows, u.row_seconds / speedup)
         for u in uploads
-        if start_seconds <= u.at < end
+        if begin <= u.at < end
     ]
     window.sort(key=lambda upload: upload.at)
     trace = Trace([str(f) for f in files], kind, window, start_seconds, hours, speedup, dict(ASSUMPTIONS[kind]))
@@ -171,8 +177,7 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """(line number, row) of a CSV file with a header."""
     try:
         with path.open(newline="", encoding="utf-8") as handle:
-            for number, row in enumerate(csv.DictReader(handle), start=2):
-                yield number, row
+            yield from enumerate(csv.DictReader(handle), start=2)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise TraceError(f"{path}: cannot read: {error}") from None
 
