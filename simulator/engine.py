@@ -40,6 +40,9 @@ from simulator.traces import Trace
 LOCAL_WORKER_START_SECONDS = 0.026
 #: Local backend: from a stop request to the process gone (the worker hears it on its next heartbeat).
 LOCAL_WORKER_STOP_SECONDS = 0.1
+#: What a worker spends per row beyond the handler (ack, outcome report, next delivery at prefetch 1): a stated
+#: guess for a quiet machine; `./manage.sh replay` measures it on the real stack.
+ROW_OVERHEAD_SECONDS = 0.002
 #: Kubernetes: from the Job created to the pod consuming (image cached, node available): a stated guess.
 KUBERNETES_WORKER_START_SECONDS = 5.0
 KUBERNETES_WORKER_STOP_SECONDS = 1.0
@@ -65,6 +68,7 @@ class Assumptions:
     backend: str = "local"
     worker_start_seconds: float = LOCAL_WORKER_START_SECONDS
     worker_stop_seconds: float = LOCAL_WORKER_STOP_SECONDS
+    row_overhead_seconds: float = ROW_OVERHEAD_SECONDS
     tick_seconds: float = DEFAULT_TICK_SECONDS
     wake_ups: bool = True
     budget: Budget = field(default_factory=Budget)
@@ -131,8 +135,9 @@ class Totals:
 class Lane:
     """One job type: its queue of uploads (FIFO segments: arrival, rows left, seconds a row) and its workers."""
 
-    def __init__(self, index: int, job: JobType, waits: Sketch, completions: Sketch) -> None:
+    def __init__(self, index: int, job: JobType, waits: Sketch, completions: Sketch, overhead: float = 0.0) -> None:
         self.index = index
+        self.overhead = overhead
         self.job = job
         self.waits = waits
         self.completions = completions
@@ -151,7 +156,7 @@ class Lane:
     # the work --------------------------------------------------------------------------------
     def arrive(self, at: float, rows: int, row_seconds: float) -> None:
         self.advance(at)
-        self.queue.append([at, rows, row_seconds])
+        self.queue.append([at, rows, row_seconds + self.overhead])
         self.queued += rows
         self.totals.rows += rows
         self.totals.uploads += 1
@@ -327,7 +332,10 @@ class Simulation:
         names = trace.job_types
         self.waits = Sketch(len(names))
         self.completions = Sketch(len(names))
-        self.lanes = [Lane(i, config[name], self.waits, self.completions) for i, name in enumerate(names)]
+        self.lanes = [
+            Lane(i, config[name], self.waits, self.completions, assumptions.row_overhead_seconds)
+            for i, name in enumerate(names)
+        ]
         self.by_name = {lane.job.name: lane for lane in self.lanes}
         self.heap: list[tuple[float, int, int, int, object]] = []
         self.sequence = 0
