@@ -140,10 +140,12 @@ def load(
     for file in files:
         if not file.is_file():
             raise TraceError(f"{file}: no such trace file")
-    try:
-        kind = Format(format) if format else detect(files[0])
-    except ValueError:
-        raise TraceError(f"unknown --format {format!r}; use one of {[f.value for f in Format]}") from None
+    if format is None:
+        kind = detect(files[0])
+    elif format in {f.value for f in Format}:
+        kind = Format(format)
+    else:
+        raise TraceError(f"unknown --format {format!r}; use one of {[f.value for f in Format]}")
     reader = READERS[kind]
     uploads: list[Upload] = []
     for file in files:
