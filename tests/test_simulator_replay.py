@@ -9,6 +9,7 @@ seconds and the p95 row wait must agree within 20 % (the README's claim).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from jobtypes.config import load_config
@@ -20,6 +21,8 @@ from tests.support.stack import Stack
 EXCERPT = Path(__file__).parent / "data" / "traces" / "azure-functions-2019-excerpt.csv"
 SETTINGS = {"handler": "sleep", "threshold": 5, "burst_size": 3, "max_workers": 4, "idle_seconds": 3}
 AGREEMENT = 0.20
+#: The comparison, for the README (`python -m simulator.readme ... --replay FILE`).
+ARTIFACT = Path(__file__).parent / "artifacts" / "simulator-replay.json"
 
 
 def test_replay_of_a_real_trace_agrees_with_the_simulation(broker: Broker, tmp_path: Path) -> None:
@@ -39,5 +42,19 @@ def test_replay_of_a_real_trace_agrees_with_the_simulation(broker: Broker, tmp_p
     table = comparison_table(real, simulated)
     print(table)
     difference = compare(real, simulated)
+    ARTIFACT.parent.mkdir(exist_ok=True)
+    ARTIFACT.write_text(
+        json.dumps(
+            {
+                "trace": f"{EXCERPT.name}, first 8 minutes, speedup 6",
+                "attribution": trace.attribution,
+                "settings": SETTINGS,
+                "real": real,
+                "simulated": simulated,
+                "difference": difference,
+            },
+            indent=1,
+        )
+    )
     assert abs(difference["worker_seconds"]) <= AGREEMENT, table
     assert abs(difference["wait_p95"]) <= AGREEMENT, table
