@@ -24,7 +24,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from jobtypes.config import JobType
@@ -383,6 +383,18 @@ class Simulation:
     def cap(self) -> float:
         return self.window + self.assumptions.drain_limit_seconds
 
+    def pop_events(self) -> Iterator[tuple[float, int, Lane, object]]:
+        """Every event in time order up to the drain limit, with the timeline sampled up to it."""
+        cap = self.cap()
+        while self.heap:
+            at, kind, _, index, payload = heapq.heappop(self.heap)
+            if at > cap:
+                return
+            self.sample_until(at)
+            self.events += 1
+            self.now = max(self.now, at)
+            yield at, kind, self.lanes[index], payload
+
     def finish(self, policy: str, end: float) -> Outcome:
         """Close the books at `end`: live workers are paid up to it, rows still queued are unfinished."""
         end = max(end, self.window)
@@ -535,15 +547,8 @@ class KedaModel:
         self.running = [0] * len(sim.lanes)
 
     def run(self) -> Outcome:
-        sim, cap = self.sim, self.sim.cap()
-        while sim.heap:
-            at, kind, _, index, payload = heapq.heappop(sim.heap)
-            if at > cap:
-                break
-            sim.sample_until(at)
-            sim.events += 1
-            sim.now = max(sim.now, at)
-            lane = sim.lanes[index]
+        sim = self.sim
+        for at, kind, lane, payload in sim.pop_events():
             if kind == Simulation.ARRIVE:
                 lane.arrive(at, payload.rows, payload.row_seconds)  # type: ignore[attr-defined]
                 self.schedule_poll(lane, at)
@@ -555,8 +560,8 @@ class KedaModel:
                 workers, count = payload  # type: ignore[misc]
                 for worker in workers:
                     sim.exit_worker(lane, worker, at)
-                self.running[index] -= count
-        return sim.finish("keda", min(max(sim.now, sim.window), cap))
+                self.running[lane.index] -= count
+        return sim.finish("keda", min(max(sim.now, sim.window), sim.cap()))
 
     def schedule_poll(self, lane: Lane, now: float) -> None:
         if lane.index not in self.polling:
@@ -610,14 +615,8 @@ class FixedPool:
         for lane in sim.lanes:
             for _ in range(self.size):
                 lane.make_running(sim.new_worker(lane, 0.0), 0.0)
-        while sim.heap:
-            at, _, _, index, payload = heapq.heappop(sim.heap)
-            if at > cap:
-                break
-            sim.sample_until(at)
-            sim.events += 1
-            sim.now = max(sim.now, at)
-            sim.lanes[index].arrive(at, payload.rows, payload.row_seconds)  # type: ignore[attr-defined]
+        for at, _, lane, payload in sim.pop_events():
+            lane.arrive(at, payload.rows, payload.row_seconds)  # type: ignore[attr-defined]
         end = sim.window
         for lane in sim.lanes:
             lane.advance(cap)
