@@ -45,8 +45,8 @@ MODEL_STATEMENTS = {
     "ticks": "a type is decided every tick_seconds while it has work or starting workers, at once on an upload "
     "(wake-up), at the end of idle_seconds and every 0.2 s while its last rows are in hand (for that type only; "
     "the real loop then ticks every type)",
-    "queue_counts": "the policy sees ready and unacked as RabbitMQ counts them, with no delay (the broker's "
-    "statistics are 0.5 s old at worst)",
+    "queue_counts": "the policy sees ready and unacked as RabbitMQ counts them, with no delay (the scaler reads "
+    "queue totals fresh within about 0.1 s); worker busy flags without the heartbeat's delay",
     "service": "every row of an upload takes the same handler time; a worker slot (concurrency) starts rows one "
     "after another, batch_size at a time, FIFO across uploads, each to the slot free first",
     "prefetch": "prefetch moves rows from ready to unacked in what the policy sees; prefetched rows still go to "
