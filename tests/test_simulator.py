@@ -17,6 +17,7 @@ import scaler.budget
 import scaler.policy
 import simulator.engine
 from simulator import config as sim_config
+from simulator import readme
 from simulator.__main__ import main
 from simulator.engine import Assumptions, run_policy
 from simulator.results import policy_document
@@ -192,6 +193,12 @@ def test_simulate_writes_the_agreed_summary_a_report_and_a_recommendation(tmp_pa
     assert set(recommended) == {"llm-code"} and recommended["llm-code"]["max_workers"] in (10, 40)
     page = (out / "report.html").read_text()
     assert "<svg" in page and "Splitwise" in page and "<script" not in page
+    document = tmp_path / "README.md"
+    document.write_text(f"# x\n{readme.BEGIN}\nold\n{readme.END}\ntail\n")
+    assert readme.main([str(out), "--write", str(document)]) == 0
+    written = document.read_text()
+    assert "STALE" not in written and written.endswith(f"{readme.END}\ntail\n")
+    assert "| project-tuned |" in written and "Splitwise" in written and "KEDA model" in written
 
 
 def test_simulate_refuses_bad_input_with_a_message(tmp_path: Path, capsys) -> None:
