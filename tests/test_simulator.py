@@ -194,7 +194,7 @@ def test_simulate_writes_the_agreed_summary_a_report_and_a_recommendation(tmp_pa
     page = (out / "report.html").read_text()
     assert "<svg" in page and "Splitwise" in page and "<script" not in page
     document = tmp_path / "README.md"
-    document.write_text(f"# x\n{readme.BEGIN}\nold\n{readme.END}\ntail\n")
+    document.write_text(f"# x\n{readme.BEGIN}\nSTALE\n{readme.END}\ntail\n")
     assert readme.main([str(out), "--write", str(document)]) == 0
     written = document.read_text()
     assert "STALE" not in written and written.endswith(f"{readme.END}\ntail\n")
