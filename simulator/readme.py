@@ -89,6 +89,23 @@ def replay_markdown(path: Path) -> str:
     return "\n".join(lines)
 
 
+def bench_markdown(path: Path) -> str:
+    """One line per policy of `./manage.sh bench simulate` (bench/results/simulate.json)."""
+    data = json.loads(path.read_text())
+    lines = [
+        f"\n`./manage.sh bench simulate`, the full trace ({data['rows']:,} rows, {data['uploads']:,} uploads, "
+        f"{data['job_types']} types) on this {data['cpus']}-core machine:"
+    ]
+    for name, run in data["policies"].items():
+        lines.append(
+            f"- {name}: {run['cpu_seconds']:g} s CPU ({'within' if run['cpu_seconds'] <= data['bound_seconds'] else 'ABOVE'}"
+            f" the {data['bound_seconds']:g} s bound), {run['wall_seconds']:g} s wall at load average "
+            f"{run['load_average_1m']:g}, {run['events']:,} events"
+        )
+    lines.append(f"\nData: {data['attribution']}")
+    return "\n".join(lines)
+
+
 def replace_block(text: str, block: str) -> str:
     if BEGIN not in text or END not in text:
         raise ValueError(f"the README has no {BEGIN} ... {END} block")
@@ -101,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simulator.readme", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="result directories (each with a summary.json)")
     parser.add_argument("--replay", help="also the comparison a replay wrote (tests/artifacts/simulator-replay.json)")
+    parser.add_argument(
+        "--bench", help="also the timing `./manage.sh bench simulate` wrote (bench/results/simulate.json)"
+    )
     parser.add_argument("--write", help="replace the results block of this README")
     args = parser.parse_args(argv)
     try:
@@ -108,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         block = markdown(summaries)
         if args.replay:
             block += "\n" + replay_markdown(Path(args.replay))
+        if args.bench:
+            block += "\n" + bench_markdown(Path(args.bench))
     except (OSError, ValueError, KeyError) as error:
         print(f"simulator.readme: {error}", file=sys.stderr)
         return 2
