@@ -53,16 +53,30 @@ def verdict(summary: dict[str, Any]) -> str:
     tuned, keda = policies.get("project-tuned"), policies.get("keda")
     if tuned is None or keda is None:
         return "no tuned run or no KEDA run to compare."
-    cost = tuned["total"]["worker_seconds"] / keda["total"]["worker_seconds"]
+    keda_cost = keda["total"]["worker_seconds"]
+    cost = tuned["total"]["worker_seconds"] / keda_cost
     tuned_p95, keda_p95 = tuned["total"]["wait_seconds"]["p95"], keda["total"]["wait_seconds"]["p95"]
     if cost < 1 and tuned_p95 <= keda_p95:
-        return (
+        text = (
             f"tuned policy costs {cost:.2f}x the KEDA model at p95 wait {tuned_p95:,.1f} s against {keda_p95:,.1f} s."
         )
-    return (
-        f"NOT better than the KEDA model: tuned policy costs {cost:.2f}x at p95 wait {tuned_p95:,.1f} s "
-        f"against {keda_p95:,.1f} s."
-    )
+    else:
+        text = (
+            f"NOT better than the KEDA model: tuned policy costs {cost:.2f}x at p95 wait {tuned_p95:,.1f} s "
+            f"against {keda_p95:,.1f} s."
+        )
+    matching = [p for p in summary.get("pareto") or [] if p["wait_p95"] <= keda_p95]
+    if matching:
+        best = min(matching, key=lambda p: p["worker_seconds"])
+        text += (
+            f" At KEDA's p95 or better, the cheapest setting tried ({_params(best['params'])}, every type) costs "
+            f"{best['worker_seconds'] / keda_cost:.2f}x the KEDA model (p95 {best['wait_p95']:,.1f} s)."
+        )
+    return text
+
+
+def _params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{name} {value:g}" for name, value in params.items())
 
 
 def replay_markdown(path: Path) -> str:
