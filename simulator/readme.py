@@ -30,7 +30,8 @@ def markdown(summaries: list[dict[str, Any]]) -> str:
     for summary in summaries:
         trace = summary["trace"]
         label = (
-            f"{trace['format']} ({trace['hours']:g} h from {trace['start_seconds']:g} s, {trace['job_types']} types)"
+            f"{trace['format']} ({trace['hours']:.3g} h from {trace['start_seconds']:,.0f} s, "
+            f"{trace['job_types']} types)"
         )
         for name, policy in summary["policies"].items():
             t = policy["total"]
