@@ -17,6 +17,7 @@ from typing import Any
 
 from jobtypes.config import ConfigError
 from scaler.budget import Budget
+from scaler.settings import SettingsError, resource_budgets
 from simulator import config as sim_config
 from simulator import report, results, tuning
 from simulator.engine import Assumptions, Outcome, parse_fixed, run_policy
@@ -73,6 +74,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tick-seconds", type=float, help="the scaler's tick interval (default 1)")
     p.add_argument("--no-wake-ups", action="store_true", help="scale on the tick interval only")
     p.add_argument("--max-total-workers", type=int, help="a shared worker budget (SCALER_MAX_TOTAL_WORKERS)")
+    p.add_argument("--resource-budgets", help='shared resource budgets, as SCALER_RESOURCE_BUDGETS: {"cpu": "8"}')
     p.add_argument("--drain-limit-seconds", type=float, help="how long after the window rows may still finish")
     p.add_argument("--keda-polling-seconds", type=float, help="KEDA pollingInterval (default 30)")
     p.add_argument("--keda-target", type=int, help="KEDA RabbitMQ target queue length per Job (default 20)")
@@ -82,7 +84,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def assumptions_from(args: argparse.Namespace) -> Assumptions:
-    budget = Budget(max_workers=args.max_total_workers) if args.max_total_workers is not None else None
+    resources = resource_budgets(args.resource_budgets or "")
+    limited = args.max_total_workers is not None or resources
+    budget = Budget(max_workers=args.max_total_workers, resources=resources) if limited else None
     return Assumptions.for_backend(
         args.backend,
         worker_start_seconds=args.worker_start_seconds,
@@ -145,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         policies = policies_from(args.policies)
         config = sim_config.job_types(trace.job_types, args.config)
         grid = tuning.parse_sweep(args.sweep) if args.sweep else {}
-    except (TraceError, ConfigError, ValueError) as error:
+    except (TraceError, ConfigError, SettingsError, ValueError) as error:
         print(f"simulate: {error}", file=sys.stderr)
         return 2
     out = Path(args.out or Path("sim-results") / Path(trace.paths[0]).stem)

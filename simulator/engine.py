@@ -31,7 +31,7 @@ from jobtypes.config import JobType
 from scaler.backends.base import WorkerState
 from scaler.budget import Budget, Claim, allocate, worker_requests
 from scaler.loop import IDLE_DEADLINE_MARGIN_SECONDS, TAIL_TICK_SECONDS, TAIL_WATCH_SECONDS
-from scaler.policy import QueueStats, TypeMemory, WorkerView, decide
+from scaler.policy import Decision, QueueStats, TypeMemory, WorkerView, decide
 from scaler.settings import DEFAULT_TICK_SECONDS
 from simulator.sketch import Sketch
 from simulator.traces import Trace
@@ -495,7 +495,7 @@ class ProjectPolicy:
             self.act(lane, decisions[lane.job.name], now)
             self.schedule(lane, stats[index], now)
 
-    def act(self, lane: Lane, decision, now: float) -> None:  # noqa: ANN001 - a scaler.policy.Decision
+    def act(self, lane: Lane, decision: Decision, now: float) -> None:
         sim = self.sim
         for _ in range(decision.start):
             worker = sim.new_worker(lane, now)

@@ -16,6 +16,7 @@ import pytest
 import scaler.budget
 import scaler.policy
 import simulator.engine
+from scaler.budget import Budget
 from simulator import config as sim_config
 from simulator import readme
 from simulator.__main__ import main
@@ -138,6 +139,22 @@ def test_fixed_pool_is_paid_for_the_whole_run() -> None:
     assert total["completion_seconds"]["p50"] == pytest.approx(5, abs=0.05)
     assert total["worker_seconds"] == pytest.approx(2 * 5, abs=0.05)
     assert total["starts"] == 2
+
+
+def test_a_shared_budget_goes_to_the_higher_priority_first() -> None:
+    # Two types with 100 rows of 1 s each at t=0 and a budget of 2 workers: allocate gives both to `urgent`
+    # (priority 10) until its backlog is gone, so `bulk` waits about the 50 s urgent needs.
+    trace = Trace(["hand"], Format.PROJECT, [Upload(0.0, "urgent", 100, 1.0), Upload(0.0, "bulk", 100, 1.0)])
+    config = sim_config.job_types(["urgent", "bulk"], None, {"threshold": 1, "idle_seconds": 1})
+    config["urgent"] = config["urgent"].model_copy(update={"priority": 10})
+    assumptions = Assumptions(
+        worker_start_seconds=0.0, worker_stop_seconds=0.0, row_overhead_seconds=0.0, budget=Budget(max_workers=2)
+    )
+    document = policy_document(run_policy("project", trace, config, assumptions))
+    assert max(document["timeline"]["workers"]) <= 2
+    urgent, bulk = document["job_types"]["urgent"], document["job_types"]["bulk"]
+    assert urgent["completion_seconds"]["p50"] == pytest.approx(50, abs=1.5)
+    assert bulk["wait_seconds"]["p50"] > 50
 
 
 def test_the_policy_is_the_scalers_own_function(monkeypatch: pytest.MonkeyPatch) -> None:
