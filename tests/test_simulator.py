@@ -223,3 +223,14 @@ def test_simulate_refuses_bad_input_with_a_message(tmp_path: Path, capsys) -> No
     assert "expected NAME=V1,V2" in capsys.readouterr().err
     assert main([str(LLM), "--policies", "hpa", "--out", str(tmp_path)]) == 2
     assert "unknown policy 'hpa'" in capsys.readouterr().err
+
+
+def test_sleep_handler_takes_a_rows_own_sleep_ms() -> None:
+    from workers.sleep import handler
+
+    assert handler.row_seconds({"sleep_ms": "250"}) == 0.25
+    assert handler.row_seconds({"other": "x"}) == handler.SLEEP_SECONDS
+    with pytest.raises(ValueError, match="column 'sleep_ms': 'soon' is not a number"):
+        handler.row_seconds({"sleep_ms": "soon"})
+    with pytest.raises(ValueError, match="not a duration"):
+        handler.row_seconds({"sleep_ms": "-5"})
