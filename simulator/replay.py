@@ -31,6 +31,7 @@ import numpy as np
 
 from jobtypes.config import JobType, load_config
 from scaler.settings import DEFAULT_STATE_DIR
+from simulator.config import settings_of
 from simulator.engine import Assumptions, run_policy
 from simulator.results import QUANTILES, policy_document
 from simulator.traces import Trace, TraceError, Upload, load
@@ -39,6 +40,8 @@ from simulator.traces import Trace, TraceError, Upload, load
 STATUS_POLL_SECONDS = 0.25
 #: Two rows of one worker closer than this are back to back (the gap is per-row overhead, not idle time).
 OVERHEAD_GAP_SECONDS = 0.05
+#: The type's settings a replay's result records.
+REPLAY_SETTINGS = ("threshold", "burst_size", "max_workers", "min_workers", "idle_seconds", "prefetch", "concurrency")
 #: After the last upload, how long the rows and the scale-down may take beyond the type's idle_seconds.
 SETTLE_SECONDS = 120.0
 
@@ -346,9 +349,18 @@ def main(argv: list[str] | None = None) -> int:
     simulated = simulate_sent(measured, job_type, trace)
     print(comparison_table(real, simulated))
     if args.out:
+        window = f"from {args.start:g} s" + (f", {args.hours:g} h" if args.hours is not None else "")
+        document = {
+            "trace": f"{', '.join(Path(path).name for path in trace.paths)}, {window}, speedup {args.speedup:g}",
+            "attribution": trace.attribution,
+            "settings": settings_of(job_type, REPLAY_SETTINGS),
+            "real": real,
+            "simulated": simulated,
+            "difference": compare(real, simulated),
+        }
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "replay.json").write_text(json.dumps({"real": real, "simulated": simulated}, indent=1) + "\n")
+        (out / "replay.json").write_text(json.dumps(document, indent=1) + "\n")
     return 0
 
 
