@@ -182,7 +182,7 @@ class Lane:
             if possible < groups:
                 self._start(segment, ready, counts, possible * batch, free, held, step, last_rows=batch)
                 break
-            counts = _water_fill(ready, groups, step)
+            counts = water_fill(ready, groups, step)
             self._start(segment, ready, counts, left, free, held, step, last_rows=left - (groups - 1) * batch)
             self.queue.popleft()
         at = 0
@@ -271,7 +271,7 @@ class Lane:
         self.stopping_until = [(until, rows) for until, rows in self.stopping_until if until > now]
 
 
-def _water_fill(ready: list[float], groups: int, step: float) -> list[int]:
+def water_fill(ready: list[float], groups: int, step: float) -> list[int]:
     """How many of `groups` groups each slot starts when every group goes to the slot free first (slot j is
     free at ready[j], a group takes `step`): the level L with sum((L - ready[j]) / step) = groups, rounded
     to whole groups by largest remainder."""

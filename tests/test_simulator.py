@@ -8,10 +8,13 @@ worked out on paper (see each test); the policy itself is the project's
 from __future__ import annotations
 
 import ast
+import heapq
 import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import scaler.budget
 import scaler.policy
@@ -20,7 +23,7 @@ from scaler.budget import Budget
 from simulator import config as sim_config
 from simulator import readme
 from simulator.__main__ import main
-from simulator.engine import Assumptions, run_policy
+from simulator.engine import Assumptions, run_policy, water_fill
 from simulator.results import policy_document
 from simulator.sketch import Sketch
 from simulator.traces import Format, Trace, TraceError, Upload, load
@@ -234,3 +237,24 @@ def test_sleep_handler_takes_a_rows_own_sleep_ms() -> None:
         handler.row_seconds({"sleep_ms": "soon"})
     with pytest.raises(ValueError, match="not a duration"):
         handler.row_seconds({"sleep_ms": "-5"})
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.floats(0, 10), min_size=1, max_size=8),
+    st.integers(1, 60),
+    st.floats(0.01, 3),
+)
+def testwater_filling_gives_each_slot_what_earliest_free_first_gives(
+    ready: list[float], groups: int, step: float
+) -> None:
+    exact = [0] * len(ready)
+    slots = [(free, j) for j, free in enumerate(ready)]
+    heapq.heapify(slots)
+    for _ in range(groups):
+        free, j = heapq.heappop(slots)
+        exact[j] += 1
+        heapq.heappush(slots, (free + step, j))
+    counts = water_fill(ready, groups, step)
+    assert sum(counts) == groups
+    assert all(abs(a - b) <= 1 for a, b in zip(counts, exact, strict=True))
