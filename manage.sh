@@ -310,7 +310,15 @@ usage: ./manage.sh COMMAND [ARGS]
   uploads          recent uploads, newest first (--job-type T, --state S)
   sample N         print a sample sales CSV with N rows
   test [ARGS]      run the whole test suite (pytest ARGS)
-  bench NAME       run a benchmark (ingest, worker, reaction, tick)
+  bench NAME       run a benchmark (ingest, worker, reaction, tick, simulate)
+  simulate TRACE [--config FILE] [--format NAME] [--speedup K] [--start S --hours H]
+           [--backend local|kubernetes] [--policies project,keda,fixed:N] [--out DIR]
+           [--sweep NAME=V1,V2 ...] [--target-p95-wait S]
+                   replay a trace through the real scaling policy (and KEDA and fixed-pool models) on a
+                   virtual clock: DIR/summary.json, DIR/report.html and a table (see docs/simulation.md)
+  replay TRACE [--speedup K] [--start S --hours H] [--job-type sleep]
+                   send the same trace to the running local stack (start it with
+                   WORKER_LOG_LEVEL=debug ./manage.sh up) and print real against simulated figures
   images           build the container images (needs Docker)
   k8s-up           deploy the stack to the current kubectl context
   k8s-config       apply a changed jobs.config.json to the cluster
@@ -334,6 +342,8 @@ main() {
       ensure_venv; stored_token; "$PY" -m scaler control "$command" "$1" --url "http://$SCALER_ADDR" ;;
     sample) ensure_venv; "$PY" -m workers.sample "$@" ;;
     bench) cmd_bench "$@" ;;
+    simulate) ensure_venv; "$PY" -m simulator "$@" ;;
+    replay) ensure_venv; stored_token; PRODUCER_ADDR="$PRODUCER_ADDR" SCALER_ADDR="$SCALER_ADDR" "$PY" -m simulator.replay "$@" ;;
     images) cmd_images "$@" ;;
     k8s-up) cmd_k8s_up "$@" ;;
     k8s-config) cmd_k8s_config "$@" ;;
