@@ -26,7 +26,7 @@ def test_an_interrupted_upload_shows_its_hint_and_sending_the_file_again_finishe
     rec = {"handler": "tests.handlers.noop", "threshold": 1, "max_workers": 1, "idle_seconds": 5}
     stack = Stack(broker, tmp_path, {"rec": rec}, env=env).start()
     try:
-        browser.goto(stack.scaler_url)
+        browser.goto(stack.login_link())
         browser.wait_for_selector("#uploads")
         csv_file = tmp_path / "cut.csv"
         csv_file.write_text("n\n" + "".join(f"{i}\n" for i in range(1, 31)))
