@@ -10,9 +10,10 @@ stops and reports how far the rows are confirmed without a gap: every row up
 to `confirmed_through` is durably in the queue, so a retry of the same upload
 publishes only the rows after it.
 
-Rows come as (row number, JSON body) pairs in increasing row order: all rows
+Rows come as (row number, line, JSON body) in increasing row order: all rows
 of a new upload, the rest of an upload retried after a failure, or the dead
-rows of a replay.
+rows of a replay. The line (where the row starts in the uploaded file) goes
+with the row as its LINE_HEADER, for the record's failed-row report.
 
 As soon as more rows are confirmed than the type's `threshold` (or the upload
 is complete), one wake-up goes to the scaler on a second channel, so the
@@ -59,11 +60,12 @@ class PublishResult:
     error: str | None = None
 
 
-def file_rows(bodies: BinaryIO, first: int = 1) -> Iterator[tuple[int, bytes]]:
-    """(row, body) for every line of a bodies file (one JSON body per line), from row `first` on."""
-    for row, line in enumerate(bodies, start=1):
+def file_rows(bodies: BinaryIO, first: int = 1) -> Iterator[tuple[int, int, bytes]]:
+    """(row, line, body) for every line of a bodies file (`<line> <JSON body>` per line), from row `first` on."""
+    for row, text in enumerate(bodies, start=1):
         if row >= first:
-            yield row, line[:-1]
+            line, _, body = text.partition(b" ")
+            yield row, int(line), body[:-1]
 
 
 def declare(job_type: JobType, connection_name: str) -> None:
@@ -81,7 +83,7 @@ class _ConfirmedRun:
     """One upload's publishing session on its own SelectConnection."""
 
     def __init__(
-        self, job_type: JobType, upload_id: str, rows: Iterable[tuple[int, bytes]], window: int, replay: int
+        self, job_type: JobType, upload_id: str, rows: Iterable[tuple[int, int, bytes]], window: int, replay: int
     ) -> None:
         self.job_type = job_type
         self.upload_id = upload_id
@@ -210,9 +212,9 @@ class _ConfirmedRun:
             if item is None:
                 self.eof = True
                 break
-            row, body = item
+            row, line, body = item
             self.sent += 1
-            add(parts, row, body)
+            add(parts, row, line, body)
             outstanding[self.sent] = row
             self.last_row = row
             size += len(body)
@@ -253,7 +255,7 @@ def _unsent_bytes(connection: SelectConnection) -> int:
 def publish_rows(
     job_type: JobType,
     upload_id: str,
-    rows: Iterable[tuple[int, bytes]],
+    rows: Iterable[tuple[int, int, bytes]],
     window: int,
     first: int = 1,
     replay: int = 0,

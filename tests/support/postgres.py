@@ -18,6 +18,7 @@ import stat
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -44,10 +45,11 @@ def _pg_ctl_wrapper(directory: Path) -> Path:
     return script
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgreSQLExecutor]:
+@contextmanager
+def running_postgres() -> Iterator[PostgreSQLExecutor]:
+    """A PostgreSQL server in a temporary directory for as long as the block runs (tests and benchmarks)."""
     if not (PG_BIN / "pg_ctl").exists():
-        pytest.fail(f"PostgreSQL is not installed at {PG_BIN} (./manage.sh test installs Debian's postgresql)")
+        raise RuntimeError(f"PostgreSQL is not installed at {PG_BIN} (./manage.sh test installs Debian's postgresql)")
     base = Path(tempfile.mkdtemp(prefix="autoscaler-pg-"))
     base.chmod(0o755)
     _as_postgres(base)
@@ -69,6 +71,14 @@ def postgres_server() -> Iterator[PostgreSQLExecutor]:
     finally:
         executor.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgreSQLExecutor]:
+    if not (PG_BIN / "pg_ctl").exists():
+        pytest.fail(f"PostgreSQL is not installed at {PG_BIN} (./manage.sh test installs Debian's postgresql)")
+    with running_postgres() as executor:
+        yield executor
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,293 @@
+"""Upload-record benchmark: store size per row, report-apply rate through the real tracker, GET latency, replay and
+cancel memory, on SQLite and on PostgreSQL.
+
+    ./manage.sh bench uploads                 (or .venv/bin/python bench/uploads.py)
+    ./manage.sh bench uploads --rows 200000 --backends sqlite
+
+For each backend (a SQLite file in a temporary directory; a PostgreSQL server
+started for the run from Debian's binaries, as the tests do):
+
+1. storage: a record of `--rows` rows, all published, every row reported
+   `succeeded` straight to the store in batches shaped like the tracker's
+   (200 reports of 100 rows); the store's size before and after (SQLite: the
+   file after a WAL checkpoint; PostgreSQL: the tables, indexes and TOAST of
+   the store, not vacuumed), per row.
+2. GET: with that record in the store, the time to read and render one record
+   (`GET /uploads/<id>`'s work) and the 50 latest (`GET /uploads`'s), median of 20.
+3. tracker: `--tracker-rows` rows reported in worker-shaped reports (4 workers,
+   rows dealt in blocks of 25, 100 rows a report, 1% of rows dead with a body
+   and line), published to `autoscaler.outcomes` on a private vhost of the real
+   RabbitMQ first; then the real `Tracker` thread starts and the clock runs
+   until it has applied every report; rows per second; the record is checked
+   (done, exact counts).
+4. replay and cancel: `--dead-rows` rows dead with bodies replayed (claimed
+   chunk by chunk as the producer does, without publishing), and a cancel of an
+   upload of `--cancel-rows` rows of which none were published: the peak of
+   Python memory allocated (tracemalloc) and the longest single transaction.
+
+Figures are printed and written to bench/results/uploads.json with the date,
+commit, cores and memory of the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pika
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jobtypes.outcomes import OUTCOMES_QUEUE, OutcomeReport, RowOutcome, declare_outcome_routes  # noqa: E402
+from tests.support.broker import create_vhost, delete_vhost  # noqa: E402
+from tests.support.postgres import running_postgres  # noqa: E402
+from tests.support.waiting import wait_until  # noqa: E402
+from uploads.model import UploadRecord, public  # noqa: E402
+from uploads.settings import UploadSettings  # noqa: E402
+from uploads.sql import STORE_TABLES, SqlStore  # noqa: E402
+from uploads.tracker import Tracker  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "uploads.json"
+REPORT_ROWS = 100
+BATCH_REPORTS = 200
+WORKERS = 4
+BLOCK = 25
+
+
+def draft(upload_id: str, rows: int) -> UploadRecord:
+    return UploadRecord(
+        id=upload_id, job_type="bench", file_name="bench.csv", rows=rows, header=["n"], created_at=time.time()
+    )
+
+
+def published(store: SqlStore, upload_id: str, rows: int) -> None:
+    store.begin_upload(draft(upload_id, rows))
+    store.mark_published(upload_id, rows, None)
+
+
+# sizes -------------------------------------------------------------------------------------------------
+def store_bytes(store: SqlStore) -> int:
+    """The store's size on disk: SQLite's file (WAL checkpointed), or PostgreSQL's store tables with indexes."""
+    connection = store.engine.raw_connection()  # outside a transaction: a checkpoint cannot run inside one
+    try:
+        if store.url.get_backend_name() == "sqlite":
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return Path(store.url.database).stat().st_size
+        sizes = " + ".join(f"pg_total_relation_size('{table}')" for table in STORE_TABLES)
+        cursor = connection.cursor()
+        cursor.execute(f"SELECT {sizes}")
+        size = cursor.fetchone()[0]
+        connection.commit()
+        return size
+    finally:
+        connection.close()
+
+
+def storage(store: SqlStore, rows: int) -> dict[str, Any]:
+    before = store_bytes(store)
+    published(store, "storage", rows)
+    batch = REPORT_ROWS * BATCH_REPORTS
+    started = time.perf_counter()
+    for first in range(1, rows + 1, batch):
+        store.apply([RowOutcome("storage", row, "succeeded") for row in range(first, min(first + batch, rows + 1))])
+    seconds = time.perf_counter() - started
+    record = store.get("storage")
+    assert record.state == "done" and record.succeeded == rows, record
+    added = store_bytes(store) - before
+    return {
+        "rows": rows,
+        "bytes_added": added,
+        "bytes_per_row": round(added / rows, 3),
+        "store_apply_rows_per_second": round(rows / seconds),
+    }
+
+
+# GET ----------------------------------------------------------------------------------------------------
+def median_ms(action: Callable[[], object], times: int = 20) -> float:
+    samples = []
+    for _ in range(times):
+        started = time.perf_counter()
+        action()
+        samples.append(time.perf_counter() - started)
+    return round(statistics.median(samples) * 1000, 2)
+
+
+def get_latency(store: SqlStore) -> dict[str, Any]:
+    def one() -> str:
+        return json.dumps(public(store.get("storage"), "/uploads/storage", time.time(), store.max_failed_rows))
+
+    def latest() -> str:
+        records = store.recent(None, None, 50)
+        return json.dumps([public(r, f"/uploads/{r.id}", time.time(), store.max_failed_rows) for r in records])
+
+    return {"get_upload_ms": median_ms(one), "list_uploads_ms": median_ms(latest)}
+
+
+# the tracker ----------------------------------------------------------------------------------------------
+def worker_reports(upload_id: str, rows: int) -> Iterator[bytes]:
+    """Reports as 4 workers send them: each takes blocks of 25 rows in turn and reports 100 rows at a time."""
+    pending: list[list[RowOutcome]] = [[] for _ in range(WORKERS)]
+    for block, first in enumerate(range(1, rows + 1, BLOCK)):
+        mine = pending[block % WORKERS]
+        for row in range(first, min(first + BLOCK, rows + 1)):
+            if row % 100 == 37:
+                mine.append(
+                    RowOutcome(upload_id, row, "dead", 3, 0, "ValueError: bad amount", f'{{"n":"{row}"}}', row + 1)
+                )
+            else:
+                mine.append(RowOutcome(upload_id, row, "succeeded"))
+        if len(mine) >= REPORT_ROWS:
+            yield OutcomeReport(f"worker-{block % WORKERS}", "bench", mine).to_json()
+            mine.clear()
+    for mine in pending:
+        if mine:
+            yield OutcomeReport("worker-last", "bench", mine).to_json()
+
+
+def tracker_rate(store: SqlStore, rows: int, amqp_url: str) -> dict[str, Any]:
+    published(store, "tracked", rows)
+    reports = list(worker_reports("tracked", rows))
+    with pika.BlockingConnection(pika.URLParameters(amqp_url)) as connection:
+        channel = connection.channel()
+        declare_outcome_routes(channel)
+        channel.confirm_delivery()
+        properties = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
+        for body in reports:
+            channel.basic_publish("", OUTCOMES_QUEUE, body, properties)
+    tracker = Tracker(store, UploadSettings(database_url=str(store.url)))
+    started = time.perf_counter()
+    tracker.start()
+    try:
+        wait_until(lambda: tracker.status()["reports"] >= len(reports), timeout=600, interval=0.002, what="reports")
+        seconds = time.perf_counter() - started
+    finally:
+        tracker.stop()
+    record = store.get("tracked")
+    dead = sum(1 for row in range(1, rows + 1) if row % 100 == 37)
+    assert (record.state, record.succeeded, record.dead) == ("done", rows - dead, dead), record
+    return {
+        "rows": rows,
+        "reports": len(reports),
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(rows / seconds),
+    }
+
+
+# replay and cancel ------------------------------------------------------------------------------------------
+@contextmanager
+def peak_memory() -> Iterator[dict[str, float]]:
+    figures: dict[str, float] = {}
+    tracemalloc.start()
+    try:
+        yield figures
+    finally:
+        figures["peak_mb"] = round(tracemalloc.get_traced_memory()[1] / 1e6, 2)
+        tracemalloc.stop()
+
+
+def replay_and_cancel(store: SqlStore, dead_rows: int, cancel_rows: int) -> dict[str, Any]:
+    published(store, "replayed", dead_rows)
+    batch = REPORT_ROWS * BATCH_REPORTS
+    for first in range(1, dead_rows + 1, batch):
+        store.apply(
+            [
+                RowOutcome("replayed", row, "dead", 3, 0, "ValueError: bad", f'{{"n":"{row}"}}', row + 1)
+                for row in range(first, min(first + batch, dead_rows + 1))
+            ]
+        )
+    store.longest_transaction_seconds = 0.0
+    with peak_memory() as replay:
+        claim = store.claim_replay("replayed")
+        claimed = sum(1 for _ in claim.rows)
+    replay["longest_transaction_s"] = round(store.longest_transaction_seconds, 3)
+    assert claimed == dead_rows and store.get("replayed").dead == 0
+    store.begin_upload(draft("cancelled", cancel_rows))
+    store.request_cancel("cancelled")
+    store.longest_transaction_seconds = 0.0
+    with peak_memory() as cancel:
+        cancelled = store.cancel_unpublished("cancelled")
+    cancel["longest_transaction_s"] = round(store.longest_transaction_seconds, 3)
+    record = store.get("cancelled")
+    assert cancelled == cancel_rows and (record.state, record.cancelled) == ("cancelled", cancel_rows), record
+    return {"replay": {"dead_rows": dead_rows, **replay}, "cancel": {"rows": cancel_rows, **cancel}}
+
+
+# the run -------------------------------------------------------------------------------------------------
+def run_backend(url: str, args: argparse.Namespace, amqp_url: str) -> dict[str, Any]:
+    store = SqlStore(url, max_failed_rows=max(args.dead_rows, 10_000), retention_seconds=86_400.0)
+    try:
+        figures = {"storage": storage(store, args.rows)}
+        figures["get"] = get_latency(store)
+        figures["tracker"] = tracker_rate(store, args.tracker_rows, amqp_url)
+        figures.update(replay_and_cancel(store, args.dead_rows, args.cancel_rows))
+        return figures
+    finally:
+        store.close()
+
+
+@contextmanager
+def database(backend: str) -> Iterator[str]:
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="bench-uploads-") as directory:
+            yield f"sqlite:///{directory}/uploads.db"
+        return
+    with running_postgres() as server:
+        admin = f"host={server.host} port={server.port} user=postgres dbname=postgres"
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute("CREATE DATABASE bench")
+        yield f"postgresql+psycopg://postgres@{server.host}:{server.port}/bench"
+
+
+def machine() -> dict[str, Any]:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    memory_kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "commit": commit.stdout.strip(),
+        "cores": os.cpu_count(),
+        "memory_gb": round(memory_kb / 1e6, 1),
+        "python": platform.python_version(),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the all-succeeded upload")
+    parser.add_argument("--tracker-rows", type=int, default=300_000, help="rows reported through the tracker")
+    parser.add_argument("--dead-rows", type=int, default=1_000_000, help="dead rows replayed")
+    parser.add_argument("--cancel-rows", type=int, default=2_000_000, help="rows of the cancelled upload")
+    parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON file")
+    args = parser.parse_args()
+    broker = create_vhost()
+    os.environ["RABBITMQ_URL"] = broker.amqp_url  # the tracker's connection
+    results: dict[str, Any] = {**machine(), "arguments": {k: str(v) for k, v in vars(args).items()}, "backends": {}}
+    try:
+        for backend in args.backends.split(","):
+            with database(backend) as url:
+                results["backends"][backend] = run_backend(url, args, broker.amqp_url)
+            print(backend, json.dumps(results["backends"][backend], indent=2), flush=True)
+    finally:
+        delete_vhost(broker)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
