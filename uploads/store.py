@@ -161,32 +161,42 @@ class UploadStore:
         settled = SettledRows(tx.get_settled(upload_id, {chunk_of(outcome.row) for outcome in valid}))
         stored = tx.get_rows(upload_id, {outcome.row for outcome in valid if outcome.row not in settled})
         changes: dict[int, RowState] = {}
-        counts = {"succeeded": record.succeeded, "retrying": record.retrying, "dead": record.dead}
+        counts = Counter({"succeeded": record.succeeded, "retrying": record.retrying, "dead": record.dead})
         counts["cancelled"] = record.cancelled
-        finished = 0
+        finals: Counter[str] = Counter()
+        newly_settled = 0  # rows settled without ever having a row state (not in `changes`)
         for outcome in valid:
-            if outcome.row in settled:
+            number = outcome.row
+            if number in settled:
                 continue  # settled rows never change: the first final outcome won
-            current = changes.get(outcome.row) or stored.get(outcome.row)
+            current = changes.get(number) or stored.get(number)
+            if current is None and outcome.outcome in SETTLED:
+                # What `transition` does to a row without a state, without building one: the hot path.
+                settled.add(number)
+                counts[outcome.outcome] += 1
+                finals[outcome.outcome] += 1
+                newly_settled += 1
+                continue
             applied = transition(current, outcome)
             if applied.row is None:
                 continue
             row, record = self._cap_details(record, current, applied.row)
-            changes[outcome.row] = row
-            for name, delta in applied.deltas.items():
-                counts[name] += delta
+            changes[number] = row
+            counts.update(applied.deltas)
             if row.final:
-                finished += 1
-                result.finals[(record.job_type, row.state)] += 1
+                finals[row.state] += 1
             if row.state in SETTLED:
-                settled.add(row.row)
-        if not changes:
+                settled.add(number)
+        if not changes and not finals:
             return
         self._write_rows(tx, upload_id, changes, stored, settled)
         was_finished = record.finished_at is not None
-        record = settle(count_finished(replace(record, **counts), finished, now), now)
+        record = replace(record, **counts)
+        record = settle(count_finished(record, finals.total(), now), now)
         tx.update_upload(record)
-        result.changed += len(changes)
+        result.changed += len(changes) + newly_settled
+        for state, count in finals.items():
+            result.finals[(record.job_type, state)] += count
         if record.finished_at is not None and not was_finished:
             result.finished.append(record)
 
@@ -208,7 +218,8 @@ class UploadStore:
         self, record: UploadRecord, current: RowState | None, row: RowState
     ) -> tuple[RowState, UploadRecord]:
         """Keep a dead row's body and error only while the upload is under its cap of failed rows."""
-        row = replace(row, error=row.error[:MAX_ERROR_CHARS] if row.error else row.error)
+        if row.error and len(row.error) > MAX_ERROR_CHARS:
+            row = replace(row, error=row.error[:MAX_ERROR_CHARS])
         if row.state != "dead" or (current is not None and current.body is not None):
             return row, record
         if row.body is not None and record.failed_details < self.max_failed_rows:

@@ -26,6 +26,7 @@ import pytest
 from pytest_postgresql.executors.proc import PostgreSQLExecutor
 
 from tests.support.processes import free_port
+from tests.support.waiting import wait_until
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 OS_USER = "postgres"
@@ -43,6 +44,15 @@ def _pg_ctl_wrapper(directory: Path) -> Path:
     script.write_text(f'#!/bin/sh\nexec {run_as}"{PG_BIN / "pg_ctl"}" "$@"\n')
     script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return script
+
+
+def _accepts_connections(executor: PostgreSQLExecutor) -> bool:
+    """pg_ctl -w can return while the server still answers 'the database system is starting up'."""
+    try:
+        psycopg.connect(f"host={executor.host} port={executor.port} user=postgres dbname=postgres").close()
+    except psycopg.OperationalError:
+        return False
+    return True
 
 
 @contextmanager
@@ -67,6 +77,7 @@ def running_postgres() -> Iterator[PostgreSQLExecutor]:
     )
     executor.start()
     try:
+        wait_until(lambda: _accepts_connections(executor), timeout=60, what="PostgreSQL to accept connections")
         yield executor
     finally:
         executor.stop()
