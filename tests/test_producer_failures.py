@@ -106,7 +106,7 @@ def test_unroutable_rows_never_count_as_confirmed(broker: Broker) -> None:
     os.environ["RABBITMQ_URL"] = broker.amqp_url  # the publisher reads its settings from the environment
     try:
         missing = JobType(name="sleep", queue=f"never-declared-{uuid.uuid4().hex[:6]}")
-        bodies = io.BytesIO(b"".join(b'{"n": "%d"}\n' % i for i in range(50)))
+        bodies = io.BytesIO(b"".join(b'%d {"n": "%d"}\n' % (i + 2, i) for i in range(50)))
         result = _ConfirmedRun(missing, "u1", file_rows(bodies), window=50, replay=0).run(first=1)
     finally:
         del os.environ["RABBITMQ_URL"]

@@ -76,7 +76,15 @@ class Replay:
     """One replay: its number, and its rows (dead ones whose body is kept), claimed a page per transaction as
     they are iterated, so a replay of a million dead rows holds one page in memory and no long transaction."""
 
-    def __init__(self, store: UploadStore, upload_id: str, number: int, not_replayable: int, claims: bool) -> None:
+    def __init__(
+        self,
+        store: UploadStore,
+        upload_id: str,
+        number: int,
+        not_replayable: int,
+        first: list[RowState],
+        after: int | None,
+    ) -> None:
         self.store = store
         self.upload_id = upload_id
         #: The replay number (the upload's current one when there is nothing to replay).
@@ -84,12 +92,15 @@ class Replay:
         #: Dead rows without a kept body (over the cap): they stay dead.
         self.not_replayable = not_replayable
         #: Whether there was anything to replay (a new replay number was taken).
-        self.started = claims
-        self.claimed = 0
-        self._after: int | None = 0 if claims else None  # the row the next page starts after; None: no more
+        self.started = bool(first) or after is not None
+        self.claimed = len(first)
+        self._first = first
+        self._after = after  # the row the next page starts after; None: no more pages
 
     @property
     def rows(self) -> Iterator[RowState]:
+        first, self._first = self._first, []
+        yield from first
         while self._after is not None:
             page, self._after = self.store._claim_page(self.upload_id, self.number, self._after)
             self.claimed += len(page)
@@ -228,35 +239,42 @@ class UploadStore:
 
     # replay and cancel ---------------------------------------------------------------------
     def claim_replay(self, upload_id: str) -> Replay:
-        """Start a replay: the next replay number, whose rows are claimed page by page as `Replay.rows` is read.
+        """Start a replay: the next replay number and its first page of rows; the rest are claimed page by page
+        as `Replay.rows` is read.
 
         Each page moves its dead rows (with a kept body) back to pending under
-        the replay's number in one transaction with the record locked, so two
-        concurrent replays claim each row once between them, and a replay
-        stopped half-way leaves the rest dead, for the next replay.
+        the replay's number in one transaction with the record locked, so
+        concurrent replays claim each row once between them (the first takes
+        every row of an upload with up to PAGE_ROWS dead rows at once), and a
+        replay stopped half-way leaves the rest dead, for the next replay.
         """
         with self.transaction() as tx:
             record = _existing(tx, upload_id, for_update=True)
             not_replayable = min(record.details_dropped, record.dead)
-            if record.dead <= not_replayable:
-                return Replay(self, upload_id, record.replay, not_replayable, claims=False)
             number = record.replay + 1
-            tx.update_upload(settle(replace(record, replay=number), self.clock()))
-            return Replay(self, upload_id, number, not_replayable, claims=True)
+            first, after = self._claim_in(tx, record, number, 0) if record.dead > not_replayable else ([], None)
+            if not first and after is None:
+                return Replay(self, upload_id, record.replay, not_replayable, [], None)
+            tx.update_upload(settle(replace(record, replay=number, dead=record.dead - len(first)), self.clock()))
+            return Replay(self, upload_id, number, not_replayable, first, after)
 
     def _claim_page(self, upload_id: str, number: int, after: int) -> tuple[list[RowState], int | None]:
         """Claim the replayable dead rows of one page after row `after`: (claimed rows, next `after` or None)."""
         with self.transaction() as tx:
             record = _existing(tx, upload_id, for_update=True)
-            dead = tx.rows_in_state(upload_id, "dead", after, PAGE_ROWS)
-            claimed = [
-                replace(row, state="pending", replay=number)
-                for row in dead
-                if row.body is not None and row.replay < number
-            ]
+            claimed, following = self._claim_in(tx, record, number, after)
             if claimed:
-                tx.put_rows(upload_id, [], claimed)
                 tx.update_upload(settle(replace(record, dead=record.dead - len(claimed)), self.clock()))
+            return claimed, following
+
+    @staticmethod
+    def _claim_in(tx: Transaction, record: UploadRecord, number: int, after: int) -> tuple[list[RowState], int | None]:
+        """Move one page of dead rows after `after` to pending under replay `number` (the caller counts them)."""
+        dead = tx.rows_in_state(record.id, "dead", after, PAGE_ROWS)
+        claimed = [
+            replace(row, state="pending", replay=number) for row in dead if row.body is not None and row.replay < number
+        ]
+        tx.put_rows(record.id, [], claimed)
         return claimed, (dead[-1].row if len(dead) == PAGE_ROWS else None)
 
     def release_replay(self, upload_id: str, number: int, after_row: int) -> int:
