@@ -262,6 +262,7 @@ class UploadService:
         result = publish_rows(job_type, upload_id, rows, self.settings.publish_window, replay=claim.number)
         if result.error is not None:
             released = self.store.release_replay(upload_id, claim.number, result.confirmed_through)
+            claim.finish()
             replayed = claim.claimed - released
             log.info("upload %s: replay %d re-queued %d dead rows, then failed", upload_id, claim.number, replayed)
             raise UploadError(
@@ -270,6 +271,7 @@ class UploadService:
                 "replay again later",
                 replayed=replayed,
             )
+        claim.finish()
         log.info("upload %s: replay %d re-queued %d dead rows", upload_id, claim.number, claim.claimed)
         return {**answer, "replayed": claim.claimed}
 

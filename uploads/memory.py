@@ -22,6 +22,7 @@ class _MemoryTransaction:
         self.uploads: dict[str, UploadRecord] = {}
         self.rows: dict[tuple[str, int], RowState | None] = {}  # None: deleted in this transaction
         self.settled: dict[tuple[str, int], bytes] = {}
+        self.replays: dict[tuple[str, int], float | None] = {}  # None: ended in this transaction
         self.deleted: set[str] = set()
 
     def _upload(self, upload_id: str) -> UploadRecord | None:
@@ -92,6 +93,20 @@ class _MemoryTransaction:
         for chunk, bits in {**inserted, **updated}.items():
             self.settled[(upload_id, chunk)] = bits
 
+    def touch_replay(self, upload_id: str, number: int, now: float) -> None:
+        self.replays[(upload_id, number)] = now
+
+    def end_replays(self, upload_id: str, numbers: list[int]) -> None:
+        for number in numbers:
+            self.replays[(upload_id, number)] = None
+
+    def stale_replays(self, upload_id: str, cutoff: float) -> list[int]:
+        renewed = {
+            **self.store.replays.get(upload_id, {}),
+            **{n: t for (u, n), t in self.replays.items() if u == upload_id},
+        }
+        return [number for number, at in renewed.items() if at is not None and at < cutoff]
+
     def delete_finished_before(self, cutoff: float) -> int:
         old = [
             r.id for r in self.list_uploads(None, None, 1 << 30) if r.finished_at is not None and r.finished_at < cutoff
@@ -108,7 +123,13 @@ class _MemoryTransaction:
                 self.store.rows.setdefault(upload_id, {})[number] = row
         for (upload_id, chunk), bits in self.settled.items():
             self.store.settled.setdefault(upload_id, {})[chunk] = bits
+        for (upload_id, number), at in self.replays.items():
+            if at is None:
+                self.store.replays.get(upload_id, {}).pop(number, None)
+            else:
+                self.store.replays.setdefault(upload_id, {})[number] = at
         for upload_id in self.deleted:
+            self.store.replays.pop(upload_id, None)
             self.store.uploads.pop(upload_id, None)
             self.store.rows.pop(upload_id, None)
             self.store.settled.pop(upload_id, None)
@@ -120,6 +141,7 @@ class MemoryStore(UploadStore):
         self.uploads: dict[str, UploadRecord] = {}
         self.rows: dict[str, dict[int, RowState]] = {}
         self.settled: dict[str, dict[int, bytes]] = {}
+        self.replays: dict[str, dict[int, float]] = {}
         self._lock = threading.RLock()
 
     @contextmanager

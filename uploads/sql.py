@@ -111,6 +111,16 @@ SETTLED = Table(
     Column("bits", LargeBinary, nullable=False),
 )
 
+# Replays in progress: renewed with every page a replay claims, removed when it ends; one not renewed for a while
+# was interrupted, and the next replay claims the rows it left pending.
+REPLAYS = Table(
+    "upload_replays",
+    metadata,
+    Column("upload_id", String(64), primary_key=True),
+    Column("number", Integer, primary_key=True, autoincrement=False),
+    Column("renewed_at", Float, nullable=False),
+)
+
 ROW_FIELDS = ("state", "replay", "attempts", "error", "body", "line")
 #: Every table of the store (the benchmark sums their sizes).
 STORE_TABLES = tuple(metadata.tables)
@@ -237,12 +247,24 @@ class _SqlTransaction:
         query = select(ROWS.c.row).where(ROWS.c.upload_id == upload_id, ROWS.c.row.between(first, last))
         return {row.row for row in self.c.execute(query)}
 
+    def touch_replay(self, upload_id: str, number: int, now: float) -> None:
+        where = and_(REPLAYS.c.upload_id == upload_id, REPLAYS.c.number == number)
+        if self.c.execute(update(REPLAYS).where(where).values(renewed_at=now)).rowcount == 0:
+            self.c.execute(insert(REPLAYS).values(upload_id=upload_id, number=number, renewed_at=now))
+
+    def end_replays(self, upload_id: str, numbers: list[int]) -> None:
+        self.c.execute(delete(REPLAYS).where(REPLAYS.c.upload_id == upload_id, REPLAYS.c.number.in_(numbers)))
+
+    def stale_replays(self, upload_id: str, cutoff: float) -> list[int]:
+        query = select(REPLAYS.c.number).where(REPLAYS.c.upload_id == upload_id, REPLAYS.c.renewed_at < cutoff)
+        return [row.number for row in self.c.execute(query)]
+
     def delete_finished_before(self, cutoff: float) -> int:
         old = select(UPLOADS.c.id).where(UPLOADS.c.finished_at < cutoff)
         ids = [row.id for row in self.c.execute(old)]
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            for table in (ROWS, SETTLED):
+            for table in (ROWS, SETTLED, REPLAYS):
                 self.c.execute(delete(table).where(table.c.upload_id.in_(chunk)))
             self.c.execute(delete(UPLOADS).where(UPLOADS.c.id.in_(chunk)))
         return len(ids)

@@ -61,6 +61,9 @@ class Transaction(Protocol):
     def get_settled(self, upload_id: str, chunks: Iterable[int]) -> dict[int, bytes]: ...
     def put_settled(self, upload_id: str, inserted: dict[int, bytes], updated: dict[int, bytes]) -> None: ...
     def delete_finished_before(self, cutoff: float) -> int: ...
+    def touch_replay(self, upload_id: str, number: int, now: float) -> None: ...
+    def end_replays(self, upload_id: str, numbers: list[int]) -> None: ...
+    def stale_replays(self, upload_id: str, cutoff: float) -> list[int]: ...
 
 
 @dataclass
@@ -73,8 +76,14 @@ class ApplyResult:
 
 
 class Replay:
-    """One replay: its number, and its rows (dead ones whose body is kept), claimed a page per transaction as
-    they are iterated, so a replay of a million dead rows holds one page in memory and no long transaction."""
+    """One replay: its number, and its rows claimed a page per transaction as they are iterated, so a replay of
+    a million dead rows holds one page in memory and no long transaction.
+
+    Its rows are the dead ones whose body is kept, then the rows left pending
+    by interrupted replays (`stale`: their producer died before publishing
+    them all). Each page claimed renews the replay in the store; `finish()`
+    ends it.
+    """
 
     def __init__(
         self,
@@ -82,8 +91,8 @@ class Replay:
         upload_id: str,
         number: int,
         not_replayable: int,
-        first: list[RowState],
-        after: int | None,
+        stale: list[int],
+        first: tuple[list[RowState], int | None] | None,
     ) -> None:
         self.store = store
         self.upload_id = upload_id
@@ -92,28 +101,49 @@ class Replay:
         #: Dead rows without a kept body (over the cap): they stay dead.
         self.not_replayable = not_replayable
         #: Whether there was anything to replay (a new replay number was taken).
-        self.started = bool(first) or after is not None
-        self.claimed = len(first)
-        self._first = first
-        self._after = after  # the row the next page starts after; None: no more pages
+        self.started = first is not None
+        self.stale = stale
+        self._first = first or ([], None)
+        self.claimed = len(self._first[0])
 
     @property
     def rows(self) -> Iterator[RowState]:
-        first, self._first = self._first, []
-        yield from first
-        while self._after is not None:
-            page, self._after = self.store._claim_page(self.upload_id, self.number, self._after)
+        if not self.started:
+            return
+        page, after = self._first
+        self._first = ([], None)
+        yield from page
+        yield from self._pages("dead", after)
+        if self.stale:
+            yield from self._pages("pending", 0)
+            self.store._end_replays(self.upload_id, self.stale)
+
+    def _pages(self, state: str, after: int | None) -> Iterator[RowState]:
+        while after is not None:
+            page, after = self.store._claim_page(self.upload_id, self.number, state, self.stale, after)
             self.claimed += len(page)
             yield from page
+
+    def finish(self) -> None:
+        """This replay has published what it claimed (or given back what it could not)."""
+        if self.started:
+            self.store._end_replays(self.upload_id, [self.number])
 
 
 class UploadStore:
     """The upload record's rules. Subclasses provide `transaction()` and `close()`."""
 
-    def __init__(self, max_failed_rows: int, retention_seconds: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        max_failed_rows: int,
+        retention_seconds: float,
+        clock: Callable[[], float] = time.time,
+        replay_stale_seconds: float = 120.0,
+    ) -> None:
         self.max_failed_rows = max_failed_rows
         self.retention_seconds = retention_seconds
         self.clock = clock
+        self.replay_stale_seconds = replay_stale_seconds
 
     def transaction(self, write: bool = True) -> AbstractContextManager[Transaction]:
         raise NotImplementedError
@@ -239,43 +269,46 @@ class UploadStore:
 
     # replay and cancel ---------------------------------------------------------------------
     def claim_replay(self, upload_id: str) -> Replay:
-        """Start a replay: the next replay number and its first page of rows; the rest are claimed page by page
-        as `Replay.rows` is read.
+        """Start a replay: the next replay number, whose rows are claimed page by page as `Replay.rows` is read.
 
-        Each page moves its dead rows (with a kept body) back to pending under
-        the replay's number in one transaction with the record locked, so
-        concurrent replays claim each row once between them (the first takes
-        every row of an upload with up to PAGE_ROWS dead rows at once), and a
-        replay stopped half-way leaves the rest dead, for the next replay.
+        Each page moves its rows back to pending under the replay's number in
+        one transaction with the record locked, so concurrent replays claim
+        each row once between them, and a replay stopped half-way leaves the
+        rest dead, for the next replay. Rows an interrupted replay claimed but
+        may not have published (pending under a replay not renewed for
+        `replay_stale_seconds`) are claimed again: if one was in the queue
+        after all, its old replay number makes its report count for nothing.
         """
         with self.transaction() as tx:
             record = _existing(tx, upload_id, for_update=True)
             not_replayable = min(record.details_dropped, record.dead)
+            stale = tx.stale_replays(upload_id, self.clock() - self.replay_stale_seconds)
             number = record.replay + 1
-            first, after = self._claim_in(tx, record, number, 0) if record.dead > not_replayable else ([], None)
-            if not first and after is None:
+            # The first page is claimed with the number: racing replays of up to a page of dead rows share one.
+            first, after = _claim_in(tx, upload_id, number, "dead", stale, 0)
+            if not first and after is None and not stale:
                 return Replay(self, upload_id, record.replay, not_replayable, [], None)
+            tx.touch_replay(upload_id, number, self.clock())
             tx.update_upload(settle(replace(record, replay=number, dead=record.dead - len(first)), self.clock()))
-            return Replay(self, upload_id, number, not_replayable, first, after)
+            return Replay(self, upload_id, number, not_replayable, stale, (first, after))
 
-    def _claim_page(self, upload_id: str, number: int, after: int) -> tuple[list[RowState], int | None]:
-        """Claim the replayable dead rows of one page after row `after`: (claimed rows, next `after` or None)."""
+    def _claim_page(
+        self, upload_id: str, number: int, state: str, stale: list[int], after: int
+    ) -> tuple[list[RowState], int | None]:
+        """Claim one page of rows in `state` after row `after`: (claimed rows, next `after` or None)."""
         with self.transaction() as tx:
             record = _existing(tx, upload_id, for_update=True)
-            claimed, following = self._claim_in(tx, record, number, after)
-            if claimed:
-                tx.update_upload(settle(replace(record, dead=record.dead - len(claimed)), self.clock()))
+            claimed, following = _claim_in(tx, upload_id, number, state, stale, after)
+            tx.touch_replay(upload_id, number, self.clock())
+            if state == "dead":
+                record = replace(record, dead=record.dead - len(claimed))
+            tx.update_upload(settle(record, self.clock()))
             return claimed, following
 
-    @staticmethod
-    def _claim_in(tx: Transaction, record: UploadRecord, number: int, after: int) -> tuple[list[RowState], int | None]:
-        """Move one page of dead rows after `after` to pending under replay `number` (the caller counts them)."""
-        dead = tx.rows_in_state(record.id, "dead", after, PAGE_ROWS)
-        claimed = [
-            replace(row, state="pending", replay=number) for row in dead if row.body is not None and row.replay < number
-        ]
-        tx.put_rows(record.id, [], claimed)
-        return claimed, (dead[-1].row if len(dead) == PAGE_ROWS else None)
+    def _end_replays(self, upload_id: str, numbers: list[int]) -> None:
+        if numbers:
+            with self.transaction() as tx:
+                tx.end_replays(upload_id, numbers)
 
     def release_replay(self, upload_id: str, number: int, after_row: int) -> int:
         """Rows of replay `number` after `after_row` not published go back to dead (if nothing reported them).
@@ -375,6 +408,21 @@ def _existing(tx: Transaction, upload_id: str, for_update: bool = False) -> Uplo
     if record is None:
         raise UploadNotFound(upload_id)
     return record
+
+
+def _claim_in(
+    tx: Transaction, upload_id: str, number: int, state: str, stale: list[int], after: int
+) -> tuple[list[RowState], int | None]:
+    """Move one page of rows in `state` after row `after` to pending under replay `number` (the caller counts
+    them): dead rows with a kept body, or pending rows an interrupted (`stale`) replay left.
+    Returns (claimed rows, the row the next page starts after, or None at the end)."""
+    page = tx.rows_in_state(upload_id, state, after, PAGE_ROWS)
+    if state == "dead":
+        claimed = [replace(row, state="pending", replay=number) for row in page if row.body is not None]
+    else:
+        claimed = [replace(row, replay=number) for row in page if row.replay in stale]
+    tx.put_rows(upload_id, [], claimed)
+    return claimed, (page[-1].row if len(page) == PAGE_ROWS else None)
 
 
 def _paged(fetch: Callable[[int], list[RowState]]) -> Iterator[RowState]:

@@ -1,0 +1,262 @@
+"""The upload store at real scale, on every backend: what a settled row costs, how replay and cancel stay
+in bounded memory and short transactions, what retention may remove, and where a failed row's line comes from.
+
+The bounds asserted are the README's ("Following an upload"): a million rows
+that all succeed add at most 1 MB to the store (SQLite and PostgreSQL); replay
+and cancel hold at most a few MB of Python memory whatever the number of rows
+and no transaction runs longer than 1 s.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tracemalloc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.support.k8s_fakes import FakeClock
+from tests.support.postgres import fresh_postgres_url, postgres_server  # noqa: F401
+from tests.support.waiting import wait_until
+from tests.test_uploads_store import DAY, counts, draft, open_store, out, queued
+from uploads.failed_rows import failed_rows_csv
+from uploads.sql import STORE_TABLES, SqlStore
+from uploads.store import UploadStore
+
+MB = 1_000_000
+#: Python memory a replay or a cancel may allocate at its peak, whatever the number of rows (tracemalloc).
+MEMORY_BOUND = 4 * MB
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'uploads.db'}"
+    return request.getfixturevalue("fresh_postgres_url")
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UploadStore]:
+    if request.param == "memory":
+        url = "memory://"
+    elif request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'uploads.db'}"
+    else:
+        url = request.getfixturevalue("fresh_postgres_url")
+    created = open_store(url, FakeClock(), max_failed_rows=10_000)
+    yield created
+    created.close()
+
+
+def row_states(store: UploadStore, upload_id: str, rows: int) -> set[int]:
+    """The rows that have a row state (the per-row storage)."""
+    with store.transaction(write=False) as tx:
+        return tx.numbers_between(upload_id, 1, rows)
+
+
+def store_bytes(store: SqlStore) -> int:
+    """Bytes on disk: SQLite's file after a WAL checkpoint; PostgreSQL's store tables, indexes and TOAST."""
+    connection = store.engine.raw_connection()
+    try:
+        if store.url.get_backend_name() == "sqlite":
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return Path(store.url.database).stat().st_size
+        cursor = connection.cursor()
+        cursor.execute("SELECT " + " + ".join(f"pg_total_relation_size('{table}')" for table in STORE_TABLES))
+        size = cursor.fetchone()[0]
+        connection.commit()
+        return size
+    finally:
+        connection.close()
+
+
+@contextmanager
+def peak_memory() -> Iterator[Callable[[], int]]:
+    tracemalloc.start()
+    peak = 0
+    try:
+        yield lambda: peak
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+
+
+def test_settled_rows_keep_no_row_state_and_the_first_final_outcome_wins(store: UploadStore) -> None:
+    queued(store, rows=6)
+    report = [
+        out(1, "succeeded"),
+        out(2, "retrying", error="e1"),
+        out(3, "dead", body='{"a":"3"}', error="bad", line=9),
+        out(4, "cancelled"),
+    ]
+    assert store.apply(report).changed == 4
+    assert store.apply(report).changed == 0, "a report applied twice changes nothing"
+    assert row_states(store, "u1", 6) == {2, 3}, "succeeded and cancelled rows are bits, not row states"
+    # Later reports of settled rows, even one claiming a replay that never happened, change nothing.
+    store.apply([out(1, "dead", body="{}"), out(4, "succeeded"), out(1, "succeeded", replay=7), out(3, "succeeded")])
+    assert counts(store.get("u1")) == (1, 1, 1, 1, 3)
+    # The retrying row succeeds: its row state goes, and so does a report of it after that.
+    store.apply([out(2, "succeeded", attempts=2), out(2, "dead", attempts=3, body="{}")])
+    assert row_states(store, "u1", 6) == {3}
+    assert counts(store.get("u1")) == (2, 0, 1, 1, 2)
+    # A replayed dead row that succeeds becomes a bit too; the first run's late reports are ignored.
+    replay = store.claim_replay("u1")
+    assert [row.row for row in replay.rows] == [3]
+    store.apply([out(3, "succeeded", replay=1), out(3, "dead", replay=0, body="{}"), out(5, "succeeded")])
+    store.apply([out(3, "dead", replay=1, body="{}"), out(6, "succeeded")])
+    record = store.get("u1")
+    assert counts(record) == (5, 0, 0, 1, 0) and record.state == "done"
+    assert row_states(store, "u1", 6) == set()
+
+
+def test_a_dead_rows_line_comes_from_its_report(store: UploadStore) -> None:
+    """The line a worker copied from the row's message header; a report without one falls back to the record's."""
+    store.begin_upload(draft(rows=3, line_breaks=[(1, 1)]))
+    store.mark_published("u1", 3, None)
+    store.apply([out(1, "dead", body='{"a":"x","b":"y"}', error="bad", line=40), out(3, "dead", body="{}")])
+    rows = list(store.dead_rows("u1"))
+    assert [(row.row, row.line) for row in rows] == [(1, 40), (3, None)]
+    report = "".join(failed_rows_csv(store.get("u1"), rows, store.max_failed_rows)).splitlines()
+    assert report == ["a,b,line,attempts,error", "x,y,40,1,bad", ",,4,1,"]
+
+
+def test_a_million_succeeded_rows_add_at_most_a_megabyte(sql_url: str) -> None:
+    store = SqlStore(sql_url, 1000, 30 * DAY)
+    try:
+        before = store_bytes(store)
+        queued(store, rows=MB)
+        batches = [range(first, first + 20_000) for first in range(1, MB + 1, 20_000)]
+        for rows in batches:
+            store.apply([out(row, "succeeded") for row in rows])
+        store.apply([out(row, "succeeded") for row in batches[7]])  # a batch redelivered: nothing changes
+        record = store.get("u1")
+        assert (record.state, record.succeeded, record.pending) == ("done", MB, 0)
+        added = store_bytes(store) - before
+        assert added <= MB, f"{added} bytes for a million succeeded rows"
+        assert row_states(store, "u1", MB) == set()
+    finally:
+        store.close()
+
+
+def test_replay_claims_in_pages_with_flat_memory_and_short_transactions(sql_url: str) -> None:
+    dead = 30_000
+    store = SqlStore(sql_url, dead, 30 * DAY)
+    try:
+        queued(store, rows=dead)
+        body = '{"text":"' + "x" * 200 + '"}'
+        for first in range(1, dead + 1, 10_000):
+            store.apply([out(row, "dead", body=body, error="bad", line=row + 1) for row in range(first, first + 10_000)])
+        store.longest_transaction_seconds = 0.0
+        with peak_memory() as peak:
+            replay = store.claim_replay("u1")
+            claimed = sum(1 for row in replay.rows if row.body == body and row.line == row.row + 1)
+        assert claimed == dead and replay.claimed == dead
+        assert peak() <= MEMORY_BOUND, f"replay of {dead} dead rows peaked at {peak()} bytes"
+        assert store.longest_transaction_seconds < 1.0
+        assert counts(store.get("u1")) == (0, 0, 0, 0, dead)
+    finally:
+        store.close()
+
+
+def test_cancel_of_two_million_rows_goes_by_chunks_with_flat_memory(sql_url: str) -> None:
+    store = SqlStore(sql_url, 1000, 30 * DAY)
+    try:
+        rows = 2 * MB
+        store.begin_upload(draft(rows=rows))
+        store.mark_published("u1", 1000, "the RabbitMQ connection was lost")
+        store.apply([out(row, "succeeded") for row in range(1, 1001)] + [out(5000, "retrying"), out(7000, "succeeded")])
+        store.request_cancel("u1")
+        store.longest_transaction_seconds = 0.0
+        with peak_memory() as peak:
+            cancelled = store.cancel_unpublished("u1")
+        assert cancelled == rows - 1002, "every row after the confirmed ones, except the two reported"
+        assert peak() <= MEMORY_BOUND, f"cancel of {rows} rows peaked at {peak()} bytes"
+        assert store.longest_transaction_seconds < 1.0
+        assert store.cancel_unpublished("u1") == 0, "cancelling again counts nothing twice"
+        record = store.get("u1")
+        assert (record.succeeded, record.cancelled, record.pending) == (1001, rows - 1002, 1)
+    finally:
+        store.close()
+
+
+CANCEL_SCRIPT = """
+import sys
+from uploads.sql import SqlStore
+SqlStore(sys.argv[1], 1000, 86400.0).cancel_unpublished("u1")
+"""
+
+
+def test_a_cancel_killed_half_way_is_finished_by_the_next_exactly(sql_url: str) -> None:
+    """kill -9 the process cancelling 8M rows once some chunks are committed; cancelling again finishes exactly."""
+    rows = 8 * MB
+    store = SqlStore(sql_url, 1000, 30 * DAY)
+    try:
+        store.begin_upload(draft(rows=rows))
+        store.request_cancel("u1")
+        process = subprocess.Popen([sys.executable, "-c", CANCEL_SCRIPT, sql_url], cwd=REPO, env=os.environ.copy())
+        try:
+            wait_until(lambda: store.get("u1").cancelled > 0, timeout=60, interval=0.005, what="a first chunk")
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+        partly = store.get("u1").cancelled
+        assert 0 < partly < rows, "killed half-way"
+        store.cancel_unpublished("u1")
+        record = store.get("u1")
+        assert (record.cancelled, record.pending, record.state) == (rows, 0, "cancelled")
+        assert record.finished_at is not None
+    finally:
+        store.close()
+
+
+def test_retention_never_removes_an_unfinished_upload(store: UploadStore) -> None:
+    clock = store.clock
+    assert isinstance(clock, FakeClock)
+    queued(store, "running", rows=2)
+    queued(store, "finished", rows=1)
+    store.begin_upload(draft("publishing", rows=5, key="k-1"))
+    store.apply([out(1, "succeeded", upload_id="running"), out(1, "succeeded", upload_id="finished")])
+    clock.now += 31 * DAY
+    assert store.purge() == 1, "only the upload finished more than the retention period ago"
+    assert {record.id for record in store.recent()} == {"running", "publishing"}
+    assert store.begin_upload(draft("again", rows=5, key="k-1"))[0].id == "publishing", "its key still names it"
+    store.apply([out(2, "succeeded", upload_id="running")])  # its last report still counts
+    assert store.get("running").state == "done"
+    assert store.purge() == 0, "finished just now"
+    clock.now += 31 * DAY
+    assert store.purge() == 1 and [record.id for record in store.recent()] == ["publishing"]
+
+
+def test_a_replay_interrupted_half_way_is_repeated_safely(store: UploadStore) -> None:
+    """A producer dies after claiming some rows of a replay: the next replay, once the first is stale, claims
+    those rows too, and reports from either replay count each row once."""
+    clock = store.clock
+    assert isinstance(clock, FakeClock)
+    rows = 2500  # three pages
+    queued(store, rows=rows)
+    store.apply([out(row, "dead", body="{}", line=row + 1) for row in range(1, rows + 1)])
+    first = store.claim_replay("u1")
+    taken = [row.row for _, row in zip(range(1500), first.rows, strict=False)]  # ...then the producer dies
+    assert first.number == 1 and len(taken) == 1500
+    assert counts(store.get("u1")) == (0, 0, 500, 0, 2000), "two pages claimed: rows 1-2000"
+    clock.now += 60
+    early = store.claim_replay("u1")
+    assert [row.row for row in early.rows] == list(range(2001, rows + 1)), "the first replay is not stale yet"
+    early.finish()
+    clock.now += store.replay_stale_seconds
+    again = store.claim_replay("u1")
+    assert sorted(row.row for row in again.rows) == list(range(1, 2001)) and again.number == 3
+    again.finish()
+    # Row 1 was in the queue after all (replay 1) and its report arrives, then replay 3's: it counts once.
+    store.apply([out(1, "succeeded", replay=1), out(1, "succeeded", replay=3), out(2, "dead", replay=1, body="{}")])
+    store.apply([out(row, "succeeded", replay=3) for row in range(2, 2001)])
+    store.apply([out(row, "succeeded", replay=2) for row in range(2001, rows + 1)])
+    record = store.get("u1")
+    assert counts(record) == (rows, 0, 0, 0, 0) and record.state == "done"
+    assert list(store.claim_replay("u1").rows) == [], "nothing left to replay, nothing stale"
