@@ -151,7 +151,9 @@ def test_replay_claims_in_pages_with_flat_memory_and_short_transactions(sql_url:
         queued(store, rows=dead)
         body = '{"text":"' + "x" * 200 + '"}'
         for first in range(1, dead + 1, 10_000):
-            store.apply([out(row, "dead", body=body, error="bad", line=row + 1) for row in range(first, first + 10_000)])
+            store.apply(
+                [out(row, "dead", body=body, error="bad", line=row + 1) for row in range(first, first + 10_000)]
+            )
         store.longest_transaction_seconds = 0.0
         with peak_memory() as peak:
             replay = store.claim_replay("u1")
