@@ -23,7 +23,13 @@ started for the run from Debian's binaries, as the tests do):
 4. replay and cancel: `--dead-rows` rows dead with bodies replayed (claimed
    chunk by chunk as the producer does, without publishing), and a cancel of an
    upload of `--cancel-rows` rows of which none were published: the peak of
-   Python memory allocated (tracemalloc) and the longest single transaction.
+   Python memory allocated (tracemalloc, which slows Python down, so the
+   transaction times are upper bounds) and the longest single transaction.
+5. end to end: a producer process on that store, an upload of `--e2e-rows`
+   rows, then 4 worker processes with a no-op handler; the time from the
+   queue reading empty (no message ready, read over AMQP every 10 ms; the
+   workers may still hold their last unacked rows) to `GET /uploads/<id>`
+   answering `done`, polled every 10 ms.
 
 Figures are printed and written to bench/results/uploads.json with the date,
 commit, cores and memory of the machine.
@@ -46,14 +52,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pika
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobtypes.outcomes import OUTCOMES_QUEUE, OutcomeReport, RowOutcome, declare_outcome_routes  # noqa: E402
-from tests.support.broker import create_vhost, delete_vhost  # noqa: E402
+from tests.support.broker import Broker, create_vhost, delete_vhost  # noqa: E402
 from tests.support.postgres import running_postgres  # noqa: E402
+from tests.support.processes import Service  # noqa: E402
+from tests.support.stack import Stack  # noqa: E402
 from tests.support.waiting import wait_until  # noqa: E402
 from uploads.model import UploadRecord, public  # noqa: E402
 from uploads.settings import UploadSettings  # noqa: E402
@@ -226,17 +235,56 @@ def replay_and_cancel(store: SqlStore, dead_rows: int, cancel_rows: int) -> dict
     return {"replay": {"dead_rows": dead_rows, **replay}, "cancel": {"rows": cancel_rows, **cancel}}
 
 
+# end to end -------------------------------------------------------------------------------------------------
+def end_to_end(url: str, rows: int, broker: Broker, directory: Path) -> dict[str, Any]:
+    noop = {"handler": "tests.handlers.noop", "max_workers": 0, "prefetch": 20}
+    stack = Stack(broker, directory, {"noop": noop}, env={"UPLOADS_DATABASE_URL": url, "WORKER_LOG_LEVEL": "info"})
+    stack.start_producer()
+    workers: list[Service] = []
+    try:
+        csv = ("n\n" + "".join(f"{row}\n" for row in range(1, rows + 1))).encode()
+        answer = stack.upload(csv, "noop", timeout=600)
+        answer.raise_for_status()
+        status_url = f"{stack.producer_url}{answer.json()['status_url']}"
+        queue = stack.queue_of("noop")
+        started = time.perf_counter()
+        workers = [Service("workers", ["noop"], stack.env, directory / f"worker-{n}.log") for n in range(4)]
+        wait_until(lambda: broker.queue_depth(queue) == 0, timeout=600, interval=0.01, what="the queue drained")
+        empty = time.perf_counter()
+        record = wait_until(
+            lambda: (r := httpx.get(status_url, headers=stack.auth_headers()).json())["state"] == "done" and r,
+            timeout=60,
+            interval=0.01,
+            what="the record done",
+        )
+        done = time.perf_counter()
+        assert record["succeeded"] == rows, record
+        return {
+            "rows": rows,
+            "workers": 4,
+            "drain_seconds": round(empty - started, 2),
+            "done_after_queue_empty_s": round(done - empty, 3),
+        }
+    finally:
+        for worker in workers:
+            worker.stop()
+        stack.stop()
+
+
 # the run -------------------------------------------------------------------------------------------------
-def run_backend(url: str, args: argparse.Namespace, amqp_url: str) -> dict[str, Any]:
+def run_backend(url: str, args: argparse.Namespace, broker: Broker) -> dict[str, Any]:
     store = SqlStore(url, max_failed_rows=max(args.dead_rows, 10_000), retention_seconds=86_400.0)
     try:
         figures = {"storage": storage(store, args.rows)}
         figures["get"] = get_latency(store)
-        figures["tracker"] = tracker_rate(store, args.tracker_rows, amqp_url)
+        figures["tracker"] = tracker_rate(store, args.tracker_rows, broker.amqp_url)
         figures.update(replay_and_cancel(store, args.dead_rows, args.cancel_rows))
-        return figures
     finally:
         store.close()
+    if args.e2e_rows:
+        with tempfile.TemporaryDirectory(prefix="bench-uploads-e2e-") as directory:
+            figures["end_to_end"] = end_to_end(url, args.e2e_rows, broker, Path(directory))
+    return figures
 
 
 @contextmanager
@@ -270,6 +318,7 @@ def main() -> int:
     parser.add_argument("--tracker-rows", type=int, default=300_000, help="rows reported through the tracker")
     parser.add_argument("--dead-rows", type=int, default=1_000_000, help="dead rows replayed")
     parser.add_argument("--cancel-rows", type=int, default=2_000_000, help="rows of the cancelled upload")
+    parser.add_argument("--e2e-rows", type=int, default=300_000, help="rows of the end-to-end upload (0: skip)")
     parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON file")
     args = parser.parse_args()
@@ -279,7 +328,7 @@ def main() -> int:
     try:
         for backend in args.backends.split(","):
             with database(backend) as url:
-                results["backends"][backend] = run_backend(url, args, broker.amqp_url)
+                results["backends"][backend] = run_backend(url, args, broker)
             print(backend, json.dumps(results["backends"][backend], indent=2), flush=True)
     finally:
         delete_vhost(broker)
