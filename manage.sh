@@ -283,7 +283,7 @@ usage: ./manage.sh COMMAND [ARGS]
   uploads          recent uploads, newest first (--job-type T, --state S)
   sample N         print a sample sales CSV with N rows
   test [ARGS]      run the whole test suite (pytest ARGS)
-  bench NAME       run a benchmark (ingest, worker, reaction, tick)
+  bench NAME       run a benchmark (ingest, worker, reaction, tick, uploads)
   images           build the container images (needs Docker)
   k8s-up           deploy the stack to the current kubectl context
   k8s-config       apply a changed jobs.config.json to the cluster

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 import signal
+import statistics
 import subprocess
 import sys
+import tempfile
+import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,11 +23,15 @@ from pathlib import Path
 
 import pytest
 
+from producer.csv_rows import convert_rows
+from producer.limits import RowLimits
+from producer.publisher import file_rows
 from tests.support.k8s_fakes import FakeClock
 from tests.support.postgres import fresh_postgres_url, postgres_server  # noqa: F401
 from tests.support.waiting import wait_until
 from tests.test_uploads_store import DAY, counts, draft, open_store, out, queued
 from uploads.failed_rows import failed_rows_csv
+from uploads.model import public
 from uploads.sql import STORE_TABLES, SqlStore
 from uploads.store import UploadStore
 
@@ -74,6 +81,15 @@ def store_bytes(store: SqlStore) -> int:
         return size
     finally:
         connection.close()
+
+
+def median_seconds(action: Callable[[], object], times: int = 5) -> float:
+    samples = []
+    for _ in range(times):
+        started = time.perf_counter()
+        action()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
 
 
 @contextmanager
@@ -140,6 +156,12 @@ def test_a_million_succeeded_rows_add_at_most_a_megabyte(sql_url: str) -> None:
         added = store_bytes(store) - before
         assert added <= MB, f"{added} bytes for a million succeeded rows"
         assert row_states(store, "u1", MB) == set()
+        # What GET /uploads/<id> and GET /uploads do with the store, with that upload in it: well under 50 ms.
+        for read in (
+            lambda: public(store.get("u1"), "/u", 0.0, 1),
+            lambda: [public(r, "/u", 0.0, 1) for r in store.recent()],
+        ):
+            assert median_seconds(read) < 0.05
     finally:
         store.close()
 
@@ -262,3 +284,25 @@ def test_a_replay_interrupted_half_way_is_repeated_safely(store: UploadStore) ->
     record = store.get("u1")
     assert counts(record) == (rows, 0, 0, 0, 0) and record.state == "done"
     assert list(store.claim_replay("u1").rows) == [], "nothing left to replay, nothing stale"
+
+
+def test_any_file_shape_converts_in_flat_memory_and_each_row_keeps_its_line() -> None:
+    """A blank line after every row, and a quoted newline in every other row: the producer keeps no line per row
+    (the record gets the first row's line; each row's own goes into the bodies file, then its message)."""
+    rows = 20_000  # a line breakpoint per row, as the record kept before, would take over 2 MB
+    text = "a,b\n" + "".join(f'{n},"x\ny"\n\n' if n % 2 else f"{n},plain\n\n" for n in range(1, rows + 1))
+    with tempfile.TemporaryFile() as source, tempfile.TemporaryFile() as bodies:
+        source.write(text.encode())
+        source.seek(0)
+        with peak_memory() as peak:
+            converted = convert_rows(source, bodies, RowLimits())
+        assert (converted.rows, converted.first_line) == (rows, 2)
+        assert peak() <= MB, f"converting {rows} rows peaked at {peak()} bytes"
+        bodies.seek(0)
+        lines = [line for _, line, _ in file_rows(bodies)]
+    # Row n starts after n - 1 rows of 2 lines (plain, blank) or 3 (quoted newline, blank), after the header.
+    expected, line = [], 2
+    for n in range(1, rows + 1):
+        expected.append(line)
+        line += 3 if n % 2 else 2
+    assert lines == expected
