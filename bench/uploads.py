@@ -41,13 +41,11 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -60,13 +58,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobtypes.outcomes import OUTCOMES_QUEUE, OutcomeReport, RowOutcome, declare_outcome_routes  # noqa: E402
 from tests.support.broker import Broker, create_vhost, delete_vhost  # noqa: E402
+from tests.support.measure import median_seconds, peak_memory  # noqa: E402
 from tests.support.postgres import running_postgres  # noqa: E402
 from tests.support.processes import Service  # noqa: E402
 from tests.support.stack import Stack  # noqa: E402
 from tests.support.waiting import wait_until  # noqa: E402
 from uploads.model import UploadRecord, public  # noqa: E402
 from uploads.settings import UploadSettings  # noqa: E402
-from uploads.sql import STORE_TABLES, SqlStore  # noqa: E402
+from uploads.sql import SqlStore  # noqa: E402
 from uploads.tracker import Tracker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,26 +87,8 @@ def published(store: SqlStore, upload_id: str, rows: int) -> None:
     store.mark_published(upload_id, rows, None)
 
 
-# sizes -------------------------------------------------------------------------------------------------
-def store_bytes(store: SqlStore) -> int:
-    """The store's size on disk: SQLite's file (WAL checkpointed), or PostgreSQL's store tables with indexes."""
-    connection = store.engine.raw_connection()  # outside a transaction: a checkpoint cannot run inside one
-    try:
-        if store.url.get_backend_name() == "sqlite":
-            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            return Path(store.url.database).stat().st_size
-        sizes = " + ".join(f"pg_total_relation_size('{table}')" for table in STORE_TABLES)
-        cursor = connection.cursor()
-        cursor.execute(f"SELECT {sizes}")
-        size = cursor.fetchone()[0]
-        connection.commit()
-        return size
-    finally:
-        connection.close()
-
-
 def storage(store: SqlStore, rows: int) -> dict[str, Any]:
-    before = store_bytes(store)
+    before = store.disk_bytes()
     published(store, "storage", rows)
     batch = REPORT_ROWS * BATCH_REPORTS
     started = time.perf_counter()
@@ -116,7 +97,7 @@ def storage(store: SqlStore, rows: int) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     record = store.get("storage")
     assert record.state == "done" and record.succeeded == rows, record
-    added = store_bytes(store) - before
+    added = store.disk_bytes() - before
     return {
         "rows": rows,
         "bytes_added": added,
@@ -126,15 +107,6 @@ def storage(store: SqlStore, rows: int) -> dict[str, Any]:
 
 
 # GET ----------------------------------------------------------------------------------------------------
-def median_ms(action: Callable[[], object], times: int = 20) -> float:
-    samples = []
-    for _ in range(times):
-        started = time.perf_counter()
-        action()
-        samples.append(time.perf_counter() - started)
-    return round(statistics.median(samples) * 1000, 2)
-
-
 def get_latency(store: SqlStore) -> dict[str, Any]:
     def one() -> str:
         return json.dumps(public(store.get("storage"), "/uploads/storage", time.time(), store.max_failed_rows))
@@ -143,7 +115,10 @@ def get_latency(store: SqlStore) -> dict[str, Any]:
         records = store.recent(None, None, 50)
         return json.dumps([public(r, f"/uploads/{r.id}", time.time(), store.max_failed_rows) for r in records])
 
-    return {"get_upload_ms": median_ms(one), "list_uploads_ms": median_ms(latest)}
+    return {
+        "get_upload_ms": round(median_seconds(one, 20) * 1000, 2),
+        "list_uploads_ms": round(median_seconds(latest, 20) * 1000, 2),
+    }
 
 
 # the tracker ----------------------------------------------------------------------------------------------
@@ -197,17 +172,6 @@ def tracker_rate(store: SqlStore, rows: int, amqp_url: str) -> dict[str, Any]:
 
 
 # replay and cancel ------------------------------------------------------------------------------------------
-@contextmanager
-def peak_memory() -> Iterator[dict[str, float]]:
-    figures: dict[str, float] = {}
-    tracemalloc.start()
-    try:
-        yield figures
-    finally:
-        figures["peak_mb"] = round(tracemalloc.get_traced_memory()[1] / 1e6, 2)
-        tracemalloc.stop()
-
-
 def replay_and_cancel(store: SqlStore, dead_rows: int, cancel_rows: int) -> dict[str, Any]:
     published(store, "replayed", dead_rows)
     batch = REPORT_ROWS * BATCH_REPORTS
@@ -219,17 +183,17 @@ def replay_and_cancel(store: SqlStore, dead_rows: int, cancel_rows: int) -> dict
             ]
         )
     store.longest_transaction_seconds = 0.0
-    with peak_memory() as replay:
+    with peak_memory() as peak:
         claim = store.claim_replay("replayed")
         claimed = sum(1 for _ in claim.rows)
-    replay["longest_transaction_s"] = round(store.longest_transaction_seconds, 3)
+    replay = {"peak_mb": round(peak() / 1e6, 2), "longest_transaction_s": round(store.longest_transaction_seconds, 3)}
     assert claimed == dead_rows and store.get("replayed").dead == 0
     store.begin_upload(draft("cancelled", cancel_rows))
     store.request_cancel("cancelled")
     store.longest_transaction_seconds = 0.0
-    with peak_memory() as cancel:
+    with peak_memory() as peak:
         cancelled = store.cancel_unpublished("cancelled")
-    cancel["longest_transaction_s"] = round(store.longest_transaction_seconds, 3)
+    cancel = {"peak_mb": round(peak() / 1e6, 2), "longest_transaction_s": round(store.longest_transaction_seconds, 3)}
     record = store.get("cancelled")
     assert cancelled == cancel_rows and (record.state, record.cancelled) == ("cancelled", cancel_rows), record
     return {"replay": {"dead_rows": dead_rows, **replay}, "cancel": {"rows": cancel_rows, **cancel}}

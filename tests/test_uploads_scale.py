@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import tracemalloc
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,12 +23,13 @@ from producer.csv_rows import convert_rows
 from producer.limits import RowLimits
 from producer.publisher import file_rows
 from tests.support.k8s_fakes import FakeClock
+from tests.support.measure import median_seconds, peak_memory
 from tests.support.postgres import fresh_postgres_url, postgres_server  # noqa: F401
 from tests.support.waiting import wait_until
 from tests.test_uploads_store import DAY, counts, draft, open_store, out, queued
 from uploads.failed_rows import failed_rows_csv
 from uploads.model import public
-from uploads.sql import STORE_TABLES, SqlStore
+from uploads.sql import SqlStore
 from uploads.store import UploadStore
 
 MB = 1_000_000
@@ -65,42 +62,6 @@ def row_states(store: UploadStore, upload_id: str, rows: int) -> set[int]:
     """The rows that have a row state (the per-row storage)."""
     with store.transaction(write=False) as tx:
         return tx.numbers_between(upload_id, 1, rows)
-
-
-def store_bytes(store: SqlStore) -> int:
-    """Bytes on disk: SQLite's file after a WAL checkpoint; PostgreSQL's store tables, indexes and TOAST."""
-    connection = store.engine.raw_connection()
-    try:
-        if store.url.get_backend_name() == "sqlite":
-            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            return Path(store.url.database).stat().st_size
-        cursor = connection.cursor()
-        cursor.execute("SELECT " + " + ".join(f"pg_total_relation_size('{table}')" for table in STORE_TABLES))
-        size = cursor.fetchone()[0]
-        connection.commit()
-        return size
-    finally:
-        connection.close()
-
-
-def median_seconds(action: Callable[[], object], times: int = 5) -> float:
-    samples = []
-    for _ in range(times):
-        started = time.perf_counter()
-        action()
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
-
-
-@contextmanager
-def peak_memory() -> Iterator[Callable[[], int]]:
-    tracemalloc.start()
-    peak = 0
-    try:
-        yield lambda: peak
-    finally:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
 
 
 def test_settled_rows_keep_no_row_state_and_the_first_final_outcome_wins(store: UploadStore) -> None:
@@ -145,7 +106,7 @@ def test_a_dead_rows_line_comes_from_its_report(store: UploadStore) -> None:
 def test_a_million_succeeded_rows_add_at_most_a_megabyte(sql_url: str) -> None:
     store = SqlStore(sql_url, 1000, 30 * DAY)
     try:
-        before = store_bytes(store)
+        before = store.disk_bytes()
         queued(store, rows=MB)
         batches = [range(first, first + 20_000) for first in range(1, MB + 1, 20_000)]
         for rows in batches:
@@ -153,13 +114,13 @@ def test_a_million_succeeded_rows_add_at_most_a_megabyte(sql_url: str) -> None:
         store.apply([out(row, "succeeded") for row in batches[7]])  # a batch redelivered: nothing changes
         record = store.get("u1")
         assert (record.state, record.succeeded, record.pending) == ("done", MB, 0)
-        added = store_bytes(store) - before
+        added = store.disk_bytes() - before
         assert added <= MB, f"{added} bytes for a million succeeded rows"
         assert row_states(store, "u1", MB) == set()
         # What GET /uploads/<id> and GET /uploads do with the store, with that upload in it: well under 50 ms.
         for read in (
-            lambda: public(store.get("u1"), "/u", 0.0, 1),
-            lambda: [public(r, "/u", 0.0, 1) for r in store.recent()],
+            lambda: public(store.get("u1"), "/u", store.clock(), 1),
+            lambda: [public(r, "/u", store.clock(), 1) for r in store.recent()],
         ):
             assert median_seconds(read) < 0.05
     finally:
@@ -167,44 +128,51 @@ def test_a_million_succeeded_rows_add_at_most_a_megabyte(sql_url: str) -> None:
 
 
 def test_replay_claims_in_pages_with_flat_memory_and_short_transactions(sql_url: str) -> None:
-    dead = 30_000
+    """Two uploads of 15,000 dead rows: one replayed under tracemalloc (memory), the other not (time)."""
+    dead = 15_000
     store = SqlStore(sql_url, dead, 30 * DAY)
     try:
-        queued(store, rows=dead)
         body = '{"text":"' + "x" * 200 + '"}'
-        for first in range(1, dead + 1, 10_000):
+        for upload_id in ("u1", "u2"):
+            queued(store, upload_id, rows=dead)
             store.apply(
-                [out(row, "dead", body=body, error="bad", line=row + 1) for row in range(first, first + 10_000)]
+                [out(row, "dead", upload_id, body=body, error="bad", line=row + 1) for row in range(1, dead + 1)]
             )
-        store.longest_transaction_seconds = 0.0
         with peak_memory() as peak:
             replay = store.claim_replay("u1")
             claimed = sum(1 for row in replay.rows if row.body == body and row.line == row.row + 1)
         assert claimed == dead and replay.claimed == dead
         assert peak() <= MEMORY_BOUND, f"replay of {dead} dead rows peaked at {peak()} bytes"
+        store.longest_transaction_seconds = 0.0
+        assert sum(1 for _ in store.claim_replay("u2").rows) == dead
         assert store.longest_transaction_seconds < 1.0
-        assert counts(store.get("u1")) == (0, 0, 0, 0, dead)
+        assert counts(store.get("u1")) == counts(store.get("u2")) == (0, 0, 0, 0, dead)
     finally:
         store.close()
 
 
 def test_cancel_of_two_million_rows_goes_by_chunks_with_flat_memory(sql_url: str) -> None:
+    """Two uploads of 2M rows, 1,000 published: one cancelled under tracemalloc (memory), the other not (time)."""
     store = SqlStore(sql_url, 1000, 30 * DAY)
+    rows = 2 * MB
     try:
-        rows = 2 * MB
-        store.begin_upload(draft(rows=rows))
-        store.mark_published("u1", 1000, "the RabbitMQ connection was lost")
-        store.apply([out(row, "succeeded") for row in range(1, 1001)] + [out(5000, "retrying"), out(7000, "succeeded")])
-        store.request_cancel("u1")
-        store.longest_transaction_seconds = 0.0
+        for upload_id in ("u1", "u2"):
+            store.begin_upload(draft(upload_id, rows=rows))
+            store.mark_published(upload_id, 1000, "the RabbitMQ connection was lost")
+            reported = [out(row, "succeeded", upload_id) for row in range(1, 1001)]
+            store.apply([*reported, out(5000, "retrying", upload_id), out(7000, "succeeded", upload_id)])
+            store.request_cancel(upload_id)
         with peak_memory() as peak:
             cancelled = store.cancel_unpublished("u1")
         assert cancelled == rows - 1002, "every row after the confirmed ones, except the two reported"
         assert peak() <= MEMORY_BOUND, f"cancel of {rows} rows peaked at {peak()} bytes"
-        assert store.longest_transaction_seconds < 1.0
+        store.longest_transaction_seconds = 0.0
+        assert store.cancel_unpublished("u2") == rows - 1002
+        assert store.longest_transaction_seconds < 1.0, "each chunk of 65,536 rows is its own short transaction"
         assert store.cancel_unpublished("u1") == 0, "cancelling again counts nothing twice"
-        record = store.get("u1")
-        assert (record.succeeded, record.cancelled, record.pending) == (1001, rows - 1002, 1)
+        for upload_id in ("u1", "u2"):
+            record = store.get(upload_id)
+            assert (record.succeeded, record.cancelled, record.pending) == (1001, rows - 1002, 1)
     finally:
         store.close()
 

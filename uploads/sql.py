@@ -122,8 +122,6 @@ REPLAYS = Table(
 )
 
 ROW_FIELDS = ("state", "replay", "attempts", "error", "body", "line")
-#: Every table of the store (the benchmark sums their sizes).
-STORE_TABLES = tuple(metadata.tables)
 #: Row numbers of one query above which rows are read by range (one index scan) instead of by list.
 MAX_LISTED_ROWS = 500
 
@@ -143,7 +141,7 @@ def _to_record(row: Any) -> UploadRecord:
 
 
 def _to_row(row: Any) -> RowState:
-    return RowState(row=row.row, **{name: getattr(row, name) for name in ROW_FIELDS})
+    return RowState(row.row, row.state, row.replay, row.attempts, row.error, row.body, row.line)
 
 
 class _SqlTransaction:
@@ -297,6 +295,22 @@ class SqlStore(UploadStore):
 
     def describe(self) -> str:
         return self.url.render_as_string(hide_password=True)
+
+    def disk_bytes(self) -> int:
+        """The store's size on disk: SQLite's file (its WAL checkpointed first), or on Postgres its tables with
+        their indexes and TOAST (not vacuumed: dead row versions count)."""
+        connection = self.engine.raw_connection()  # outside a transaction: a checkpoint cannot run inside one
+        try:
+            if self.url.get_backend_name() == "sqlite":
+                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                return Path(str(self.url.database)).stat().st_size
+            cursor = connection.cursor()
+            cursor.execute("SELECT " + " + ".join(f"pg_total_relation_size('{table}')" for table in metadata.tables))
+            size = cursor.fetchone()[0]
+            connection.commit()
+            return size
+        finally:
+            connection.close()
 
     @contextmanager
     def transaction(self, write: bool = True) -> Iterator[_SqlTransaction]:

@@ -35,8 +35,9 @@ from uploads.settled import CHUNK_ROWS, SettledRows, chunk_of, chunks_between
 
 #: Longest handler error kept per row (characters).
 MAX_ERROR_CHARS = 500
-#: Dead rows read per query when writing a failed-row report.
-PAGE_ROWS = 1000
+#: Rows per page: read per query for a failed-row report, and claimed per transaction by a replay (which keeps
+#: each of its transactions well under a second, and its memory to one page).
+PAGE_ROWS = 500
 
 
 class DuplicateKey(Exception):
