@@ -80,10 +80,10 @@ class Replay:
     """One replay: its number, and its rows claimed a page per transaction as they are iterated, so a replay of
     a million dead rows holds one page in memory and no long transaction.
 
-    Its rows are the dead ones whose body is kept, then the rows left pending
-    by interrupted replays (`stale`: their producer died before publishing
-    them all). Each page claimed renews the replay in the store; `finish()`
-    ends it.
+    Its rows, in row order, are the dead ones whose body is kept and the rows
+    left pending by interrupted replays (`stale`: their producer died before
+    publishing them all). Each page claimed renews the replay in the store;
+    `finish()` ends it.
     """
 
     def __init__(
@@ -114,16 +114,11 @@ class Replay:
         page, after = self._first
         self._first = ([], None)
         yield from page
-        yield from self._pages("dead", after)
-        if self.stale:
-            yield from self._pages("pending", 0)
-            self.store._end_replays(self.upload_id, self.stale)
-
-    def _pages(self, state: str, after: int | None) -> Iterator[RowState]:
         while after is not None:
-            page, after = self.store._claim_page(self.upload_id, self.number, state, self.stale, after)
+            page, after = self.store._claim_page(self.upload_id, self.number, self.stale, after)
             self.claimed += len(page)
             yield from page
+        self.store._end_replays(self.upload_id, self.stale)
 
     def finish(self) -> None:
         """This replay has published what it claimed (or given back what it could not)."""
@@ -286,24 +281,22 @@ class UploadStore:
             stale = tx.stale_replays(upload_id, self.clock() - self.replay_stale_seconds)
             number = record.replay + 1
             # The first page is claimed with the number: racing replays of up to a page of dead rows share one.
-            first, after = _claim_in(tx, upload_id, number, "dead", stale, 0)
-            if not first and after is None and not stale:
+            first, dead, after = _claim_in(tx, upload_id, number, stale, 0)
+            if not first and after is None:
                 return Replay(self, upload_id, record.replay, not_replayable, [], None)
             tx.touch_replay(upload_id, number, self.clock())
-            tx.update_upload(settle(replace(record, replay=number, dead=record.dead - len(first)), self.clock()))
+            tx.update_upload(settle(replace(record, replay=number, dead=record.dead - dead), self.clock()))
             return Replay(self, upload_id, number, not_replayable, stale, (first, after))
 
     def _claim_page(
-        self, upload_id: str, number: int, state: str, stale: list[int], after: int
+        self, upload_id: str, number: int, stale: list[int], after: int
     ) -> tuple[list[RowState], int | None]:
-        """Claim one page of rows in `state` after row `after`: (claimed rows, next `after` or None)."""
+        """Claim one page of rows after row `after` for replay `number`: (claimed rows, next `after` or None)."""
         with self.transaction() as tx:
             record = _existing(tx, upload_id, for_update=True)
-            claimed, following = _claim_in(tx, upload_id, number, state, stale, after)
+            claimed, dead, following = _claim_in(tx, upload_id, number, stale, after)
             tx.touch_replay(upload_id, number, self.clock())
-            if state == "dead":
-                record = replace(record, dead=record.dead - len(claimed))
-            tx.update_upload(settle(record, self.clock()))
+            tx.update_upload(settle(replace(record, dead=record.dead - dead), self.clock()))
             return claimed, following
 
     def _end_replays(self, upload_id: str, numbers: list[int]) -> None:
@@ -412,18 +405,27 @@ def _existing(tx: Transaction, upload_id: str, for_update: bool = False) -> Uplo
 
 
 def _claim_in(
-    tx: Transaction, upload_id: str, number: int, state: str, stale: list[int], after: int
-) -> tuple[list[RowState], int | None]:
-    """Move one page of rows in `state` after row `after` to pending under replay `number` (the caller counts
-    them): dead rows with a kept body, or pending rows an interrupted (`stale`) replay left.
-    Returns (claimed rows, the row the next page starts after, or None at the end)."""
-    page = tx.rows_in_state(upload_id, state, after, PAGE_ROWS)
-    if state == "dead":
-        claimed = [replace(row, state="pending", replay=number) for row in page if row.body is not None]
-    else:
-        claimed = [replace(row, replay=number) for row in page if row.replay in stale]
+    tx: Transaction, upload_id: str, number: int, stale: list[int], after: int
+) -> tuple[list[RowState], int, int | None]:
+    """Move one page of rows after row `after` to pending under replay `number`: dead rows with a kept body,
+    and pending rows an interrupted (`stale`) replay left, in row order (the publisher needs rows in order to
+    say how far they are confirmed). Returns (claimed rows, how many were dead, the row the next page starts
+    after, or None at the end)."""
+    dead = tx.rows_in_state(upload_id, "dead", after, PAGE_ROWS)
+    pending = tx.rows_in_state(upload_id, "pending", after, PAGE_ROWS) if stale else []
+    page = sorted(dead + pending, key=lambda row: row.row)[:PAGE_ROWS]
+    claimed = [
+        replace(row, state="pending", replay=number)
+        for row in page
+        if (row.state == "dead" and row.body is not None) or (row.state == "pending" and row.replay in stale)
+    ]
     tx.put_rows(upload_id, [], claimed)
-    return claimed, (page[-1].row if len(page) == PAGE_ROWS else None)
+    more = len(dead) == PAGE_ROWS or len(pending) == PAGE_ROWS
+    return (
+        claimed,
+        sum(1 for row in page if row.state == "dead" and row.body is not None),
+        (page[-1].row if more else None),
+    )
 
 
 def _paged(fetch: Callable[[int], list[RowState]]) -> Iterator[RowState]:
