@@ -5,10 +5,11 @@ record is one indexed lookup), `upload_settled` (the settled rows' bitmap, a
 few compressed chunks per upload), `upload_rows` (one row per data row that
 is retrying, dead or replayed; a row never reported is pending and a settled
 row is one bit, so neither has a row here) and `upload_replays` (replays in
-progress, to tell an interrupted one). The counters and the row states change in the same transaction. On Postgres the
-upload's row is locked (`SELECT ... FOR UPDATE`) by every write, so two
-trackers or two replays of one upload take turns; SQLite writes start with
-`BEGIN IMMEDIATE`, which serialises writers the same way.
+progress, to tell an interrupted one). The counters, the bitmap and the row
+states change in the same transaction. On Postgres the upload's row is locked
+(`SELECT ... FOR UPDATE`) by every write, so two trackers or two replays of
+one upload take turns; SQLite writes start with `BEGIN IMMEDIATE`, which
+serialises writers the same way.
 
 Any database error becomes `StoreUnavailable` with the database's words.
 """
