@@ -11,7 +11,8 @@ started for the run from Debian's binaries, as the tests do):
    `succeeded` straight to the store in batches shaped like the tracker's
    (200 reports of 100 rows); the store's size before and after (SQLite: the
    file after a WAL checkpoint; PostgreSQL: the tables, indexes and TOAST of
-   the store, not vacuumed), per row.
+   the store, not vacuumed), per row; and what the store holds for them: the
+   bitmap's bytes and the number of row states.
 2. GET: with that record in the store, the time to read and render one record
    (`GET /uploads/<id>`'s work) and the 50 latest (`GET /uploads`'s), median of 20.
 3. tracker: `--tracker-rows` rows reported in worker-shaped reports (4 workers,
@@ -21,10 +22,11 @@ started for the run from Debian's binaries, as the tests do):
    until it has applied every report; rows per second; the record is checked
    (done, exact counts).
 4. replay and cancel: `--dead-rows` rows dead with bodies replayed (claimed
-   chunk by chunk as the producer does, without publishing), and a cancel of an
+   page by page as the producer does, without publishing), and a cancel of an
    upload of `--cancel-rows` rows of which none were published: the peak of
-   Python memory allocated (tracemalloc, which slows Python down, so the
-   transaction times are upper bounds) and the longest single transaction.
+   Python memory allocated (tracemalloc), at a tenth of the size and at full
+   size, and, measured apart (tracemalloc slows Python down), the longest
+   single transaction.
 5. end to end: a producer process on that store, an upload of `--e2e-rows`
    rows, then 4 worker processes with a no-op handler; the time from the
    queue reading empty (no message ready, read over AMQP every 10 ms; the
@@ -45,7 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ from typing import Any
 import httpx
 import pika
 import psycopg
+from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -65,7 +68,7 @@ from tests.support.stack import Stack  # noqa: E402
 from tests.support.waiting import wait_until  # noqa: E402
 from uploads.model import UploadRecord, public  # noqa: E402
 from uploads.settings import UploadSettings  # noqa: E402
-from uploads.sql import SqlStore  # noqa: E402
+from uploads.sql import ROWS, SETTLED, SqlStore  # noqa: E402
 from uploads.tracker import Tracker  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,8 +101,13 @@ def storage(store: SqlStore, rows: int) -> dict[str, Any]:
     record = store.get("storage")
     assert record.state == "done" and record.succeeded == rows, record
     added = store.disk_bytes() - before
+    with store.engine.connect() as connection:
+        bitmap = connection.execute(select(func.sum(func.length(SETTLED.c.bits)))).scalar_one()
+        row_states = connection.execute(select(func.count()).select_from(ROWS)).scalar_one()
     return {
         "rows": rows,
+        "bitmap_bytes": bitmap,
+        "row_states": row_states,
         "bytes_added": added,
         "bytes_per_row": round(added / rows, 3),
         "store_apply_rows_per_second": round(rows / seconds),
@@ -172,31 +180,62 @@ def tracker_rate(store: SqlStore, rows: int, amqp_url: str) -> dict[str, Any]:
 
 
 # replay and cancel ------------------------------------------------------------------------------------------
-def replay_and_cancel(store: SqlStore, dead_rows: int, cancel_rows: int) -> dict[str, Any]:
-    published(store, "replayed", dead_rows)
+def dead_upload(store: SqlStore, upload_id: str, rows: int) -> None:
+    """An upload whose rows all ended dead, with their bodies and lines kept."""
+    published(store, upload_id, rows)
     batch = REPORT_ROWS * BATCH_REPORTS
-    for first in range(1, dead_rows + 1, batch):
+    for first in range(1, rows + 1, batch):
+        last = min(first + batch, rows + 1)
         store.apply(
             [
-                RowOutcome("replayed", row, "dead", 3, 0, "ValueError: bad", f'{{"n":"{row}"}}', row + 1)
-                for row in range(first, min(first + batch, dead_rows + 1))
+                RowOutcome(upload_id, row, "dead", 3, 0, "ValueError: bad", f'{{"n":"{row}"}}', row + 1)
+                for row in range(first, last)
             ]
         )
-    store.longest_transaction_seconds = 0.0
+
+
+def replay(store: SqlStore, upload_id: str) -> int:
+    return sum(1 for _ in store.claim_replay(upload_id).rows)
+
+
+def cancel(store: SqlStore, upload_id: str, rows: int) -> int:
+    store.begin_upload(draft(upload_id, rows))
+    store.request_cancel(upload_id)
+    return store.cancel_unpublished(upload_id)
+
+
+def peak_mb(action: Callable[[], int], expected: int) -> float:
+    """Peak Python memory of the action under tracemalloc (which slows Python down: the time is measured apart)."""
     with peak_memory() as peak:
-        claim = store.claim_replay("replayed")
-        claimed = sum(1 for _ in claim.rows)
-    replay = {"peak_mb": round(peak() / 1e6, 2), "longest_transaction_s": round(store.longest_transaction_seconds, 3)}
-    assert claimed == dead_rows and store.get("replayed").dead == 0
-    store.begin_upload(draft("cancelled", cancel_rows))
-    store.request_cancel("cancelled")
+        assert action() == expected
+    return round(peak() / 1e6, 2)
+
+
+def timed(store: SqlStore, action: Callable[[], int], expected: int) -> float:
+    """The longest transaction of the action, in seconds (no tracemalloc)."""
     store.longest_transaction_seconds = 0.0
-    with peak_memory() as peak:
-        cancelled = store.cancel_unpublished("cancelled")
-    cancel = {"peak_mb": round(peak() / 1e6, 2), "longest_transaction_s": round(store.longest_transaction_seconds, 3)}
-    record = store.get("cancelled")
-    assert cancelled == cancel_rows and (record.state, record.cancelled) == ("cancelled", cancel_rows), record
-    return {"replay": {"dead_rows": dead_rows, **replay}, "cancel": {"rows": cancel_rows, **cancel}}
+    assert action() == expected
+    return round(store.longest_transaction_seconds, 3)
+
+
+def replay_and_cancel(store: SqlStore, dead_rows: int, cancel_rows: int) -> dict[str, Any]:
+    """Replay and cancel at a tenth of the size and at full size (memory), and again at full size (time)."""
+    small_dead, small_cancel = dead_rows // 10, cancel_rows // 10
+    for upload_id, rows in (("dead-small", small_dead), ("dead-mem", dead_rows), ("dead-time", dead_rows)):
+        dead_upload(store, upload_id, rows)
+    replayed = {
+        "dead_rows": dead_rows,
+        "peak_mb_tenth": peak_mb(lambda: replay(store, "dead-small"), small_dead),
+        "peak_mb": peak_mb(lambda: replay(store, "dead-mem"), dead_rows),
+        "longest_transaction_s": timed(store, lambda: replay(store, "dead-time"), dead_rows),
+    }
+    cancelled = {
+        "rows": cancel_rows,
+        "peak_mb_tenth": peak_mb(lambda: cancel(store, "cancel-small", small_cancel), small_cancel),
+        "peak_mb": peak_mb(lambda: cancel(store, "cancel-mem", cancel_rows), cancel_rows),
+        "longest_transaction_s": timed(store, lambda: cancel(store, "cancel-time", cancel_rows), cancel_rows),
+    }
+    return {"replay": replayed, "cancel": cancelled}
 
 
 # end to end -------------------------------------------------------------------------------------------------
