@@ -31,7 +31,8 @@ started for the run from Debian's binaries, as the tests do):
    rows, then 4 worker processes with a no-op handler; the time from the
    queue reading empty (no message ready, read over AMQP every 10 ms; the
    workers may still hold their last unacked rows) to `GET /uploads/<id>`
-   answering `done`, polled every 10 ms.
+   answering `done`, polled every 10 ms; then `GET /uploads/storage` (the
+   million-row upload of step 1) and `GET /uploads`, over HTTP, median of 20.
 
 Figures are printed and written to bench/results/uploads.json with the date,
 commit, cores and memory of the machine.
@@ -262,11 +263,18 @@ def end_to_end(url: str, rows: int, broker: Broker, directory: Path) -> dict[str
         )
         done = time.perf_counter()
         assert record["succeeded"] == rows, record
+        headers = stack.auth_headers()
+        with httpx.Client(base_url=stack.producer_url, headers=headers) as client:
+            http = {  # over HTTP, with the million-row upload of step 1 in the store
+                f"http_{name}_ms": round(median_seconds(lambda p=path: client.get(p).raise_for_status(), 20) * 1000, 2)
+                for name, path in (("get_upload", "/uploads/storage"), ("list_uploads", "/uploads"))
+            }
         return {
             "rows": rows,
             "workers": 4,
             "drain_seconds": round(empty - started, 2),
             "done_after_queue_empty_s": round(done - empty, 3),
+            **http,
         }
     finally:
         for worker in workers:
