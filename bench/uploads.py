@@ -35,7 +35,8 @@ started for the run from Debian's binaries, as the tests do):
    million-row upload of step 1) and `GET /uploads`, over HTTP, median of 20.
 
 Figures are printed and written to bench/results/uploads.json with the date,
-commit, cores and memory of the machine.
+commit, cores and memory of the machine; `--render FILE` prints the README's
+rows from such a file.
 """
 
 from __future__ import annotations
@@ -323,6 +324,34 @@ def machine() -> dict[str, Any]:
     }
 
 
+def readme_rows(results: dict[str, Any]) -> str:
+    """The README's table rows for a results file (`--render FILE`), so the figures there are the file's."""
+    lines = []
+    for backend, f in results["backends"].items():
+        storage, tracker, replay, cancel = f["storage"], f["tracker"], f["replay"], f["cancel"]
+        e2e = f.get("end_to_end", {})
+        lines += [
+            f"| {backend}: store added by {storage['rows']:,} rows all succeeded | {storage['bytes_added']:,} bytes "
+            f"({storage['bitmap_bytes']} bytes of bitmap, {storage['row_states']} row states) |",
+            f"| {backend}: reports applied through the tracker ({tracker['rows']:,} rows, {tracker['reports']:,} "
+            f"reports, 1% dead) | {tracker['rows_per_second']:,} rows/s |",
+            f"| {backend}: `GET /uploads/<id>` / `GET /uploads` with the {storage['rows']:,}-row upload in the store, over HTTP "
+            f"(store only) | {e2e.get('http_get_upload_ms')} / {e2e.get('http_list_uploads_ms')} ms "
+            f"({f['get']['get_upload_ms']} / {f['get']['list_uploads_ms']} ms) |",
+            f"| {backend}: replay of {replay['dead_rows']:,} dead rows: peak Python memory (at a tenth of the rows), "
+            f"longest transaction | {replay['peak_mb']} MB ({replay['peak_mb_tenth']} MB), "
+            f"{replay['longest_transaction_s']} s |",
+            f"| {backend}: cancel of {cancel['rows']:,} unpublished rows: peak Python memory (at a tenth), longest "
+            f"transaction | {cancel['peak_mb']} MB ({cancel['peak_mb_tenth']} MB), {cancel['longest_transaction_s']} s |",
+        ]
+        if e2e:
+            lines.append(
+                f"| {backend}: {e2e['rows']:,} rows, {e2e['workers']} no-op workers: queue empty -> record `done` "
+                f"| {e2e['done_after_queue_empty_s']} s (drained in {e2e['drain_seconds']} s) |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the all-succeeded upload")
@@ -332,7 +361,11 @@ def main() -> int:
     parser.add_argument("--e2e-rows", type=int, default=300_000, help="rows of the end-to-end upload (0: skip)")
     parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON file")
+    parser.add_argument("--render", type=Path, help="print the README's rows for this results file, run nothing")
     args = parser.parse_args()
+    if args.render:
+        print(readme_rows(json.loads(args.render.read_text())))
+        return 0
     broker = create_vhost()
     os.environ["RABBITMQ_URL"] = broker.amqp_url  # the tracker's connection
     results: dict[str, Any] = {**machine(), "arguments": {k: str(v) for k, v in vars(args).items()}, "backends": {}}
