@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine
 
 from producer.csv_rows import convert_rows
 from producer.limits import RowLimits
@@ -29,7 +30,7 @@ from tests.support.waiting import wait_until
 from tests.test_uploads_store import DAY, counts, draft, open_store, out, queued
 from uploads.failed_rows import failed_rows_csv
 from uploads.model import public
-from uploads.sql import SqlStore
+from uploads.sql import SqlStore, database_url
 from uploads.store import PAGE_ROWS, UploadStore
 
 MB = 1_000_000
@@ -179,7 +180,7 @@ def test_cancel_of_two_million_rows_goes_by_chunks_with_flat_memory(sql_url: str
 
 CANCEL_SCRIPT = """
 import sys
-from uploads.sql import SqlStore
+from uploads.sql import SqlStore, database_url
 SqlStore(sys.argv[1], 1000, 86400.0).cancel_unpublished("u1")
 """
 
@@ -273,3 +274,27 @@ def test_any_file_shape_converts_in_flat_memory_and_each_row_keeps_its_line() ->
         expected.append(line)
         line += 3 if n % 2 else 2
     assert lines == expected
+
+
+OLD_ROWS_TABLE = """CREATE TABLE upload_rows (
+    upload_id VARCHAR(64) NOT NULL, row INTEGER NOT NULL, state VARCHAR(16) NOT NULL, replay INTEGER NOT NULL,
+    attempts INTEGER NOT NULL, error TEXT, body TEXT, PRIMARY KEY (upload_id, row))"""
+
+
+def test_a_store_from_the_earlier_version_is_migrated_and_its_row_states_still_count(sql_url: str) -> None:
+    """The earlier store kept a row state per reported row and no line: opening it adds the column, and a
+    `succeeded` row state from then still wins over a later report."""
+    engine = create_engine(database_url(sql_url))
+    with engine.begin() as connection:
+        connection.exec_driver_sql(OLD_ROWS_TABLE)
+        connection.exec_driver_sql("INSERT INTO upload_rows VALUES ('u1', 1, 'succeeded', 0, 1, NULL, NULL)")
+    engine.dispose()
+    store = SqlStore(sql_url, 1000, 30 * DAY)
+    try:
+        queued(store, rows=3)
+        assert store.apply([out(1, "dead", body="{}"), out(1, "succeeded")]).changed == 0, "row 1 had finished"
+        store.apply([out(2, "dead", body="{}", line=7), out(3, "succeeded")])
+        assert [(row.row, row.line) for row in store.dead_rows("u1")] == [(2, 7)]
+        assert row_states(store, "u1", 3) == {1, 2}
+    finally:
+        store.close()
