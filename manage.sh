@@ -310,7 +310,7 @@ usage: ./manage.sh COMMAND [ARGS]
   uploads          recent uploads, newest first (--job-type T, --state S)
   sample N         print a sample sales CSV with N rows
   test [ARGS]      run the whole test suite (pytest ARGS)
-  bench NAME       run a benchmark (ingest, worker, reaction, tick, simulate)
+  bench NAME       run a benchmark (ingest, worker, reaction, tick, uploads, simulate)
   simulate TRACE [--config FILE] [--format NAME] [--speedup K] [--start S --hours H]
            [--backend local|kubernetes] [--policies project,keda,fixed:N] [--out DIR]
            [--sweep NAME=V1,V2 ...] [--target-p95-wait S]

@@ -41,6 +41,11 @@ UPLOADS_EXCHANGE = "autoscaler.uploads"
 OUTCOMES = ("succeeded", "retrying", "dead", "cancelled")
 #: Header on a replayed row: which replay of the upload's dead rows it belongs to (absent = 0).
 REPLAY_HEADER = "x-replay"
+#: Header on every row the producer publishes: the line of the uploaded file the row starts on. Workers copy it
+#: into a dead row's report, so the record knows where a failed row is without keeping a line per row.
+LINE_HEADER = "x-line"
+#: Largest line number a report may carry (the header is a signed 32-bit AMQP integer).
+MAX_LINE = 2**31 - 1
 
 
 #: The report queue is a version 2 classic queue: it confirms a small persistent message in about half the time
@@ -71,7 +76,7 @@ def split_message_id(message_id: str | None) -> tuple[str, int] | None:
 
 @dataclass(frozen=True)
 class RowOutcome:
-    """One row's outcome. `body` (the original JSON object text) is sent for dead rows only."""
+    """One row's outcome. `body` (the original JSON object text) and `line` are sent for dead rows only."""
 
     upload_id: str
     row: int
@@ -80,6 +85,7 @@ class RowOutcome:
     replay: int = 0
     error: str | None = None
     body: str | None = None
+    line: int | None = None
 
     @classmethod
     def from_dict(cls, data: Any) -> RowOutcome:
@@ -93,9 +99,12 @@ class RowOutcome:
             replay=_typed(data, "replay", int, 0),
             error=_typed(data, "error", str, None),
             body=_typed(data, "body", str, None),
+            line=_typed(data, "line", int, None),
         )
         if outcome.outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome.outcome!r}; expected one of {', '.join(OUTCOMES)}")
+        if outcome.line is not None and not 1 <= outcome.line <= MAX_LINE:
+            raise ValueError(f"field 'line' must be within 1..{MAX_LINE}, got {outcome.line}")
         return outcome
 
 
@@ -112,7 +121,7 @@ class OutcomeReport:
     def to_json(self) -> bytes:
         groups: list[tuple[tuple[Any, ...], list[int]]] = []
         for row in self.rows:
-            key = (row.upload_id, row.outcome, row.attempts, row.replay, row.error, row.body)
+            key = (row.upload_id, row.outcome, row.attempts, row.replay, row.error, row.body, row.line)
             if groups and groups[-1][0] == key:
                 groups[-1][1].append(row.row)
             else:
@@ -130,17 +139,28 @@ class OutcomeReport:
         groups = data.get("groups")
         if not isinstance(groups, list) or not all(isinstance(group, dict) for group in groups):
             raise ValueError("an outcome report needs a list of objects 'groups'")
-        for group in groups:
-            if not isinstance(group.get("rows"), list):
-                raise ValueError("every group of an outcome report needs a list 'rows'")
         return cls(
             worker_id=_typed(data, "worker_id", str),
             job_type=_typed(data, "job_type", str),
-            rows=[RowOutcome.from_dict({**group, "row": row}) for group in groups for row in group["rows"]],
+            rows=[row for group in groups for row in _group_rows(group)],
         )
 
 
-_GROUP_FIELDS = ("upload_id", "outcome", "attempts", "replay", "error", "body")
+_GROUP_FIELDS = ("upload_id", "outcome", "attempts", "replay", "error", "body", "line")
+
+
+def _group_rows(group: dict[str, Any]) -> list[RowOutcome]:
+    """A group's rows: its shared fields checked once, then each row number (the tracker's hot path)."""
+    rows = group.get("rows")
+    if not isinstance(rows, list):
+        raise ValueError("every group of an outcome report needs a list 'rows'")
+    if not rows:
+        return []
+    first = RowOutcome.from_dict({**group, "row": rows[0]})
+    if not all(type(row) is int for row in rows):
+        raise ValueError("every row number of an outcome report must be an integer")
+    shared = (first.outcome, first.attempts, first.replay, first.error, first.body, first.line)
+    return [RowOutcome(first.upload_id, row, *shared) for row in rows]
 
 
 def _group(key: tuple[Any, ...], rows: list[int]) -> dict[str, Any]:

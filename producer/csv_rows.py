@@ -8,8 +8,9 @@ large the file is:
    .csv), UTF-16, NUL bytes and invalid UTF-8, with the line and byte offset.
 2. `convert_rows` parses the CSV (quotes, commas and newlines inside quoted
    fields are CSV's business, not ours), checks the header and every row's
-   field count, and writes one compact JSON object per line to `bodies`, ready
-   for the publisher to send without parsing again. It holds no record larger
+   field count, and writes one compact JSON object per line to `bodies`
+   (after the line of the file the row starts on), ready for the publisher to
+   send without parsing again. It holds no record larger
    than its limit in memory and writes no body past the limits of `RowLimits`
    (header size, message size, bodies against the upload's size), and, when
    the job type names its `columns`, refuses a header that lacks one.
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import BinaryIO, TextIO
 
+from jobtypes.outcomes import MAX_LINE
 from producer.errors import UploadError
 from producer.limits import RowLimits, charge_spool, human_bytes
 
@@ -45,9 +47,9 @@ UTF16_BOMS = {codecs.BOM_UTF16_LE: "UTF-16 (little-endian)", codecs.BOM_UTF16_BE
 class ConvertedUpload:
     header: list[str]
     rows: int
-    #: (row, offset): from data row `row` on, a row starts on line row + offset. One entry per change only
-    #: (a quoted newline or a blank line moves the rows after it), so a million plain rows cost one entry.
-    line_breaks: list[tuple[int, int]]
+    #: The line the first data row starts on. Every row's own line is in the bodies file, and travels with
+    #: its message, so nothing here grows with the file's shape (a blank line after every row costs nothing).
+    first_line: int
 
 
 def _sniff(first: bytes) -> None:
@@ -275,8 +277,7 @@ def convert_rows(
     write = out.write
     meter = _BodyMeter(limits, upload_bytes)
     template = body_template(header)
-    offset = first[0]
-    line_breaks = [(1, offset)]
+    first_line = 0
     for line, fields in rows:
         if len(fields) != width:
             raise UploadError(
@@ -284,19 +285,18 @@ def convert_rows(
                 f"line {line}: {len(fields)} fields, but the header has {width}; "
                 "quote fields that contain commas or newlines",
             )
+        if line > MAX_LINE:
+            raise UploadError(413, f"line {line}: more lines than the {MAX_LINE} a row's line number can say")
         body = template % tuple(map(encode_basestring, fields))
         meter.add(line, body)
+        write(f"{line} ")
         write(body)
         count += 1
-        if line - count != offset:
-            offset = line - count
-            line_breaks.append((count, offset))
+        first_line = first_line or line
     if count == 0:
         raise UploadError(422, "the file has a header but no data rows")
     meter.flush()
     out.flush()
     out.detach()
     text.detach()
-    if len(line_breaks) > 1 and line_breaks[1][0] == 1:
-        del line_breaks[0]
-    return ConvertedUpload(header=header, rows=count, line_breaks=line_breaks)
+    return ConvertedUpload(header=header, rows=count, first_line=first_line)

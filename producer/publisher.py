@@ -10,9 +10,10 @@ stops and reports how far the rows are confirmed without a gap: every row up
 to `confirmed_through` is durably in the queue, so a retry of the same upload
 publishes only the rows after it.
 
-Rows come as (row number, JSON body) pairs in increasing row order: all rows
+Rows come as (row number, line, JSON body) in increasing row order: all rows
 of a new upload, the rest of an upload retried after a failure, or the dead
-rows of a replay.
+rows of a replay. The line (where the row starts in the uploaded file) goes
+with the row as its LINE_HEADER, for the record's failed-row report.
 
 Another thread may follow a run through a `PublishControl`: it reads how far
 rows are confirmed without a gap (the producer stores that while publishing)
@@ -99,11 +100,12 @@ class PublishControl:
             run.stop_threadsafe(reason)
 
 
-def file_rows(bodies: BinaryIO, first: int = 1) -> Iterator[tuple[int, bytes]]:
-    """(row, body) for every line of a bodies file (one JSON body per line), from row `first` on."""
-    for row, line in enumerate(bodies, start=1):
+def file_rows(bodies: BinaryIO, first: int = 1) -> Iterator[tuple[int, int, bytes]]:
+    """(row, line, body) for every line of a bodies file (`<line> <JSON body>` per line), from row `first` on."""
+    for row, text in enumerate(bodies, start=1):
         if row >= first:
-            yield row, line[:-1]
+            line, _, body = text.partition(b" ")
+            yield row, int(line), body[:-1]
 
 
 def declare(job_type: JobType, connection_name: str) -> None:
@@ -124,7 +126,7 @@ class _ConfirmedRun:
         self,
         job_type: JobType,
         upload_id: str,
-        rows: Iterable[tuple[int, bytes]],
+        rows: Iterable[tuple[int, int, bytes]],
         window: int,
         replay: int,
         control: PublishControl,
@@ -270,9 +272,9 @@ class _ConfirmedRun:
             if item is None:
                 self.eof = True
                 break
-            row, body = item
+            row, line, body = item
             self.sent += 1
-            add(parts, row, body)
+            add(parts, row, line, body)
             outstanding[self.sent] = row
             self.last_row = row
             size += len(body)
@@ -314,7 +316,7 @@ def _unsent_bytes(connection: SelectConnection) -> int:
 def publish_rows(
     job_type: JobType,
     upload_id: str,
-    rows: Iterable[tuple[int, bytes]],
+    rows: Iterable[tuple[int, int, bytes]],
     window: int,
     first: int = 1,
     replay: int = 0,

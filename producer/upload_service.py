@@ -256,23 +256,25 @@ class UploadService:
         job_type = self.job_type(record.job_type)
         claim = self.store.claim_replay(upload_id)
         answer = {"replayed": 0, "replay": claim.number, "not_replayable": claim.not_replayable}
-        if not claim.rows:
+        if not claim.started:
             return answer
-        rows = [(row.row, (row.body or "").encode()) for row in claim.rows]
-        result = publish_rows(
-            job_type, upload_id, rows, self.settings.publish_window, first=rows[0][0], replay=claim.number
-        )
-        replayed = sum(1 for number, _ in rows if number <= result.confirmed_through)
-        log.info("upload %s: replay %d re-queued %d of %d dead rows", upload_id, claim.number, replayed, len(rows))
+        # Rows are claimed a page at a time as the publisher takes them: memory stays flat however many are dead.
+        rows = ((row.row, row.line or record.line_of(row.row), (row.body or "").encode()) for row in claim.rows)
+        result = publish_rows(job_type, upload_id, rows, self.settings.publish_window, replay=claim.number)
         if result.error is not None:
-            self.store.release_replay(upload_id, claim.number, [n for n, _ in rows if n > result.confirmed_through])
+            released = self.store.release_replay(upload_id, claim.number, result.confirmed_through)
+            claim.finish()
+            replayed = claim.claimed - released
+            log.info("upload %s: replay %d re-queued %d dead rows, then failed", upload_id, claim.number, replayed)
             raise UploadError(
                 503,
-                f"{result.error}; {replayed} of {len(rows)} dead rows were re-queued, the others are dead again: "
+                f"{result.error}; {replayed} of the dead rows were re-queued, the others are dead again: "
                 "replay again later",
                 replayed=replayed,
             )
-        return {**answer, "replayed": replayed}
+        claim.finish()
+        log.info("upload %s: replay %d re-queued %d dead rows", upload_id, claim.number, claim.claimed)
+        return {**answer, "replayed": claim.claimed}
 
     def cancel(self, upload_id: str) -> dict[str, Any]:
         record = self.store.request_cancel(upload_id)
@@ -349,7 +351,7 @@ def _draft(job_type: JobType, file_name: str, checked: Checked, key: str | None)
         file_name=file_name,
         rows=converted.rows,
         header=converted.header,
-        line_breaks=converted.line_breaks,
+        line_breaks=[(1, converted.first_line - 1)],
         created_at=time.time(),
         idempotency_key=key,
         file_hash=checked.file_hash,

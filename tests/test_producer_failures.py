@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from jobtypes.config import JobType
-from producer.publisher import _ConfirmedRun, file_rows
+from producer.publisher import PublishControl, _ConfirmedRun, file_rows
 from tests.support.broker import Broker
 from tests.support.proxy import CuttableProxy, producer_behind
 from tests.support.stack import Stack
@@ -110,8 +110,10 @@ def test_unroutable_rows_never_count_as_confirmed(broker: Broker) -> None:
     os.environ["RABBITMQ_URL"] = broker.amqp_url  # the publisher reads its settings from the environment
     try:
         missing = JobType(name="sleep", queue=f"never-declared-{uuid.uuid4().hex[:6]}")
-        bodies = io.BytesIO(b"".join(b'{"n": "%d"}\n' % i for i in range(50)))
-        result = _ConfirmedRun(missing, "u1", file_rows(bodies), window=50, replay=0).run(first=1)
+        bodies = io.BytesIO(b"".join(b'%d {"n": "%d"}\n' % (i + 2, i) for i in range(50)))
+        result = _ConfirmedRun(missing, "u1", file_rows(bodies), window=50, replay=0, control=PublishControl()).run(
+            first=1
+        )
     finally:
         del os.environ["RABBITMQ_URL"]
     assert result.error is not None and "could not route row u1:1" in result.error

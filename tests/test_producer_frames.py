@@ -9,6 +9,7 @@ import pika
 import pytest
 from pika import frame, spec
 
+from jobtypes.outcomes import LINE_HEADER, MAX_LINE
 from producer.properties import RowFrames
 from tests.support.broker import Broker
 from tests.support.stack import Stack
@@ -17,12 +18,12 @@ FRAME_MAX = 4096
 BODY_MAX = FRAME_MAX - spec.FRAME_HEADER_SIZE - spec.FRAME_END_SIZE
 
 
-def pika_frames(channel: int, queue: str, upload_id: str, row: int, body: bytes) -> bytes:
+def pika_frames(channel: int, queue: str, upload_id: str, row: int, line: int, body: bytes) -> bytes:
     """What `channel.basic_publish` marshals for the producer's row, frame by frame, as pika does it."""
     properties = pika.BasicProperties(
         content_type="application/json",
         delivery_mode=pika.DeliveryMode.Persistent,
-        headers={"upload_id": upload_id},
+        headers={"upload_id": upload_id, LINE_HEADER: line},
         message_id=f"{upload_id}:{row}",
         timestamp=1_700_000_000,
         type="sales",
@@ -37,13 +38,13 @@ def pika_frames(channel: int, queue: str, upload_id: str, row: int, body: bytes)
 
 
 @pytest.mark.parametrize("size", [2, BODY_MAX - 1, BODY_MAX, BODY_MAX + 1, 3 * BODY_MAX + 17])
-@pytest.mark.parametrize("row", [1, 9, 10, 1_000_000])
-def test_row_frames_are_byte_for_byte_pikas(size: int, row: int) -> None:
+@pytest.mark.parametrize(("row", "line"), [(1, 2), (9, 18), (10, 11), (1_000_000, 2_000_001), (5, MAX_LINE)])
+def test_row_frames_are_byte_for_byte_pikas(size: int, row: int, line: int) -> None:
     body = (b'{"k":"' + "é".encode() * size)[:size]
     frames = RowFrames(7, "queue_sales_x", "sales", "0123abcd", 1_700_000_000, FRAME_MAX)
     parts: list[bytes] = []
-    frames.add(parts, row, body)
-    assert b"".join(parts) == pika_frames(7, "queue_sales_x", "0123abcd", row, body)
+    frames.add(parts, row, line, body)
+    assert b"".join(parts) == pika_frames(7, "queue_sales_x", "0123abcd", row, line, body)
 
 
 @pytest.fixture()

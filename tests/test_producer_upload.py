@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from jobtypes.outcomes import LINE_HEADER
 from tests.support.broker import Broker
 from tests.support.stack import Stack
 
@@ -39,6 +40,17 @@ def tricky_csv() -> tuple[bytes, list[dict[str, str]]]:
     return buffer.getvalue().encode(), rows
 
 
+def start_lines(body: bytes) -> list[int]:
+    """The line each data row of a CSV file starts on (its fields may hold newlines)."""
+    reader = csv.reader(io.StringIO(body.decode(), newline=""))
+    starts = []
+    while True:
+        start = reader.line_num + 1
+        if next(reader, None) is None:
+            return starts[1:]
+        starts.append(start)
+
+
 def test_multipart_upload_delivers_every_row_exactly(stack: Stack, broker: Broker) -> None:
     body, rows = tricky_csv()
     response = stack.post(f"{stack.producer_url}/upload", files={"file": ("data.csv", body, "text/csv")}, timeout=30)
@@ -49,13 +61,14 @@ def test_multipart_upload_delivers_every_row_exactly(stack: Stack, broker: Broke
 
     messages = broker.drain(answer["queue"])
     assert [json.loads(body) for _, body in messages] == rows
+    starts = start_lines(body)
     for number, (properties, _) in enumerate(messages, start=1):
         assert properties.delivery_mode == 2
         assert properties.content_type == "application/json"
         assert properties.message_id == f"{answer['upload_id']}:{number}"
         assert properties.type == "sales"
         assert properties.timestamp is not None and properties.timestamp > 0
-        assert properties.headers == {"upload_id": answer["upload_id"]}
+        assert properties.headers == {"upload_id": answer["upload_id"], LINE_HEADER: starts[number - 1]}
 
 
 def test_raw_body_submit_needs_text_csv(stack: Stack, broker: Broker) -> None:

@@ -108,7 +108,7 @@ def publish_under_lease(store: UploadStore, settings: LeaseSettings, job_type: J
     store.begin_upload(draft(rows=rows, created_at=store.clock()))
     _, lease = Leases(store, settings).acquire("u1")
     assert lease is not None
-    bodies = ((row, b'{"n":"1"}') for row in range(1, rows + 1))
+    bodies = ((row, row + 1, b'{"n":"1"}') for row in range(1, rows + 1))  # (row, line, body)
     outcome: dict[str, Any] = {}
 
     def run() -> None:

@@ -87,7 +87,7 @@ def publishing_id(stack: Stack) -> str:
     """The id of the upload being published, once the store holds a confirmed count above 0 for it."""
 
     def check() -> str | None:
-        uploads = httpx.get(f"{stack.producer_url}/uploads", timeout=10).json()["uploads"]
+        uploads = stack.get(f"{stack.producer_url}/uploads", timeout=10).json()["uploads"]
         return next((u["id"] for u in uploads if u["state"] == "publishing" and u["confirmed"] > 0), None)
 
     return wait_until(check, timeout=60, interval=0.02, what="a confirmed count above 0 stored while publishing")

@@ -522,7 +522,7 @@ def listening_addresses(pid: int) -> set[str]:
 
 
 def test_services_bind_loopback_by_default(broker: Broker, tmp_path) -> None:
-    default = Stack(broker, tmp_path, {"sleep": {"max_workers": 0}}, env={"PRODUCER_TOKEN": ""}).start()
+    default = Stack(broker, tmp_path, {"sleep": {"max_workers": 0}}).start()
     try:
         assert listening_addresses(default.producer.pid) == {"127.0.0.1"}
         assert listening_addresses(default.scaler.pid) == {"127.0.0.1"}

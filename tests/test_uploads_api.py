@@ -25,6 +25,7 @@ import pytest
 
 from jobtypes.outcomes import (
     DEAD_OUTCOMES_QUEUE,
+    LINE_HEADER,
     OUTCOMES_QUEUE,
     REJECT_DETAIL_HEADER,
     REJECT_REASON_HEADER,
@@ -133,15 +134,24 @@ def test_failed_row_csv_has_original_columns_and_true_line_numbers(stack: Stack,
     queued_messages(broker, queue)
     answer = upload(stack, text.encode()).json()
     upload_id = answer["upload_id"]
-    messages = {row: body.decode() for row, _, body in queued_messages(broker, queue)}
+    queued = queued_messages(broker, queue)
+    messages = {row: body.decode() for row, _, body in queued}
+    lines = {row: headers[LINE_HEADER] for row, headers, _ in queued}
+    assert lines == {1: 2, 2: 3, 3: 6, 4: 7}, "each row's message carries the line it starts on"
     publish_reports(
         broker,
         "sales",
         [
             [RowOutcome(upload_id, 1, "succeeded"), RowOutcome(upload_id, 2, "succeeded")],
-            [
+            [  # as workers report dead rows: with the body and the line header of their message
                 RowOutcome(
-                    upload_id, row, "dead", attempts=3, error=f"Quantity {q!r} is not a number", body=messages[row]
+                    upload_id,
+                    row,
+                    "dead",
+                    attempts=3,
+                    error=f"Quantity {q!r} is not a number",
+                    body=messages[row],
+                    line=lines[row],
                 )
                 for row, q in ((3, "x"), (4, "y"))
             ],

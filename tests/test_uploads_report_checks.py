@@ -166,9 +166,10 @@ def test_a_replay_number_the_upload_never_issued_is_named(store: UploadStore) ->
 
 def test_a_value_the_database_refuses_is_permanent(store: UploadStore) -> None:
     """Unchecked, the issue's replay number fails the store (Postgres: out of range; SQLite: OverflowError in the
-    driver): the report's doing, so it is dead-lettered, never retried."""
+    driver): the report's doing, so it is dead-lettered, never retried. A retrying row keeps a row state with its
+    replay number (a succeeded one is only a bit, so its replay number is never stored)."""
     with pytest.raises(Exception) as refused:
-        store.apply([RowOutcome("u1", 3, "succeeded", replay=99999999999999999999)])
+        store.apply([RowOutcome("u1", 3, "retrying", replay=99999999999999999999)])
     assert report_at_fault(refused.value), refused.value
 
 

@@ -126,11 +126,13 @@ def test_replay_moves_dead_rows_back_and_ignores_older_reports(store: UploadStor
     assert store.get("u1").state == "done"
 
     replay = store.claim_replay("u1")
-    assert replay.number == 1 and [row.row for row in replay.rows] == [1, 3]
-    assert [row.body for row in replay.rows] == ['{"a":"1"}', '{"a":"3"}']
+    claimed = list(replay.rows)
+    assert replay.number == 1 and [row.row for row in claimed] == [1, 3] and replay.claimed == 2
+    assert [row.body for row in claimed] == ['{"a":"1"}', '{"a":"3"}']
     record = store.get("u1")
     assert counts(record) == (1, 0, 0, 0, 2) and record.state == "running" and record.finished_at is None
-    assert store.claim_replay("u1").rows == [], "pressing replay again re-queues nothing"
+    again = store.claim_replay("u1")
+    assert list(again.rows) == [] and not again.started, "pressing replay again re-queues nothing"
 
     # A report from the first run arriving late (a redelivered original) is ignored.
     store.apply([out(1, "dead", replay=0, body="{}"), out(3, "succeeded", replay=0)])
@@ -172,8 +174,9 @@ def test_release_replay_returns_unpublished_rows_to_dead(store: UploadStore) -> 
     queued(store, rows=3)
     store.apply([out(row, "dead", body="{}") for row in (1, 2, 3)])
     replay = store.claim_replay("u1")
+    assert len(list(replay.rows)) == 3
     store.apply([out(1, "succeeded", replay=replay.number)])
-    store.release_replay("u1", replay.number, [1, 2, 3])
+    assert store.release_replay("u1", replay.number, 0) == 2
     assert counts(store.get("u1")) == (1, 0, 2, 0, 0)
 
 
@@ -215,11 +218,11 @@ def test_failed_row_details_are_capped(backend: str, clock: FakeClock) -> None:
     described = public(record, "/uploads/u1", clock.now, store.max_failed_rows)
     assert described["failed_rows_cap"] == 2 and described["failed_rows_truncated"] is True
     replay = store.claim_replay("u1")
-    assert len(replay.rows) == 2 and replay.not_replayable == 1
+    assert len(list(replay.rows)) == 2 and replay.not_replayable == 1
     store.close()
 
 
-def test_retention_removes_old_records_and_their_rows(store: UploadStore, clock: FakeClock) -> None:
+def test_retention_removes_finished_records_and_their_rows(store: UploadStore, clock: FakeClock) -> None:
     queued(store, "old", rows=2)
     store.apply([out(1, "succeeded", upload_id="old"), out(2, "dead", upload_id="old", body="{}")])
     clock.now += 31 * DAY

@@ -1,7 +1,7 @@
 """The failed-row report: an upload's dead rows as CSV, ready to fix and upload again.
 
 Columns: the upload's own header, then `line` (where the row starts in the
-uploaded file), `attempts` and `error` (the handler's last error). A dead row
+uploaded file, as the row's message carried it to the worker), `attempts` and `error` (the handler's last error). A dead row
 whose details were not kept (over the per-upload cap) still gets its line,
 with empty values and an error saying so.
 """
@@ -19,15 +19,16 @@ EXTRA_COLUMNS = ["line", "attempts", "error"]
 
 
 def _values(record: UploadRecord, row: RowState, cap: int) -> list[str]:
+    line = str(row.line or record.line_of(row.row))
     if row.body is None:
         blanks = [""] * len(record.header)
-        return blanks + [str(record.line_of(row.row)), str(row.attempts), f"(details not kept: over the cap of {cap})"]
+        return blanks + [line, str(row.attempts), f"(details not kept: over the cap of {cap})"]
     try:
         data = json.loads(row.body)
     except ValueError:
         data = {}
     values = [str(data.get(name, "")) if isinstance(data, dict) else "" for name in record.header]
-    return values + [str(record.line_of(row.row)), str(row.attempts), row.error or ""]
+    return values + [line, str(row.attempts), row.error or ""]
 
 
 def failed_rows_csv(record: UploadRecord, rows: Iterable[RowState], cap: int) -> Iterator[str]:

@@ -20,7 +20,9 @@ class _MemoryTransaction:
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
         self.uploads: dict[str, UploadRecord] = {}
-        self.rows: dict[tuple[str, int], RowState] = {}
+        self.rows: dict[tuple[str, int], RowState | None] = {}  # None: deleted in this transaction
+        self.settled: dict[tuple[str, int], bytes] = {}
+        self.replays: dict[tuple[str, int], float | None] = {}  # None: ended in this transaction
         self.deleted: set[str] = set()
         self.leases: dict[str, Lease | None] = {}  # None: deleted in this transaction
 
@@ -59,7 +61,7 @@ class _MemoryTransaction:
 
     def _row(self, upload_id: str, row: int) -> RowState | None:
         key = (upload_id, row)
-        found = self.rows.get(key) or self.store.rows.get(upload_id, {}).get(row)
+        found = self.rows[key] if key in self.rows else self.store.rows.get(upload_id, {}).get(row)
         return replace(found) if found is not None and upload_id not in self.deleted else None
 
     def get_rows(self, upload_id: str, rows: Iterable[int]) -> dict[int, RowState]:
@@ -77,10 +79,39 @@ class _MemoryTransaction:
 
     def numbers_between(self, upload_id: str, first: int, last: int) -> set[int]:
         numbers = set(self.store.rows.get(upload_id, {})) | {row for (uid, row) in self.rows if uid == upload_id}
-        return {n for n in numbers if first <= n <= last}
+        return {n for n in numbers if first <= n <= last and self._row(upload_id, n) is not None}
 
-    def delete_older_than(self, cutoff: float) -> int:
-        old = [r.id for r in self.list_uploads(None, None, 1 << 30) if (r.finished_at or r.created_at) < cutoff]
+    def delete_rows(self, upload_id: str, rows: list[int]) -> None:
+        for row in rows:
+            self.rows[(upload_id, row)] = None
+
+    def get_settled(self, upload_id: str, chunks: Iterable[int]) -> dict[int, bytes]:
+        stored = self.store.settled.get(upload_id, {})
+        found = {chunk: self.settled.get((upload_id, chunk)) or stored.get(chunk) for chunk in chunks}
+        return {chunk: bits for chunk, bits in found.items() if bits is not None}
+
+    def put_settled(self, upload_id: str, inserted: dict[int, bytes], updated: dict[int, bytes]) -> None:
+        for chunk, bits in {**inserted, **updated}.items():
+            self.settled[(upload_id, chunk)] = bits
+
+    def touch_replay(self, upload_id: str, number: int, now: float) -> None:
+        self.replays[(upload_id, number)] = now
+
+    def end_replays(self, upload_id: str, numbers: list[int]) -> None:
+        for number in numbers:
+            self.replays[(upload_id, number)] = None
+
+    def stale_replays(self, upload_id: str, cutoff: float) -> list[int]:
+        renewed = {
+            **self.store.replays.get(upload_id, {}),
+            **{n: t for (u, n), t in self.replays.items() if u == upload_id},
+        }
+        return [number for number, at in renewed.items() if at is not None and at < cutoff]
+
+    def delete_finished_before(self, cutoff: float) -> int:
+        old = [
+            r.id for r in self.list_uploads(None, None, 1 << 30) if r.finished_at is not None and r.finished_at < cutoff
+        ]
         self.deleted.update(old)
         return len(old)
 
@@ -110,10 +141,22 @@ class _MemoryTransaction:
                 self.store.leases[upload_id] = lease
         self.store.uploads.update(self.uploads)
         for (upload_id, number), row in self.rows.items():
-            self.store.rows.setdefault(upload_id, {})[number] = row
+            if row is None:
+                self.store.rows.get(upload_id, {}).pop(number, None)
+            else:
+                self.store.rows.setdefault(upload_id, {})[number] = row
+        for (upload_id, chunk), bits in self.settled.items():
+            self.store.settled.setdefault(upload_id, {})[chunk] = bits
+        for (upload_id, number), at in self.replays.items():
+            if at is None:
+                self.store.replays.get(upload_id, {}).pop(number, None)
+            else:
+                self.store.replays.setdefault(upload_id, {})[number] = at
         for upload_id in self.deleted:
+            self.store.replays.pop(upload_id, None)
             self.store.uploads.pop(upload_id, None)
             self.store.rows.pop(upload_id, None)
+            self.store.settled.pop(upload_id, None)
 
 
 class MemoryStore(UploadStore):
@@ -122,6 +165,8 @@ class MemoryStore(UploadStore):
         self.uploads: dict[str, UploadRecord] = {}
         self.rows: dict[str, dict[int, RowState]] = {}
         self.leases: dict[str, Lease] = {}
+        self.settled: dict[str, dict[int, bytes]] = {}
+        self.replays: dict[str, dict[int, float]] = {}
         self._lock = threading.RLock()
 
     @contextmanager

@@ -7,8 +7,11 @@ Rules (no I/O here, so they are tested without a database):
   under the upload's next replay number, and a report from an older replay
   number is ignored. `retrying` only moves a row that is not final.
 * A row that no report mentioned yet has no stored state: it is pending. So an
-  upload of a million rows costs one record to create; row states appear as
-  reports arrive, one small batch per report.
+  upload of a million rows costs one record to create. A row *settled*
+  (succeeded or cancelled: final and never replayed) costs one bit in the
+  upload's compressed bitmap (`uploads/settled.py`), not a row state; only
+  rows that need details (retrying, dead, pending again after a replay) have
+  a `RowState`.
 * Counts follow from row states: pending = rows - succeeded - dead - cancelled
   (a retrying row is pending too). The state is derived from the counts.
 * An upload whose rows are not all confirmed is `publishing` while a producer
@@ -26,6 +29,8 @@ from typing import Any
 from jobtypes.outcomes import RowOutcome
 
 FINAL = ("succeeded", "dead", "cancelled")
+#: Final outcomes that nothing changes afterwards (a replay takes dead rows only): kept as one bit per row.
+SETTLED = ("succeeded", "cancelled")
 STATES = ("publishing", "interrupted", "queued", "running", "done", "cancelled")
 #: Seconds over which `rows_per_second` is averaged (an exponentially decaying window).
 RATE_WINDOW_SECONDS = 30.0
@@ -39,6 +44,8 @@ class RowState:
     attempts: int = 0
     error: str | None = None
     body: str | None = None
+    #: The line of the uploaded file the row starts on, as the row's message carried it (dead rows only).
+    line: int | None = None
 
     @property
     def final(self) -> bool:
@@ -54,6 +61,8 @@ class UploadRecord:
     header: list[str]
     created_at: float
     #: (row, offset) breakpoints: from `row` on, a row starts on line row + offset (until the next breakpoint).
+    #: New records keep one: the first row's. A row's own line travels with its message (LINE_HEADER) and is
+    #: kept with its dead row; this is the fallback for a report without one (and records from before).
     line_breaks: list[tuple[int, int]] = field(default_factory=lambda: [(1, 1)])
     idempotency_key: str | None = None
     file_hash: str | None = None
@@ -184,6 +193,7 @@ def transition(current: RowState | None, outcome: RowOutcome) -> Applied:
         attempts=attempts,
         error=outcome.error if keep_details else None,
         body=outcome.body if outcome.outcome == "dead" else (current.body if current is not None else None),
+        line=outcome.line if outcome.line is not None else (current.line if current is not None else None),
     )
     return Applied(row, {name: delta for name, delta in deltas.items() if delta})
 

@@ -21,6 +21,9 @@ class UploadSettings:
     max_failed_rows: int = 10_000
     #: How often the cancel notice is repeated while a cancelled upload still has pending rows.
     cancel_notice_seconds: float = 2.0
+    #: A replay that claimed no page of rows for this long was interrupted (its producer died): the next replay
+    #: of the upload claims the rows it left pending too.
+    replay_stale_seconds: float = 120.0
     #: Outcome reports applied per transaction at most.
     report_batch: int = 200
     #: Largest outcome report the tracker reads; a bigger one is dead-lettered unread. Workers split theirs at
@@ -42,6 +45,7 @@ class UploadSettings:
             retention_days=env_float("UPLOADS_RETENTION_DAYS", cls.retention_days, above=0),
             max_failed_rows=env_int("UPLOADS_MAX_FAILED_ROWS", cls.max_failed_rows, minimum=1),
             cancel_notice_seconds=env_float("UPLOADS_CANCEL_NOTICE_SECONDS", cls.cancel_notice_seconds, above=0),
+            replay_stale_seconds=env_float("UPLOADS_REPLAY_STALE_SECONDS", cls.replay_stale_seconds, above=0),
             report_batch=env_int("UPLOADS_REPORT_BATCH", cls.report_batch, minimum=1),
             max_report_bytes=env_int("UPLOADS_MAX_REPORT_BYTES", cls.max_report_bytes, minimum=1024),
             tracker_stall_seconds=env_float("UPLOADS_TRACKER_STALL_SECONDS", cls.tracker_stall_seconds, above=0),

@@ -1,14 +1,17 @@
 """The upload store on SQL (SQLAlchemy Core): SQLite by default, Postgres by URL.
 
-Two tables: `uploads` (one row per upload, counters included, so reading a
-record is one indexed lookup) and `upload_rows` (one row per data row that a
-report mentioned; a row never reported is pending and costs nothing). The
-counters and the row states change in the same transaction. On Postgres the
-upload's row is locked (`SELECT ... FOR UPDATE`) by every write, so two
-trackers or two replays of one upload take turns; SQLite writes start with
-`BEGIN IMMEDIATE`, which serialises writers the same way.
+Four tables: `uploads` (one row per upload, counters included, so reading a
+record is one indexed lookup), `upload_settled` (the settled rows' bitmap, a
+few compressed chunks per upload), `upload_rows` (one row per data row that
+is retrying, dead or replayed; a row never reported is pending and a settled
+row is one bit, so neither has a row here) and `upload_replays` (replays in
+progress, to tell an interrupted one). The counters, the bitmap and the row
+states change in the same transaction. On Postgres the upload's row is locked
+(`SELECT ... FOR UPDATE`) by every write, so two trackers or two replays of
+one upload take turns; SQLite writes start with `BEGIN IMMEDIATE`, which
+serialises writers the same way.
 
-A third table, `upload_leases`, says which producer publishes an upload
+A fifth table, `upload_leases`, says which producer publishes an upload
 right now (one row per upload being published, removed when publishing
 ends); it is only written with the upload's row locked, like everything else.
 
@@ -19,18 +22,21 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Connection,
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -42,6 +48,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    inspect,
     select,
     update,
 )
@@ -96,6 +103,7 @@ ROWS = Table(
     Column("attempts", Integer, nullable=False),
     Column("error", Text),
     Column("body", Text),
+    Column("line", BigInteger),
     Index("upload_rows_state", "upload_id", "state", "row"),
 )
 
@@ -108,7 +116,28 @@ LEASES = Table(
     Index("upload_leases_expiry", "expires_at"),
 )
 
-ROW_FIELDS = ("state", "replay", "attempts", "error", "body")
+# Settled rows (succeeded, cancelled) of an upload: compressed bitmap chunks (uploads/settled.py), no row state.
+SETTLED = Table(
+    "upload_settled",
+    metadata,
+    Column("upload_id", String(64), primary_key=True),
+    Column("chunk", Integer, primary_key=True, autoincrement=False),
+    Column("bits", LargeBinary, nullable=False),
+)
+
+# Replays in progress: renewed with every page a replay claims, removed when it ends; one not renewed for a while
+# was interrupted, and the next replay claims the rows it left pending.
+REPLAYS = Table(
+    "upload_replays",
+    metadata,
+    Column("upload_id", String(64), primary_key=True),
+    Column("number", Integer, primary_key=True, autoincrement=False),
+    Column("renewed_at", Float, nullable=False),
+)
+
+ROW_FIELDS = ("state", "replay", "attempts", "error", "body", "line")
+#: Row numbers of one query above which rows are read by range (one index scan) instead of by list.
+MAX_LISTED_ROWS = 500
 
 
 def _to_columns(record: UploadRecord) -> dict[str, Any]:
@@ -126,7 +155,7 @@ def _to_record(row: Any) -> UploadRecord:
 
 
 def _to_row(row: Any) -> RowState:
-    return RowState(row=row.row, **{name: getattr(row, name) for name in ROW_FIELDS})
+    return RowState(row.row, row.state, row.replay, row.attempts, row.error, row.body, row.line)
 
 
 class _SqlTransaction:
@@ -168,11 +197,37 @@ class _SqlTransaction:
         return self.c.execute(select(func.count()).where(UPLOADS.c.state.in_(states))).scalar_one()
 
     def get_rows(self, upload_id: str, rows: Iterable[int]) -> dict[int, RowState]:
-        numbers = list(rows)
+        """The row states of `rows` (most rows have none): by list when few, else by their range."""
+        numbers = set(rows)
         if not numbers:
             return {}
-        query = select(ROWS).where(ROWS.c.upload_id == upload_id, ROWS.c.row.in_(numbers))
-        return {row.row: _to_row(row) for row in self.c.execute(query)}
+        where = ROWS.c.row.in_(numbers) if len(numbers) <= MAX_LISTED_ROWS else ROWS.c.row.between(*_span(numbers))
+        found = self.c.execute(select(ROWS).where(ROWS.c.upload_id == upload_id, where))
+        return {row.row: _to_row(row) for row in found if row.row in numbers}
+
+    def delete_rows(self, upload_id: str, rows: list[int]) -> None:
+        for start in range(0, len(rows), MAX_LISTED_ROWS):
+            chunk = rows[start : start + MAX_LISTED_ROWS]
+            self.c.execute(delete(ROWS).where(ROWS.c.upload_id == upload_id, ROWS.c.row.in_(chunk)))
+
+    def get_settled(self, upload_id: str, chunks: Iterable[int]) -> dict[int, bytes]:
+        query = select(SETTLED.c.chunk, SETTLED.c.bits).where(
+            SETTLED.c.upload_id == upload_id, SETTLED.c.chunk.in_(list(chunks))
+        )
+        return {row.chunk: row.bits for row in self.c.execute(query)}
+
+    def put_settled(self, upload_id: str, inserted: dict[int, bytes], updated: dict[int, bytes]) -> None:
+        if inserted:
+            values = [{"upload_id": upload_id, "chunk": chunk, "bits": bits} for chunk, bits in inserted.items()]
+            self.c.execute(insert(SETTLED), values)
+        if updated:
+            statement = (
+                update(SETTLED)
+                .where(and_(SETTLED.c.upload_id == bindparam("b_upload"), SETTLED.c.chunk == bindparam("b_chunk")))
+                .values(bits=bindparam("b_bits"))
+            )
+            values = [{"b_upload": upload_id, "b_chunk": chunk, "b_bits": bits} for chunk, bits in updated.items()]
+            self.c.execute(statement, values)
 
     def put_rows(self, upload_id: str, inserted: list[RowState], updated: list[RowState]) -> None:
         if inserted:
@@ -204,12 +259,25 @@ class _SqlTransaction:
         query = select(ROWS.c.row).where(ROWS.c.upload_id == upload_id, ROWS.c.row.between(first, last))
         return {row.row for row in self.c.execute(query)}
 
-    def delete_older_than(self, cutoff: float) -> int:
-        old = select(UPLOADS.c.id).where(func.coalesce(UPLOADS.c.finished_at, UPLOADS.c.created_at) < cutoff)
+    def touch_replay(self, upload_id: str, number: int, now: float) -> None:
+        where = and_(REPLAYS.c.upload_id == upload_id, REPLAYS.c.number == number)
+        if self.c.execute(update(REPLAYS).where(where).values(renewed_at=now)).rowcount == 0:
+            self.c.execute(insert(REPLAYS).values(upload_id=upload_id, number=number, renewed_at=now))
+
+    def end_replays(self, upload_id: str, numbers: list[int]) -> None:
+        self.c.execute(delete(REPLAYS).where(REPLAYS.c.upload_id == upload_id, REPLAYS.c.number.in_(numbers)))
+
+    def stale_replays(self, upload_id: str, cutoff: float) -> list[int]:
+        query = select(REPLAYS.c.number).where(REPLAYS.c.upload_id == upload_id, REPLAYS.c.renewed_at < cutoff)
+        return [row.number for row in self.c.execute(query)]
+
+    def delete_finished_before(self, cutoff: float) -> int:
+        old = select(UPLOADS.c.id).where(UPLOADS.c.finished_at < cutoff)
         ids = [row.id for row in self.c.execute(old)]
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            self.c.execute(delete(ROWS).where(ROWS.c.upload_id.in_(chunk)))
+            for table in (ROWS, SETTLED, REPLAYS):
+                self.c.execute(delete(table).where(table.c.upload_id.in_(chunk)))
             self.c.execute(delete(UPLOADS).where(UPLOADS.c.id.in_(chunk)))
         return len(ids)
 
@@ -239,6 +307,10 @@ class _SqlTransaction:
         return [row.id for row in self.c.execute(query)]
 
 
+def _span(numbers: set[int]) -> tuple[int, int]:
+    return min(numbers), max(numbers)
+
+
 def database_url(url: str) -> URL:
     """The URL as SQLAlchemy needs it: a plain postgres:// or postgresql:// URL (as managed databases give) uses psycopg 3."""
     parsed = make_url(url)
@@ -252,20 +324,42 @@ class SqlStore(UploadStore):
         super().__init__(max_failed_rows, retention_seconds, **kwargs)
         self.url = database_url(url)
         self.engine = _engine(self.url)
+        #: The longest transaction so far, in seconds (a caller may reset it to 0 to measure one operation).
+        self.longest_transaction_seconds = 0.0
         try:
             metadata.create_all(self.engine)
+            _migrate(self.engine)
         except SQLAlchemyError as error:
             raise StoreUnavailable(f"cannot open the upload store at {self.describe()}: {_reason(error)}") from error
 
     def describe(self) -> str:
         return self.url.render_as_string(hide_password=True)
 
+    def disk_bytes(self) -> int:
+        """The store's size on disk: SQLite's file (its WAL checkpointed first), or on Postgres its tables with
+        their indexes and TOAST (not vacuumed: dead row versions count)."""
+        connection = self.engine.raw_connection()  # outside a transaction: a checkpoint cannot run inside one
+        try:
+            if self.url.get_backend_name() == "sqlite":
+                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                return Path(str(self.url.database)).stat().st_size
+            cursor = connection.cursor()
+            cursor.execute("SELECT " + " + ".join(f"pg_total_relation_size('{table}')" for table in metadata.tables))
+            size = cursor.fetchone()[0]
+            connection.commit()
+            return size
+        finally:
+            connection.close()
+
     @contextmanager
     def transaction(self, write: bool = True) -> Iterator[_SqlTransaction]:
         engine = self.engine.execution_options(sqlite_immediate=write)
+        started = time.perf_counter()
         try:
             with engine.begin() as connection:
                 yield _SqlTransaction(connection)
+            seconds = time.perf_counter() - started
+            self.longest_transaction_seconds = max(self.longest_transaction_seconds, seconds)
         except (DBAPIError, SQLAlchemyError) as error:
             if isinstance(error, IntegrityError):
                 raise
@@ -273,6 +367,19 @@ class SqlStore(UploadStore):
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _migrate(engine: Engine) -> None:
+    """Bring a store created by an earlier version up to this schema (create_all adds only missing tables).
+
+    Earlier versions kept a row state for every reported row and no line per
+    row; their row states stay valid (a `succeeded` row state still wins over
+    later reports), so the only change is the new column.
+    """
+    if "line" not in {column["name"] for column in inspect(engine).get_columns("upload_rows")}:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("ALTER TABLE upload_rows ADD COLUMN line BIGINT")
+        log.info("upload store migrated: upload_rows.line added")
 
 
 def _reason(error: SQLAlchemyError) -> str:

@@ -7,9 +7,16 @@ an upload is done, the failed-row cap, replay numbers, idempotency keys,
 retention) lives here, so all backends behave the same and are tested with
 the same tests.
 
-Each call is one transaction. Applying a report twice changes nothing the
-second time, which is what lets the tracker ack a report only after its
-commit: a crash before the ack means the report is applied again, harmlessly.
+Each call is one transaction, except replay and cancel, which go a page of
+rows per transaction (each page complete in itself, so a crash between two
+leaves a state that the next call continues from, never applies twice).
+Applying a report twice changes nothing the second time, which is what lets
+the tracker ack a report only after its commit: a crash before the ack means
+the report is applied again, harmlessly.
+
+Storage is proportional to the rows that need it: a settled row (succeeded,
+cancelled) is one bit of a compressed bitmap (`uploads/settled.py`); only
+retrying, dead and replayed rows have a row state.
 """
 
 from __future__ import annotations
@@ -23,12 +30,14 @@ from typing import Protocol
 
 from jobtypes.outcomes import RowOutcome
 from uploads.errors import IdempotencyConflict, LeaseLost, UploadBusy, UploadNotFound
-from uploads.model import Lease, RowState, UploadRecord, count_finished, settle, transition
+from uploads.model import SETTLED, Lease, RowState, UploadRecord, count_finished, settle, transition
+from uploads.settled import CHUNK_ROWS, SettledRows, chunk_of, chunks_between
 
 #: Longest handler error kept per row (characters).
 MAX_ERROR_CHARS = 500
-#: Dead rows read per query when writing a failed-row report.
-PAGE_ROWS = 1000
+#: Rows per page: read per query for a failed-row report, and claimed per transaction by a replay (which keeps
+#: each of its transactions well under a second, and its memory to one page).
+PAGE_ROWS = 500
 
 
 class DuplicateKey(Exception):
@@ -49,7 +58,13 @@ class Transaction(Protocol):
     def put_rows(self, upload_id: str, inserted: list[RowState], updated: list[RowState]) -> None: ...
     def rows_in_state(self, upload_id: str, state: str, after_row: int, limit: int) -> list[RowState]: ...
     def numbers_between(self, upload_id: str, first: int, last: int) -> set[int]: ...
-    def delete_older_than(self, cutoff: float) -> int: ...
+    def delete_rows(self, upload_id: str, rows: list[int]) -> None: ...
+    def get_settled(self, upload_id: str, chunks: Iterable[int]) -> dict[int, bytes]: ...
+    def put_settled(self, upload_id: str, inserted: dict[int, bytes], updated: dict[int, bytes]) -> None: ...
+    def delete_finished_before(self, cutoff: float) -> int: ...
+    def touch_replay(self, upload_id: str, number: int, now: float) -> None: ...
+    def end_replays(self, upload_id: str, numbers: list[int]) -> None: ...
+    def stale_replays(self, upload_id: str, cutoff: float) -> list[int]: ...
 
     # publishing leases (a table of their own beside the records)
     def get_lease(self, upload_id: str) -> Lease | None: ...
@@ -68,22 +83,70 @@ class ApplyResult:
     finished: list[UploadRecord] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
 class Replay:
-    """Rows claimed by one replay: their replay number and their bodies, to publish again."""
+    """One replay: its number, and its rows claimed a page per transaction as they are iterated, so a replay of
+    a million dead rows holds one page in memory and no long transaction.
 
-    number: int
-    rows: list[RowState]
-    not_replayable: int
+    Its rows, in row order, are the dead ones whose body is kept and the rows
+    left pending by interrupted replays (`stale`: their producer died before
+    publishing them all). Each page claimed renews the replay in the store;
+    `finish()` ends it.
+    """
+
+    def __init__(
+        self,
+        store: UploadStore,
+        upload_id: str,
+        number: int,
+        not_replayable: int,
+        stale: list[int],
+        first: tuple[list[RowState], int | None] | None,
+    ) -> None:
+        self.store = store
+        self.upload_id = upload_id
+        #: The replay number (the upload's current one when there is nothing to replay).
+        self.number = number
+        #: Dead rows without a kept body (over the cap): they stay dead.
+        self.not_replayable = not_replayable
+        #: Whether there was anything to replay (a new replay number was taken).
+        self.started = first is not None
+        self.stale = stale
+        self._first = first or ([], None)
+        self.claimed = len(self._first[0])
+
+    @property
+    def rows(self) -> Iterator[RowState]:
+        if not self.started:
+            return
+        page, after = self._first
+        self._first = ([], None)
+        yield from page
+        while after is not None:
+            page, after = self.store._claim_page(self.upload_id, self.number, self.stale, after)
+            self.claimed += len(page)
+            yield from page
+        self.store._end_replays(self.upload_id, self.stale)
+
+    def finish(self) -> None:
+        """This replay has published what it claimed (or given back what it could not)."""
+        if self.started:
+            self.store._end_replays(self.upload_id, [self.number])
 
 
 class UploadStore:
     """The upload record's rules. Subclasses provide `transaction()` and `close()`."""
 
-    def __init__(self, max_failed_rows: int, retention_seconds: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        max_failed_rows: int,
+        retention_seconds: float,
+        clock: Callable[[], float] = time.time,
+        replay_stale_seconds: float = 120.0,
+    ) -> None:
         self.max_failed_rows = max_failed_rows
         self.retention_seconds = retention_seconds
         self.clock = clock
+        self.replay_stale_seconds = replay_stale_seconds
 
     def transaction(self, write: bool = True) -> AbstractContextManager[Transaction]:
         raise NotImplementedError
@@ -239,42 +302,70 @@ class UploadStore:
         if record is None:
             return  # not ours, or removed by retention: nothing to count
         valid = [outcome for outcome in outcomes if 1 <= outcome.row <= record.rows]
-        stored = tx.get_rows(upload_id, {outcome.row for outcome in valid})
+        if not valid:
+            return
+        settled = SettledRows(tx.get_settled(upload_id, {chunk_of(outcome.row) for outcome in valid}))
+        stored = tx.get_rows(upload_id, {outcome.row for outcome in valid if outcome.row not in settled})
         changes: dict[int, RowState] = {}
-        counts = {"succeeded": record.succeeded, "retrying": record.retrying, "dead": record.dead}
+        counts = Counter({"succeeded": record.succeeded, "retrying": record.retrying, "dead": record.dead})
         counts["cancelled"] = record.cancelled
-        finished = 0
+        finals: Counter[str] = Counter()
+        newly_settled = 0  # rows settled without ever having a row state (not in `changes`)
         for outcome in valid:
-            current = changes.get(outcome.row) or stored.get(outcome.row)
+            number = outcome.row
+            if number in settled:
+                continue  # settled rows never change: the first final outcome won
+            current = changes.get(number) or stored.get(number)
+            if current is None and outcome.outcome in SETTLED:
+                # What `transition` does to a row without a state, without building one: the hot path.
+                settled.add(number)
+                counts[outcome.outcome] += 1
+                finals[outcome.outcome] += 1
+                newly_settled += 1
+                continue
             applied = transition(current, outcome)
             if applied.row is None:
                 continue
             row, record = self._cap_details(record, current, applied.row)
-            changes[outcome.row] = row
-            for name, delta in applied.deltas.items():
-                counts[name] += delta
+            changes[number] = row
+            counts.update(applied.deltas)
             if row.final:
-                finished += 1
-                result.finals[(record.job_type, row.state)] += 1
-        if not changes:
+                finals[row.state] += 1
+            if row.state in SETTLED:
+                settled.add(number)
+        if not changes and not finals:
             return
-        tx.put_rows(
-            upload_id,
-            [row for number, row in changes.items() if number not in stored],
-            [row for number, row in changes.items() if number in stored],
-        )
+        self._write_rows(tx, upload_id, changes, stored, settled)
         was_finished = record.finished_at is not None
-        record = settle(count_finished(replace(record, **counts), finished, now), now)
+        record = replace(record, **counts)
+        record = settle(count_finished(record, finals.total(), now), now)
         tx.update_upload(record)
-        result.changed += len(changes)
+        result.changed += len(changes) + newly_settled
+        for state, count in finals.items():
+            result.finals[(record.job_type, state)] += count
         if record.finished_at is not None and not was_finished:
             result.finished.append(record)
+
+    @staticmethod
+    def _write_rows(
+        tx: Transaction, upload_id: str, changes: dict[int, RowState], stored: dict[int, RowState], settled: SettledRows
+    ) -> None:
+        """Settled rows become bits (their row state, if any, goes); the others are row states."""
+        kept = {number: row for number, row in changes.items() if row.state not in SETTLED}
+        tx.put_rows(
+            upload_id,
+            [row for number, row in kept.items() if number not in stored],
+            [row for number, row in kept.items() if number in stored],
+        )
+        tx.delete_rows(upload_id, [number for number in changes if number not in kept and number in stored])
+        tx.put_settled(upload_id, *settled.writes())
 
     def _cap_details(
         self, record: UploadRecord, current: RowState | None, row: RowState
     ) -> tuple[RowState, UploadRecord]:
         """Keep a dead row's body and error only while the upload is under its cap of failed rows."""
-        row = replace(row, error=row.error[:MAX_ERROR_CHARS] if row.error else row.error)
+        if row.error and len(row.error) > MAX_ERROR_CHARS:
+            row = replace(row, error=row.error[:MAX_ERROR_CHARS])
         if row.state != "dead" or (current is not None and current.body is not None):
             return row, record
         if row.body is not None and record.failed_details < self.max_failed_rows:
@@ -283,35 +374,62 @@ class UploadStore:
 
     # replay and cancel ---------------------------------------------------------------------
     def claim_replay(self, upload_id: str) -> Replay:
-        """Move every dead row whose body is kept back to pending under the next replay number.
+        """Start a replay: the next replay number, whose rows are claimed page by page as `Replay.rows` is read.
 
-        One transaction with the record locked: two concurrent replays claim each
-        row once between them (the second finds no dead rows left).
+        Each page moves its rows back to pending under the replay's number in
+        one transaction with the record locked, so concurrent replays claim
+        each row once between them, and a replay stopped half-way leaves the
+        rest dead, for the next replay. Rows an interrupted replay claimed but
+        may not have published (pending under a replay not renewed for
+        `replay_stale_seconds`) are claimed again: if one was in the queue
+        after all, its old replay number makes its report count for nothing.
         """
         with self.transaction() as tx:
             record = _existing(tx, upload_id, for_update=True)
-            dead = list(_all_rows(tx, upload_id, "dead"))
-            replayable = [row for row in dead if row.body is not None]
-            if not replayable:
-                return Replay(record.replay, [], len(dead))
+            not_replayable = min(record.details_dropped, record.dead)
+            stale = tx.stale_replays(upload_id, self.clock() - self.replay_stale_seconds)
             number = record.replay + 1
-            claimed = [replace(row, state="pending", replay=number) for row in replayable]
-            tx.put_rows(upload_id, [], claimed)
-            record = replace(record, dead=record.dead - len(claimed), replay=number)
-            tx.update_upload(settle(record, self.clock()))
-            return Replay(number, claimed, len(dead) - len(claimed))
+            # The first page is claimed with the number: racing replays of up to a page of dead rows share one.
+            first, dead, after = _claim_in(tx, upload_id, number, stale, 0)
+            if not first and after is None:
+                return Replay(self, upload_id, record.replay, not_replayable, [], None)
+            tx.touch_replay(upload_id, number, self.clock())
+            tx.update_upload(settle(replace(record, replay=number, dead=record.dead - dead), self.clock()))
+            return Replay(self, upload_id, number, not_replayable, stale, (first, after))
 
-    def release_replay(self, upload_id: str, number: int, rows: list[int]) -> None:
-        """Rows of replay `number` that could not be published go back to dead (if nothing reported them)."""
+    def _claim_page(
+        self, upload_id: str, number: int, stale: list[int], after: int
+    ) -> tuple[list[RowState], int | None]:
+        """Claim one page of rows after row `after` for replay `number`: (claimed rows, next `after` or None)."""
         with self.transaction() as tx:
             record = _existing(tx, upload_id, for_update=True)
-            back = [
-                replace(row, state="dead")
-                for row in tx.get_rows(upload_id, rows).values()
-                if row.state == "pending" and row.replay == number
-            ]
-            tx.put_rows(upload_id, [], back)
-            tx.update_upload(settle(replace(record, dead=record.dead + len(back)), self.clock()))
+            claimed, dead, following = _claim_in(tx, upload_id, number, stale, after)
+            tx.touch_replay(upload_id, number, self.clock())
+            tx.update_upload(settle(replace(record, dead=record.dead - dead), self.clock()))
+            return claimed, following
+
+    def _end_replays(self, upload_id: str, numbers: list[int]) -> None:
+        if numbers:
+            with self.transaction() as tx:
+                tx.end_replays(upload_id, numbers)
+
+    def release_replay(self, upload_id: str, number: int, after_row: int) -> int:
+        """Rows of replay `number` after `after_row` not published go back to dead (if nothing reported them).
+
+        A page per transaction; how many went back.
+        """
+        released = 0
+        while True:
+            with self.transaction() as tx:
+                record = _existing(tx, upload_id, for_update=True)
+                page = tx.rows_in_state(upload_id, "pending", after_row, PAGE_ROWS)
+                back = [replace(row, state="dead") for row in page if row.replay == number]
+                tx.put_rows(upload_id, [], back)
+                tx.update_upload(settle(replace(record, dead=record.dead + len(back)), self.clock()))
+            released += len(back)
+            if len(page) < PAGE_ROWS:
+                return released
+            after_row = page[-1].row
 
     def request_cancel(self, upload_id: str) -> UploadRecord:
         with self.transaction() as tx:
@@ -327,19 +445,27 @@ class UploadStore:
 
         Rows after the confirmed count may still be in the queue (the publish
         window); if a worker reports one, its row already has its final outcome.
+        One transaction per chunk of the settled bitmap (CHUNK_ROWS rows), each
+        complete in itself: a call stopped half-way is finished by calling
+        again, and a row already settled is never counted twice.
         """
-        with self.transaction() as tx:
-            record = _existing(tx, upload_id, for_update=True)
-            if not record.cancel_requested or record.confirmed >= record.rows:
-                return 0
-            first = record.confirmed + 1
-            known = tx.numbers_between(upload_id, first, record.rows)
-            missing = [RowState(row=n, state="cancelled") for n in range(first, record.rows + 1) if n not in known]
-            for start in range(0, len(missing), PAGE_ROWS * 10):
-                tx.put_rows(upload_id, missing[start : start + PAGE_ROWS * 10], [])
-            record = replace(record, cancelled=record.cancelled + len(missing))
-            tx.update_upload(settle(record, self.clock()))
-            return len(missing)
+        total = 0
+        start = 1
+        while True:
+            with self.transaction() as tx:
+                record = _existing(tx, upload_id, for_update=True)
+                if not record.cancel_requested or record.confirmed >= record.rows:
+                    return total
+                first = max(start, record.confirmed + 1)
+                if first > record.rows:
+                    return total
+                last = min(record.rows, (chunk_of(first) + 1) * CHUNK_ROWS - 1)
+                settled = SettledRows(tx.get_settled(upload_id, chunks_between(first, last)))
+                added = settled.settle_range(first, last, tx.numbers_between(upload_id, first, last))
+                tx.put_settled(upload_id, *settled.writes())
+                tx.update_upload(settle(replace(record, cancelled=record.cancelled + added), self.clock()))
+            total += added
+            start = last + 1
 
     # reading -------------------------------------------------------------------------------
     def get(self, upload_id: str) -> UploadRecord:
@@ -378,9 +504,13 @@ class UploadStore:
 
     # retention -----------------------------------------------------------------------------
     def purge(self) -> int:
-        """Remove records (and their row states) finished, or created, more than the retention period ago."""
+        """Remove records (and their row states) finished more than the retention period ago.
+
+        An unfinished upload is never removed, however old: its reports still
+        count, and its Idempotency-Key still names it.
+        """
         with self.transaction() as tx:
-            return tx.delete_older_than(self.clock() - self.retention_seconds)
+            return tx.delete_finished_before(self.clock() - self.retention_seconds)
 
 
 def _existing(tx: Transaction, upload_id: str, for_update: bool = False) -> UploadRecord:
@@ -390,8 +520,28 @@ def _existing(tx: Transaction, upload_id: str, for_update: bool = False) -> Uplo
     return record
 
 
-def _all_rows(tx: Transaction, upload_id: str, state: str) -> Iterator[RowState]:
-    return _paged(lambda after: tx.rows_in_state(upload_id, state, after, PAGE_ROWS))
+def _claim_in(
+    tx: Transaction, upload_id: str, number: int, stale: list[int], after: int
+) -> tuple[list[RowState], int, int | None]:
+    """Move one page of rows after row `after` to pending under replay `number`: dead rows with a kept body,
+    and pending rows an interrupted (`stale`) replay left, in row order (the publisher needs rows in order to
+    say how far they are confirmed). Returns (claimed rows, how many were dead, the row the next page starts
+    after, or None at the end)."""
+    dead = tx.rows_in_state(upload_id, "dead", after, PAGE_ROWS)
+    pending = tx.rows_in_state(upload_id, "pending", after, PAGE_ROWS) if stale else []
+    page = sorted(dead + pending, key=lambda row: row.row)[:PAGE_ROWS]
+    claimed = [
+        replace(row, state="pending", replay=number)
+        for row in page
+        if (row.state == "dead" and row.body is not None) or (row.state == "pending" and row.replay in stale)
+    ]
+    tx.put_rows(upload_id, [], claimed)
+    more = len(dead) == PAGE_ROWS or len(pending) == PAGE_ROWS
+    return (
+        claimed,
+        sum(1 for row in page if row.state == "dead" and row.body is not None),
+        (page[-1].row if more else None),
+    )
 
 
 def _paged(fetch: Callable[[int], list[RowState]]) -> Iterator[RowState]:

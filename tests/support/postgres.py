@@ -18,6 +18,7 @@ import stat
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -45,10 +46,20 @@ def _pg_ctl_wrapper(directory: Path) -> Path:
     return script
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgreSQLExecutor]:
+def _accepts_connections(executor: PostgreSQLExecutor) -> bool:
+    """pg_ctl -w can return while the server still answers 'the database system is starting up'."""
+    try:
+        psycopg.connect(f"host={executor.host} port={executor.port} user=postgres dbname=postgres").close()
+    except psycopg.OperationalError:
+        return False
+    return True
+
+
+@contextmanager
+def running_postgres() -> Iterator[PostgreSQLExecutor]:
+    """A PostgreSQL server in a temporary directory for as long as the block runs (tests and benchmarks)."""
     if not (PG_BIN / "pg_ctl").exists():
-        pytest.fail(f"PostgreSQL is not installed at {PG_BIN} (./manage.sh test installs Debian's postgresql)")
+        raise RuntimeError(f"PostgreSQL is not installed at {PG_BIN} (./manage.sh test installs Debian's postgresql)")
     base = Path(tempfile.mkdtemp(prefix="autoscaler-pg-"))
     base.chmod(0o755)
     _as_postgres(base)
@@ -67,6 +78,7 @@ def postgres_server() -> Iterator[PostgreSQLExecutor]:
     executor.start()
     _wait_accepting(executor)
     try:
+        wait_until(lambda: _accepts_connections(executor), timeout=60, what="PostgreSQL to accept connections")
         yield executor
     finally:
         executor.stop()
@@ -85,6 +97,14 @@ def _wait_accepting(executor: PostgreSQLExecutor, timeout: float = 60) -> None:
         return True
 
     wait_until(accepting, timeout=timeout, interval=0.1, what="PostgreSQL to accept connections")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgreSQLExecutor]:
+    if not (PG_BIN / "pg_ctl").exists():
+        pytest.fail(f"PostgreSQL is not installed at {PG_BIN} (./manage.sh test installs Debian's postgresql)")
+    with running_postgres() as executor:
+        yield executor
 
 
 @pytest.fixture(scope="session")

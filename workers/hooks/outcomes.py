@@ -1,7 +1,8 @@
 """The `OutcomeReports` hook: tell the upload record what became of each upload's rows.
 
 For every finished row with an `upload_id` header and a `<upload_id>:<row>`
-message id, one `RowOutcome` (succeeded, retrying, dead, cancelled). The
+message id, one `RowOutcome` (succeeded, retrying, dead, cancelled; a dead
+row's report carries its body and the line its message's LINE_HEADER gives). The
 rows finished together go into one `OutcomeReport` (split into several when
 its body would pass `max_bytes`, which keeps each one small enough for the
 broker's quickest confirm), published persistent to the outcomes queue; those
@@ -16,7 +17,15 @@ from __future__ import annotations
 
 import pika
 
-from jobtypes.outcomes import OUTCOMES_QUEUE, REPLAY_HEADER, OutcomeReport, RowOutcome, split_message_id
+from jobtypes.outcomes import (
+    LINE_HEADER,
+    MAX_LINE,
+    OUTCOMES_QUEUE,
+    REPLAY_HEADER,
+    OutcomeReport,
+    RowOutcome,
+    split_message_id,
+)
 from workers.delivery import Outcome, Status
 from workers.hooks import Hook
 from workers.publisher import ConfirmedPublisher
@@ -70,7 +79,7 @@ def row_outcome(outcome: Outcome) -> RowOutcome | None:
     if outcome.copy is not None and outcome.copy.outcome == "retry":
         return RowOutcome(upload_id, row, "retrying", attempts, replay, outcome.error)
     body = delivery.body.decode("utf-8", errors="replace")
-    return RowOutcome(upload_id, row, "dead", attempts, replay, outcome.error, body)
+    return RowOutcome(upload_id, row, "dead", attempts, replay, outcome.error, body, _line(delivery.headers))
 
 
 def _replay(value: object) -> int:
@@ -78,3 +87,9 @@ def _replay(value: object) -> int:
         return max(int(value), 0) if value is not None else 0  # type: ignore[call-overload]
     except (TypeError, ValueError, OverflowError):  # OverflowError: a float infinity
         return 0
+
+
+def _line(headers: dict) -> int | None:
+    """The row's line from its header, or None when absent or not a line number (the record falls back)."""
+    value = headers.get(LINE_HEADER)
+    return value if type(value) is int and 1 <= value <= MAX_LINE else None
