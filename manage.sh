@@ -199,8 +199,22 @@ cmd_bench() {
   shift
   [ -f "bench/$name.py" ] || die "no benchmark bench/$name.py"
   ensure_venv
+  ensure_bench_extras
   ensure_rabbitmq
   "$PY" "bench/$name.py" "$@"
+}
+
+ensure_bench_extras() {
+  # The worker benchmark's peers (dramatiq, Celery): the `bench` optional dependencies, installed on first use.
+  "$PY" -c "import dramatiq, celery" 2>/dev/null && return 0
+  log "installing the benchmark peers (.[bench]) into .venv"
+  "$PY" -m pip install -q -e ".[test,bench]"
+}
+
+cmd_readme() {
+  # Regenerate the README's benchmark and fault tables from bench/results/*.json (nothing is run).
+  ensure_venv
+  "$PY" -m bench.readme "$@"
 }
 
 IMAGES=(
@@ -283,7 +297,8 @@ usage: ./manage.sh COMMAND [ARGS]
   uploads          recent uploads, newest first (--job-type T, --state S)
   sample N         print a sample sales CSV with N rows
   test [ARGS]      run the whole test suite (pytest ARGS)
-  bench NAME       run a benchmark (ingest, worker, reaction, tick)
+  bench NAME       run a benchmark (ingest, worker, sales, reaction, tick); writes bench/results/NAME.json
+  readme           regenerate the README's benchmark and fault tables from bench/results/ (--check: only compare)
   images           build the container images (needs Docker)
   k8s-up           deploy the stack to the current kubectl context
   k8s-config       apply a changed jobs.config.json to the cluster
@@ -307,6 +322,7 @@ main() {
       ensure_venv; stored_token; "$PY" -m scaler control "$command" "$1" --url "http://$SCALER_ADDR" ;;
     sample) ensure_venv; "$PY" -m workers.sample "$@" ;;
     bench) cmd_bench "$@" ;;
+    readme) cmd_readme "$@" ;;
     images) cmd_images "$@" ;;
     k8s-up) cmd_k8s_up "$@" ;;
     k8s-config) cmd_k8s_config "$@" ;;
