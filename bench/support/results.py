@@ -78,9 +78,12 @@ def write_results(
     another table (the fault suite's, see bench/readme.py).
     """
     cells = [asdict(row) if isinstance(row, Row) else row for row in rows]
+    script = Path(sys.argv[0]).resolve()
     document = {
         "name": name,
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "command": " ".join(
+            [str(script.relative_to(REPO)) if script.is_relative_to(REPO) else script.name, *sys.argv[1:]]
+        ),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": commit(),
         "machine": machine(),
