@@ -195,7 +195,7 @@ def kubernetes_scaler(emulator: KubernetesEmulator, broker: Broker, config: Path
     channel = WorkerChannel(broker.amqp_url)
     scaler = Scaler(
         ConfigWatcher(config),
-        KubernetesBackend(emulator.api_client(), ClusterSettings(), unschedulable_grace=30),
+        KubernetesBackend(emulator.api_client(), ClusterSettings()),
         QueueStatsSource(broker.api_url, broker.amqp_url),
         channel,
         tick_seconds=1.0 if woken else BASELINE_POLL_SECONDS,
