@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from importlib.metadata import version
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -148,15 +149,16 @@ def report(rounds: dict[str, list[float]], args: argparse.Namespace) -> tuple[li
         per_round = statistics.median(a / b for a, b in zip(rounds[subject], rounds[baseline], strict=True))
         return f"**{rate[subject] / rate[baseline]:.2f}x** (median of rounds {per_round:.2f}x)"
 
+    dramatiq, celery = f"dramatiq {version('dramatiq')}", f"Celery {version('celery')}"
     labels = {
         "pika-group": f"plain pika consumer, grouped acks (multiple=True), channel prefetch {wide}",
         "pika-each": f"plain pika consumer, one ack per message, channel prefetch {args.prefetch}",
         "runtime": f"runtime, outcome reports off, channel prefetch {wide}",
         "tracked": f"runtime, outcome reports on (default; type prefetch {args.prefetch}, channel {wide})",
-        "dramatiq": "dramatiq 2.2, its defaults for one process (8 threads, prefetch 16)",
-        "dramatiq-tuned": f"dramatiq 2.2, one process, 1 thread, prefetch {wide}",
-        "celery": "Celery 5.7, its defaults for one process (prefork, concurrency 1, prefetch 4, early acks)",
-        "celery-tuned": f"Celery 5.7, solo pool, late acks, prefetch {wide}, no gossip/mingle/heartbeat",
+        "dramatiq": f"{dramatiq}, its defaults for one process (8 threads, prefetch 16)",
+        "dramatiq-tuned": f"{dramatiq}, one process, 1 thread, prefetch {wide}",
+        "celery": f"{celery}, its defaults for one process (prefork, concurrency 1, prefetch 4, early acks)",
+        "celery-tuned": f"{celery}, solo pool, late acks, prefetch {wide}, no gossip/mingle/heartbeat",
         "runtime-1ms": f"runtime, 1 ms handler, outcome reports off, channel prefetch {wide}",
         "tracked-1ms": "runtime, 1 ms handler, outcome reports on (default)",
     }
@@ -183,13 +185,13 @@ def report(rounds: dict[str, list[float]], args: argparse.Namespace) -> tuple[li
         Row(
             "same: against dramatiq (its own no-op actor and messages)",
             f"runtime, reports on: {rate['tracked']:,.0f} msg/s",
-            f"{labels['dramatiq']}: {rate['dramatiq']:,.0f} msg/s; tuned ({labels['dramatiq-tuned'].removeprefix('dramatiq 2.2, ')}): {rate['dramatiq-tuned']:,.0f} msg/s",
+            f"{labels['dramatiq']}: {rate['dramatiq']:,.0f} msg/s; tuned ({labels['dramatiq-tuned'].removeprefix(dramatiq + ', ')}): {rate['dramatiq-tuned']:,.0f} msg/s",
             f"{ratio('tracked', 'dramatiq')}; against tuned {ratio('tracked', 'dramatiq-tuned')}",
         ),
         Row(
             "same: against Celery (its own no-op task and messages)",
             f"runtime, reports on: {rate['tracked']:,.0f} msg/s",
-            f"{labels['celery']}: {rate['celery']:,.0f} msg/s; tuned ({labels['celery-tuned'].removeprefix('Celery 5.7, ')}): {rate['celery-tuned']:,.0f} msg/s",
+            f"{labels['celery']}: {rate['celery']:,.0f} msg/s; tuned ({labels['celery-tuned'].removeprefix(celery + ', ')}): {rate['celery-tuned']:,.0f} msg/s",
             f"{ratio('tracked', 'celery')}; against tuned {ratio('tracked', 'celery-tuned')}",
         ),
         Row(
