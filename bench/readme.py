@@ -83,8 +83,8 @@ def load(name: str) -> dict:
 def provenance(name: str, document: dict) -> str:
     machine = document["machine"]
     where = ", ".join(
-        f"{label} {machine[key]}"
-        for key, label in (("cores", "cores"), ("memory_gib", "GiB"), ("load_1min", "load"))
+        template.format(machine[key])
+        for key, template in (("cores", "{} cores"), ("memory_gib", "{} GiB"), ("load_1min", "load {}"))
         if key in machine
     )
     note = f"; {document['note']}" if document.get("note") else ""
@@ -111,10 +111,10 @@ def render(table: Table) -> str:
 def regenerate(text: str) -> str:
     """`text` (the README) with every table's marked block replaced by what its results files say now."""
     for table in TABLES:
-        pattern = re.compile(rf"(<!-- {table.marker} -->\n).*?(\n<!-- /{table.marker} -->)", re.DOTALL)
+        pattern = re.compile(rf"(<!-- {table.marker} -->\n)(?:.*?\n)?(<!-- /{table.marker} -->)", re.DOTALL)
         if not pattern.search(text):
             raise ResultsError(f"{README}: no <!-- {table.marker} --> ... <!-- /{table.marker} --> block")
-        text = pattern.sub(lambda match, table=table: match[1] + render(table) + match[2], text)
+        text = pattern.sub(lambda match, table=table: match[1] + render(table) + "\n" + match[2], text)
     return text
 
 
