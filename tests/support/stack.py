@@ -22,7 +22,6 @@ from tests.support.configs import write_config
 from tests.support.processes import Service, free_port
 from tests.support.waiting import wait_until
 
-
 DEFAULT_TOKEN = "test-stack-token"
 
 
