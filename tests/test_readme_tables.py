@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench import readme
+from bench.support import results
 
 
 def test_the_readme_tables_are_generated_from_the_results_files() -> None:
@@ -29,3 +30,16 @@ def test_a_results_file_without_a_column_is_named_with_the_row(tmp_path: Path, m
         readme.render(table)
     with pytest.raises(readme.ResultsError, match=r"ingest\.json: missing"):
         readme.render(readme.Table("bench-table", table.columns, ("ingest",)))
+
+
+def test_a_results_file_carries_its_provenance_and_feeds_the_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(results, "RESULTS", tmp_path)
+    monkeypatch.setattr(readme, "RESULTS", tmp_path)
+    path = results.write_results("mine", [results.Row("`bench mine`", "2 x", "1 x", "**2.00x**")], {"x": 2})
+    document = json.loads(path.read_text())
+    assert document["commit"] and document["date"] and document["machine"]["cores"] >= 1
+    assert document["machine"]["memory_gib"] > 0 and document["figures"] == {"x": 2}
+    table = readme.render(readme.Table("bench-table", readme.TABLES[0].columns, ("mine",)))
+    assert "| `bench mine` | 2 x | 1 x | **2.00x** |" in table.splitlines()

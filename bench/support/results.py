@@ -94,7 +94,8 @@ def write_results(
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
-    print(f"\nREADME rows ({path.relative_to(REPO)}; `./manage.sh readme` puts them in README.md):")
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    print(f"\nREADME rows ({shown}; `./manage.sh readme` puts them in README.md):")
     for row in cells:
         print("  " + " | ".join(row.values()))
     return path
