@@ -194,10 +194,13 @@ cmd_submit() {
 }
 
 cmd_bench() {
-  [ $# -ge 1 ] || die "usage: ./manage.sh bench NAME (one of: $(cd bench && ls *.py | sed 's/\.py$//' | tr '\n' ' '))"
+  # bench/readme.py is not a benchmark: it writes the README from their results (./manage.sh readme).
+  local names
+  names="$(cd bench && ls *.py | sed 's/\.py$//' | grep -vx readme | tr '\n' ' ')"
+  [ $# -ge 1 ] || die "usage: ./manage.sh bench NAME (one of: $names)"
   local name=$1
   shift
-  [ -f "bench/$name.py" ] || die "no benchmark bench/$name.py"
+  [ -f "bench/$name.py" ] && [ "$name" != readme ] || die "no benchmark bench/$name.py (one of: $names)"
   ensure_venv
   ensure_bench_extras
   ensure_rabbitmq
