@@ -1,6 +1,6 @@
 """The worker benchmark's real peers: a no-op dramatiq actor and a no-op Celery task on the benchmark's queue.
 
-    python -m dramatiq bench.support.peers:dramatiq_broker ...   (the benchmark starts them, bench/worker.py)
+    python -m dramatiq bench.support.peers ...                   (the benchmark starts them, bench/worker.py)
     python -m celery -A bench.support.peers:celery_app worker ...
     python -m bench.support.peers dramatiq|celery COUNT       (fills BENCH_QUEUE with COUNT messages)
 
