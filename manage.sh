@@ -219,13 +219,30 @@ cmd_submit() {
 }
 
 cmd_bench() {
-  [ $# -ge 1 ] || die "usage: ./manage.sh bench NAME (one of: $(cd bench && ls *.py | sed 's/\.py$//' | tr '\n' ' '))"
+  # bench/readme.py is not a benchmark: it writes the README from their results (./manage.sh readme).
+  local names
+  names="$(cd bench && ls *.py | sed 's/\.py$//' | grep -vx readme | tr '\n' ' ')"
+  [ $# -ge 1 ] || die "usage: ./manage.sh bench NAME (one of: $names)"
   local name=$1
   shift
-  [ -f "bench/$name.py" ] || die "no benchmark bench/$name.py"
+  [ -f "bench/$name.py" ] && [ "$name" != readme ] || die "no benchmark bench/$name.py (one of: $names)"
   ensure_venv
+  ensure_bench_extras
   ensure_rabbitmq
   "$PY" "bench/$name.py" "$@"
+}
+
+ensure_bench_extras() {
+  # The worker benchmark's peers (dramatiq, Celery): the `bench` optional dependencies, installed on first use.
+  "$PY" -c "import dramatiq, celery" 2>/dev/null && return 0
+  log "installing the benchmark peers (.[bench]) into .venv"
+  "$PY" -m pip install -q -e ".[test,bench]"
+}
+
+cmd_readme() {
+  # Regenerate the README's benchmark and fault tables from bench/results/*.json (nothing is run).
+  ensure_venv
+  "$PY" -m bench.readme "$@"
 }
 
 # The images' tag: set once, in infra/k8s/kustomization.yaml (images: newTag).
@@ -310,7 +327,8 @@ usage: ./manage.sh COMMAND [ARGS]
   uploads          recent uploads, newest first (--job-type T, --state S)
   sample N         print a sample sales CSV with N rows
   test [ARGS]      run the whole test suite (pytest ARGS)
-  bench NAME       run a benchmark (ingest, worker, reaction, tick, uploads, simulate)
+  bench NAME       run a benchmark (ingest, worker, sales, reaction, tick, uploads, simulate); writes bench/results/NAME.json
+  readme           regenerate the README's benchmark and fault tables from bench/results/ (--check: only compare)
   simulate TRACE [--config FILE] [--format NAME] [--speedup K] [--start S --hours H]
            [--backend local|kubernetes] [--policies project,keda,fixed:N] [--out DIR]
            [--sweep NAME=V1,V2 ...] [--target-p95-wait S]
@@ -344,6 +362,7 @@ main() {
     bench) cmd_bench "$@" ;;
     simulate) ensure_venv; "$PY" -m simulator "$@" ;;
     replay) ensure_venv; stored_token; PRODUCER_ADDR="$PRODUCER_ADDR" SCALER_ADDR="$SCALER_ADDR" "$PY" -m simulator.replay "$@" ;;
+    readme) cmd_readme "$@" ;;
     images) cmd_images "$@" ;;
     k8s-up) cmd_k8s_up "$@" ;;
     k8s-config) cmd_k8s_config "$@" ;;

@@ -46,6 +46,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.support.results import Row, write_results  # noqa: E402
 from jobtypes.config import load_config  # noqa: E402
 from jobtypes.queues import queue_arguments  # noqa: E402
 from tests.support.broker import broker_is_up, create_vhost, delete_vhost  # noqa: E402
@@ -264,6 +265,27 @@ def main() -> int:
         f"  producer / baseline:                                      {rate['producer'] / rate['baseline']:10.2f}"
         "  (required >= 1.0)"
     )
+    rows = [
+        Row(
+            f"`./manage.sh bench ingest`: rows/s of an HTTP upload until every row is confirmed ({args.rows:,} rows)",
+            f"{rate['producer']:,.0f} rows/s",
+            "a pika asynchronous publisher with confirms sending the same messages (same properties, `mandatory`, "
+            f"window {args.window}, same queue emptied before each contender): {rate['baseline']:,.0f} rows/s",
+            f"**{rate['producer'] / rate['baseline']:.2f}x** (against a publisher of smaller messages without "
+            f"headers, type, timestamp or `mandatory`: {rate['producer'] / rate['minimal']:.2f}x)",
+        ),
+        Row(
+            f"same: producer peak RSS, 10k rows vs {args.large:,} rows",
+            f"{small_peak.peak / mib:.0f} MiB / {large_peak.peak / mib:.0f} MiB (idle {idle / mib:.0f} MiB)",
+            "",
+            f"**{large_peak.peak / small_peak.peak:.2f}x**",
+        ),
+    ]
+    figures = {
+        "rows_per_s_best": rate,
+        "rss_mib": {"idle": idle / mib, "small_peak": small_peak.peak / mib, "large_peak": large_peak.peak / mib},
+    }
+    write_results("ingest", rows, figures, settings=vars(args))
     return 0
 
 

@@ -2,15 +2,28 @@
 
 Each fault test adds one row; pytest prints the table at the end of the run
 (see `pytest_terminal_summary` in tests/conftest.py) and writes it to
-`tests/artifacts/fault-table.md` for the README.
+`tests/artifacts/fault-table.md` and, as a results file, to
+`bench/results/faults.json`, from which `./manage.sh readme` regenerates the
+README's fault table (bench/readme.py). Run the whole fault suite before
+regenerating: the file holds the rows of the last run only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
+from bench.support.results import write_results
+
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+class Counted(StrEnum):
+    """What the "rows processed" cell counts: rows handlers processed, or (a test without workers) rows queued."""
+
+    PROCESSED = "processed"
+    QUEUED = "queued exactly"
 
 
 @dataclass
@@ -21,20 +34,16 @@ class FaultRow:
     duplicates: int
     lost: int
     recover_seconds: float | None
+    counted: Counted = Counted.PROCESSED
 
     def cells(self) -> list[str]:
         recover = "-" if self.recover_seconds is None else f"{self.recover_seconds:.1f} s"
-        return [
-            self.fault,
-            str(self.rows_sent),
-            str(self.rows_processed),
-            str(self.duplicates),
-            str(self.lost),
-            recover,
-        ]
+        processed = str(self.rows_processed) + ("" if self.counted is Counted.PROCESSED else f" {self.counted}")
+        return [self.fault, str(self.rows_sent), processed, str(self.duplicates), str(self.lost), recover]
 
 
 HEADERS = ["fault", "rows sent", "rows processed", "duplicates", "lost", "time to recover"]
+KEYS = ["fault", "rows_sent", "rows_processed", "duplicates", "lost", "recover"]
 ROWS: list[FaultRow] = []
 
 
@@ -52,4 +61,5 @@ def write_artifact() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / "fault-table.md"
     path.write_text(markdown_table() + "\n")
+    write_results("faults", [dict(zip(KEYS, row.cells(), strict=True)) for row in ROWS], figures={})
     return path

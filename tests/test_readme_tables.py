@@ -1,0 +1,45 @@
+"""The README's benchmark and fault tables are what `./manage.sh readme` makes of the committed results files.
+
+No benchmark runs here: only the regeneration from bench/results/*.json, so a
+figure pasted into the README, or a results file committed without
+regenerating the README, fails this test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import readme
+from bench.support import results
+
+
+def test_the_readme_tables_are_generated_from_the_results_files() -> None:
+    text = readme.README.read_text()
+    assert readme.regenerate(text) == text, "README.md differs from bench/results/: run ./manage.sh readme"
+
+
+def test_a_results_file_without_a_column_is_named_with_the_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    document = {"date": "2026-12-05", "commit": "abc", "machine": {"cores": 2}, "rows": [{"benchmark": "b"}]}
+    (tmp_path / "tick.json").write_text(json.dumps(document))
+    monkeypatch.setattr(readme, "RESULTS", tmp_path)
+    table = readme.Table("bench-table", readme.TABLES[0].columns, ("tick",))
+    with pytest.raises(readme.ResultsError, match=r"tick\.json: row 1 lacks subject, baseline, ratio"):
+        readme.render(table)
+    with pytest.raises(readme.ResultsError, match=r"ingest\.json: missing"):
+        readme.render(readme.Table("bench-table", table.columns, ("ingest",)))
+
+
+def test_a_results_file_carries_its_provenance_and_feeds_the_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(results, "RESULTS", tmp_path)
+    monkeypatch.setattr(readme, "RESULTS", tmp_path)
+    path = results.write_results("mine", [results.Row("`bench mine`", "2 x", "1 x", "**2.00x**")], {"x": 2})
+    document = json.loads(path.read_text())
+    assert document["commit"] and document["date"] and document["machine"]["cores"] >= 1
+    assert document["machine"]["memory_gib"] > 0 and document["figures"] == {"x": 2}
+    table = readme.render(readme.Table("bench-table", readme.TABLES[0].columns, ("mine",)))
+    assert "| `bench mine` | 2 x | 1 x | **2.00x** |" in table.splitlines()
