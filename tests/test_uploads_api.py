@@ -361,6 +361,8 @@ def test_a_blocked_tracker_turns_healthz_503_naming_it_and_is_replaced(own_broke
 
     try:
         upload_id = stack.upload(rows_csv(10), "sleep").json()["upload_id"]
+        # The producer's own writes for this upload (queued, its lease released) are done before the lock is taken.
+        wait_record(stack, upload_id, lambda r: r["state"] == "queued", "the upload to be queued")
         holder.execute("BEGIN IMMEDIATE")
         publish_reports(own_broker, "sleep", [[RowOutcome(upload_id, row, "succeeded")] for row in range(1, 11)])
         stuck = wait_until(
