@@ -8,6 +8,7 @@ cancelled upload and report them `cancelled`, leaving other uploads alone.
 from __future__ import annotations
 
 import json
+import logging
 import signal
 from collections import Counter, defaultdict
 from urllib.parse import quote
@@ -29,6 +30,8 @@ from jobtypes.outcomes import (
 from tests.support.broker import API, AUTH, Broker
 from tests.support.waiting import wait_until
 from tests.support.worker_harness import Harness, harness, reported_rows  # noqa: F401 - the fixture
+from workers.delivery import Delivery, Status
+from workers.hooks.cancel import Cancellations
 
 
 class Reports:
@@ -206,3 +209,14 @@ def test_a_report_round_trips_in_order_with_rows_grouped() -> None:
 def test_a_malformed_report_is_refused_with_the_reason(groups: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         OutcomeReport.from_json(json.dumps({"worker_id": "w1", "job_type": "work", "groups": groups}).encode())
+
+
+@pytest.mark.parametrize("header", [["upload-a"], {"id": "upload-a"}, 7, None, b"upload-a"])
+def test_an_upload_id_header_that_is_not_a_string_is_simply_not_cancelled(header) -> None:
+    """Another process wrote the header: while some upload is cancelled, a list (unhashable) must not raise."""
+    hook = Cancellations(memory_seconds=60, logger=logging.getLogger("test"))
+    hook.cancelled = {"upload-a": 0.0}
+    delivery = Delivery(1, pika.BasicProperties(headers={"upload_id": header}), b"{}", False, 0)
+    assert hook.before_handle(delivery) is None
+    named = Delivery(2, pika.BasicProperties(headers={"upload_id": "upload-a"}), b"{}", False, 0)
+    assert hook.before_handle(named).status is Status.CANCELLED

@@ -48,7 +48,9 @@ class Cancellations(Hook):
             self.log.info("uploads cancelled: their rows will be skipped", extra={"uploads": new})
 
     def before_handle(self, delivery: Delivery) -> Outcome | None:
-        if self.cancelled and delivery.headers.get("upload_id") in self.cancelled:
+        upload_id = delivery.headers.get("upload_id")
+        # Another process wrote the header: a list or a number in it is not an upload id, and must not raise.
+        if self.cancelled and isinstance(upload_id, str) and upload_id in self.cancelled:
             return Outcome(delivery, Status.CANCELLED)
         return None
 
