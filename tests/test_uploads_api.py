@@ -13,7 +13,6 @@ import io
 import json
 import re
 import signal
-import sqlite3
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -350,11 +349,19 @@ def test_tracker_killed_mid_stream_restarts_with_exact_counts(own_broker: Broker
         stack.stop()
 
 
-def test_a_blocked_tracker_turns_healthz_503_naming_it_and_is_replaced(own_broker: Broker, tmp_path: Path) -> None:
-    """Another writer holds the SQLite file's write lock: the tracker's write waits on it, for real."""
-    stack = Stack(own_broker, tmp_path, {"sleep": {}}, env={"UPLOADS_TRACKER_STALL_SECONDS": "2"})
+def test_a_blocked_tracker_turns_healthz_503_naming_it_and_is_replaced(
+    own_broker: Broker,
+    tmp_path: Path,
+    fresh_postgres_url: str,
+    postgres_server,  # noqa: F811
+) -> None:
+    """Another session holds a lock on the settled-rows table (Postgres): the tracker's write waits on it, for real,
+    while reads (the record, the reports' checks) go on."""
+    env = {"UPLOADS_TRACKER_STALL_SECONDS": "2", "UPLOADS_DATABASE_URL": fresh_postgres_url}
+    stack = Stack(own_broker, tmp_path, {"sleep": {}}, env=env)
     stack.start_producer()
-    holder = sqlite3.connect(tmp_path / "uploads.db", isolation_level=None)
+    database = fresh_postgres_url.rsplit("/", 1)[1]
+    holder = psycopg.connect(f"host={postgres_server.host} port={postgres_server.port} user=postgres dbname={database}")
 
     def healthz() -> httpx.Response:
         return httpx.get(f"{stack.producer_url}/healthz", headers=stack.auth_headers(), timeout=5)
@@ -363,7 +370,7 @@ def test_a_blocked_tracker_turns_healthz_503_naming_it_and_is_replaced(own_broke
         upload_id = stack.upload(rows_csv(10), "sleep").json()["upload_id"]
         # The producer's own writes for this upload (queued, its lease released) are done before the lock is taken.
         wait_record(stack, upload_id, lambda r: r["state"] == "queued", "the upload to be queued")
-        holder.execute("BEGIN IMMEDIATE")
+        holder.execute("LOCK TABLE upload_settled IN EXCLUSIVE MODE")  # plain reads still pass
         publish_reports(own_broker, "sleep", [[RowOutcome(upload_id, row, "succeeded")] for row in range(1, 11)])
         stuck = wait_until(
             lambda: (lambda r: r.json() if r.status_code == 503 else None)(healthz()),
@@ -379,7 +386,7 @@ def test_a_blocked_tracker_turns_healthz_503_naming_it_and_is_replaced(own_broke
             what="the watchdog to start a new tracker thread (the blocked one still holds the reports: still 503)",
         )
         assert record(stack, upload_id)["succeeded"] == 0
-        holder.execute("ROLLBACK")
+        holder.rollback()
         done = wait_record(stack, upload_id, lambda r: r["state"] == "done", "the reports applied once the lock goes")
         assert (done["succeeded"], done["pending"]) == (10, 0)
         wait_until(lambda: healthz().status_code == 200, timeout=10, what="/healthz back to 200")
