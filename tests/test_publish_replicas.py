@@ -9,7 +9,6 @@ record; a cancel on one replica stops the publishing on the other.
 from __future__ import annotations
 
 import os
-import re
 import signal
 import threading
 import time
@@ -25,7 +24,7 @@ from tests.support.broker import Broker, create_vhost, delete_vhost
 from tests.support.postgres import fresh_postgres_url, postgres_server  # noqa: F401
 from tests.support.processes import Service
 from tests.support.stack import Stack
-from tests.support.uploads import record, wait_record
+from tests.support.uploads import record, rows_published, wait_record
 from tests.support.waiting import wait_until
 
 #: Short leases, so a killed publisher's upload reads `interrupted` within seconds (a live one, renewing every
@@ -111,12 +110,6 @@ def message_ids(broker: Broker, queue: str, expected: int) -> list[str]:
     return ids
 
 
-def rows_published(stack: Stack) -> float:
-    metrics = httpx.get(f"{stack.producer_url}/metrics", headers=stack.auth_headers(), timeout=10).text
-    found = re.search(r'^producer_rows_published_total\{job_type="sleep"\} (\S+)$', metrics, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
-
-
 def test_the_same_file_and_key_sent_to_two_replicas_at_once_queues_every_row_once(
     own_broker: Broker, tmp_path: Path, store_url: str
 ) -> None:
@@ -164,7 +157,7 @@ def test_a_producer_killed_mid_publish_leaves_it_interrupted_and_a_retry_on_anot
         assert 0 < interrupted["confirmed"] < rows and "lease" in interrupted["publish_error"]
         retry = b.upload(body, "sleep", timeout=300, headers={"Idempotency-Key": "killed-mid-publish"})
         assert retry.status_code == 200 and retry.json()["upload_id"] == upload_id, retry.text
-        assert rows_published(b) == rows - interrupted["confirmed"], "only the rows after the confirmed count"
+        assert rows_published(b, "sleep") == rows - interrupted["confirmed"], "only the rows after the confirmed count"
         print(f"the retry published the rest in {time.monotonic() - killed:.1f} s after the kill")
         # Workers start now, not while publishing: on two cores they would slow the publishing more than they gain.
         worker_env = {**a.env, "SLEEP_MS": "0", "WORKER_LOG_LEVEL": "info"}

@@ -7,23 +7,15 @@ of the same file finishes the same record instead of publishing every row again.
 
 from __future__ import annotations
 
-import re
 import time
 
 from tests.support.broker import Broker
 from tests.support.stack import Stack
-from tests.support.uploads import record, wait_record
+from tests.support.uploads import record, rows_published, wait_record
 from tests.support.waiting import wait_until
 
 RETENTION_SECONDS = 2.0
 SLEEP = {"handler": "sleep", "threshold": 1, "max_workers": 2, "idle_seconds": 2, "env": {"SLEEP_MS": "0"}}
-
-
-def rows_published(stack: Stack, job_type: str) -> float:
-    """The producer's own count of rows it published for `job_type` since it started."""
-    metrics = stack.get(f"{stack.producer_url}/metrics").text
-    found = re.search(rf'^producer_rows_published_total{{job_type="{job_type}"}} (\S+)$', metrics, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
 
 
 def rows(count: int) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +15,13 @@ def record(stack: Stack, upload_id: str) -> dict[str, Any]:
     response = stack.get(f"{stack.producer_url}/uploads/{upload_id}", timeout=10)
     response.raise_for_status()
     return response.json()
+
+
+def rows_published(stack: Stack, job_type: str) -> float:
+    """The producer's own count of rows it published for `job_type` since it started (0 before the first)."""
+    metrics = stack.get(f"{stack.producer_url}/metrics", timeout=10).text
+    found = re.search(rf'^producer_rows_published_total{{job_type="{job_type}"}} (\S+)$', metrics, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
 
 
 def wait_record(
