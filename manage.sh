@@ -74,7 +74,8 @@ ensure_rabbitmq() {
 }
 
 # A local cluster (./manage.sh up --rabbitmq-nodes N): node i is rabbit-i@localhost on the base ports + i - 1.
-# The base ports are settings so that a cluster can run beside another broker (the tests use 5682, 15682, 25682).
+# The base ports and the name prefix are settings so that a cluster can run beside another broker (the tests use
+# 5682, 15682, 25682).
 RABBITMQ_NODES=1
 RABBITMQ_BASE_PORT="${RABBITMQ_BASE_PORT:-5672}"
 RABBITMQ_MANAGEMENT_BASE_PORT="${RABBITMQ_MANAGEMENT_BASE_PORT:-15672}"
@@ -82,13 +83,15 @@ RABBITMQ_MANAGEMENT_BASE_PORT="${RABBITMQ_MANAGEMENT_BASE_PORT:-15672}"
 RABBITMQ_DIST_BASE_PORT="${RABBITMQ_DIST_BASE_PORT:-$((RABBITMQ_BASE_PORT + 20000))}"
 # Each node's data and logs in CLUSTER_DIR/<node>/, its pid in CLUSTER_DIR/<node>.pid, the shared cookie in CLUSTER_DIR.
 CLUSTER_DIR="${RABBITMQ_CLUSTER_DIR:-$RUN/rabbitmq}"
+RABBITMQ_NODE_PREFIX="${RABBITMQ_NODE_PREFIX:-rabbit}"
 RABBITMQ_BIN=/usr/lib/rabbitmq/bin
 
-node_name() { echo "rabbit-$1@localhost"; }
+node_id() { echo "$RABBITMQ_NODE_PREFIX-$1"; }
+node_name() { echo "$(node_id "$1")@localhost"; }
 node_amqp_port() { echo $((RABBITMQ_BASE_PORT + $1 - 1)); }
 node_management_port() { echo $((RABBITMQ_MANAGEMENT_BASE_PORT + $1 - 1)); }
 node_dist_port() { echo $((RABBITMQ_DIST_BASE_PORT + $1 - 1)); }
-node_pidfile() { echo "$CLUSTER_DIR/rabbit-$1.pid"; }
+node_pidfile() { echo "$CLUSTER_DIR/$(node_id "$1").pid"; }
 
 node_pid() {
   # The OS pid of node I if it is running (from its pid file), else nothing.
@@ -103,7 +106,7 @@ node_env() {
   # node_env I COMMAND...: runs a RabbitMQ script with node I's name, ports, directories and the cluster's cookie
   # (HOME holds .erlang.cookie). Debian's /usr/sbin wrappers switch to the rabbitmq user and its
   # /var/lib/rabbitmq; the scripts under /usr/lib/rabbitmq/bin run as whoever calls them.
-  local i=$1 dir="$CLUSTER_DIR/rabbit-$1"
+  local i=$1 dir="$CLUSTER_DIR/$(node_id "$1")"
   shift
   env HOME="$CLUSTER_DIR" RABBITMQ_NODENAME="$(node_name "$i")" RABBITMQ_NODE_PORT="$(node_amqp_port "$i")" \
     RABBITMQ_DIST_PORT="$(node_dist_port "$i")" RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
@@ -134,7 +137,7 @@ check_node_ports() {
 
 write_node_config() {
   # Node I's own rabbitmq.conf (loopback listeners on its ports, the scaler's statistics interval) and plugins.
-  local i=$1 dir="$CLUSTER_DIR/rabbit-$1"
+  local i=$1 dir="$CLUSTER_DIR/$(node_id "$1")"
   mkdir -p "$dir/log" "$dir/conf.d"
   cat >"$dir/rabbitmq.conf" <<CONF
 listeners.tcp.1 = 127.0.0.1:$(node_amqp_port "$i")
@@ -162,15 +165,15 @@ start_node() {
   rm -f "$(node_pidfile "$i")"
   write_node_config "$i"
   node_env "$i" setsid nohup "$RABBITMQ_BIN/rabbitmq-server" </dev/null \
-    >"$CLUSTER_DIR/rabbit-$i/log/startup.log" 2>&1 &
-  log "starting $(node_name "$i") (AMQP $(node_amqp_port "$i"), management $(node_management_port "$i")), log: $CLUSTER_DIR/rabbit-$i/log/"
+    >"$CLUSTER_DIR/$(node_id "$i")/log/startup.log" 2>&1 &
+  log "starting $(node_name "$i") (AMQP $(node_amqp_port "$i"), management $(node_management_port "$i")), log: $CLUSTER_DIR/$(node_id "$i")/log/"
 }
 
 wait_node() {
   # Waits (with a deadline) until node I runs RabbitMQ and its management API answers.
   local i=$1
   node_ctl "$i" wait --timeout 120 "$(node_pidfile "$i")" >/dev/null ||
-    die "$(node_name "$i") did not start; see $CLUSTER_DIR/rabbit-$i/log/"
+    die "$(node_name "$i") did not start; see $CLUSTER_DIR/$(node_id "$i")/log/"
   wait_http "http://127.0.0.1:$(node_management_port "$i")/api/overview" 60 -u guest:guest ||
     die "$(node_name "$i")'s management API did not answer on port $(node_management_port "$i")"
 }
@@ -208,9 +211,9 @@ cluster_amqp_addresses() {
 cluster_node_numbers() {
   # The numbers of the nodes that have a pid file in CLUSTER_DIR (those this script started).
   local pidfile
-  for pidfile in "$CLUSTER_DIR"/rabbit-*.pid; do
+  for pidfile in "$CLUSTER_DIR/$RABBITMQ_NODE_PREFIX"-*.pid; do
     [ -e "$pidfile" ] || continue
-    pidfile="${pidfile##*/rabbit-}"
+    pidfile="${pidfile##*/"$RABBITMQ_NODE_PREFIX"-}"
     echo "${pidfile%.pid}"
   done | sort -n
 }

@@ -1,10 +1,13 @@
 """A three-node RabbitMQ cluster of the test session's own, started by the code `./manage.sh up --rabbitmq-nodes 3`
 runs (its shell functions, sourced), on ports beside the shared broker's: AMQP 5682-5684, management
-15682-15684, distribution 25682-25684, node names rabbit-1@localhost...
+15682-15684, distribution 25682-25684, node names rabbit-1@localhost... (`Topology` says which; the queue cost
+benchmark also starts a one-node one beside it).
 
-The fault tests kill its nodes with SIGKILL; the shared broker on 5672 is never touched. The session fixture
-`cluster` starts it once (about half a minute on two busy cores), gives each session a fresh vhost on it, and
-stops every node at the end. Import the fixture into the test module that uses it.
+The fault tests kill its nodes with SIGKILL; the shared broker on 5672 is never touched. `running_cluster`
+starts it (about half a minute on two busy cores) with a fresh vhost on it and stops every node at the end; the
+session fixture `cluster` does that once per test session (import it into the test module that uses it). A
+`Cluster` is a `Broker` whose URLs are those of the first node still running, so stacks and benchmark helpers
+written for the shared broker run on it unchanged.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -21,63 +25,95 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from tests.support.broker import Broker
 from tests.support.waiting import wait_until
 
 MANAGE = Path(__file__).resolve().parents[2] / "manage.sh"
-NODES = 3
-BASE_PORT = 5682
-MANAGEMENT_BASE_PORT = 15682
 AUTH = ("guest", "guest")
 START_SECONDS = 240  # three nodes from cold plus two joins, on two cores other sessions share
 
 
 @dataclass(frozen=True)
+class Topology:
+    """How many nodes (`up --rabbitmq-nodes`), their name prefix and base ports (manage.sh's RABBITMQ_NODE_PREFIX,
+    RABBITMQ_BASE_PORT and RABBITMQ_MANAGEMENT_BASE_PORT; distribution ports: AMQP + 20000)."""
+
+    size: int = 3
+    prefix: str = "rabbit"
+    base_port: int = 5682
+    management_base_port: int = 15682
+
+    def env(self) -> dict[str, str]:
+        return {
+            "RABBITMQ_NODE_PREFIX": self.prefix,
+            "RABBITMQ_BASE_PORT": str(self.base_port),
+            "RABBITMQ_MANAGEMENT_BASE_PORT": str(self.management_base_port),
+        }
+
+
+THREE_NODES = Topology()
+
+
+@dataclass(frozen=True)
 class Node:
     number: int
+    topology: Topology = THREE_NODES
 
     @property
     def name(self) -> str:
-        return f"rabbit-{self.number}@localhost"
+        return f"{self.topology.prefix}-{self.number}@localhost"
 
     @property
     def amqp_port(self) -> int:
-        return BASE_PORT + self.number - 1
+        return self.topology.base_port + self.number - 1
 
     @property
     def api(self) -> str:
-        return f"http://127.0.0.1:{MANAGEMENT_BASE_PORT + self.number - 1}/api"
+        return f"http://127.0.0.1:{self.topology.management_base_port + self.number - 1}/api"
 
 
 @dataclass
-class Cluster:
-    """The running cluster (its directory holds the pid files) and this session's vhost on it."""
+class Cluster(Broker):
+    """The running cluster (its directory holds the pid files) and a vhost on it."""
 
     directory: Path
-    vhost: str = ""
+    topology: Topology = THREE_NODES
 
     @property
     def nodes(self) -> list[Node]:
-        return [Node(number) for number in range(1, NODES + 1)]
+        return [Node(number, self.topology) for number in range(1, self.topology.size + 1)]
 
     def manage(self, script: str, timeout: float = START_SECONDS) -> None:
         """Run manage.sh's own functions (sourced) against this cluster, e.g. `start_node 2; wait_node 2`."""
-        env = {
-            **os.environ,
-            "RABBITMQ_BASE_PORT": str(BASE_PORT),
-            "RABBITMQ_MANAGEMENT_BASE_PORT": str(MANAGEMENT_BASE_PORT),
-            "RABBITMQ_CLUSTER_DIR": str(self.directory),
-        }
-        command = f"source {MANAGE}; RABBITMQ_NODES={NODES}; {script}"
+        env = {**os.environ, **self.topology.env(), "RABBITMQ_CLUSTER_DIR": str(self.directory)}
+        command = f"source {MANAGE}; RABBITMQ_NODES={self.topology.size}; {script}"
         done = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=timeout)
         assert done.returncode == 0, f"manage.sh `{script}` failed:\n{done.stderr}"
 
     def pid(self, node: Node) -> int | None:
         try:
-            pid = int((self.directory / f"rabbit-{node.number}.pid").read_text())
+            pid = int((self.directory / f"{self.topology.prefix}-{node.number}.pid").read_text())
             os.kill(pid, 0)
         except (OSError, ValueError):
             return None
         return pid
+
+    def first_running(self) -> Node:
+        running = [node for node in self.nodes if self.pid(node) is not None]
+        assert running, "no node of the cluster is running"
+        return running[0]
+
+    @property
+    def amqp_url(self) -> str:
+        return self.amqp_urls()[self.first_running().number - 1]
+
+    @property
+    def api_url(self) -> str:
+        return self.api_urls()[self.first_running().number - 1]
+
+    @property
+    def api(self) -> str:
+        return self.first_running().api
 
     def amqp_urls(self) -> list[str]:
         vhost = quote(self.vhost, safe="")
@@ -91,11 +127,11 @@ class Cluster:
         return {
             "RABBITMQ_URLS": ",".join(self.amqp_urls()),
             "RABBITMQ_API_URLS": ",".join(self.api_urls()),
-            "RABBITMQ_URL": self.amqp_urls()[0],
-            "RABBITMQ_API_URL": self.api_urls()[0],
+            "RABBITMQ_URL": self.amqp_url,
+            "RABBITMQ_API_URL": self.api_url,
         }
 
-    def api(self, method: str, path: str, **kwargs) -> httpx.Response:
+    def request(self, method: str, path: str, **kwargs) -> httpx.Response:
         """A management API call answered by the first running node."""
         last: Exception | None = None
         for node in self.nodes:
@@ -111,13 +147,22 @@ class Cluster:
         raise AssertionError(f"no node of the cluster answered {method} {path}; last: {last!r}")
 
     def running_nodes(self) -> set[str]:
-        return {node["name"] for node in self.api("GET", "/nodes").json() if node.get("running")}
+        return {node["name"] for node in self.request("GET", "/nodes").json() if node.get("running")}
 
-    def leader(self, queue: str) -> Node:
-        """The node that leads a quorum queue (or hosts a classic one), as the management API says."""
-        info = self.api("GET", f"/queues/{quote(self.vhost, safe='')}/{quote(queue, safe='')}").json()
-        name = info.get("leader") or info["node"]
-        return next(node for node in self.nodes if node.name == name)
+    def leader(self, queue: str) -> Node | None:
+        """The node that leads a quorum queue (or hosts a classic one), as the management API says; None while
+        the queue has no leader (an election after its leader died)."""
+        info = self.request("GET", f"/queues/{quote(self.vhost, safe='')}/{quote(queue, safe='')}").json()
+        name = info.get("leader") or info.get("node")
+        return next((node for node in self.nodes if node.name == name and self.pid(node) is not None), None)
+
+    def new_leader(self, queue: str, old: Node, timeout: float = 30) -> Node:
+        """Wait (with a deadline) until a node other than `old` leads the queue; that node."""
+        return wait_until(
+            lambda: (leader := self.leader(queue)) not in (None, old) and leader,
+            timeout=timeout,
+            what=f"a new leader of {queue} after {old.name}",
+        )
 
     def kill(self, node: Node) -> None:
         """SIGKILL the node's Erlang VM: no shutdown, its connections and its queue replicas vanish at once."""
@@ -132,17 +177,24 @@ class Cluster:
         wait_until(lambda: node.name in self.running_nodes(), timeout=60, what=f"{node.name} back in the cluster")
 
 
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """Three clustered nodes started as `./manage.sh up --rabbitmq-nodes 3` starts them, and a fresh vhost."""
-    started = Cluster(tmp_path_factory.mktemp("rabbitmq-cluster"))
+@contextmanager
+def running_cluster(directory: Path, topology: Topology = THREE_NODES) -> Iterator[Cluster]:
+    """The nodes started as `./manage.sh up --rabbitmq-nodes N` starts them, with a fresh vhost; every node is
+    stopped at the end."""
+    started = Cluster(f"autoscaler-cluster-{uuid.uuid4().hex[:8]}", directory, topology)
     try:
         started.manage("ensure_rabbitmq_cluster")
         assert started.running_nodes() == {node.name for node in started.nodes}
-        started.vhost = f"autoscaler-cluster-{uuid.uuid4().hex[:8]}"
         path = quote(started.vhost, safe="")
-        started.api("PUT", f"/vhosts/{path}")
-        started.api("PUT", f"/permissions/{path}/guest", json={"configure": ".*", "write": ".*", "read": ".*"})
+        started.request("PUT", f"/vhosts/{path}")
+        started.request("PUT", f"/permissions/{path}/guest", json={"configure": ".*", "write": ".*", "read": ".*"})
         yield started
     finally:
         started.manage("stop_rabbitmq_cluster")
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The test session's three-node cluster (see `running_cluster`)."""
+    with running_cluster(tmp_path_factory.mktemp("rabbitmq-cluster")) as started:
+        yield started
