@@ -30,6 +30,7 @@ machines are shared and noisy. Results: bench/results/queues.json.
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import sys
 import tempfile
@@ -82,6 +83,8 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=2000, help="unconfirmed messages in flight (the producer's)")
     parser.add_argument("--prefetch", type=int, default=20, help="a job type's prefetch (channel prefetch as workers)")
     args = parser.parse_args()
+    # Stopped with SIGTERM, still stop the nodes it started (the `finally` of running_cluster).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="bench-queues-"))
     sample = work / "sample.csv"
     write_sample(sample, args.rows)

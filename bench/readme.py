@@ -49,7 +49,7 @@ TABLES = (
             ("baseline", "baseline in the same run"),
             ("ratio", "ratio"),
         ),
-        sources=("ingest", "worker", "sales", "reaction", "tick"),
+        sources=("ingest", "worker", "sales", "reaction", "tick", "queues"),
     ),
     Table(
         marker="fault-table",
