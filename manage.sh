@@ -201,12 +201,14 @@ ensure_rabbitmq_cluster() {
   log "RabbitMQ cluster of $RABBITMQ_NODES nodes up: $(cluster_amqp_addresses)"
 }
 
-cluster_amqp_addresses() {
-  # host:port of every node's AMQP listener, comma-separated (what the services get as their node list).
+cluster_urls() {
+  # cluster_urls BEFORE PORT_FUNCTION AFTER: every node's URL, comma-separated (BEFORE<port>AFTER).
   local i out=()
-  for i in $(seq 1 "$RABBITMQ_NODES"); do out+=("127.0.0.1:$(node_amqp_port "$i")"); done
+  for i in $(seq 1 "$RABBITMQ_NODES"); do out+=("$1$("$2" "$i")$3"); done
   (IFS=,; echo "${out[*]}")
 }
+
+cluster_amqp_addresses() { cluster_urls 127.0.0.1: node_amqp_port ""; }
 
 cluster_node_numbers() {
   # The numbers of the nodes that have a pid file in CLUSTER_DIR (those this script started).
@@ -361,8 +363,11 @@ ensure_broker() {
     return 0
   fi
   ensure_rabbitmq_cluster
+  # Every node in the lists the broker users' URL files are written from (RABBITMQ_URLS wins over RABBITMQ_URL).
   export RABBITMQ_ADMIN_API_URL="${RABBITMQ_ADMIN_API_URL:-http://guest:guest@localhost:$(node_management_port 1)/api}"
   export RABBITMQ_URL="${RABBITMQ_URL:-amqp://guest:guest@localhost:$(node_amqp_port 1)/%2F}"
+  export RABBITMQ_ADMIN_API_URLS="${RABBITMQ_ADMIN_API_URLS:-$(cluster_urls http://guest:guest@localhost: node_management_port /api)}"
+  export RABBITMQ_URLS="${RABBITMQ_URLS:-$(cluster_urls amqp://guest:guest@localhost: node_amqp_port /%2F)}"
 }
 
 cmd_up() {
