@@ -18,9 +18,6 @@ import pika
 from jobtypes.config import JobType
 
 ATTEMPT_HEADER = "x-attempt"
-#: Headers the broker sets on a delivery, about that delivery: a copy is a new message and must not carry them
-#: (a quorum queue's delivery count belongs to the message it counted, not to its retry).
-BROKER_HEADERS = frozenset({"x-death", "x-delivery-count"})
 MAX_DELAY_SECONDS = 300.0
 
 
@@ -63,7 +60,7 @@ def _copy(properties: pika.BasicProperties, headers: dict, expiration: str | Non
 def after_failure(job_type: JobType, properties: pika.BasicProperties, error: str, worker_id: str) -> Republish:
     """Where a failed delivery goes next, with which properties."""
     attempt = attempt_of(properties)
-    original = {key: value for key, value in (properties.headers or {}).items() if key not in BROKER_HEADERS}
+    original = {key: value for key, value in (properties.headers or {}).items() if key != "x-death"}
     if attempt < job_type.max_attempts:
         headers = {**original, ATTEMPT_HEADER: attempt + 1, "x-last-error": error[:1000]}
         delay_ms = str(int(retry_delay(job_type, attempt) * 1000))
