@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from jobtypes.config import ConfigError, JobsConfig, JobType
+from jobtypes.config import DELIVERY_LIMIT_MARGIN, ConfigError, JobsConfig, JobType
 from jobtypes.queues import migration_steps, queue_arguments
 
 #: A queue's `x-queue-type` is compared as its type, not among its other arguments.
@@ -35,10 +35,16 @@ def _problem(job_type: JobType, name: str, wanted: dict[str, Any], existing: Map
         )
     has = {key: value for key, value in (existing.get("arguments") or {}).items() if key != TYPE_ARGUMENT}
     asks = {key: value for key, value in wanted.items() if key != TYPE_ARGUMENT}
-    if has != asks:
+    differences = [
+        f"{key}: {has.get(key)!r} on the broker, {asks.get(key)!r} in the config"
+        for key in {**has, **asks}
+        if has.get(key) != asks.get(key)
+    ]
+    if differences:
         return (
-            f"job type {job_type.name!r}: queue {name!r} exists with arguments {has}, the config asks for {asks}; "
-            f"RabbitMQ cannot change them: restore the old setting, or {migration_steps(job_type)}"
+            f"job type {job_type.name!r}: queue {name!r} exists with other arguments ({'; '.join(differences)}); "
+            f"RabbitMQ cannot change them (x-delivery-limit is delivery_limit, or max_attempts + "
+            f"{DELIVERY_LIMIT_MARGIN}): restore the old setting, or {migration_steps(job_type)}"
         )
     return None
 

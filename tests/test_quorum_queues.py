@@ -18,7 +18,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from jobtypes.config import ConfigError, JobType, QueueType, default_queue_type, parse_config
+from jobtypes.config import ConfigError, JobsConfig, JobType, QueueType, default_queue_type, parse_config
 from jobtypes.env import SettingsError
 from jobtypes.outcomes import DEAD_OUTCOMES_QUEUE, LINE_HEADER, OUTCOMES_QUEUE, outcomes_queue_type
 from jobtypes.queue_check import check_declarations
@@ -102,6 +102,21 @@ def test_changing_a_queue_type_is_refused_with_how_to_migrate(broker: Broker) ->
     with broker.channel() as channel, pytest.raises(pika.exceptions.ChannelClosedByBroker) as declaring:
         declare_queues(channel, quorum)
     assert "RabbitMQ refused to declare queue" in str(declaring.value) and "to migrate" in str(declaring.value)
+
+
+def test_a_quorum_types_max_attempts_edit_is_refused_unless_its_delivery_limit_is_kept(broker: Broker) -> None:
+    """The delivery limit is a queue argument RabbitMQ cannot change, derived from max_attempts by default."""
+    declared_type = quorum_type(max_attempts=3)
+    with broker.channel() as channel:
+        declare_queues(channel, declared_type)
+    declared = QueueStatsSource(broker.api_url, broker.amqp_url).declared()
+
+    def config(**settings) -> JobsConfig:
+        return parse_config({"jt": {**declared_type.model_dump(mode="json", exclude={"name"}), **settings}})
+
+    with pytest.raises(ConfigError, match="x-delivery-limit: 5 on the broker, 6 in the config"):
+        check_declarations(config(max_attempts=4), declared)
+    check_declarations(config(max_attempts=4, delivery_limit=5), declared)
 
 
 @pytest.fixture()
