@@ -172,6 +172,9 @@ def test_a_quorum_type_end_to_end_retries_dead_letters_replays_and_refuses_a_typ
     )
     assert f"queue '{queue}' is a quorum queue on the broker, the config asks for queue_type 'classic'" in refused
     assert "to migrate" in refused and stack.type_status("rec"), "the old config stays in force"
+    answer = stack.upload(b"n,fail_until\n1,0\n", "rec")
+    assert answer.status_code == 503 and "RabbitMQ refused to declare queue" in answer.text, answer.text
+    assert "as a classic queue" in answer.text and "to migrate" in answer.text
 
     started = subprocess.run(
         [sys.executable, "-m", "scaler", "--backend", "local"],
