@@ -18,17 +18,20 @@ from pathlib import Path
 import pika
 import pytest
 
-from jobtypes.config import ConfigError, JobsConfig, JobType, QueueType, default_queue_type, parse_config
+from jobtypes.config import ConfigError, JobsConfig, JobType, QueueType, default_queue_type, load_config, parse_config
 from jobtypes.env import SettingsError
+from jobtypes.handoff import JOB_TYPE_ENV
 from jobtypes.outcomes import DEAD_OUTCOMES_QUEUE, LINE_HEADER, OUTCOMES_QUEUE, outcomes_queue_type
 from jobtypes.queue_check import check_declarations
 from jobtypes.queues import declare_queues, queue_arguments
+from scaler.backends.kubernetes_manifests import ClusterSettings, render_job_manifest
 from scaler.queue_stats import QueueStatsSource
 from tests.support.broker import Broker, create_vhost, delete_vhost
 from tests.support.processes import REPO, free_port
 from tests.support.stack import Stack
 from tests.support.uploads import wait_record
 from tests.support.waiting import wait_until
+from tests.test_k8s_manifests import infra_documents
 
 
 @pytest.mark.parametrize(
@@ -54,6 +57,22 @@ def test_queue_type_settings_default_and_fail_clearly() -> None:
         outcomes_queue_type({"OUTCOMES_QUEUE_TYPE": "stream"})
     job_type = parse_config({"jt": {"queue": "q_jt", "queue_type": "quorum", "max_attempts": 4}}).get("jt")
     assert job_type.effective_delivery_limit == 6, "max_attempts + DELIVERY_LIMIT_MARGIN"
+
+
+def test_kubernetes_deploys_quorum_queues_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The producer and the scaler must agree on QUEUE_TYPE; the scaler hands the resolved type to its workers."""
+    deployments = {d["metadata"]["name"]: d for d in infra_documents() if d["kind"] == "Deployment"}
+    for name in ("producer", "scaler"):
+        env = {
+            item["name"]: item.get("value")
+            for item in deployments[name]["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+        assert env["QUEUE_TYPE"] == "quorum", name
+    monkeypatch.setenv("QUEUE_TYPE", "quorum")
+    job_type = load_config(REPO / "jobs.config.json").get("sleep")
+    manifest = render_job_manifest(job_type, settings=ClusterSettings())
+    env = {item["name"]: item.get("value") for item in manifest["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert json.loads(env[JOB_TYPE_ENV])["queue_type"] == "quorum"
 
 
 def quorum_type(**settings) -> JobType:
