@@ -326,6 +326,8 @@ def publish_rows(
     or `control` stops it."""
     try:
         declare(job_type, f"producer-declare-{upload_id}")
+    except pika.exceptions.ChannelClosedByBroker as error:  # e.g. a queue that exists with another type
+        return PublishResult(0, first - 1, f"RabbitMQ refused to declare the queues: {error.reply_text}")
     except pika.exceptions.AMQPError as error:
         return PublishResult(0, first - 1, f"cannot reach RabbitMQ: {error or type(error).__name__}")
     run = _ConfirmedRun(job_type, upload_id, rows, window, replay, control or PublishControl(first))

@@ -32,6 +32,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from jobtypes.auth import AuthSettings, describe_rule
     from jobtypes.config_watch import ConfigWatcher
+    from jobtypes.queue_check import check_declarations
     from scaler.loop import Scaler
     from scaler.queue_stats import QueueStatsSource
     from scaler.web import create_app
@@ -40,8 +41,9 @@ def _run(args: argparse.Namespace) -> int:
     # Every setting is read before anything starts: a bad value or a placeholder token stops the scaler here.
     auth = AuthSettings.from_environment()
     settings = _settings(args)
+    stats = QueueStatsSource(rabbitmq_api_url(), rabbitmq_url())
     try:
-        watcher = ConfigWatcher(jobs_config_path())
+        watcher = ConfigWatcher(jobs_config_path(), check=lambda config: check_declarations(config, stats.declared()))
     except ConfigError as error:
         print(f"scaler: cannot start: {error}", file=sys.stderr)
         return 2
@@ -50,7 +52,7 @@ def _run(args: argparse.Namespace) -> int:
     scaler = Scaler(
         watcher,
         backend,
-        QueueStatsSource(rabbitmq_api_url(), rabbitmq_url()),
+        stats,
         channel,
         is_leader=elector.is_leader if elector else (lambda: True),
         settings=settings,

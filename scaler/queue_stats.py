@@ -29,6 +29,8 @@ PARAMS = {
     "enable_queue_totals": "true",
     "columns": "name,messages_ready,messages_unacknowledged",
 }
+#: What jobtypes.queue_check compares with the config: each queue's type and declaration arguments.
+DECLARATION_PARAMS = {"disable_stats": "true", "columns": "name,type,arguments"}
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,17 @@ class QueueStatsSource:
             item["name"]: RawCounts(int(item.get("messages_ready") or 0), int(item.get("messages_unacknowledged") or 0))
             for item in queues
         }
+
+    def declared(self) -> dict[str, dict] | None:
+        """Every queue of the vhost by name with its type and arguments, or None when the API cannot be read
+        (logged; the config is then used unchecked and a refused declaration is logged by whoever declares)."""
+        try:
+            response = self.client.get(self.url, params=DECLARATION_PARAMS)
+            response.raise_for_status()
+            return {item["name"]: item for item in response.json()}
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as error:
+            log.warning("cannot read the queues' types from the management API to check the config: %s", error)
+            return None
 
     def close(self) -> None:
         self.client.close()

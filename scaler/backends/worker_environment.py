@@ -20,8 +20,8 @@ from jobtypes.handoff import JOB_TYPE_ENV, encode
 SYSTEM_NAMES = frozenset(
     {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV"}
 )
-#: What the worker runtime reads.
-WORKER_NAMES = frozenset({"RABBITMQ_URL", "RABBITMQ_HEARTBEAT_SECONDS"})
+#: What the worker runtime reads (the queue types for a worker that must declare the queues itself).
+WORKER_NAMES = frozenset({"RABBITMQ_URL", "RABBITMQ_HEARTBEAT_SECONDS", "QUEUE_TYPE", "OUTCOMES_QUEUE_TYPE"})
 PREFIXES = ("LC_", "WORKER_")
 
 
