@@ -30,11 +30,10 @@ import pytest
 
 from jobtypes.config import JobType
 from jobtypes.queues import declare_queues
+from producer.limits import MIB
 from tests.support.broker import Broker
 from tests.support.stack import Stack
 from tests.support.waiting import wait_until
-
-MIB = 1024**2
 
 
 def producer_stack(broker: Broker, directory: Path, **env: str) -> Stack:
