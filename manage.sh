@@ -111,7 +111,9 @@ start_service() {
   else
     # The output goes through a rotating writer, so the log stays within SERVICE_LOG_MAX_BYTES x (1 + SERVICE_LOG_BACKUPS).
     # Neither holds on to this script's stdout or stderr, so `./manage.sh up | tee` returns once `up` is done.
-    nohup "$@" </dev/null > >(exec "$PY" -m jobtypes.log_pipe "$RUN/logs/$name.log" </dev/null >/dev/null 2>&1) 2>&1 &
+    # The pipe reads the service's output on its stdin (never </dev/null: it would exit at once and stay the
+    # service's <defunct> child, the output lost); it is the service's child and ends when the service does.
+    nohup "$@" </dev/null > >(exec "$PY" -m jobtypes.log_pipe "$RUN/logs/$name.log" >/dev/null 2>&1) 2>&1 &
     echo $! >"$pidfile"
     log "$name started (pid $!), log: .run/logs/$name.log"
   fi
