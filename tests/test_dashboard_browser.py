@@ -54,7 +54,7 @@ def page() -> Iterator[tuple[Page, list[str]]]:
     problems: list[str] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
         created = context.new_page()
         created.on(
             "console",
