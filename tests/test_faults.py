@@ -22,11 +22,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.support.broker import Broker, broker_is_up, start_broker_app, stop_broker_app
+from bench.support.stack import Stack
+from bench.support.waiting import wait_until
 from tests.support import fault_report
-from tests.support.broker import Broker, broker_is_up, start_broker_app, stop_broker_app
-from tests.support.stack import Stack
 from tests.support.uploads import interrupted_upload, wait_record
-from tests.support.waiting import wait_until
 from workers.sample import main as sample_main
 
 pytestmark = pytest.mark.fault

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.support.configs import write_config
+from bench.support.k8s_emulator import KubernetesEmulator
 from jobtypes.config_watch import ConfigWatcher
 from scaler.backends.kubernetes import KubernetesBackend
 from scaler.backends.kubernetes_api import KubernetesApiError
@@ -18,8 +20,6 @@ from scaler.backends.kubernetes_manifests import TYPE_LABEL, ClusterSettings
 from scaler.budget import Budget
 from scaler.loop import Scaler
 from scaler.settings import ScalerSettings
-from tests.support.configs import write_config
-from tests.support.k8s_emulator import KubernetesEmulator, emulator  # noqa: F401 - the fixture
 from tests.support.k8s_fakes import FakeChannel, FakeClock, FakeStats
 
 RENDER = {

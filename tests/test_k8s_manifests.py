@@ -12,11 +12,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from bench.support.configs import write_config
+from bench.support.processes import REPO
 from jobtypes.config import JobType, load_config
 from scaler.backends.kubernetes_manifests import TYPE_LABEL, ClusterSettings, render_job_manifest, worker_secret
 from scaler.deploy_secrets import DEFINITIONS_KEY, DEFINITIONS_SECRET, worker_templates
-from tests.support.configs import write_config
-from tests.support.processes import REPO
 
 K8S_VERSION = "1.33.0"
 INFRA = REPO / "infra" / "k8s"

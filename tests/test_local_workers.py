@@ -14,12 +14,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from bench.support.broker import Broker
+from bench.support.stack import Stack, kill_workers_in
+from bench.support.waiting import wait_until
 from jobtypes.config import parse_config
 from scaler.backends.local import LocalBackend
 from scaler.backends.local_settings import LocalSettings
-from tests.support.broker import Broker
-from tests.support.stack import Stack, kill_workers_in
-from tests.support.waiting import wait_until
 
 SLEEP = {"handler": "sleep", "threshold": 5, "max_workers": 4, "idle_seconds": 2, "env": {"SLEEP_MS": "20"}}
 FORK_SERVER = "workers.template"

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import psutil
 
+from bench.support.broker import Broker
+from bench.support.processes import REPO
+from bench.support.stack import Stack, kill_workers_in
+from bench.support.waiting import wait_until
 from jobtypes.config import parse_config
 from jobtypes.log_pipe import LogPipeSettings, RotatingFile
 from scaler.backends.base import WorkerState
 from scaler.backends.local import LocalBackend
 from scaler.backends.local_settings import LocalSettings
-from tests.support.broker import Broker
-from tests.support.processes import REPO
-from tests.support.stack import Stack, kill_workers_in
-from tests.support.waiting import wait_until
 
 CRASH = "import sys; sys.stderr.write('Traceback: no handler module workers.new_job.handler\\n' * 400); sys.exit(2)"
 CHATTY = "import time\nwhile True:\n    print('x' * 999, flush=True)\n    time.sleep(0.0002)"

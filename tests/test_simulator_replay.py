@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.support.broker import Broker
+from bench.support.stack import Stack
 from simulator import replay
 from simulator.traces import load
-from tests.support.broker import Broker
-from tests.support.stack import Stack
 
 EXCERPT = Path(__file__).parent / "data" / "traces" / "azure-functions-2019-excerpt.csv"
 SETTINGS = {"handler": "sleep", "threshold": 5, "burst_size": 3, "max_workers": 4, "idle_seconds": 3}
