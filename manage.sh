@@ -242,7 +242,8 @@ ensure_bench_extras() {
 }
 
 cmd_readme() {
-  # Regenerate the README's benchmark and fault tables from bench/results/*.json (nothing is run).
+  # Regenerate every generated part of the README (benchmark, fault, upload-record and simulator tables) from
+  # bench/results/ (nothing is run).
   ensure_venv
   "$PY" -m bench.readme "$@"
 }
@@ -330,7 +331,7 @@ usage: ./manage.sh COMMAND [ARGS]
   sample N         print a sample sales CSV with N rows
   test [ARGS]      run the whole test suite (pytest ARGS)
   bench NAME       run a benchmark (ingest, worker, sales, reaction, tick, uploads, simulate); writes bench/results/NAME.json
-  readme           regenerate the README's benchmark and fault tables from bench/results/ (--check: only compare)
+  readme           regenerate the README's generated tables from bench/results/ (--check: only compare)
   simulate TRACE [--config FILE] [--format NAME] [--speedup K] [--start S --hours H]
            [--backend local|kubernetes] [--policies project,keda,fixed:N] [--out DIR]
            [--sweep NAME=V1,V2 ...] [--target-p95-wait S]
