@@ -164,23 +164,6 @@ def test_dockerfile_is_pinned_non_root_and_copies_what_exists(dockerfile: Path) 
 # --- consistency of the stack -----------------------------------------------------------------------
 
 
-def pod_templates() -> list[tuple[str, dict]]:
-    """(name, pod spec) of every workload in infra/k8s and of rendered worker Jobs."""
-    templates = [
-        (f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"])
-        for d in infra_documents()
-        if d["kind"] in ("Deployment", "StatefulSet")
-    ]
-    for job_type in load_config(REPO / "jobs.config.json").job_types.values():
-        templates.append(
-            (
-                f"Job/{job_type.name}",
-                render_job_manifest(job_type, settings=ClusterSettings())["spec"]["template"]["spec"],
-            )
-        )
-    return templates
-
-
 def test_references_between_manifests_resolve() -> None:
     """Secrets, keys, ConfigMaps, ServiceAccounts, Service selectors and named ports all exist."""
     documents = infra_documents()
