@@ -278,9 +278,6 @@ class JobsConfig:
     def get(self, name: str) -> JobType | None:
         return self.job_types.get(name)
 
-    def by_queue(self) -> dict[str, JobType]:
-        return {job_type.queue: job_type for job_type in self.job_types.values()}
-
 
 def _describe(source: str, error: ValidationError, job_type: str) -> str:
     lines = []

@@ -31,7 +31,6 @@ from producer.errors import UploadError
 from producer.limits import RowLimits, charge_spool, human_bytes
 
 CHUNK = 1024 * 1024
-UTF8_BOM = codecs.BOM_UTF8
 BINARY_SIGNATURES = {
     b"\x89PNG": "a PNG image",
     b"GIF8": "a GIF image",

@@ -19,6 +19,10 @@ import httpx
 import pika
 import pytest
 
+from bench.support.broker import API, AUTH, Broker
+from bench.support.processes import REPO
+from bench.support.stack import Stack
+from bench.support.waiting import wait_until
 from jobtypes.config import JobType, load_config
 from jobtypes.control import CONTROL_EXCHANGE, stop_routing_key
 from jobtypes.outcomes import OUTCOMES_QUEUE
@@ -29,10 +33,6 @@ from scaler.backends.local_settings import LocalSettings
 from scaler.broker_users import BrokerUser, Role, apply, broker_users, delete, new_password, with_credentials
 from scaler.local_broker_users import ensure
 from scaler.worker_channel import WorkerChannel
-from tests.support.broker import API, AUTH, Broker
-from tests.support.processes import REPO
-from tests.support.stack import Stack
-from tests.support.waiting import wait_until
 
 ROWS, RETRIED, DEAD = 12, 3, 2
 

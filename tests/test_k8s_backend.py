@@ -8,6 +8,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config import incluster_config
 
+from bench.support.k8s_emulator import KubernetesEmulator
+from bench.support.processes import REPO
+from bench.support.waiting import wait_until
 from jobtypes.config import JobType
 from scaler.backends import kubernetes_manifests
 from scaler.backends.base import WorkerState
@@ -16,10 +19,7 @@ from scaler.backends.kubernetes_api import KubernetesApiError
 from scaler.backends.kubernetes_manifests import TYPE_LABEL, ClusterSettings
 from scaler.leader import LeaseElector
 from scaler.policy import QueueStats, TypeMemory, WorkerView, decide
-from tests.support.k8s_emulator import KubernetesEmulator, emulator  # noqa: F401 - the fixture
 from tests.support.k8s_fakes import FakeClock
-from tests.support.processes import REPO
-from tests.support.waiting import wait_until
 
 GPU = JobType(
     name="render",

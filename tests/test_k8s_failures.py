@@ -8,13 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from bench.support.k8s_emulator import KubernetesEmulator
 from jobtypes.config import JobType
 from scaler.backends.base import WorkerState
 from scaler.backends.kubernetes import KEEP_FINISHED_SECONDS, KubernetesBackend
 from scaler.backends.kubernetes_api import KubernetesApiError, NotLeading
 from scaler.backends.kubernetes_manifests import ClusterSettings
 from scaler.backends.kubernetes_states import StartLimits
-from tests.support.k8s_emulator import KubernetesEmulator
 from tests.support.k8s_fakes import FakeClock
 
 NEW_JOB = JobType(name="new-job", queue="queue_new", image="worker-new:latest", threshold=10)

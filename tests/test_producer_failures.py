@@ -10,12 +10,12 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from bench.support.broker import Broker
+from bench.support.stack import Stack
+from bench.support.waiting import wait_until
 from jobtypes.config import JobType
 from producer.publisher import PublishControl, _ConfirmedRun, file_rows
-from tests.support.broker import Broker
 from tests.support.proxy import CuttableProxy, producer_behind
-from tests.support.stack import Stack
-from tests.support.waiting import wait_until
 
 HEADER = b"Date,Item Description,Quantity,Amount\n"
 

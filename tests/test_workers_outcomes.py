@@ -17,6 +17,8 @@ import httpx
 import pika
 import pytest
 
+from bench.support.broker import API, AUTH, Broker
+from bench.support.waiting import wait_until
 from jobtypes.outcomes import (
     OUTCOMES_QUEUE,
     REPLAY_HEADER,
@@ -28,8 +30,6 @@ from jobtypes.outcomes import (
     outcome_queue_arguments,
     outcomes_queue_type,
 )
-from tests.support.broker import API, AUTH, Broker
-from tests.support.waiting import wait_until
 from tests.support.worker_harness import Harness, harness, reported_rows  # noqa: F401 - the fixture
 from workers.delivery import Delivery, Status
 from workers.hooks.cancel import Cancellations
