@@ -18,6 +18,10 @@ from pathlib import Path
 import pika
 import pytest
 
+from bench.support.broker import Broker, create_vhost, delete_vhost
+from bench.support.processes import REPO, free_port
+from bench.support.stack import Stack
+from bench.support.waiting import wait_until
 from jobtypes.config import ConfigError, JobsConfig, JobType, QueueType, default_queue_type, load_config, parse_config
 from jobtypes.env import SettingsError
 from jobtypes.handoff import JOB_TYPE_ENV
@@ -26,11 +30,7 @@ from jobtypes.queue_check import check_declarations
 from jobtypes.queues import declare_queues, queue_arguments
 from scaler.backends.kubernetes_manifests import ClusterSettings, render_job_manifest
 from scaler.queue_stats import QueueStatsSource
-from tests.support.broker import Broker, create_vhost, delete_vhost
-from tests.support.processes import REPO, free_port
-from tests.support.stack import Stack
 from tests.support.uploads import wait_record
-from tests.support.waiting import wait_until
 from tests.test_k8s_manifests import infra_documents
 
 
