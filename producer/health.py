@@ -34,8 +34,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from jobtypes.connections import connect_any
 from jobtypes.health_view import visible_health
-from jobtypes.settings import connection_parameters
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class BrokerHealth:
 
     def check(self) -> BrokerState:
         try:
-            pika.BlockingConnection(connection_parameters("producer-readyz")).close()
+            connect_any("producer-readyz")[0].close()
             state = BrokerState(True, None, time.time())
         except pika.exceptions.AMQPError as failure:
             state = BrokerState(False, f"{type(failure).__name__}: {failure}"[:200], time.time())

@@ -24,6 +24,11 @@ As soon as more rows are confirmed than the type's `threshold` (or the upload
 is complete), one wake-up goes to the scaler on a second channel, so the
 scaler scales up now rather than at its next tick; it is a hint, and losing
 it only costs that tick.
+
+With several broker nodes, the upload's queues are declared on the first node
+that answers (from a random one) and its rows published to that same node. A
+node lost mid-upload fails the run like any lost connection: the client's
+retry with the same Idempotency-Key publishes the rest, on a node that answers.
 """
 
 from __future__ import annotations
@@ -42,9 +47,11 @@ from pika.channel import Channel
 from pika.frame import Method
 
 from jobtypes.config import JobType
+from jobtypes.connections import connect_any
 from jobtypes.control import CONTROL_EXCHANGE, WAKE_ROUTING_KEY, declare_control_exchanges, wake_body
+from jobtypes.pika_internals import unsent_bytes, write_frames
 from jobtypes.queues import declare_queues
-from jobtypes.settings import connection_parameters
+from jobtypes.settings import node_parameters
 from producer.properties import RowFrames
 
 log = logging.getLogger(__name__)
@@ -108,15 +115,17 @@ def file_rows(bodies: BinaryIO, first: int = 1) -> Iterator[tuple[int, int, byte
             yield row, int(line), body[:-1]
 
 
-def declare(job_type: JobType, connection_name: str) -> None:
-    """Declare the type's queues on a short-lived connection (raises pika errors when unreachable)."""
-    connection = pika.BlockingConnection(connection_parameters(connection_name))
+def declare(job_type: JobType, connection_name: str) -> str:
+    """Declare the type's queues on a short-lived connection to the first node that answers; returns that node's
+    URL, which the upload's publishing connection then uses (raises pika errors when no node is reachable)."""
+    connection, url = connect_any(connection_name)
     try:
         channel = connection.channel()
         declare_queues(channel, job_type)
         declare_control_exchanges(channel)
     finally:
         connection.close()
+    return url
 
 
 class _ConfirmedRun:
@@ -130,6 +139,7 @@ class _ConfirmedRun:
         window: int,
         replay: int,
         control: PublishControl,
+        node_url: str,
     ) -> None:
         self.job_type = job_type
         self.control = control
@@ -151,7 +161,7 @@ class _ConfirmedRun:
         self.replay = replay
         self.frames: RowFrames | None = None
         self.connection = SelectConnection(
-            connection_parameters(f"producer-upload-{upload_id}"),
+            node_parameters(f"producer-upload-{upload_id}", node_url),
             on_open_callback=self._on_open,
             on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_closed,
@@ -243,7 +253,7 @@ class _ConfirmedRun:
         if self._room() and time.monotonic() > self.control.send_until:
             self._fail("this producer could not renew its publishing lease in time, so it stopped publishing")
             return
-        while self._room() and _unsent_bytes(self.connection) < UNSENT_BYTES:
+        while self._room() and unsent_bytes(self.connection) < UNSENT_BYTES:
             self._send_batch()
         if self._done() and self.connection.is_open:
             self._maybe_wake()
@@ -279,7 +289,7 @@ class _ConfirmedRun:
             self.last_row = row
             size += len(body)
         if parts:
-            self.connection._output_marshaled_frames([b"".join(parts)])
+            write_frames(self.connection, b"".join(parts))
 
     def _on_return(self, channel: Channel, method, properties, body: bytes) -> None:
         """A returned row is not in the queue: its confirm (which still follows) must not count it."""
@@ -307,12 +317,6 @@ class _ConfirmedRun:
             self._pump()
 
 
-def _unsent_bytes(connection: SelectConnection) -> int:
-    """Bytes handed to the connection that its socket has not taken yet (pika keeps the transport private)."""
-    transport = connection._transport
-    return transport.get_write_buffer_size() if transport is not None else 0
-
-
 def publish_rows(
     job_type: JobType,
     upload_id: str,
@@ -325,8 +329,8 @@ def publish_rows(
     """Publish `rows` (numbered from `first` on) to the type's queue; blocks until all are confirmed, it fails,
     or `control` stops it."""
     try:
-        declare(job_type, f"producer-declare-{upload_id}")
+        node_url = declare(job_type, f"producer-declare-{upload_id}")
     except pika.exceptions.AMQPError as error:
         return PublishResult(0, first - 1, f"cannot reach RabbitMQ: {error or type(error).__name__}")
-    run = _ConfirmedRun(job_type, upload_id, rows, window, replay, control or PublishControl(first))
+    run = _ConfirmedRun(job_type, upload_id, rows, window, replay, control or PublishControl(first), node_url)
     return run.run(first)

@@ -22,6 +22,7 @@ from typing import Any
 import pika
 from pika.adapters.blocking_connection import BlockingConnection
 
+from jobtypes.pika_internals import async_channel
 from jobtypes.queues import ROUTES_EXCHANGE
 
 CONFIRM_SELECT_TIMEOUT = 10.0
@@ -39,7 +40,7 @@ class ConfirmedPublisher:
         self.unconfirmed: dict[int, None] = {}
         self.failure: str | None = None
         selected: list[Any] = []
-        impl = self.channel._impl  # the asynchronous channel: confirms by callback, not by waiting
+        self.async_channel = impl = async_channel(self.channel)  # confirms by callback, not by waiting
         impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=selected.append)
         impl.add_on_return_callback(self._on_return)
         deadline = time.monotonic() + CONFIRM_SELECT_TIMEOUT
@@ -51,7 +52,7 @@ class ConfirmedPublisher:
     def publish(self, queue: str, body: bytes, properties: pika.BasicProperties) -> None:
         """Publish to `queue` through the routes exchange (the only one a worker's user may write to); confirmed
         later."""
-        self.channel._impl.basic_publish(ROUTES_EXCHANGE, queue, body, properties, mandatory=True)
+        self.async_channel.basic_publish(ROUTES_EXCHANGE, queue, body, properties, mandatory=True)
         self.sequence += 1
         self.unconfirmed[self.sequence] = None
 
