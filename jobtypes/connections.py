@@ -95,7 +95,7 @@ class Link:
         self.on_wait = on_wait
         self.max_backoff = max_backoff or max_backoff_seconds()
         self._backoff = wait_exponential_jitter(
-            initial=INITIAL_BACKOFF_SECONDS, max=self.max_backoff, jitter=INITIAL_BACKOFF_SECONDS
+            multiplier=INITIAL_BACKOFF_SECONDS, max=self.max_backoff, jitter=INITIAL_BACKOFF_SECONDS
         )
         #: the node tried first by the next `connect`, and the URL of the node connected now (or last)
         self.next = random.randrange(len(self.urls))
