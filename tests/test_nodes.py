@@ -19,13 +19,19 @@ import pytest
 
 from jobtypes.config import JobType
 from jobtypes.env import SettingsError
+from jobtypes.outcomes import RowOutcome
 from jobtypes.settings import rabbitmq_urls
 from producer.publisher import BATCH_BYTES, UNSENT_BYTES, PublishControl, publish_rows
 from scaler.queue_stats import QueueStatsSource
 from scaler.worker_channel import WorkerChannel
 from tests.support.broker import Broker
 from tests.support.nodes import OwnNode, start_nodes
+from tests.support.outcomes import publish_reports
 from tests.support.waiting import wait_until
+from uploads.model import UploadRecord
+from uploads.settings import UploadSettings
+from uploads.sql import SqlStore
+from uploads.tracker import Tracker, TrackerState
 
 REPO = Path(__file__).resolve().parent.parent
 #: The bound the README states for moving to another node once a node is killed (loss seen, backoff, connect).
@@ -105,6 +111,41 @@ def test_the_worker_channel_moves_to_the_other_node_when_its_node_is_killed(node
         assert channel.health().reason == f"connected to {other.label}"
     finally:
         channel.close()
+        revive(victim)
+
+
+def test_the_tracker_counts_on_from_the_other_node_when_its_node_is_killed(
+    nodes: list[OwnNode], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RABBITMQ_URLS", ",".join(node.url for node in nodes))
+    store = SqlStore(f"sqlite:///{tmp_path / 'uploads.db'}", 100, 86_400.0)
+    store.begin_upload(UploadRecord("u1", "sleep", "data.csv", 1, ["a"], created_at=time.time()))
+    store.mark_published("u1", 1, None)
+    tracker = Tracker(store, UploadSettings())
+    tracker.start()
+    try:
+        first = wait_until(
+            lambda: tracker.status()["state"] is TrackerState.CONSUMING and tracker.status()["node"], what="consuming"
+        )
+        victim, other = (nodes[0], nodes[1]) if first == nodes[0].label else (nodes[1], nodes[0])
+        publish_reports(other.broker, "sleep", [[RowOutcome("u1", 1, "succeeded")]])  # waits there for the tracker
+        victim.kill()
+        killed = time.monotonic()
+        seen = set()
+
+        def counted() -> bool:
+            status = tracker.status()
+            seen.add((status["state"], status["reason"]))
+            return store.get("u1").succeeded == 1
+
+        wait_until(counted, timeout=FAILOVER_SECONDS, interval=0.02, what=f"the report on {other.label} counted")
+        print(f"\ntracker counting on {other.label} {time.monotonic() - killed:.2f} s after {victim.label} was killed")
+        down = [reason for state, reason in seen if state is TrackerState.BROKER_UNREACHABLE]
+        assert any(reason.startswith(f"lost {victim.label}") for reason in down), seen
+        assert tracker.status()["node"] == other.label
+    finally:
+        tracker.stop()
+        store.close()
         revive(victim)
 
 

@@ -18,12 +18,24 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.broker import Broker
 from tests.support.waiting import wait_until
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 #: Ports clear of the shared broker (5672/15672) and of the `cluster` tests (5682-5684, 25682-25684).
 PORTS = ((5692, 25692), (5693, 25693))
 BOOT_SECONDS = 60.0
+
+
+@dataclass
+class NodeBroker(Broker):
+    """The test helpers' `Broker` (channel, drain...) on one own node's default vhost."""
+
+    url: str = ""
+
+    @property
+    def amqp_url(self) -> str:
+        return self.url
 
 
 @dataclass
@@ -37,6 +49,10 @@ class OwnNode:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    @property
+    def broker(self) -> NodeBroker:
+        return NodeBroker("/", self.url)
 
     @property
     def label(self) -> str:
