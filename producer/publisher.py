@@ -47,6 +47,7 @@ from pika.channel import Channel
 from pika.frame import Method
 
 from jobtypes.config import JobType
+from jobtypes.confirms import Confirms
 from jobtypes.connections import connect_any
 from jobtypes.control import CONTROL_EXCHANGE, WAKE_ROUTING_KEY, declare_control_exchanges, wake_body
 from jobtypes.pika_internals import unsent_bytes, write_frames
@@ -149,12 +150,10 @@ class _ConfirmedRun:
         self.channel: Channel | None = None
         self.wake_channel: Channel | None = None
         self.woke = False
-        self.sent = 0
         self.last_row = 0
         self.confirmed = 0
-        self.outstanding: dict[int, int] = {}  # delivery tag -> row
+        self.confirms: Confirms[int] = Confirms()  # delivery tag -> row
         self.returned: list[int] = []  # rows the broker could not route: never confirmed
-        self.lowest = 1
         self.eof = False
         self.error: str | None = None
         self.last_progress = time.monotonic()
@@ -180,8 +179,9 @@ class _ConfirmedRun:
 
     def _through(self) -> int:
         """The highest row confirmed with every row before it (rows and delivery tags rise together, and
-        `outstanding` keeps tags in the order they were sent, so its first entry is the lowest row)."""
-        lowest = next(iter(self.outstanding.values()), self.last_row + 1)
+        `confirms` keeps tags in the order they were sent, so its first entry is the lowest row)."""
+        first = self.confirms.first_pending()
+        lowest = self.last_row + 1 if first is None else first
         return min(lowest, *self.returned) - 1 if self.returned else lowest - 1
 
     # connection lifecycle -------------------------------------------------
@@ -237,7 +237,7 @@ class _ConfirmedRun:
             self.connection.ioloop.stop()
 
     def _done(self) -> bool:
-        return self.eof and not self.outstanding
+        return self.eof and not self.confirms.pending
 
     def _watchdog(self) -> None:
         if self._done() or self.error:
@@ -260,7 +260,7 @@ class _ConfirmedRun:
             self.connection.close()
 
     def _room(self) -> bool:
-        return not self.eof and len(self.outstanding) < self.window and self.error is None
+        return not self.eof and len(self.confirms.pending) < self.window and self.error is None
 
     def _send_batch(self) -> None:
         """Take rows up to BATCH_BYTES (or the window) and hand their frames to the connection as one buffer.
@@ -275,7 +275,8 @@ class _ConfirmedRun:
         parts: list[bytes] = []
         add = self.frames.add
         rows = self.rows
-        outstanding = self.outstanding
+        outstanding = self.confirms.pending
+        published = self.confirms.published
         size = 0
         while size < BATCH_BYTES and len(outstanding) < self.window:
             item = next(rows, None)
@@ -283,9 +284,8 @@ class _ConfirmedRun:
                 self.eof = True
                 break
             row, line, body = item
-            self.sent += 1
             add(parts, row, line, body)
-            outstanding[self.sent] = row
+            published(row)
             self.last_row = row
             size += len(body)
         if parts:
@@ -295,21 +295,15 @@ class _ConfirmedRun:
         """A returned row is not in the queue: its confirm (which still follows) must not count it."""
         row = int(properties.message_id.rpartition(":")[2])
         self.returned.append(row)
-        for tag in [tag for tag, pending in self.outstanding.items() if pending == row]:
-            del self.outstanding[tag]
+        self.confirms.discard(row)
         self._fail(f"RabbitMQ could not route row {properties.message_id} to queue {self.job_type.queue!r}")
 
     def _on_confirm(self, frame: Method) -> None:
         method = frame.method
-        tags = range(self.lowest, method.delivery_tag + 1) if method.multiple else (method.delivery_tag,)
         if isinstance(method, pika.spec.Basic.Nack):
             self._fail(f"RabbitMQ refused row {self.upload_id}:{method.delivery_tag} (nack)")
             return
-        for tag in tags:
-            if self.outstanding.pop(tag, None) is not None:
-                self.confirmed += 1
-        if method.multiple:
-            self.lowest = method.delivery_tag + 1
+        self.confirmed += self.confirms.settle(method)
         self.control.confirmed_through = self._through()
         self.last_progress = time.monotonic()
         if self.error is None:

@@ -6,6 +6,7 @@ killed with SIGKILL or frozen with SIGSTOP; the shared broker on 5672 is only re
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -28,6 +29,7 @@ from tests.support.broker import Broker
 from tests.support.nodes import OwnNode, start_nodes
 from tests.support.outcomes import publish_reports
 from tests.support.waiting import wait_until
+from tests.support.worker_harness import Harness
 from uploads.model import UploadRecord
 from uploads.settings import UploadSettings
 from uploads.sql import SqlStore
@@ -114,6 +116,42 @@ def test_the_worker_channel_moves_to_the_other_node_when_its_node_is_killed(node
         revive(victim)
 
 
+def log_events(log: str, event: str) -> list[dict]:
+    """The worker's JSON log lines of one event."""
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("event") == event]
+
+
+def test_a_worker_process_moves_to_the_other_node_and_consumes_there(nodes: list[OwnNode], tmp_path: Path) -> None:
+    """A real worker (and producer) with both nodes in RABBITMQ_URLS; the worker's node is killed -9."""
+    harness = Harness(nodes[0].broker, tmp_path, {}, env={"RABBITMQ_URLS": ",".join(node.url for node in nodes)})
+    victim = nodes[0]
+    try:
+        worker = harness.start_worker("w1")
+        first = wait_until(lambda: log_events(worker.log(), "consuming"), timeout=30, what="the worker to consume")
+        victim, other = (nodes[0], nodes[1]) if first[0]["node"] == nodes[0].label else (nodes[1], nodes[0])
+        victim.kill()
+        killed = time.monotonic()
+        wait_until(
+            lambda: len(log_events(worker.log(), "consuming")) == 2,
+            timeout=FAILOVER_SECONDS,
+            interval=0.02,
+            what=f"the worker consuming on {other.label}",
+        )
+        print(f"\nworker consuming on {other.label} {time.monotonic() - killed:.2f} s after {victim.label} was killed")
+        assert log_events(worker.log(), "consuming")[1]["node"] == other.label
+        assert log_events(worker.log(), "connection lost, reconnecting")[0]["node"] == victim.label
+        upload_id = harness.enqueue([{"n": n} for n in range(1, 21)])  # the producer finds the live node too
+        wait_until(
+            lambda: {f"{upload_id}:{n}" for n in range(1, 21)} <= {record["id"] for record in harness.records()},
+            timeout=30,
+            what="every row processed on the other node",
+        )
+    finally:
+        harness.close()
+        revive(victim)
+
+
 def test_the_tracker_counts_on_from_the_other_node_when_its_node_is_killed(
     nodes: list[OwnNode], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -174,13 +212,13 @@ def test_the_unsent_bytes_bound_holds_for_large_rows_when_the_broker_stops_readi
     )
     publisher.start()
     run = wait_until(lambda: control._run, what="the publishing run")
-    wait_until(lambda: run.sent > 0, what="the first row sent")
+    wait_until(lambda: run.confirms.sequence > 0, what="the first row sent")
     node.signal(signal.SIGSTOP)
     frozen.set()
     try:
         # The rows go out in batches until the bound is reached; only a confirm (none can come now) resumes.
         time.sleep(1)  # an observation window: nothing more may be handed over while the node is frozen
-        handed_over = run.sent * len(body)
+        handed_over = run.confirms.sequence * len(body)
     finally:
         node.signal(signal.SIGCONT)
     publisher.join(60)
