@@ -14,7 +14,8 @@ Each file holds one URL per broker node, comma-separated, in the order of
 RABBITMQ_URLS (AMQP) or RABBITMQ_ADMIN_API_URLS (management API). The
 administrator's credential that creates them (RABBITMQ_ADMIN_API_URLS or
 RABBITMQ_ADMIN_API_URL, default the development broker's guest on loopback) is
-used here only; users live in the cluster, so the first node is enough.
+used here only; users belong to the whole cluster, so the first node that
+answers creates them.
 
 python -m scaler.local_broker_users DIR
 """
@@ -71,6 +72,18 @@ def _write_private(path: Path, text: str) -> None:
     os.chmod(path, 0o600)
 
 
+def _apply_on_any(admin_api_urls: tuple[str, ...], vhost: str, passwords: dict[BrokerUser, str]) -> None:
+    """Create the users through the first node whose management API does it (users belong to the cluster)."""
+    failures = []
+    for url in admin_api_urls:
+        try:
+            apply(url, vhost, passwords)
+            return
+        except BrokerUserError as error:
+            failures.append(str(error))
+    raise BrokerUserError("; ".join(failures))
+
+
 def ensure(
     directory: Path, admin_api_urls: tuple[str, ...], amqp_urls: tuple[str, ...], prefix: str = DEFAULT_PREFIX
 ) -> list[str]:
@@ -79,7 +92,7 @@ def ensure(
     os.chmod(directory, 0o700)
     users = broker_users(load_config(jobs_config_path()), prefix)
     passwords = {user: _stored_password(url_files(directory, user)["amqp"]) or new_password() for user in users}
-    apply(admin_api_urls[0], vhost_of(amqp_urls[0]), passwords)
+    _apply_on_any(admin_api_urls, vhost_of(amqp_urls[0]), passwords)
     for user, password in passwords.items():
         files = url_files(directory, user)
         _write_private(files["amqp"], ",".join(credentials(url, user.name, password) for url in amqp_urls))
