@@ -190,9 +190,7 @@ class WorkerChannel:
                     channel.basic_publish(CONTROL_EXCHANGE, stop_routing_key(worker_id), STOP_COMMAND)
                 connection.process_data_events(time_limit=0.2)
         finally:
-            self._connection = None
-            if connection.is_open:
-                connection.close()
+            self._connection = None  # the link closes the connection
 
     def _declare_wanted(self, connection: pika.BlockingConnection) -> None:
         """Declare each type not declared on this connection yet, on a channel of its own: a declaration the broker
