@@ -170,10 +170,10 @@ cmd_up() {
   ensure_token
   ensure_broker_users
   # Each service its own broker user, in its environment (never on a command line other users can read).
-  RABBITMQ_URL="$(cat "$BROKER_USERS/producer.url")" \
+  RABBITMQ_URLS="$(cat "$BROKER_USERS/producer.url")" \
     start_service producer "http://$PRODUCER_ADDR/healthz" -- "$PY" -m producer
   if [ -f scaler/__main__.py ]; then
-    RABBITMQ_URL="$(cat "$BROKER_USERS/scaler.url")" RABBITMQ_API_URL="$(cat "$BROKER_USERS/scaler-api.url")" \
+    RABBITMQ_URLS="$(cat "$BROKER_USERS/scaler.url")" RABBITMQ_API_URLS="$(cat "$BROKER_USERS/scaler-api.url")" \
       SCALER_WORKER_CREDENTIALS_DIR="$BROKER_USERS/workers" \
       start_service scaler "http://$SCALER_ADDR/healthz" -- "$PY" -m scaler --backend local
   fi

@@ -192,11 +192,11 @@ class KubernetesScaler:
 def kubernetes_scaler(emulator: KubernetesEmulator, broker: Broker, config: Path, woken: bool) -> KubernetesScaler:
     """`woken`: ticks every second and on wake-ups; otherwise on a 5 s poll only."""
     measuring = threading.Event()
-    channel = WorkerChannel(broker.amqp_url)
+    channel = WorkerChannel((broker.amqp_url,))
     scaler = Scaler(
         ConfigWatcher(config),
         KubernetesBackend(emulator.api_client(), ClusterSettings()),
-        QueueStatsSource(broker.api_url, broker.amqp_url),
+        QueueStatsSource((broker.api_url,), broker.amqp_url),
         channel,
         tick_seconds=1.0 if woken else BASELINE_POLL_SECONDS,
         is_leader=measuring.is_set,

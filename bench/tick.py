@@ -83,11 +83,11 @@ def main() -> int:
             for job_type in config.job_types.values():
                 declare_queues(channel, job_type)
 
-        stats = QueueStatsSource(broker.api_url, broker.amqp_url)
+        stats = QueueStatsSource((broker.api_url,), broker.amqp_url)
         scaler_requests = RequestCounter()
         stats.client.event_hooks["request"].append(scaler_requests)
         backend = LocalBackend(directory / "state")
-        channel = WorkerChannel(broker.amqp_url).start()
+        channel = WorkerChannel((broker.amqp_url,)).start()
         scaler = Scaler(ConfigWatcher(path), backend, stats, channel, tick_seconds=1.0)
         scaler.tick()  # warm up: first reads, imports, metric label creation
         scaler_requests.count = backend.calls = 0

@@ -34,8 +34,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from jobtypes.connections import connect_any, node_label
 from jobtypes.health_view import visible_health
-from jobtypes.settings import connection_parameters
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ class BrokerState:
     reachable: bool
     error: str | None
     checked_at: float | None
+    #: host:port of the node that answered (any node of RABBITMQ_URLS counts)
+    node: str | None = None
 
 
 class BrokerHealth:
@@ -58,10 +60,11 @@ class BrokerHealth:
 
     def check(self) -> BrokerState:
         try:
-            pika.BlockingConnection(connection_parameters("producer-readyz")).close()
-            state = BrokerState(True, None, time.time())
+            connection, url = connect_any("producer-readyz")
+            connection.close()
+            state = BrokerState(True, None, time.time(), node_label(url))
         except pika.exceptions.AMQPError as failure:
-            state = BrokerState(False, f"{type(failure).__name__}: {failure}"[:200], time.time())
+            state = BrokerState(False, f"{type(failure).__name__}: {failure}"[:500], time.time())
         if state.reachable != self.state.reachable:
             log.info("broker %s", "reachable" if state.reachable else f"unreachable: {state.error}")
         self.state = state
@@ -88,7 +91,12 @@ class BrokerHealth:
         age = None if state.checked_at is None else round(time.time() - state.checked_at, 3)
         return {
             "status": "ready" if state.reachable else "not ready",
-            "broker": {"reachable": state.reachable, "error": state.error, "checked_seconds_ago": age},
+            "broker": {
+                "reachable": state.reachable,
+                "node": state.node,
+                "error": state.error,
+                "checked_seconds_ago": age,
+            },
         }
 
 

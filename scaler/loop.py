@@ -370,7 +370,12 @@ class Scaler:
                 for info in sorted(seen.infos, key=lambda i: i.started_at, reverse=True)
             ],
             "budget": budget_document(self.settings.budget, allocation),
-            "broker": {"reachable": seen.queues is not None, "error": self.stats.error},
+            "broker": {
+                "reachable": seen.queues is not None,
+                "error": self.stats.error,
+                "api_node": self.stats.node,
+                "api_failed": self.stats.failed,
+            },
             "config": {
                 "path": str(self.watcher.path),
                 "error": self.watcher.error,

@@ -106,7 +106,7 @@ def test_changing_a_queue_type_is_refused_with_how_to_migrate(broker: Broker) ->
     with broker.channel() as channel:
         declare_queues(channel, classic)
     quorum = classic.model_copy(update={"queue_type": QueueType.QUORUM})
-    declared = QueueStatsSource(broker.api_url, broker.amqp_url).declared()
+    declared = QueueStatsSource((broker.api_url,), broker.amqp_url).declared()
     with pytest.raises(ConfigError) as refused:
         check_declarations(parse_config({"jt": quorum.model_dump(mode="json", exclude={"name"})}), declared)
     message = str(refused.value)
@@ -128,7 +128,7 @@ def test_a_quorum_types_max_attempts_edit_is_refused_unless_its_delivery_limit_i
     declared_type = quorum_type(max_attempts=3)
     with broker.channel() as channel:
         declare_queues(channel, declared_type)
-    declared = QueueStatsSource(broker.api_url, broker.amqp_url).declared()
+    declared = QueueStatsSource((broker.api_url,), broker.amqp_url).declared()
 
     def config(**settings) -> JobsConfig:
         return parse_config({"jt": {**declared_type.model_dump(mode="json", exclude={"name"}), **settings}})

@@ -94,11 +94,11 @@ class InProcessScaler:
     def __init__(self, broker: Broker, directory: Path, tick_seconds: float = 0.2) -> None:
         watcher = ConfigWatcher(write_config(directory, {"sleep": SLEEP}))
         backend = LocalBackend(directory / "state", LocalSettings(templates=False))
-        self.channel = WorkerChannel(broker.amqp_url)
+        self.channel = WorkerChannel((broker.amqp_url,))
         self.scaler = Scaler(
             watcher,
             backend,
-            QueueStatsSource(broker.api_url, broker.amqp_url),
+            QueueStatsSource((broker.api_url,), broker.amqp_url),
             self.channel,
             tick_seconds=tick_seconds,
             settings=ScalerSettings(health_stale_seconds=1),

@@ -96,7 +96,8 @@ class LocalBackend:
         env = worker_environment(job_type, os.environ, self.settings.env_passthrough)
         credential = self._credential_file(job_type)
         if credential is not None and credential.is_file():
-            env["RABBITMQ_URL"] = credential.read_text().strip()
+            env.pop("RABBITMQ_URL", None)  # the scaler's own user, not the type's
+            env["RABBITMQ_URLS"] = credential.read_text().strip()
         return env
 
     def _credential_file(self, job_type: JobType) -> Path | None:

@@ -3,7 +3,7 @@
 The scaler's environment holds the management API's credentials, the upload
 token and settings of its own; a worker runs job-type code that has no
 business with them. A worker gets the operating system's basics (PATH, HOME,
-locale, temp dir, Python path), the broker's URL and heartbeat, the `WORKER_*`
+locale, temp dir, Python path), the broker's node list, heartbeat and reconnect wait, the `WORKER_*`
 settings of the runtime, its own job type's validated settings
 (jobtypes.handoff), the type's `env` from the config, and the names an
 operator lists in SCALER_WORKER_ENV_PASSTHROUGH. `worker_search_path` is where
@@ -25,7 +25,16 @@ SYSTEM_NAMES = frozenset(
     {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV"}
 )
 #: What the worker runtime reads (the queue types for a worker that must declare the queues itself).
-WORKER_NAMES = frozenset({"RABBITMQ_URL", "RABBITMQ_HEARTBEAT_SECONDS", "QUEUE_TYPE", "OUTCOMES_QUEUE_TYPE"})
+WORKER_NAMES = frozenset(
+    {
+        "RABBITMQ_URL",
+        "RABBITMQ_URLS",
+        "RABBITMQ_HEARTBEAT_SECONDS",
+        "RABBITMQ_RECONNECT_MAX_SECONDS",
+        "QUEUE_TYPE",
+        "OUTCOMES_QUEUE_TYPE",
+    }
+)
 PREFIXES = ("LC_", "WORKER_")
 
 

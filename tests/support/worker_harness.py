@@ -24,11 +24,12 @@ RECORDER = {"handler": "tests.handlers.recorder", "retry_delay_seconds": 0.1, "m
 class Harness:
     """A producer to enqueue rows, worker processes to consume them, and the record of what they did."""
 
-    def __init__(self, broker: Broker, directory: Path, settings: dict) -> None:
+    def __init__(self, broker: Broker, directory: Path, settings: dict, env: dict[str, str] | None = None) -> None:
         self.broker = broker
         self.directory = directory
         self.stack = Stack(broker, directory, {"work": {**RECORDER, **settings}})
         self.stack.env.update({"RECORD_FILE": str(directory / "record.jsonl"), "WORKER_HEARTBEAT_SECONDS": "0.5"})
+        self.stack.env.update(env or {})
         self.stack.env["UPLOADS_TRACKER"] = "off"  # the tests read the outcome reports themselves
         self.stack.start_producer()
         self.queue = self.stack.queue_of("work")
