@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from typing import Any
 
 from pika.adapters.blocking_connection import BlockingChannel
@@ -31,8 +32,18 @@ STOP_COMMAND = b'{"command": "stop"}'
 WAKE_ROUTING_KEY = "wake"
 
 
+class HeartbeatState(StrEnum):
+    """What a worker announces it is doing; the values are the wire strings (a StrEnum compares equal to them)."""
+
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
 #: Heartbeat states a worker may announce.
-HEARTBEAT_STATES = frozenset({"starting", "idle", "busy", "stopping", "stopped"})
+HEARTBEAT_STATES = frozenset(state.value for state in HeartbeatState)
 #: Longest worker id, job type or message id a heartbeat may carry (longer is malformed, not truncated).
 MAX_ID_LENGTH = 512
 
