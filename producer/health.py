@@ -6,7 +6,8 @@
 - `GET /readyz` (readiness) reports the broker: 200 when the last check
   reached it, else 503 with the error. The check runs on its own thread every
   `PRODUCER_HEALTH_INTERVAL_SECONDS`; the endpoint only reads the result, so
-  it never blocks the event loop or waits for a thread-pool slot.
+  it never blocks the event loop or waits for a thread-pool slot. The same
+  connection looks up the job types' queues for `producer.orphans`.
 - `GET /healthz` is the readiness document with the upload tracker's state,
   for people and scripts that want to read it: 200 whether or not the broker
   is reachable (`/readyz` says that), 503 when the tracker thread died or made
@@ -36,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 
 from jobtypes.health_view import visible_health
 from jobtypes.settings import connection_parameters
+from producer.orphans import OrphanWatch
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +52,21 @@ class BrokerState:
 class BrokerHealth:
     """The broker's reachability, refreshed on a daemon thread, read lock-free by the endpoints."""
 
-    def __init__(self, interval_seconds: float) -> None:
+    def __init__(self, interval_seconds: float, orphans: OrphanWatch | None = None) -> None:
         self.interval_seconds = interval_seconds
+        self.orphans = orphans
         self.state = BrokerState(False, "not checked yet", None)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def check(self) -> BrokerState:
         try:
-            pika.BlockingConnection(connection_parameters("producer-readyz")).close()
+            connection = pika.BlockingConnection(connection_parameters("producer-readyz"))
+            try:
+                if self.orphans is not None:
+                    self.orphans.check_queues(connection)
+            finally:
+                connection.close()
             state = BrokerState(True, None, time.time())
         except pika.exceptions.AMQPError as failure:
             state = BrokerState(False, f"{type(failure).__name__}: {failure}"[:200], time.time())
