@@ -30,7 +30,17 @@ from typing import Protocol
 
 from jobtypes.outcomes import RowOutcome
 from uploads.errors import IdempotencyConflict, LeaseLost, UploadBusy, UploadNotFound
-from uploads.model import SETTLED, Lease, RowState, UploadRecord, count_finished, settle, transition
+from uploads.model import (
+    SETTLED,
+    UNFINISHED,
+    Lease,
+    RowState,
+    UploadRecord,
+    UploadState,
+    count_finished,
+    settle,
+    transition,
+)
 from uploads.settled import CHUNK_ROWS, SettledRows, chunk_of, chunks_between
 
 #: Longest handler error kept per row (characters).
@@ -434,7 +444,7 @@ class UploadStore:
     def request_cancel(self, upload_id: str) -> UploadRecord:
         with self.transaction() as tx:
             record = _existing(tx, upload_id, for_update=True)
-            if record.state == "done" or record.cancel_requested:
+            if record.state == UploadState.DONE or record.cancel_requested:
                 return record
             record = settle(replace(record, cancel_requested=True), self.clock())
             tx.update_upload(record)
@@ -491,7 +501,7 @@ class UploadStore:
     def in_progress(self) -> int:
         """Uploads publishing, queued or running (a gauge)."""
         with self.transaction(write=False) as tx:
-            return tx.count_in_states(("publishing", "queued", "running"))
+            return tx.count_in_states(tuple(state.value for state in UNFINISHED))
 
     def dead_rows(self, upload_id: str) -> Iterator[RowState]:
         """Every dead row of the upload, in row order, a page per transaction."""
