@@ -15,6 +15,8 @@ empty, so such an upload stays unfinished and can be cancelled.)
 from __future__ import annotations
 
 import logging
+import math
+import time
 
 import pika
 from pika.adapters.blocking_connection import BlockingConnection
@@ -34,6 +36,8 @@ class OrphanWatch:
     def __init__(self, config: ConfigWatcher) -> None:
         self.config = config
         self.missing_queues: frozenset[str] = frozenset()
+        #: Queue -> when (monotonic) this producer last declared it to publish: a look-up begun before that is stale.
+        self._declared_at: dict[str, float] = {}
 
     def reason(self, record: UploadRecord) -> str | None:
         """Why no worker can ever take this record's rows, or None when nothing is known against it."""
@@ -50,8 +54,17 @@ class OrphanWatch:
             )
         return None
 
+    def declared(self, queue: str) -> None:
+        """This producer has just declared `queue` (to publish to it): it exists, whatever a running look-up finds.
+
+        A type's queue is first declared by its first upload, so a look-up before that finds it missing; without
+        this, the first upload would show `orphaned` until the next look-up."""
+        self._declared_at[queue] = time.monotonic()
+        self.missing_queues = self.missing_queues - {queue}
+
     def check_queues(self, connection: BlockingConnection) -> None:
         """Look up every configured type's queue on `connection` (passively: nothing is created)."""
+        started = time.monotonic()
         missing: set[str] = set()
         channel = connection.channel()
         for queue in sorted({job_type.queue for job_type in self.config.config.job_types.values()}):
@@ -63,6 +76,7 @@ class OrphanWatch:
                     return
                 missing.add(queue)
                 channel = connection.channel()
+        missing = {queue for queue in missing if self._declared_at.get(queue, -math.inf) < started}
         if missing != self.missing_queues:
             log.warning("queues missing on the broker: %s", ", ".join(sorted(missing)) or "none any more")
         self.missing_queues = frozenset(missing)

@@ -226,6 +226,7 @@ class UploadService:
         result, record = lease.publish(
             lambda control: publish_rows(job_type, record.id, file_rows(bodies, first), window, first, control=control)
         )
+        self.orphans.declared(job_type.queue)
         if result.error == CANCELLED:
             result.error = None  # not a failure: the record says cancelled
         return result, record
@@ -267,6 +268,7 @@ class UploadService:
         # Rows are claimed a page at a time as the publisher takes them: memory stays flat however many are dead.
         rows = ((row.row, row.line or record.line_of(row.row), (row.body or "").encode()) for row in claim.rows)
         result = publish_rows(job_type, upload_id, rows, self.settings.publish_window, replay=claim.number)
+        self.orphans.declared(job_type.queue)
         if result.error is not None:
             released = self.store.release_replay(upload_id, claim.number, result.confirmed_through)
             claim.finish()
