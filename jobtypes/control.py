@@ -87,11 +87,11 @@ def declare_control_exchanges(channel: BlockingChannel) -> None:
 
 @dataclass
 class Heartbeat:
-    """What a worker says about itself. `state` is one of starting, idle, busy, stopping, stopped."""
+    """What a worker says about itself."""
 
     worker_id: str
     job_type: str
-    state: str
+    state: HeartbeatState
     processed: int = 0
     failed: int = 0
     retried: int = 0
@@ -123,7 +123,9 @@ class Heartbeat:
             if not _holds(check, value):
                 raise ValueError(f"not a heartbeat: {name!r} {wanted}, got {_shown(value)}")
         known = {item.name for item in fields(cls)}
-        return cls(**{name: value for name, value in data.items() if name in known})
+        return cls(
+            **{name: value for name, value in data.items() if name in known} | {"state": HeartbeatState(data["state"])}
+        )
 
 
 def _holds(check: Callable[[Any], bool], value: Any) -> bool:

@@ -36,12 +36,12 @@ from producer.orphans import OrphanWatch
 from producer.settings import ProducerSettings
 from producer.upload_service import UploadService
 from uploads.backends import open_store
-from uploads.tracker import Tracker
+from uploads.tracker import Tracker, TrackerState
 
 log = logging.getLogger("producer")
 MAX_LIST_LIMIT = 500
 #: The upload tracker's states that count as healthy (see `uploads.tracker`).
-TRACKER_HEALTHY_STATES = frozenset({"starting", "consuming"})
+TRACKER_HEALTHY_STATES = frozenset({TrackerState.STARTING, TrackerState.CONSUMING})
 
 
 class Producer:

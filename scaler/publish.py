@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from scaler import metrics
-from scaler.backends.base import WorkerState
+from scaler.backends.base import LIVE_STATES
 from scaler.budget import Allocation
 from scaler.history import Sample
 from scaler.observe import Observation, Observer
@@ -59,7 +59,7 @@ class StatusPublisher:
             metrics.QUEUE_READY.labels(name).set(fact.stats.ready)
             metrics.QUEUE_UNACKED.labels(name).set(fact.stats.unacked)
             metrics.QUEUE_DEAD.labels(name).set(fact.stats.dead)
-        for state in (WorkerState.STARTING, WorkerState.RUNNING, WorkerState.STOPPING):
+        for state in LIVE_STATES:
             metrics.WORKERS.labels(name, state.value).set(sum(1 for _, s in fact.live if s is state))
         metrics.DESIRED.labels(name).set(decision.desired)
 

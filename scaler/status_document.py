@@ -12,12 +12,10 @@ from collections import deque
 from typing import Any
 
 from jobtypes.control import Heartbeat
-from scaler.backends.base import WorkerInfo, WorkerState
+from scaler.backends.base import LIVE_STATES, WorkerInfo, WorkerState
 from scaler.budget import Allocation, Budget
 from scaler.policy import Decision
 from scaler.policy_inputs import TypeFacts, busy, effective_state
-
-LIVE_STATES = (WorkerState.STARTING, WorkerState.RUNNING, WorkerState.STOPPING)
 
 
 def type_document(facts: TypeFacts, decision: Decision, share: int | None, now: float, leader: bool) -> dict[str, Any]:

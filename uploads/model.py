@@ -31,11 +31,11 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from jobtypes.outcomes import RowOutcome
+from jobtypes.outcomes import RowOutcome, RowStatus
 
-FINAL = ("succeeded", "dead", "cancelled")
+FINAL = (RowStatus.SUCCEEDED, RowStatus.DEAD, RowStatus.CANCELLED)
 #: Final outcomes that nothing changes afterwards (a replay takes dead rows only): kept as one bit per row.
-SETTLED = ("succeeded", "cancelled")
+SETTLED = (RowStatus.SUCCEEDED, RowStatus.CANCELLED)
 
 
 class UploadState(StrEnum):
@@ -202,22 +202,26 @@ def transition(current: RowState | None, outcome: RowOutcome) -> Applied:
         return Applied(None, {})  # a report from before this row was replayed
     if current is not None and current.final and outcome.replay == current.replay:
         return Applied(None, {})  # the first final outcome wins
-    if current is not None and current.state == outcome.outcome == "retrying" and outcome.attempts <= current.attempts:
+    if (
+        current is not None
+        and current.state == outcome.outcome == RowStatus.RETRYING
+        and outcome.attempts <= current.attempts
+    ):
         return Applied(None, {})  # an earlier or repeated retry report
-    was = current.state if current is not None else "pending"
+    was = current.state if current is not None else RowStatus.PENDING
     deltas: dict[str, int] = {}
-    if was in ("retrying", "dead"):
+    if was in (RowStatus.RETRYING, RowStatus.DEAD):
         deltas[was] = -1
     deltas[outcome.outcome] = deltas.get(outcome.outcome, 0) + 1
     attempts = max(outcome.attempts, current.attempts if current is not None else 0)
-    keep_details = outcome.outcome in ("dead", "retrying")
+    keep_details = outcome.outcome in (RowStatus.DEAD, RowStatus.RETRYING)
     row = RowState(
         row=outcome.row,
         state=outcome.outcome,
         replay=max(outcome.replay, current.replay if current is not None else 0),
         attempts=attempts,
         error=outcome.error if keep_details else None,
-        body=outcome.body if outcome.outcome == "dead" else (current.body if current is not None else None),
+        body=outcome.body if outcome.outcome == RowStatus.DEAD else (current.body if current is not None else None),
         line=outcome.line if outcome.line is not None else (current.line if current is not None else None),
     )
     return Applied(row, {name: delta for name, delta in deltas.items() if delta})

@@ -39,7 +39,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from tenacity import Retrying, retry_if_exception_type, stop_never, wait_exponential
 
 from jobtypes.config import JobType
-from jobtypes.control import CONTROL_EXCHANGE, stop_routing_key
+from jobtypes.control import CONTROL_EXCHANGE, HeartbeatState, stop_routing_key
 from jobtypes.settings import connection_parameters
 from workers.acks import AckLedger
 from workers.delivery import Delivery, Outcome, Status
@@ -170,7 +170,7 @@ class Consumer:
         if not self.stopping:
             self.consumer_tag = self.channel.basic_consume(self.job_type.queue, self._on_message)
         self.log.info("consuming", extra={"queue": self.job_type.queue})
-        self.status.set_state("idle")
+        self.status.set_state(HeartbeatState.IDLE)
 
     def _lost_connection(self, error: BaseException) -> None:
         """Forget what the dead connection held: RabbitMQ redelivers it to someone."""
@@ -187,7 +187,7 @@ class Consumer:
         self.connection = None
 
     def _close(self) -> None:
-        self.status.set_state("stopped")
+        self.status.set_state(HeartbeatState.STOPPED)
         self._close_connection()
 
     def _close_connection(self) -> None:
@@ -216,7 +216,7 @@ class Consumer:
         if self.job_type.timeout_seconds is not None:
             self._fail_overdue(self.job_type.timeout_seconds)
         if not self.stopping:
-            self.status.set_state("busy" if self.ledger else "idle")
+            self.status.set_state(HeartbeatState.BUSY if self.ledger else HeartbeatState.IDLE)
         self.hooks.tick(now)
 
     def _on_message(self, channel: BlockingChannel, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
@@ -234,8 +234,8 @@ class Consumer:
     def _begin_stop(self) -> None:
         """No new rows; rows not started yet go back to the queue."""
         assert self.channel is not None
-        if self.status.heartbeat.state != "stopping":
-            self.status.set_state("stopping")
+        if self.status.heartbeat.state != HeartbeatState.STOPPING:
+            self.status.set_state(HeartbeatState.STOPPING)
             self.executor.stopping = True
         if self.consumer_tag is not None:
             self.channel.basic_cancel(self.consumer_tag)

@@ -34,6 +34,10 @@ class WorkerState(str, Enum):
         return self in (WorkerState.SUCCEEDED, WorkerState.FAILED)
 
 
+#: The states of a worker that is alive: what the status document and the metrics count.
+LIVE_STATES = (WorkerState.STARTING, WorkerState.RUNNING, WorkerState.STOPPING)
+
+
 @dataclass
 class WorkerInfo:
     """One worker as the backend sees it."""
