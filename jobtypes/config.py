@@ -19,6 +19,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from jobtypes.errors import AutoscalerError
+
 #: Job-type names end up in URLs, Kubernetes labels and Job names, so they are
 #: restricted to lower-case DNS-label characters (but may be longer than 63:
 #: the Kubernetes backend shortens them with a hash where it must).
@@ -38,7 +40,7 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 DEFAULT_STOP_GRACE_SECONDS = 30.0
 
 
-class ConfigError(ValueError):
+class ConfigError(AutoscalerError, ValueError):
     """The jobs config is unreadable or invalid; the message names the job type and field."""
 
 
