@@ -51,47 +51,22 @@ class Scaler:
         controls: Controls | None = None,
     ) -> None:
         self.settings = settings or ScalerSettings()
+        #: The collaborators, as handed in: the web app, the health check and the tests reach them here.
+        self.watcher, self.backend, self.channel, self.is_leader = watcher, backend, channel, is_leader
+        self.controls = controls or Controls()
+        self.clock = clock
         self.schedule = TickSchedule(tick_seconds if tick_seconds is not None else self.settings.tick_seconds)
         self.board = StatusBoard(self.settings.history)
         self.actor = Actor(backend, channel, self.board, clock)
         self.observer = Observer(
-            watcher,
-            backend,
-            stats,
-            channel,
-            is_leader,
-            clock,
-            self.settings,
-            controls or Controls(),
-            self.actor.stop_requested,
+            watcher, backend, stats, channel, is_leader, clock, self.settings, self.controls, self.actor.stop_requested
         )
         self.publisher = StatusPublisher(self.settings, self.board, self.schedule.tick_seconds)
-        self.clock = clock
         self._in_tail = False
-
-    # what the web app, the health check and the tests read --------------------------------
-    @property
-    def watcher(self) -> ConfigWatcher:
-        return self.observer.watcher
-
-    @property
-    def backend(self) -> Backend:
-        return self.observer.backend
-
-    @property
-    def channel(self) -> WorkerChannel:
-        return self.observer.channel
-
-    @property
-    def controls(self) -> Controls:
-        return self.observer.controls
-
-    @property
-    def is_leader(self) -> Callable[[], bool]:
-        return self.observer.is_leader
 
     @property
     def known(self) -> dict[str, JobType]:
+        """Every type the loop still decides for: those in the config, and removed ones with live workers."""
         return self.observer.known
 
     @property
@@ -100,6 +75,7 @@ class Scaler:
 
     @property
     def last_at(self) -> float:
+        """When the last tick ended (wall clock; 0 before the first): the health check's staleness."""
         return self.publisher.last_at
 
     # running ---------------------------------------------------------------------
