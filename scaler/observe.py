@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jobtypes.config import JobType
 from jobtypes.config_watch import ConfigWatcher
@@ -44,36 +44,26 @@ class Observation:
     controls: dict[str, Control]
 
 
+@dataclass
 class Observer:
     """Takes the tick's observation and turns it into one claim per type; keeps the policy's memory."""
 
-    def __init__(
-        self,
-        watcher: ConfigWatcher,
-        backend: Backend,
-        stats: QueueStatsSource,
-        channel: WorkerChannel,
-        is_leader: Callable[[], bool],
-        clock: Callable[[], float],
-        settings: ScalerSettings,
-        controls: Controls,
-        stop_requested: Mapping[str, float],
-    ) -> None:
-        self.watcher = watcher
-        self.backend = backend
-        self.stats = stats
-        self.channel = channel
-        self.is_leader = is_leader
-        self.clock = clock
-        self.settings = settings
-        self.controls = controls
-        #: Workers asked to stop (kept by `scaler.act`): they count as stopping whatever they say.
-        self.stop_requested = stop_requested
-        self.memory: dict[str, TypeMemory] = {}
-        self.known: dict[str, JobType] = {}
-        #: Workers seen consuming (an idle or busy heartbeat) at least once: their exit is no failed start.
-        self.consumed: set[str] = set()
-        self._was_leader = False
+    watcher: ConfigWatcher
+    backend: Backend
+    stats: QueueStatsSource
+    channel: WorkerChannel
+    is_leader: Callable[[], bool]
+    clock: Callable[[], float]
+    settings: ScalerSettings
+    controls: Controls
+    #: Workers asked to stop (kept by `scaler.act`): they count as stopping whatever they say.
+    stop_requested: Mapping[str, float]
+    memory: dict[str, TypeMemory] = field(default_factory=dict)
+    #: Every type still decided for: those in the config, and removed ones while they have live workers.
+    known: dict[str, JobType] = field(default_factory=dict)
+    #: Workers seen consuming (an idle or busy heartbeat) at least once: their exit is no failed start.
+    consumed: set[str] = field(default_factory=set)
+    _was_leader: bool = False
 
     def observe(self) -> Observation:
         self._refresh_config()
