@@ -4,8 +4,9 @@ Before a route runs, `AuthMiddleware` decides who may call (token or session
 cookie, loopback only when opted in; never cross-site) and `AdmissionMiddleware` whether
 there is room (uploads in flight, spooled bytes). Endpoints are thin: the
 upload service (producer/upload_service.py) does the work of upload, submit,
-replay and cancel, and raises named errors that one exception handler turns
-into `{"error": ...}` with the error's status. The upload tracker (a thread
+replay and cancel, and raises named errors (`producer.errors`) that the
+handler both apps share (`jobtypes.error_responses`) turns into
+`{"error": ...}` with the error's status. The upload tracker (a thread
 applying workers' outcome reports to the record) runs as long as the app.
 """
 

@@ -2,7 +2,8 @@
 
 Starlette-shaped: endpoints are module-level functions that find the control
 loop in `request.app.state.scaler`; errors are named `AutoscalerError`s mapped
-to `{"error": ...}` with their status once, in `create_app`. Reads live here;
+to `{"error": ...}` with their status once, by the handler both apps share
+(`jobtypes.error_responses`). Reads live here;
 the writes (pause, resume, drain, retry) are in `scaler.controls`. Uploads and
 upload records (`/api/upload`, `/api/uploads...`) pass through to the producer
 (`scaler.producer_proxy`). Every path sits behind `jobtypes.auth.AuthMiddleware`
