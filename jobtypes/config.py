@@ -23,6 +23,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from jobtypes.env import SettingsError, env_str
+from jobtypes.errors import AutoscalerError
 
 #: Job-type names end up in URLs, Kubernetes labels and Job names, so they are
 #: restricted to lower-case DNS-label characters (but may be longer than 63:
@@ -69,7 +70,7 @@ def default_queue_type(environ: Mapping[str, str] = os.environ) -> QueueType:
     return queue_type_setting("QUEUE_TYPE", QueueType.CLASSIC, environ)
 
 
-class ConfigError(ValueError):
+class ConfigError(AutoscalerError, ValueError):
     """The jobs config is unreadable or invalid; the message names the job type and field."""
 
 

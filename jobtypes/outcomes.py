@@ -24,6 +24,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from pika.adapters.blocking_connection import BlockingChannel
@@ -40,8 +41,20 @@ DEAD_REPORTS_KEPT = 10_000
 REJECT_REASON_HEADER = "x-reject-reason"
 REJECT_DETAIL_HEADER = "x-reject-detail"
 UPLOADS_EXCHANGE = "autoscaler.uploads"
-#: Final and intermediate outcomes of one delivery of a row.
-OUTCOMES = ("succeeded", "retrying", "dead", "cancelled")
+
+
+class RowStatus(StrEnum):
+    """A row's state in its upload's record: pending, or the last outcome reported for it (the wire strings)."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    RETRYING = "retrying"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+#: Final and intermediate outcomes of one delivery of a row: what a worker may report (every state but pending).
+OUTCOMES = tuple(status.value for status in RowStatus if status is not RowStatus.PENDING)
 #: Header on a replayed row: which replay of the upload's dead rows it belongs to (absent = 0).
 REPLAY_HEADER = "x-replay"
 #: Header on every row the producer publishes: the line of the uploaded file the row starts on. Workers copy it

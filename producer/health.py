@@ -6,7 +6,8 @@
 - `GET /readyz` (readiness) reports the broker: 200 when the last check
   reached it, else 503 with the error. The check runs on its own thread every
   `PRODUCER_HEALTH_INTERVAL_SECONDS`; the endpoint only reads the result, so
-  it never blocks the event loop or waits for a thread-pool slot.
+  it never blocks the event loop or waits for a thread-pool slot. The same
+  connection looks up the job types' queues for `producer.orphans`.
 - `GET /healthz` is the readiness document with the upload tracker's state,
   for people and scripts that want to read it: 200 whether or not the broker
   is reachable (`/readyz` says that), 503 when the tracker thread died or made
@@ -36,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 
 from jobtypes.connections import connect_any, node_label
 from jobtypes.health_view import visible_health
+from producer.orphans import OrphanWatch
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +54,9 @@ class BrokerState:
 class BrokerHealth:
     """The broker's reachability, refreshed on a daemon thread, read lock-free by the endpoints."""
 
-    def __init__(self, interval_seconds: float) -> None:
+    def __init__(self, interval_seconds: float, orphans: OrphanWatch | None = None) -> None:
         self.interval_seconds = interval_seconds
+        self.orphans = orphans
         self.state = BrokerState(False, "not checked yet", None)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -61,7 +64,11 @@ class BrokerHealth:
     def check(self) -> BrokerState:
         try:
             connection, url = connect_any("producer-readyz")
-            connection.close()
+            try:
+                if self.orphans is not None:
+                    self.orphans.check_queues(connection)
+            finally:
+                connection.close()
             state = BrokerState(True, None, time.time(), node_label(url))
         except pika.exceptions.AMQPError as failure:
             state = BrokerState(False, f"{type(failure).__name__}: {failure}"[:500], time.time())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,4 +107,14 @@ def test_uploads_panel_follows_progress_and_its_buttons_work(
         f"parseFloat(document.querySelector('{stopped} .part.cancelled').style.width) > 50", timeout=60000
     )
     assert browser.locator(f"{stopped} button.cancel").count() == 0
+
+    upload_from_form(browser, write_csv(tmp_path / "left.csv", 200, 100, set()))
+    left = item(browser, "left.csv")
+    browser.wait_for_selector(left)
+    stack.config_path.write_text(json.dumps({"other": {"queue": "queue_other"}}))  # "rec" leaves the config
+    browser.wait_for_selector(f'{left} .badge:text-is("orphaned")', timeout=30000)
+    assert (
+        "job type 'rec' is no longer in the jobs config"
+        in browser.locator(f"{left} [data-field=orphaned]").inner_text()
+    )
     assert problems == [], problems

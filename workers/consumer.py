@@ -41,7 +41,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 
 from jobtypes.config import JobType
 from jobtypes.connections import Link
-from jobtypes.control import CONTROL_EXCHANGE, stop_routing_key
+from jobtypes.control import CONTROL_EXCHANGE, HeartbeatState, stop_routing_key
 from workers.acks import AckLedger
 from workers.delivery import Delivery, Outcome, Status
 from workers.executor import Executor
@@ -151,7 +151,7 @@ class Consumer:
         if not self.stopping:
             self.consumer_tag = self.channel.basic_consume(self.job_type.queue, self._on_message)
         self.log.info("consuming", extra={"queue": self.job_type.queue, "node": self.link.node})
-        self.status.set_state("idle")
+        self.status.set_state(HeartbeatState.IDLE)
 
     def _lost_connection(self, error: BaseException) -> None:
         """Forget what the dead connection held: RabbitMQ redelivers it to someone."""
@@ -169,7 +169,7 @@ class Consumer:
         self.connection = None
 
     def _close(self) -> None:
-        self.status.set_state("stopped")
+        self.status.set_state(HeartbeatState.STOPPED)
         self._close_connection()
 
     def _close_connection(self) -> None:
@@ -198,7 +198,7 @@ class Consumer:
         if self.job_type.timeout_seconds is not None:
             self._fail_overdue(self.job_type.timeout_seconds)
         if not self.stopping:
-            self.status.set_state("busy" if self.ledger else "idle")
+            self.status.set_state(HeartbeatState.BUSY if self.ledger else HeartbeatState.IDLE)
         self.hooks.tick(now)
 
     def _on_message(self, channel: BlockingChannel, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
@@ -216,8 +216,8 @@ class Consumer:
     def _begin_stop(self) -> None:
         """No new rows; rows not started yet go back to the queue."""
         assert self.channel is not None
-        if self.status.heartbeat.state != "stopping":
-            self.status.set_state("stopping")
+        if self.status.heartbeat.state != HeartbeatState.STOPPING:
+            self.status.set_state(HeartbeatState.STOPPING)
             self.executor.stopping = True
         if self.consumer_tag is not None:
             self.channel.basic_cancel(self.consumer_tag)

@@ -33,7 +33,7 @@ import psutil
 
 from jobtypes.config import DEFAULT_STOP_GRACE_SECONDS, JobType
 from jobtypes.settings import REPO_ROOT
-from scaler.backends.base import WorkerInfo, WorkerState
+from scaler.backends.base import WorkerInfo, WorkerLogNotFound, WorkerState
 from scaler.backends.local_settings import LocalSettings
 from scaler.backends.templates import TemplatePool
 from scaler.backends.worker_environment import worker_environment, worker_search_path
@@ -264,7 +264,7 @@ class LocalBackend:
     def read_log(self, worker_id: str, lines: int = 200) -> str:
         path = self.logs.path_for(worker_id)
         if not path.is_file():
-            raise KeyError(worker_id)
+            raise WorkerLogNotFound(worker_id)
         with path.open("rb") as handle:
             handle.seek(0, os.SEEK_END)
             handle.seek(max(handle.tell() - lines * 400, 0))

@@ -7,7 +7,7 @@
 
 const UPLOADS_POLL_MS = 1000;
 const PARTS = ["succeeded", "retrying", "dead", "cancelled"];
-const ACTIVE = ["publishing", "interrupted", "queued", "running"];
+const ACTIVE = ["publishing", "interrupted", "queued", "running", "orphaned"];
 const INTERRUPTED_HINT = "Send the file again with the same key: only the rows after the confirmed count are published, into the same record.";
 const uploadKeys = new Map();  // file + type -> Idempotency-Key, kept until that upload is answered 200
 let followedUpload = null;
@@ -74,6 +74,7 @@ function renderUpload(item) {
     node.append(el("p", { class: "warn", "data-field": "interrupted" }, `Publishing interrupted at ${count(item.confirmed)} of ${count(item.rows)} rows: ${item.publish_error}`),
       el("p", { class: "hint", "data-field": "interrupted-hint" }, INTERRUPTED_HINT));
   }
+  if (item.orphaned_reason) node.append(el("p", { class: "warn", "data-field": "orphaned" }, `No worker can take these rows: ${item.orphaned_reason}`));
   if (item.failed_rows_truncated) node.append(el("p", { class: "hint" }, `Failed-row details kept for the first ${count(item.failed_rows_cap)} rows only.`));
   return node;
 }
