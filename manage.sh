@@ -293,7 +293,9 @@ start_service() {
   else
     # The output goes through a rotating writer, so the log stays within SERVICE_LOG_MAX_BYTES x (1 + SERVICE_LOG_BACKUPS).
     # Neither holds on to this script's stdout or stderr, so `./manage.sh up | tee` returns once `up` is done.
-    nohup "$@" </dev/null > >(exec "$PY" -m jobtypes.log_pipe "$RUN/logs/$name.log" </dev/null >/dev/null 2>&1) 2>&1 &
+    # The pipe reads the service's output on its stdin (never </dev/null: it would exit at once and stay the
+    # service's <defunct> child, the output lost); it is the service's child and ends when the service does.
+    nohup "$@" </dev/null > >(exec "$PY" -m jobtypes.log_pipe "$RUN/logs/$name.log" >/dev/null 2>&1) 2>&1 &
     echo $! >"$pidfile"
     log "$name started (pid $!), log: .run/logs/$name.log"
   fi
@@ -378,10 +380,10 @@ cmd_up() {
   ensure_token
   ensure_broker_users
   # Each service its own broker user, in its environment (never on a command line other users can read).
-  RABBITMQ_URL="$(cat "$BROKER_USERS/producer.url")" \
+  RABBITMQ_URLS="$(cat "$BROKER_USERS/producer.url")" \
     start_service producer "http://$PRODUCER_ADDR/healthz" -- "$PY" -m producer
   if [ -f scaler/__main__.py ]; then
-    RABBITMQ_URL="$(cat "$BROKER_USERS/scaler.url")" RABBITMQ_API_URL="$(cat "$BROKER_USERS/scaler-api.url")" \
+    RABBITMQ_URLS="$(cat "$BROKER_USERS/scaler.url")" RABBITMQ_API_URLS="$(cat "$BROKER_USERS/scaler-api.url")" \
       SCALER_WORKER_CREDENTIALS_DIR="$BROKER_USERS/workers" \
       start_service scaler "http://$SCALER_ADDR/healthz" -- "$PY" -m scaler --backend local
   fi
@@ -452,7 +454,8 @@ ensure_bench_extras() {
 }
 
 cmd_readme() {
-  # Regenerate the README's benchmark and fault tables from bench/results/*.json (nothing is run).
+  # Regenerate every generated part of the README (benchmark, fault, upload-record and simulator tables) from
+  # bench/results/ (nothing is run).
   ensure_venv
   "$PY" -m bench.readme "$@"
 }
@@ -543,7 +546,7 @@ usage: ./manage.sh COMMAND [ARGS]
   sample N         print a sample sales CSV with N rows
   test [ARGS]      run the whole test suite (pytest ARGS)
   bench NAME       run a benchmark (ingest, worker, sales, reaction, tick, uploads, simulate); writes bench/results/NAME.json
-  readme           regenerate the README's benchmark and fault tables from bench/results/ (--check: only compare)
+  readme           regenerate the README's generated tables from bench/results/ (--check: only compare)
   simulate TRACE [--config FILE] [--format NAME] [--speedup K] [--start S --hours H]
            [--backend local|kubernetes] [--policies project,keda,fixed:N] [--out DIR]
            [--sweep NAME=V1,V2 ...] [--target-p95-wait S]

@@ -42,14 +42,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.ingest import baseline_publish, json_bodies, same_properties, write_sample  # noqa: E402
+from bench.support.broker import Broker  # noqa: E402
+from bench.support.cluster import Topology, running_cluster  # noqa: E402
 from bench.support.drain import timed_drain  # noqa: E402
+from bench.support.processes import Service  # noqa: E402
 from bench.support.results import Row, write_results  # noqa: E402
 from bench.worker import tracked_channel_prefetch  # noqa: E402
 from jobtypes.config import JobType  # noqa: E402
 from jobtypes.queues import queue_arguments  # noqa: E402
-from tests.support.broker import Broker  # noqa: E402
-from tests.support.cluster import Topology, running_cluster  # noqa: E402
-from tests.support.processes import Service  # noqa: E402
 
 QUEUE_TYPES = ("classic", "quorum")
 TOPOLOGIES = {"1 node": 1, "3 nodes": 3}

@@ -18,7 +18,7 @@ Four measurements, all in one run on this machine, each against its baseline:
 3. Drain: from the last ack to the last worker gone, which should be at most
    `idle_seconds` + 1 s.
 4. Kubernetes: upload -> worker Job created, against the emulated API server
-   (tests/support/k8s_emulator.py), a scaler woken by the upload against the
+   (bench/support/k8s_emulator.py), a scaler woken by the upload against the
    same scaler on its 5 s poll. This times only the Job's creation in the
    emulator: no pod is scheduled, no image pulled, no container started.
 
@@ -42,7 +42,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.support.broker import Broker, create_vhost, delete_vhost  # noqa: E402
+from bench.support.k8s_emulator import KubernetesEmulator  # noqa: E402
 from bench.support.results import Row, write_results  # noqa: E402
+from bench.support.stack import Stack, kill_workers_in  # noqa: E402
+from bench.support.waiting import wait_until  # noqa: E402
 from jobtypes.config import JobType, parse_config  # noqa: E402
 from jobtypes.config_watch import ConfigWatcher  # noqa: E402
 from jobtypes.queues import declare_queues  # noqa: E402
@@ -53,10 +57,6 @@ from scaler.backends.local_settings import LocalSettings  # noqa: E402
 from scaler.loop import Scaler  # noqa: E402
 from scaler.queue_stats import QueueStatsSource  # noqa: E402
 from scaler.worker_channel import WorkerChannel  # noqa: E402
-from tests.support.broker import Broker, create_vhost, delete_vhost  # noqa: E402
-from tests.support.k8s_emulator import KubernetesEmulator  # noqa: E402
-from tests.support.stack import Stack, kill_workers_in  # noqa: E402
-from tests.support.waiting import wait_until  # noqa: E402
 
 IDLE_SECONDS = 3
 SLEEP = {"handler": "sleep", "threshold": 5, "max_workers": 4, "idle_seconds": IDLE_SECONDS, "env": {"SLEEP_MS": "50"}}
@@ -192,11 +192,11 @@ class KubernetesScaler:
 def kubernetes_scaler(emulator: KubernetesEmulator, broker: Broker, config: Path, woken: bool) -> KubernetesScaler:
     """`woken`: ticks every second and on wake-ups; otherwise on a 5 s poll only."""
     measuring = threading.Event()
-    channel = WorkerChannel(broker.amqp_url)
+    channel = WorkerChannel((broker.amqp_url,))
     scaler = Scaler(
         ConfigWatcher(config),
         KubernetesBackend(emulator.api_client(), ClusterSettings()),
-        QueueStatsSource(broker.api_url, broker.amqp_url),
+        QueueStatsSource((broker.api_url,), broker.amqp_url),
         channel,
         tick_seconds=1.0 if woken else BASELINE_POLL_SECONDS,
         is_leader=measuring.is_set,

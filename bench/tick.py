@@ -28,6 +28,8 @@ import pika
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.support.broker import create_vhost, delete_vhost  # noqa: E402
+from bench.support.configs import write_config  # noqa: E402
 from bench.support.results import Row, write_results  # noqa: E402
 from jobtypes.config import load_config  # noqa: E402
 from jobtypes.config_watch import ConfigWatcher  # noqa: E402
@@ -36,8 +38,6 @@ from scaler.backends.local import LocalBackend  # noqa: E402
 from scaler.loop import Scaler  # noqa: E402
 from scaler.queue_stats import QueueStatsSource  # noqa: E402
 from scaler.worker_channel import WorkerChannel  # noqa: E402
-from tests.support.broker import create_vhost, delete_vhost  # noqa: E402
-from tests.support.configs import write_config  # noqa: E402
 
 
 class RequestCounter:
@@ -83,11 +83,11 @@ def main() -> int:
             for job_type in config.job_types.values():
                 declare_queues(channel, job_type)
 
-        stats = QueueStatsSource(broker.api_url, broker.amqp_url)
+        stats = QueueStatsSource((broker.api_url,), broker.amqp_url)
         scaler_requests = RequestCounter()
         stats.client.event_hooks["request"].append(scaler_requests)
         backend = LocalBackend(directory / "state")
-        channel = WorkerChannel(broker.amqp_url).start()
+        channel = WorkerChannel((broker.amqp_url,)).start()
         scaler = Scaler(ConfigWatcher(path), backend, stats, channel, tick_seconds=1.0)
         scaler.tick()  # warm up: first reads, imports, metric label creation
         scaler_requests.count = backend.calls = 0

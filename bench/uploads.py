@@ -35,8 +35,8 @@ started for the run from Debian's binaries, as the tests do):
    million-row upload of step 1) and `GET /uploads`, over HTTP, median of 20.
 
 Figures are printed and written to bench/results/uploads.json with the date,
-commit, cores and memory of the machine; `--render FILE` prints the README's
-rows from such a file.
+commit, cores and memory of the machine; `./manage.sh readme` makes the
+README's table from it (with `readme_rows`).
 """
 
 from __future__ import annotations
@@ -61,13 +61,13 @@ from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.support.broker import Broker, create_vhost, delete_vhost  # noqa: E402
+from bench.support.measure import median_seconds, peak_memory  # noqa: E402
+from bench.support.postgres import running_postgres  # noqa: E402
+from bench.support.processes import Service  # noqa: E402
+from bench.support.stack import Stack  # noqa: E402
+from bench.support.waiting import wait_until  # noqa: E402
 from jobtypes.outcomes import OUTCOMES_QUEUE, OutcomeReport, RowOutcome, declare_outcome_routes  # noqa: E402
-from tests.support.broker import Broker, create_vhost, delete_vhost  # noqa: E402
-from tests.support.measure import median_seconds, peak_memory  # noqa: E402
-from tests.support.postgres import running_postgres  # noqa: E402
-from tests.support.processes import Service  # noqa: E402
-from tests.support.stack import Stack  # noqa: E402
-from tests.support.waiting import wait_until  # noqa: E402
 from uploads.model import UploadRecord, public  # noqa: E402
 from uploads.settings import UploadSettings  # noqa: E402
 from uploads.sql import ROWS, SETTLED, SqlStore  # noqa: E402
@@ -325,7 +325,7 @@ def machine() -> dict[str, Any]:
 
 
 def readme_rows(results: dict[str, Any]) -> str:
-    """The README's table rows for a results file (`--render FILE`), so the figures there are the file's."""
+    """The README's table rows for a results file (bench/readme.py), so the figures there are the file's."""
     lines = []
     for backend, f in results["backends"].items():
         storage, tracker, replay, cancel = f["storage"], f["tracker"], f["replay"], f["cancel"]
@@ -361,11 +361,7 @@ def main() -> int:
     parser.add_argument("--e2e-rows", type=int, default=300_000, help="rows of the end-to-end upload (0: skip)")
     parser.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON file")
-    parser.add_argument("--render", type=Path, help="print the README's rows for this results file, run nothing")
     args = parser.parse_args()
-    if args.render:
-        print(readme_rows(json.loads(args.render.read_text())))
-        return 0
     broker = create_vhost()
     os.environ["RABBITMQ_URL"] = broker.amqp_url  # the tracker's connection
     results: dict[str, Any] = {**machine(), "arguments": {k: str(v) for k, v in vars(args).items()}, "backends": {}}

@@ -12,12 +12,18 @@ documented below and in the README. Unknown fields are errors: a typo such as
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from jobtypes.env import SettingsError, env_str
+from jobtypes.errors import AutoscalerError
 
 #: Job-type names end up in URLs, Kubernetes labels and Job names, so they are
 #: restricted to lower-case DNS-label characters (but may be longer than 63:
@@ -36,9 +42,35 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 #: How long a worker asked to stop may take to finish its row before it is killed (the default of
 #: `stop_grace_seconds`, and what every component uses for a worker of a type it no longer knows).
 DEFAULT_STOP_GRACE_SECONDS = 30.0
+#: Deliveries of one work-queue message beyond `max_attempts` that a quorum queue allows before RabbitMQ
+#: dead-letters it itself (the default `delivery_limit` is `max_attempts` + this; see jobtypes.queues).
+DELIVERY_LIMIT_MARGIN = 2
 
 
-class ConfigError(ValueError):
+class QueueType(str, Enum):
+    """The RabbitMQ queue type of a job type's work, retry and dead queues (RabbitMQ's own `x-queue-type` words)."""
+
+    CLASSIC = "classic"
+    QUORUM = "quorum"
+
+
+def queue_type_setting(name: str, default: QueueType, environ: Mapping[str, str] = os.environ) -> QueueType:
+    """The environment variable `name` as a queue type, or `default` when it is unset or blank."""
+    text = env_str(name, None, environ)
+    if text is None:
+        return default
+    try:
+        return QueueType(text)
+    except ValueError:
+        raise SettingsError(f"{name}={text!r} is not a queue type: use quorum or classic") from None
+
+
+def default_queue_type(environ: Mapping[str, str] = os.environ) -> QueueType:
+    """QUEUE_TYPE: the queue type of every job type that does not name its own (default classic)."""
+    return queue_type_setting("QUEUE_TYPE", QueueType.CLASSIC, environ)
+
+
+class ConfigError(AutoscalerError, ValueError):
     """The jobs config is unreadable or invalid; the message names the job type and field."""
 
 
@@ -108,6 +140,13 @@ class JobType(BaseModel):
     backoff_limit: NonNegativeInt = 0
     ttl_seconds_after_finished: NonNegativeInt = 86400
 
+    #: Quorum (replicated, survives a node) or classic; unset: the QUEUE_TYPE setting. Cannot change once
+    #: the queues exist (RabbitMQ refuses to redeclare a queue with another type; see jobtypes.queues).
+    queue_type: QueueType = QueueType.CLASSIC
+    #: Quorum only: deliveries of one work-queue message after which RabbitMQ dead-letters it to `.dead` itself
+    #: (`x-delivery-limit`, behind the runtime's own attempt counting); unset: max_attempts + DELIVERY_LIMIT_MARGIN.
+    delivery_limit: PositiveInt | None = None
+
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
@@ -175,6 +214,8 @@ class JobType(BaseModel):
         data.setdefault("handler", name.replace("-", "_"))
         handler = str(data["handler"]).replace("_", "-")
         data.setdefault("image", f"queue-autoscaler/worker-{handler}:latest")
+        if data.get("queue_type") is None:
+            data["queue_type"] = default_queue_type()
         return data
 
     @model_validator(mode="after")
@@ -183,6 +224,8 @@ class JobType(BaseModel):
             raise ValueError(f"min_workers ({self.min_workers}) is above max_workers ({self.max_workers})")
         if self.burst_threshold is not None and self.burst_threshold < self.threshold:
             raise ValueError(f"burst_threshold ({self.burst_threshold}) is below threshold ({self.threshold})")
+        if self.delivery_limit is not None and self.queue_type is not QueueType.QUORUM:
+            raise ValueError("delivery_limit is a quorum queue's x-delivery-limit; it needs queue_type 'quorum'")
         return self
 
     @property
@@ -203,6 +246,11 @@ class JobType(BaseModel):
         """Rows a worker holds beyond what its handler calls take at once: rows waiting their turn in the worker
         (0 for the default `prefetch` 1, where every row held is being handled)."""
         return self.effective_prefetch - self.concurrency * self.batch_size
+
+    @property
+    def effective_delivery_limit(self) -> int:
+        """`delivery_limit`, or `max_attempts` + DELIVERY_LIMIT_MARGIN when it is not set."""
+        return self.delivery_limit if self.delivery_limit is not None else self.max_attempts + DELIVERY_LIMIT_MARGIN
 
     @property
     def dead_queue(self) -> str:
@@ -230,9 +278,6 @@ class JobsConfig:
 
     def get(self, name: str) -> JobType | None:
         return self.job_types.get(name)
-
-    def by_queue(self) -> dict[str, JobType]:
-        return {job_type.queue: job_type for job_type in self.job_types.values()}
 
 
 def _describe(source: str, error: ValidationError, job_type: str) -> str:

@@ -4,7 +4,10 @@ Operators edit the file (or `kubectl apply` a ConfigMap, which swaps the
 mounted file) while the producer and the scaler run. Both call `refresh()`
 often; it re-reads the file only when its modification time or size changed,
 and an invalid edit keeps the last good config in force while `error` says
-what is wrong, so one typo never takes the stack down.
+what is wrong, so one typo never takes the stack down. An optional `check`
+refuses a config that parses but cannot be used the same way (the scaler's
+check: a queue whose type or arguments RabbitMQ would refuse to change,
+jobtypes.queue_check).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from jobtypes.config import ConfigError, JobsConfig, load_config
@@ -20,8 +24,9 @@ log = logging.getLogger(__name__)
 
 
 class ConfigWatcher:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, check: Callable[[JobsConfig], None] | None = None) -> None:
         self.path = Path(path)
+        self.check = check
         self.error: str | None = None
         self.loaded_at: float = 0.0
         self._signature: tuple[float, int] | None = None
@@ -51,6 +56,8 @@ class ConfigWatcher:
         self._signature = signature
         try:
             config = load_config(self.path)
+            if self.check is not None:
+                self.check(config)
         except ConfigError as error:
             if str(error) != self.error:
                 log.error("jobs config rejected, keeping the last good one: %s", error)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from typing import Any
 
 from pika.adapters.blocking_connection import BlockingChannel
@@ -31,8 +32,18 @@ STOP_COMMAND = b'{"command": "stop"}'
 WAKE_ROUTING_KEY = "wake"
 
 
+class HeartbeatState(StrEnum):
+    """What a worker announces it is doing; the values are the wire strings (a StrEnum compares equal to them)."""
+
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
 #: Heartbeat states a worker may announce.
-HEARTBEAT_STATES = frozenset({"starting", "idle", "busy", "stopping", "stopped"})
+HEARTBEAT_STATES = frozenset(state.value for state in HeartbeatState)
 #: Longest worker id, job type or message id a heartbeat may carry (longer is malformed, not truncated).
 MAX_ID_LENGTH = 512
 
@@ -76,11 +87,11 @@ def declare_control_exchanges(channel: BlockingChannel) -> None:
 
 @dataclass
 class Heartbeat:
-    """What a worker says about itself. `state` is one of starting, idle, busy, stopping, stopped."""
+    """What a worker says about itself."""
 
     worker_id: str
     job_type: str
-    state: str
+    state: HeartbeatState
     processed: int = 0
     failed: int = 0
     retried: int = 0
@@ -112,7 +123,9 @@ class Heartbeat:
             if not _holds(check, value):
                 raise ValueError(f"not a heartbeat: {name!r} {wanted}, got {_shown(value)}")
         known = {item.name for item in fields(cls)}
-        return cls(**{name: value for name, value in data.items() if name in known})
+        return cls(
+            **{name: value for name, value in data.items() if name in known} | {"state": HeartbeatState(data["state"])}
+        )
 
 
 def _holds(check: Callable[[Any], bool], value: Any) -> bool:

@@ -10,13 +10,33 @@ from __future__ import annotations
 
 
 class AutoscalerError(Exception):
-    """Base of every error the project reports to a caller. `status` is the HTTP status it maps to."""
+    """Base of every error the project reports to a caller. `status` is the HTTP status it maps to.
+
+    `headers` join the response (e.g. Retry-After); `body()` is its JSON.
+    """
 
     status: int = 500
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.headers = headers or {}
 
-    def body(self) -> dict[str, str]:
+    def body(self) -> dict[str, object]:
         return {"error": self.message}
+
+
+class NotFound(AutoscalerError):
+    """What the caller named does not exist (a worker's log, an upload, a job type): 404."""
+
+    status = 404
+
+
+class BadRequest(AutoscalerError):
+    """The request itself is malformed (a parameter, a header, a form): 400."""
+
+    status = 400
+
+
+class UnknownJobType(NotFound):
+    """A request names a job type the config does not have."""

@@ -21,12 +21,16 @@ parses (`uploads/report_checks.py`) and moves a report it cannot apply to
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from pika.adapters.blocking_connection import BlockingChannel
 
-from jobtypes.queues import bind_route, declare_routes_exchange
+from jobtypes.config import QueueType, default_queue_type, queue_type_setting
+from jobtypes.queues import bind_route, declare_routes_exchange, typed_arguments
 
 OUTCOMES_QUEUE = "autoscaler.outcomes"
 #: Reports the tracker could not apply (out of range, not storable, not a report), kept for an operator with the
@@ -37,8 +41,20 @@ DEAD_REPORTS_KEPT = 10_000
 REJECT_REASON_HEADER = "x-reject-reason"
 REJECT_DETAIL_HEADER = "x-reject-detail"
 UPLOADS_EXCHANGE = "autoscaler.uploads"
-#: Final and intermediate outcomes of one delivery of a row.
-OUTCOMES = ("succeeded", "retrying", "dead", "cancelled")
+
+
+class RowStatus(StrEnum):
+    """A row's state in its upload's record: pending, or the last outcome reported for it (the wire strings)."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    RETRYING = "retrying"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+#: Final and intermediate outcomes of one delivery of a row: what a worker may report (every state but pending).
+OUTCOMES = tuple(status.value for status in RowStatus if status is not RowStatus.PENDING)
 #: Header on a replayed row: which replay of the upload's dead rows it belongs to (absent = 0).
 REPLAY_HEADER = "x-replay"
 #: Header on every row the producer publishes: the line of the uploaded file the row starts on. Workers copy it
@@ -48,19 +64,39 @@ LINE_HEADER = "x-line"
 MAX_LINE = 2**31 - 1
 
 
-#: The report queue is a version 2 classic queue: it confirms a small persistent message in about half the time
-#: of version 1, and workers hold their rows unacked until their report is confirmed.
-OUTCOMES_QUEUE_ARGUMENTS = {"x-queue-version": 2}
+#: A classic report queue is a version 2 classic queue: it confirms a small persistent message in about half the
+#: time of version 1, and workers hold their rows unacked until their report is confirmed.
+CLASSIC_OUTCOMES_QUEUE_ARGUMENTS = {"x-queue-version": 2}
 DEAD_OUTCOMES_QUEUE_ARGUMENTS = {"x-max-length": DEAD_REPORTS_KEPT, "x-overflow": "drop-head"}
+
+
+def outcomes_queue_type(environ: Mapping[str, str] = os.environ) -> QueueType:
+    """OUTCOMES_QUEUE_TYPE, default QUEUE_TYPE: the type of the report queue and its dead-letter queue.
+
+    A setting of its own rather than "quorum when any job type is": the tracker and the workers declare these
+    queues without the whole config (a worker knows its own type only), so a rule over all types could make two
+    processes disagree, and adding one quorum type would then ask RabbitMQ to change a queue's type in place.
+    """
+    return queue_type_setting("OUTCOMES_QUEUE_TYPE", default_queue_type(environ), environ)
+
+
+def outcome_queue_arguments(queue_type: QueueType) -> dict[str, dict[str, Any]]:
+    """Queue name -> declaration arguments of the report queue and its dead-letter queue (quorum queues support
+    the length limit with drop-head; only x-queue-version is classic's own)."""
+    outcomes = {} if queue_type is QueueType.QUORUM else CLASSIC_OUTCOMES_QUEUE_ARGUMENTS
+    return {
+        OUTCOMES_QUEUE: typed_arguments(queue_type, outcomes),
+        DEAD_OUTCOMES_QUEUE: typed_arguments(queue_type, DEAD_OUTCOMES_QUEUE_ARGUMENTS),
+    }
 
 
 def declare_outcome_routes(channel: BlockingChannel) -> None:
     """Declare the report queue (routed from `ROUTES_EXCHANGE`), its dead-letter queue and the cancel exchange
     (idempotent, same arguments everywhere)."""
     declare_routes_exchange(channel)
-    channel.queue_declare(queue=OUTCOMES_QUEUE, durable=True, arguments=OUTCOMES_QUEUE_ARGUMENTS)
+    for name, arguments in outcome_queue_arguments(outcomes_queue_type()).items():
+        channel.queue_declare(queue=name, durable=True, arguments=arguments)
     bind_route(channel, OUTCOMES_QUEUE)
-    channel.queue_declare(queue=DEAD_OUTCOMES_QUEUE, durable=True, arguments=DEAD_OUTCOMES_QUEUE_ARGUMENTS)
     channel.exchange_declare(exchange=UPLOADS_EXCHANGE, exchange_type="fanout", durable=True)
 
 

@@ -11,7 +11,7 @@ from prometheus_client import start_http_server
 from jobtypes.auth import describe_rule
 from jobtypes.config import ConfigError
 from jobtypes.env import SettingsError
-from jobtypes.settings import metrics_address, rabbitmq_url, redact_url
+from jobtypes.settings import metrics_address, rabbitmq_urls, redact_url, redact_urls
 from producer.app import create_app
 from producer.settings import ProducerSettings
 from uploads.errors import StoreUnavailable
@@ -22,6 +22,7 @@ def main() -> int:
     logging.getLogger("pika").setLevel(logging.WARNING)
     try:
         settings = ProducerSettings.from_environment()
+        rabbitmq_urls()  # every node's URL checked before the producer starts
     except SettingsError as error:
         print(f"producer: cannot start: {error}", file=sys.stderr)
         return 2
@@ -37,7 +38,7 @@ def main() -> int:
         "producer listening on http://%s:%d, broker %s, upload store %s, %s",
         settings.host,
         settings.port,
-        redact_url(rabbitmq_url()),
+        redact_urls(rabbitmq_urls()),
         redact_url(settings.uploads.database_url),
         describe_rule(settings.auth),
     )

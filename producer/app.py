@@ -4,8 +4,9 @@ Before a route runs, `AuthMiddleware` decides who may call (token or session
 cookie, loopback only when opted in; never cross-site) and `AdmissionMiddleware` whether
 there is room (uploads in flight, spooled bytes). Endpoints are thin: the
 upload service (producer/upload_service.py) does the work of upload, submit,
-replay and cancel, and raises named errors that one exception handler turns
-into `{"error": ...}` with the error's status. The upload tracker (a thread
+replay and cancel, and raises named errors (`producer.errors`) that the
+handler both apps share (`jobtypes.error_responses`) turns into
+`{"error": ...}` with the error's status. The upload tracker (a thread
 applying workers' outcome reports to the record) runs as long as the app.
 """
 
@@ -25,21 +26,23 @@ from starlette.routing import Route
 
 from jobtypes.auth import AuthMiddleware
 from jobtypes.config_watch import ConfigWatcher
-from jobtypes.errors import AutoscalerError
+from jobtypes.error_responses import EXCEPTION_HANDLERS
+from jobtypes.errors import UnknownJobType
 from jobtypes.health_view import visible_health
 from jobtypes.settings import jobs_config_path
 from producer import health
-from producer.errors import UploadError
+from producer.errors import MalformedUpload
 from producer.limits import Admission, AdmissionMiddleware, WorkThreads
+from producer.orphans import OrphanWatch
 from producer.settings import ProducerSettings
 from producer.upload_service import UploadService
 from uploads.backends import open_store
-from uploads.tracker import Tracker
+from uploads.tracker import Tracker, TrackerState
 
 log = logging.getLogger("producer")
 MAX_LIST_LIMIT = 500
 #: The upload tracker's states that count as healthy (see `uploads.tracker`).
-TRACKER_HEALTHY_STATES = frozenset({"starting", "consuming"})
+TRACKER_HEALTHY_STATES = frozenset({TrackerState.STARTING, TrackerState.CONSUMING})
 
 
 class Producer:
@@ -55,15 +58,6 @@ def _uploads(request: Request) -> UploadService:
     return request.app.state.producer.uploads
 
 
-async def error_response(request: Request, error: Exception) -> Response:
-    """Every named error, raised anywhere under an endpoint, as `{"error": ...}` with its status."""
-    assert isinstance(error, AutoscalerError)
-    headers = dict(getattr(error, "headers", None) or {})
-    if error.status == 503:
-        headers.setdefault("Retry-After", "5")
-    return JSONResponse(error.body(), status_code=error.status, headers=headers)
-
-
 async def upload(request: Request) -> Response:
     return JSONResponse(await _uploads(request).upload(request, None))
 
@@ -77,7 +71,7 @@ async def list_uploads(request: Request) -> Response:
     try:
         limit = min(max(int(query.get("limit", "50")), 1), MAX_LIST_LIMIT)
     except ValueError as error:
-        raise UploadError(400, f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}") from error
+        raise MalformedUpload(f"limit must be a whole number from 1 to {MAX_LIST_LIMIT}") from error
     service = _uploads(request)
     return JSONResponse(await run_in_threadpool(service.recent, query.get("job_type"), query.get("state"), limit))
 
@@ -134,7 +128,8 @@ async def metrics(request: Request) -> Response:
 async def not_a_type(request: Request) -> Response:
     """`/submit/` with no or a multi-segment job type: say so instead of a bare 404."""
     raw = request.path_params.get("rest", "")
-    raise UploadError(400 if re.search(r"[/\\.]", raw) else 404, f"{raw[:80]!r} is not a job type name")
+    message = f"{raw[:80]!r} is not a job type name"
+    raise MalformedUpload(message) if re.search(r"[/\\.]", raw) else UnknownJobType(message)
 
 
 ROUTES = [
@@ -172,10 +167,11 @@ def create_app(settings: ProducerSettings | None = None, config: ConfigWatcher |
     config = config or ConfigWatcher(jobs_config_path())
     store = open_store(settings.uploads)
     tracker = Tracker(store, settings.uploads) if settings.uploads.tracker else None
-    service = UploadService(settings, config, store, tracker, WorkThreads(settings.work_threads))
-    app = Starlette(routes=ROUTES, exception_handlers={AutoscalerError: error_response}, lifespan=lifespan)
+    orphans = OrphanWatch(config)
+    service = UploadService(settings, config, store, tracker, WorkThreads(settings.work_threads), orphans)
+    app = Starlette(routes=ROUTES, exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.add_middleware(AdmissionMiddleware, Admission(settings.max_concurrent_uploads, settings.max_spool_bytes))
     app.add_middleware(AuthMiddleware, settings=settings.auth)
-    app.state.health = health.BrokerHealth(settings.health_interval_seconds)
+    app.state.health = health.BrokerHealth(settings.health_interval_seconds, orphans)
     app.state.producer = Producer(settings, config, service)
     return app

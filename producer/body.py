@@ -21,7 +21,7 @@ from typing import BinaryIO
 from starlette.requests import Request
 from starlette.types import Message, Receive
 
-from producer.errors import UploadError
+from producer.errors import MalformedUpload, UploadCutOff, UploadTooLarge
 from producer.limits import BodyPace, charge_spool, human_bytes
 
 #: Raw bodies must say they are CSV. `text/plain` and form encodings are what a
@@ -50,8 +50,7 @@ class GuardedReceive:
         try:
             message = await asyncio.wait_for(self._receive(), max(allowed, 0.0))
         except TimeoutError as error:
-            raise UploadError(
-                408,
+            raise UploadCutOff(
                 f"the upload was cut off: {limit}; {self.received} bytes arrived in {time.monotonic() - self.started:.0f} s; "
                 "nothing was queued",
             ) from error
@@ -60,8 +59,7 @@ class GuardedReceive:
             self.received += size
             charge_spool(size)
             if self.received > self.max_bytes:
-                raise UploadError(
-                    413,
+                raise UploadTooLarge(
                     f"the upload is larger than the limit of {human_bytes(self.max_bytes)} "
                     "(PRODUCER_MAX_UPLOAD_BYTES); nothing was queued",
                 )
@@ -76,10 +74,9 @@ def check_declared_length(request: Request, max_bytes: int) -> None:
     try:
         length = int(declared)
     except ValueError as error:
-        raise UploadError(400, f"Content-Length {declared!r} is not a number") from error
+        raise MalformedUpload(f"Content-Length {declared!r} is not a number") from error
     if length > max_bytes:
-        raise UploadError(
-            413,
+        raise UploadTooLarge(
             f"the upload declares {human_bytes(length)}, more than the limit of {human_bytes(max_bytes)} "
             "(PRODUCER_MAX_UPLOAD_BYTES); nothing was queued",
         )

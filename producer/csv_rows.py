@@ -27,11 +27,10 @@ from json.encoder import encode_basestring
 from typing import BinaryIO, TextIO
 
 from jobtypes.outcomes import MAX_LINE
-from producer.errors import UploadError
+from producer.errors import InvalidCsv, NotCsvText, UploadTooLarge
 from producer.limits import RowLimits, charge_spool, human_bytes
 
 CHUNK = 1024 * 1024
-UTF8_BOM = codecs.BOM_UTF8
 BINARY_SIGNATURES = {
     b"\x89PNG": "a PNG image",
     b"GIF8": "a GIF image",
@@ -55,10 +54,10 @@ class ConvertedUpload:
 def _sniff(first: bytes) -> None:
     for bom, name in UTF16_BOMS.items():
         if first.startswith(bom) and not first.startswith(codecs.BOM_UTF32_LE):
-            raise UploadError(415, f"the file is {name} text; save it as UTF-8 and upload it again")
+            raise NotCsvText(f"the file is {name} text; save it as UTF-8 and upload it again")
     for signature, name in BINARY_SIGNATURES.items():
         if first.startswith(signature):
-            raise UploadError(415, f"this is {name}, not a CSV file")
+            raise NotCsvText(f"this is {name}, not a CSV file")
 
 
 def check_encoding(source: BinaryIO) -> None:
@@ -74,9 +73,7 @@ def check_encoding(source: BinaryIO) -> None:
         nul = chunk.find(b"\x00")
         if nul >= 0:
             where = line + chunk.count(b"\n", 0, nul)
-            raise UploadError(
-                422, f"line {where}: NUL byte at byte offset {offset + nul}; CSV text cannot contain NUL bytes"
-            )
+            raise InvalidCsv(f"line {where}: NUL byte at byte offset {offset + nul}; CSV text cannot contain NUL bytes")
         buffered = len(decoder.getstate()[0])
         try:
             decoder.decode(chunk)
@@ -84,30 +81,29 @@ def check_encoding(source: BinaryIO) -> None:
             position = max(error.start - buffered, 0)
             where = line + chunk.count(b"\n", 0, position)
             bad = chunk[position : position + 1].hex() or "??"
-            raise UploadError(
-                415,
+            raise NotCsvText(
                 f"line {where}: not UTF-8 text (byte 0x{bad} at byte offset {offset + position}); "
                 "save the file as UTF-8 and upload it again",
             ) from error
         offset += len(chunk)
         line += chunk.count(b"\n")
     if first:
-        raise UploadError(422, "the file is empty; the first line must be a header")
+        raise InvalidCsv("the file is empty; the first line must be a header")
     try:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError as error:
-        raise UploadError(415, f"line {line}: the file ends in the middle of a UTF-8 character") from error
+        raise NotCsvText(f"line {line}: the file ends in the middle of a UTF-8 character") from error
 
 
 def _check_header(header: list[str]) -> None:
     if not header or header == [""]:
-        raise UploadError(422, "line 1: the header is empty; the first line must name the columns")
+        raise InvalidCsv("line 1: the header is empty; the first line must name the columns")
     seen: dict[str, int] = {}
     for column, name in enumerate(header, start=1):
         if not name.strip():
-            raise UploadError(422, f"line 1: column {column} of the header has no name")
+            raise InvalidCsv(f"line 1: column {column} of the header has no name")
         if name in seen:
-            raise UploadError(422, f"line 1: the header names {name!r} twice (columns {seen[name]} and {column})")
+            raise InvalidCsv(f"line 1: the header names {name!r} twice (columns {seen[name]} and {column})")
         seen[name] = column
 
 
@@ -153,30 +149,28 @@ class _BoundedLines:
         return line
 
 
-def _too_long(start: int, limits: RowLimits) -> UploadError:
+def _too_long(start: int, limits: RowLimits) -> InvalidCsv:
     if start == 1:
-        return UploadError(
-            422,
+        return InvalidCsv(
             f"line 1: the header is longer than the limit of {human_bytes(limits.max_header_bytes)} "
             "(PRODUCER_MAX_HEADER_BYTES); nothing was queued",
         )
-    return UploadError(
-        422,
+    return InvalidCsv(
         f"line {start}: the row is longer than the limit of {human_bytes(limits.max_message_bytes)} per message "
         "(PRODUCER_MAX_MESSAGE_BYTES); nothing was queued",
     )
 
 
-def _csv_error(start: int, error: csv.Error) -> UploadError:
+def _csv_error(start: int, error: csv.Error) -> InvalidCsv:
     message = str(error)
     if "field larger than field limit" in message:
         limit = csv.field_size_limit()
-        return UploadError(
-            422, f"line {start}: a field is longer than the limit of {limit} characters (PRODUCER_MAX_FIELD_BYTES)"
+        return InvalidCsv(
+            f"line {start}: a field is longer than the limit of {limit} characters (PRODUCER_MAX_FIELD_BYTES)"
         )
     if "unexpected end of data" in message or "EOF" in message:
-        return UploadError(422, f"line {start}: a quoted field is never closed (unterminated quote)")
-    return UploadError(422, f"line {start}: not valid CSV: {message}")
+        return InvalidCsv(f"line {start}: a quoted field is never closed (unterminated quote)")
+    return InvalidCsv(f"line {start}: not valid CSV: {message}")
 
 
 def _rows(text: TextIO, limits: RowLimits):
@@ -196,8 +190,7 @@ def _rows(text: TextIO, limits: RowLimits):
             raise _csv_error(start, error) from error
         if fields:
             if len(fields) > limits.max_columns:
-                raise UploadError(
-                    422,
+                raise InvalidCsv(
                     f"line {start}: {len(fields)} fields, more than the limit of {limits.max_columns} "
                     "(PRODUCER_MAX_COLUMNS)",
                 )
@@ -212,8 +205,7 @@ def check_columns(header: list[str], expected: list[str] | None) -> None:
             continue
         near = [column for column in header if column.strip().lower() == name.strip().lower()]
         hint = f" (the file has {near[0]!r}: check spaces and case)" if near else ""
-        raise UploadError(
-            422,
+        raise InvalidCsv(
             f"line 1: the header has no column {name!r}{hint}; this job type expects {', '.join(map(repr, expected))}",
         )
 
@@ -231,16 +223,14 @@ class _BodyMeter:
     def add(self, line: int, body: str) -> None:
         size = len(body) if body.isascii() else len(body.encode())
         if size - 1 > self.limits.max_message_bytes:
-            raise UploadError(
-                422,
+            raise InvalidCsv(
                 f"line {line}: the row's message would be {human_bytes(size - 1)}, more than the limit of "
                 f"{human_bytes(self.limits.max_message_bytes)} per message (PRODUCER_MAX_MESSAGE_BYTES); "
                 "nothing was queued",
             )
         self.total += size
         if self.total > self.max_total:
-            raise UploadError(
-                413,
+            raise UploadTooLarge(
                 f"line {line}: the rows' messages would take more than {human_bytes(self.max_total)}, "
                 f"{self.limits.max_spool_ratio:g} times the upload's {human_bytes(self.upload_bytes)} "
                 "(PRODUCER_MAX_SPOOL_RATIO: every message repeats the header's names); nothing was queued",
@@ -268,7 +258,7 @@ def convert_rows(
     rows = _rows(text, limits)
     first = next(rows, None)
     if first is None:
-        raise UploadError(422, "the file has no header; the first line must name the columns")
+        raise InvalidCsv("the file has no header; the first line must name the columns")
     header = first[1]
     _check_header(header)
     check_columns(header, columns)
@@ -280,13 +270,12 @@ def convert_rows(
     first_line = 0
     for line, fields in rows:
         if len(fields) != width:
-            raise UploadError(
-                422,
+            raise InvalidCsv(
                 f"line {line}: {len(fields)} fields, but the header has {width}; "
                 "quote fields that contain commas or newlines",
             )
         if line > MAX_LINE:
-            raise UploadError(413, f"line {line}: more lines than the {MAX_LINE} a row's line number can say")
+            raise UploadTooLarge(f"line {line}: more lines than the {MAX_LINE} a row's line number can say")
         body = template % tuple(map(encode_basestring, fields))
         meter.add(line, body)
         write(f"{line} ")
@@ -294,7 +283,7 @@ def convert_rows(
         count += 1
         first_line = first_line or line
     if count == 0:
-        raise UploadError(422, "the file has a header but no data rows")
+        raise InvalidCsv("the file has a header but no data rows")
     meter.flush()
     out.flush()
     out.detach()

@@ -6,7 +6,8 @@
 - `GET /readyz` (readiness) reports the broker: 200 when the last check
   reached it, else 503 with the error. The check runs on its own thread every
   `PRODUCER_HEALTH_INTERVAL_SECONDS`; the endpoint only reads the result, so
-  it never blocks the event loop or waits for a thread-pool slot.
+  it never blocks the event loop or waits for a thread-pool slot. The same
+  connection looks up the job types' queues for `producer.orphans`.
 - `GET /healthz` is the readiness document with the upload tracker's state,
   for people and scripts that want to read it: 200 whether or not the broker
   is reachable (`/readyz` says that), 503 when the tracker thread died or made
@@ -34,8 +35,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from jobtypes.connections import connect_any, node_label
 from jobtypes.health_view import visible_health
-from jobtypes.settings import connection_parameters
+from producer.orphans import OrphanWatch
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +47,31 @@ class BrokerState:
     reachable: bool
     error: str | None
     checked_at: float | None
+    #: host:port of the node that answered (any node of RABBITMQ_URLS counts)
+    node: str | None = None
 
 
 class BrokerHealth:
     """The broker's reachability, refreshed on a daemon thread, read lock-free by the endpoints."""
 
-    def __init__(self, interval_seconds: float) -> None:
+    def __init__(self, interval_seconds: float, orphans: OrphanWatch | None = None) -> None:
         self.interval_seconds = interval_seconds
+        self.orphans = orphans
         self.state = BrokerState(False, "not checked yet", None)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def check(self) -> BrokerState:
         try:
-            pika.BlockingConnection(connection_parameters("producer-readyz")).close()
-            state = BrokerState(True, None, time.time())
+            connection, url = connect_any("producer-readyz")
+            try:
+                if self.orphans is not None:
+                    self.orphans.check_queues(connection)
+            finally:
+                connection.close()
+            state = BrokerState(True, None, time.time(), node_label(url))
         except pika.exceptions.AMQPError as failure:
-            state = BrokerState(False, f"{type(failure).__name__}: {failure}"[:200], time.time())
+            state = BrokerState(False, f"{type(failure).__name__}: {failure}"[:500], time.time())
         if state.reachable != self.state.reachable:
             log.info("broker %s", "reachable" if state.reachable else f"unreachable: {state.error}")
         self.state = state
@@ -88,7 +98,12 @@ class BrokerHealth:
         age = None if state.checked_at is None else round(time.time() - state.checked_at, 3)
         return {
             "status": "ready" if state.reachable else "not ready",
-            "broker": {"reachable": state.reachable, "error": state.error, "checked_seconds_ago": age},
+            "broker": {
+                "reachable": state.reachable,
+                "node": state.node,
+                "error": state.error,
+                "checked_seconds_ago": age,
+            },
         }
 
 

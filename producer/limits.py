@@ -36,7 +36,7 @@ import anyio.to_thread
 from anyio import CapacityLimiter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from producer.errors import UploadError
+from producer.errors import UploadError, UploadTooLarge
 from producer.metrics import SPOOL_BYTES, UPLOADS_IN_PROGRESS, UPLOADS_REFUSED_BUSY
 
 KIB = 1024
@@ -112,8 +112,10 @@ class BodyPace:
 class Busy(UploadError):
     """The producer is at its concurrency or spool limit: 429, retry later."""
 
+    status = 429
+
     def __init__(self, message: str) -> None:
-        super().__init__(429, message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        super().__init__(message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         UPLOADS_REFUSED_BUSY.inc()
 
 
@@ -166,8 +168,7 @@ class Admission:
     def charge(self, ticket: Ticket, count: int) -> None:
         with self._lock:
             if ticket.charged + count > self.max_spool_bytes:
-                raise UploadError(
-                    413,
+                raise UploadTooLarge(
                     f"this upload alone needs more than the producer's whole spool of "
                     f"{human_bytes(self.max_spool_bytes)} (PRODUCER_MAX_SPOOL_BYTES); split the file; nothing was queued",
                 )

@@ -24,6 +24,11 @@ As soon as more rows are confirmed than the type's `threshold` (or the upload
 is complete), one wake-up goes to the scaler on a second channel, so the
 scaler scales up now rather than at its next tick; it is a hint, and losing
 it only costs that tick.
+
+With several broker nodes, the upload's queues are declared on the first node
+that answers (from a random one) and its rows published to that same node. A
+node lost mid-upload fails the run like any lost connection: the client's
+retry with the same Idempotency-Key publishes the rest, on a node that answers.
 """
 
 from __future__ import annotations
@@ -42,9 +47,12 @@ from pika.channel import Channel
 from pika.frame import Method
 
 from jobtypes.config import JobType
+from jobtypes.confirms import Confirms
+from jobtypes.connections import connect_any
 from jobtypes.control import CONTROL_EXCHANGE, WAKE_ROUTING_KEY, declare_control_exchanges, wake_body
+from jobtypes.pika_internals import unsent_bytes, write_frames
 from jobtypes.queues import declare_queues
-from jobtypes.settings import connection_parameters
+from jobtypes.settings import node_parameters
 from producer.properties import RowFrames
 
 log = logging.getLogger(__name__)
@@ -108,15 +116,17 @@ def file_rows(bodies: BinaryIO, first: int = 1) -> Iterator[tuple[int, int, byte
             yield row, int(line), body[:-1]
 
 
-def declare(job_type: JobType, connection_name: str) -> None:
-    """Declare the type's queues on a short-lived connection (raises pika errors when unreachable)."""
-    connection = pika.BlockingConnection(connection_parameters(connection_name))
+def declare(job_type: JobType, connection_name: str) -> str:
+    """Declare the type's queues on a short-lived connection to the first node that answers; returns that node's
+    URL, which the upload's publishing connection then uses (raises pika errors when no node is reachable)."""
+    connection, url = connect_any(connection_name)
     try:
         channel = connection.channel()
         declare_queues(channel, job_type)
         declare_control_exchanges(channel)
     finally:
         connection.close()
+    return url
 
 
 class _ConfirmedRun:
@@ -130,6 +140,7 @@ class _ConfirmedRun:
         window: int,
         replay: int,
         control: PublishControl,
+        node_url: str,
     ) -> None:
         self.job_type = job_type
         self.control = control
@@ -139,19 +150,17 @@ class _ConfirmedRun:
         self.channel: Channel | None = None
         self.wake_channel: Channel | None = None
         self.woke = False
-        self.sent = 0
         self.last_row = 0
         self.confirmed = 0
-        self.outstanding: dict[int, int] = {}  # delivery tag -> row
+        self.confirms: Confirms[int] = Confirms()  # delivery tag -> row
         self.returned: list[int] = []  # rows the broker could not route: never confirmed
-        self.lowest = 1
         self.eof = False
         self.error: str | None = None
         self.last_progress = time.monotonic()
         self.replay = replay
         self.frames: RowFrames | None = None
         self.connection = SelectConnection(
-            connection_parameters(f"producer-upload-{upload_id}"),
+            node_parameters(f"producer-upload-{upload_id}", node_url),
             on_open_callback=self._on_open,
             on_open_error_callback=self._on_open_error,
             on_close_callback=self._on_closed,
@@ -170,8 +179,9 @@ class _ConfirmedRun:
 
     def _through(self) -> int:
         """The highest row confirmed with every row before it (rows and delivery tags rise together, and
-        `outstanding` keeps tags in the order they were sent, so its first entry is the lowest row)."""
-        lowest = next(iter(self.outstanding.values()), self.last_row + 1)
+        `confirms` keeps tags in the order they were sent, so its first entry is the lowest row)."""
+        first = self.confirms.first_pending()
+        lowest = self.last_row + 1 if first is None else first
         return min(lowest, *self.returned) - 1 if self.returned else lowest - 1
 
     # connection lifecycle -------------------------------------------------
@@ -227,7 +237,7 @@ class _ConfirmedRun:
             self.connection.ioloop.stop()
 
     def _done(self) -> bool:
-        return self.eof and not self.outstanding
+        return self.eof and not self.confirms.pending
 
     def _watchdog(self) -> None:
         if self._done() or self.error:
@@ -243,14 +253,14 @@ class _ConfirmedRun:
         if self._room() and time.monotonic() > self.control.send_until:
             self._fail("this producer could not renew its publishing lease in time, so it stopped publishing")
             return
-        while self._room() and _unsent_bytes(self.connection) < UNSENT_BYTES:
+        while self._room() and unsent_bytes(self.connection) < UNSENT_BYTES:
             self._send_batch()
         if self._done() and self.connection.is_open:
             self._maybe_wake()
             self.connection.close()
 
     def _room(self) -> bool:
-        return not self.eof and len(self.outstanding) < self.window and self.error is None
+        return not self.eof and len(self.confirms.pending) < self.window and self.error is None
 
     def _send_batch(self) -> None:
         """Take rows up to BATCH_BYTES (or the window) and hand their frames to the connection as one buffer.
@@ -265,7 +275,8 @@ class _ConfirmedRun:
         parts: list[bytes] = []
         add = self.frames.add
         rows = self.rows
-        outstanding = self.outstanding
+        outstanding = self.confirms.pending
+        published = self.confirms.published
         size = 0
         while size < BATCH_BYTES and len(outstanding) < self.window:
             item = next(rows, None)
@@ -273,44 +284,31 @@ class _ConfirmedRun:
                 self.eof = True
                 break
             row, line, body = item
-            self.sent += 1
             add(parts, row, line, body)
-            outstanding[self.sent] = row
+            published(row)
             self.last_row = row
             size += len(body)
         if parts:
-            self.connection._output_marshaled_frames([b"".join(parts)])
+            write_frames(self.connection, b"".join(parts))
 
     def _on_return(self, channel: Channel, method, properties, body: bytes) -> None:
         """A returned row is not in the queue: its confirm (which still follows) must not count it."""
         row = int(properties.message_id.rpartition(":")[2])
         self.returned.append(row)
-        for tag in [tag for tag, pending in self.outstanding.items() if pending == row]:
-            del self.outstanding[tag]
+        self.confirms.discard(row)
         self._fail(f"RabbitMQ could not route row {properties.message_id} to queue {self.job_type.queue!r}")
 
     def _on_confirm(self, frame: Method) -> None:
         method = frame.method
-        tags = range(self.lowest, method.delivery_tag + 1) if method.multiple else (method.delivery_tag,)
         if isinstance(method, pika.spec.Basic.Nack):
             self._fail(f"RabbitMQ refused row {self.upload_id}:{method.delivery_tag} (nack)")
             return
-        for tag in tags:
-            if self.outstanding.pop(tag, None) is not None:
-                self.confirmed += 1
-        if method.multiple:
-            self.lowest = method.delivery_tag + 1
+        self.confirmed += self.confirms.settle(method)
         self.control.confirmed_through = self._through()
         self.last_progress = time.monotonic()
         if self.error is None:
             self._maybe_wake()
             self._pump()
-
-
-def _unsent_bytes(connection: SelectConnection) -> int:
-    """Bytes handed to the connection that its socket has not taken yet (pika keeps the transport private)."""
-    transport = connection._transport
-    return transport.get_write_buffer_size() if transport is not None else 0
 
 
 def publish_rows(
@@ -325,8 +323,10 @@ def publish_rows(
     """Publish `rows` (numbered from `first` on) to the type's queue; blocks until all are confirmed, it fails,
     or `control` stops it."""
     try:
-        declare(job_type, f"producer-declare-{upload_id}")
+        node_url = declare(job_type, f"producer-declare-{upload_id}")
+    except pika.exceptions.ChannelClosedByBroker as error:  # e.g. a queue that exists with another type
+        return PublishResult(0, first - 1, f"RabbitMQ refused to declare the queues: {error.reply_text}")
     except pika.exceptions.AMQPError as error:
         return PublishResult(0, first - 1, f"cannot reach RabbitMQ: {error or type(error).__name__}")
-    run = _ConfirmedRun(job_type, upload_id, rows, window, replay, control or PublishControl(first))
+    run = _ConfirmedRun(job_type, upload_id, rows, window, replay, control or PublishControl(first), node_url)
     return run.run(first)

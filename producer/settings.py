@@ -37,11 +37,8 @@ from dataclasses import dataclass, field
 from jobtypes.auth import AuthSettings
 from jobtypes.env import SettingsError, env_float, env_int, env_str
 from producer.leases import LeaseSettings
-from producer.limits import BodyPace, RowLimits
+from producer.limits import GIB, MIB, BodyPace, RowLimits
 from uploads.settings import UploadSettings
-
-GIB = 1024**3
-MIB = 1024**2
 
 
 @dataclass(frozen=True)

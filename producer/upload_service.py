@@ -40,13 +40,14 @@ from starlette.requests import ClientDisconnect, Request
 
 from jobtypes.config import JOB_TYPE_NAME, JobType
 from jobtypes.config_watch import ConfigWatcher
-from jobtypes.errors import AutoscalerError
+from jobtypes.errors import AutoscalerError, UnknownJobType
 from producer.body import RAW_CSV_TYPES, GuardedReceive, check_declared_length, media_type, spool_raw_body
 from producer.csv_rows import ConvertedUpload, check_encoding, convert_rows
-from producer.errors import UploadError
+from producer.errors import MalformedUpload, NotCsvText, PublishFailed
 from producer.leases import CANCELLED, Leases, PublishLease
 from producer.limits import WorkThreads
 from producer.metrics import ROWS_PUBLISHED, UPLOAD_SECONDS, UPLOADS
+from producer.orphans import OrphanWatch
 from producer.publisher import PublishResult, file_rows, publish_rows
 from producer.settings import ProducerSettings
 from uploads.errors import StoreUnavailable, UploadCancelled
@@ -80,9 +81,11 @@ class UploadService:
         store: UploadStore,
         tracker: Tracker | None,
         work: WorkThreads,
+        orphans: OrphanWatch,
     ) -> None:
         self.settings = settings
         self.config = config
+        self.orphans = orphans
         self.store = store
         self.tracker = tracker
         self.work = work
@@ -110,12 +113,12 @@ class UploadService:
         if name is None or name == "":
             return config.job_types[config.default]
         if not JOB_TYPE_NAME.match(name):
-            raise UploadError(
-                400, f"{name[:80]!r} is not a job type name (lower-case letters, digits and '-'); see GET /job-types"
+            raise MalformedUpload(
+                f"{name[:80]!r} is not a job type name (lower-case letters, digits and '-'); see GET /job-types"
             )
         job_type = config.get(name)
         if job_type is None:
-            raise UploadError(404, f"unknown job type {name!r}; known types: {', '.join(config.job_types)}")
+            raise UnknownJobType(f"unknown job type {name!r}; known types: {', '.join(config.job_types)}")
         return job_type
 
     # upload -------------------------------------------------------------------------------
@@ -144,7 +147,7 @@ class UploadService:
             log.info(
                 "upload type=%s abandoned: the client disconnected before the body ended; nothing queued", job_name
             )
-            raise UploadError(400, "the request body ended early; nothing was queued") from error
+            raise MalformedUpload("the request body ended early; nothing was queued") from error
         UPLOADS.labels("ok").inc()
         UPLOAD_SECONDS.observe(time.perf_counter() - started)
         return {
@@ -165,7 +168,7 @@ class UploadService:
             return await _receive_form(guarded, spool)
         if multipart_only or kind not in RAW_CSV_TYPES:
             accepted = "multipart/form-data" if multipart_only else "multipart/form-data or text/csv"
-            raise UploadError(415, f"content type {kind!r} is not accepted here; send {accepted}")
+            raise NotCsvText(f"content type {kind!r} is not accepted here; send {accepted}")
         await spool_raw_body(guarded, spool)
         return Received(None, request.headers.get("x-file-name", RAW_FILE_NAME)[:255])
 
@@ -201,8 +204,7 @@ class UploadService:
                 "were queued (workers skip them), the rest are counted cancelled"
             )
         if result.error is not None:
-            raise UploadError(
-                503,
+            raise PublishFailed(
                 f"{result.error}; {record.confirmed} of {record.rows} rows were confirmed before the failure; "
                 "retry with the same Idempotency-Key to finish this upload",
                 upload_id=record.id,
@@ -224,20 +226,25 @@ class UploadService:
         result, record = lease.publish(
             lambda control: publish_rows(job_type, record.id, file_rows(bodies, first), window, first, control=control)
         )
+        self.orphans.declared(job_type.queue)
         if result.error == CANCELLED:
             result.error = None  # not a failure: the record says cancelled
         return result, record
 
     # the record -------------------------------------------------------------------------------
     def describe(self, record: UploadRecord) -> dict[str, Any]:
-        return public(record, status_url(record.id), time.time(), self.store.max_failed_rows)
+        """The record as the API shows it, `orphaned` (with the reason) if no worker can take its rows."""
+        orphaned = self.orphans.reason(record)
+        return public(record, status_url(record.id), time.time(), self.store.max_failed_rows, orphaned)
 
     def record(self, upload_id: str) -> dict[str, Any]:
+        self.config.refresh()
         return self.describe(self.store.get(upload_id))
 
     def recent(self, job_type: str | None, state: str | None, limit: int) -> dict[str, Any]:
         if state is not None and state not in STATES:
-            raise UploadError(400, f"state {state[:40]!r} is not one of {', '.join(STATES)}")
+            raise MalformedUpload(f"state {state[:40]!r} is not one of {', '.join(STATES)}")
+        self.config.refresh()
         return {"uploads": [self.describe(record) for record in self.store.recent(job_type, state, limit)]}
 
     def failed_rows(self, upload_id: str) -> Iterator[str]:
@@ -261,13 +268,13 @@ class UploadService:
         # Rows are claimed a page at a time as the publisher takes them: memory stays flat however many are dead.
         rows = ((row.row, row.line or record.line_of(row.row), (row.body or "").encode()) for row in claim.rows)
         result = publish_rows(job_type, upload_id, rows, self.settings.publish_window, replay=claim.number)
+        self.orphans.declared(job_type.queue)
         if result.error is not None:
             released = self.store.release_replay(upload_id, claim.number, result.confirmed_through)
             claim.finish()
             replayed = claim.claimed - released
             log.info("upload %s: replay %d re-queued %d dead rows, then failed", upload_id, claim.number, replayed)
-            raise UploadError(
-                503,
+            raise PublishFailed(
                 f"{result.error}; {replayed} of the dead rows were re-queued, the others are dead again: "
                 "replay again later",
                 replayed=replayed,
@@ -304,7 +311,7 @@ def idempotency_key(request: Request) -> str | None:
     if key is None:
         return None
     if not IDEMPOTENCY_KEY.match(key):
-        raise UploadError(400, "the Idempotency-Key header must be 1 to 200 printable ASCII characters, no spaces")
+        raise MalformedUpload("the Idempotency-Key header must be 1 to 200 printable ASCII characters, no spaces")
     return key
 
 
@@ -312,16 +319,16 @@ async def _receive_form(request: Request, spool: BinaryIO) -> Received:
     try:
         form = await request.form(max_files=2, max_fields=20, max_part_size=64 * 1024)
     except MultiPartException as error:
-        raise UploadError(400, f"malformed multipart form: {error}") from error
+        raise MalformedUpload(f"malformed multipart form: {error}") from error
     try:
         files = [item for item in form.getlist("file") if isinstance(item, UploadFile)]
         if not files:
-            raise UploadError(400, "no file: send the CSV as the multipart field 'file' (curl -F file=@data.csv)")
+            raise MalformedUpload("no file: send the CSV as the multipart field 'file' (curl -F file=@data.csv)")
         if len(files) > 1:
-            raise UploadError(400, "two files in the field 'file': upload one CSV file per request")
+            raise MalformedUpload("two files in the field 'file': upload one CSV file per request")
         other_files = [key for key, value in form.multi_items() if isinstance(value, UploadFile) and key != "file"]
         if other_files:
-            raise UploadError(400, f"unexpected file field {other_files[0]!r}: only 'file' is read")
+            raise MalformedUpload(f"unexpected file field {other_files[0]!r}: only 'file' is read")
         await run_in_threadpool(_copy, files[0].file, spool)
         job_type = form.get("job_type")
         return Received(job_type if isinstance(job_type, str) else None, (files[0].filename or "upload.csv")[:255])

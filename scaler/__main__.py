@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING
 
 from jobtypes.config import DEFAULT_STOP_GRACE_SECONDS, ConfigError
 from jobtypes.env import SettingsError
-from jobtypes.settings import jobs_config_path, metrics_address, rabbitmq_api_url, rabbitmq_url, redact_url
+from jobtypes.settings import (
+    jobs_config_path,
+    metrics_address,
+    rabbitmq_api_urls,
+    rabbitmq_url,
+    rabbitmq_urls,
+    redact_urls,
+)
 from scaler.settings import ScalerSettings
 
 if TYPE_CHECKING:
@@ -32,6 +39,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from jobtypes.auth import AuthSettings, describe_rule
     from jobtypes.config_watch import ConfigWatcher
+    from jobtypes.queue_check import check_declarations
     from scaler.loop import Scaler
     from scaler.queue_stats import QueueStatsSource
     from scaler.web import create_app
@@ -40,17 +48,18 @@ def _run(args: argparse.Namespace) -> int:
     # Every setting is read before anything starts: a bad value or a placeholder token stops the scaler here.
     auth = AuthSettings.from_environment()
     settings = _settings(args)
+    stats = QueueStatsSource(rabbitmq_api_urls(), rabbitmq_url())
     try:
-        watcher = ConfigWatcher(jobs_config_path())
+        watcher = ConfigWatcher(jobs_config_path(), check=lambda config: check_declarations(config, stats.declared()))
     except ConfigError as error:
         print(f"scaler: cannot start: {error}", file=sys.stderr)
         return 2
     backend, controls, elector = _backend(settings, watcher)
-    channel = WorkerChannel(rabbitmq_url())
+    channel = WorkerChannel(rabbitmq_urls())
     scaler = Scaler(
         watcher,
         backend,
-        QueueStatsSource(rabbitmq_api_url(), rabbitmq_url()),
+        stats,
         channel,
         is_leader=elector.is_leader if elector else (lambda: True),
         settings=settings,
@@ -65,8 +74,8 @@ def _run(args: argparse.Namespace) -> int:
         "scaler on http://%s:%d (dashboard), broker %s, management API %s, config %s, budget %s, %s",
         settings.host,
         settings.port,
-        redact_url(rabbitmq_url()),
-        redact_url(rabbitmq_api_url()),
+        redact_urls(rabbitmq_urls()),
+        redact_urls(rabbitmq_api_urls()),
         watcher.path,
         _describe_budget(settings),
         describe_rule(auth),

@@ -160,7 +160,7 @@ def vhost_of(amqp_url: str) -> str:
     return unquote(path[1:]) if len(path) > 1 else "/"
 
 
-def _api_base(api_url: str) -> tuple[str, tuple[str, str]]:
+def api_base(api_url: str) -> tuple[str, tuple[str, str]]:
     """The management API's base URL without credentials, and the credentials."""
     parts = urlsplit(api_url)
     base = urlunsplit(parts._replace(netloc=f"{parts.hostname}:{parts.port or 15672}")).rstrip("/")
@@ -171,7 +171,7 @@ def apply(api_url: str, vhost: str, users: dict[BrokerUser, str]) -> None:
     """Create or update each user (with its password), its permissions on `vhost` and its topic permission.
 
     `api_url` carries an administrator's credential (http://user:password@host:15672/api)."""
-    base, auth = _api_base(api_url)
+    base, auth = api_base(api_url)
     with httpx.Client(base_url=base, auth=auth, timeout=API_TIMEOUT) as client:
         for user, password in users.items():
             for path, body in _requests(user, password, vhost):
@@ -201,7 +201,7 @@ def _requests(user: BrokerUser, password: str, vhost: str) -> list[tuple[str, di
 
 def delete(api_url: str, names: Iterable[str]) -> None:
     """Delete these users (a missing one is fine)."""
-    base, auth = _api_base(api_url)
+    base, auth = api_base(api_url)
     with httpx.Client(base_url=base, auth=auth, timeout=API_TIMEOUT) as client:
         for name in names:
             client.delete(f"/users/{quote(name, safe='')}")

@@ -18,12 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from jobtypes.errors import AutoscalerError
+from jobtypes.errors import UnknownJobType
 from scaler.policy import Control
-
-
-class UnknownJobType(AutoscalerError):
-    status = 404
 
 
 def _job_type(request: Request) -> str:

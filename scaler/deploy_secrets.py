@@ -52,7 +52,7 @@ SECRETS_FILE = REPO_ROOT / "infra" / "k8s" / "secrets.yaml"
 PLACEHOLDER = re.compile(rf"{PLACEHOLDER_PREFIX}-[a-z0-9-]+")
 DEFAULT_NAMESPACE = "queue-autoscaler"
 #: Where the pods reach RabbitMQ (infra/k8s/rabbitmq.yaml's Service) and its one vhost.
-BROKER_URL, BROKER_API_URL, VHOST = "amqp://rabbitmq:5672/%2F", "http://rabbitmq:15672/api", "/"
+BROKER_URL, VHOST = "amqp://rabbitmq:5672/%2F", "/"
 ADMIN_SECRET, DEFINITIONS_SECRET, DEFINITIONS_KEY = "rabbitmq-credentials", "rabbitmq-definitions", "definitions.json"
 LABELS = {"app.kubernetes.io/part-of": "queue-autoscaler"}
 

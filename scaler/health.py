@@ -65,6 +65,8 @@ class HealthCheck:
         return {
             "alive": health.alive,
             "connected": health.connected,
+            "node": health.node,
+            "reason": health.reason,
             "last_progress_age_seconds": round(health.last_progress_age, 2),
             "malformed_messages": health.malformed,
             "wake_ups": health.wake_ups,

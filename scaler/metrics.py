@@ -6,6 +6,8 @@ so a dashboard never shows the last value of a type that no longer exists.
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from scaler.backends.base import LIVE_STATES
+
 QUEUE_READY = Gauge("scaler_queue_ready", "Messages ready in the job type's queue", ["job_type"])
 QUEUE_UNACKED = Gauge("scaler_queue_unacked", "Messages delivered and not yet acknowledged", ["job_type"])
 QUEUE_DEAD = Gauge("scaler_queue_dead", "Messages parked in the job type's dead-letter queue", ["job_type"])
@@ -29,7 +31,7 @@ TICK_SECONDS = Histogram(
 )
 BROKER_UP = Gauge("scaler_broker_reachable", "1 when the last tick could read the management API")
 PER_TYPE = (QUEUE_READY, QUEUE_UNACKED, QUEUE_DEAD, DESIRED, SHARE)
-WORKER_STATES = ("starting", "running", "stopping")
+WORKER_STATES = tuple(state.value for state in LIVE_STATES)
 
 
 def forget_type(name: str) -> None:

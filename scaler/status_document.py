@@ -9,46 +9,13 @@ the control loop hands in what it saw and decided, nothing here does I/O.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
-from jobtypes.config import JobType
 from jobtypes.control import Heartbeat
-from scaler.backends.base import WorkerInfo, WorkerState
+from scaler.backends.base import LIVE_STATES, WorkerInfo, WorkerState
 from scaler.budget import Allocation, Budget
-from scaler.policy import Control, Decision, QueueStats
-
-RUNNING_HEARTBEATS = ("idle", "busy")
-LIVE_STATES = (WorkerState.STARTING, WorkerState.RUNNING, WorkerState.STOPPING)
-
-
-def effective_state(info: WorkerInfo, heartbeat: Heartbeat | None, stop_requested: bool) -> WorkerState:
-    """The backend says whether a worker exists; its heartbeat says whether it consumes yet."""
-    if info.state.finished:
-        return info.state
-    if stop_requested or info.state is WorkerState.STOPPING:
-        return WorkerState.STOPPING
-    if heartbeat is not None:
-        if heartbeat.state in RUNNING_HEARTBEATS:
-            return WorkerState.RUNNING
-        if heartbeat.state in ("stopping", "stopped"):
-            return WorkerState.STOPPING
-    return info.state
-
-
-def busy(heartbeat: Heartbeat | None) -> bool:
-    return heartbeat is not None and (heartbeat.state == "busy" or heartbeat.current_message is not None)
-
-
-@dataclass(frozen=True)
-class TypeFacts:
-    """What the loop observed of one type on this tick."""
-
-    job_type: JobType
-    stats: QueueStats | None
-    live: list[tuple[WorkerInfo, WorkerState]]
-    removed: bool
-    control: Control
+from scaler.policy import Decision
+from scaler.policy_inputs import TypeFacts, busy, effective_state
 
 
 def type_document(facts: TypeFacts, decision: Decision, share: int | None, now: float, leader: bool) -> dict[str, Any]:

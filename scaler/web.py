@@ -2,7 +2,8 @@
 
 Starlette-shaped: endpoints are module-level functions that find the control
 loop in `request.app.state.scaler`; errors are named `AutoscalerError`s mapped
-to `{"error": ...}` with their status once, in `create_app`. Reads live here;
+to `{"error": ...}` with their status once, by the handler both apps share
+(`jobtypes.error_responses`). Reads live here;
 the writes (pause, resume, drain, retry) are in `scaler.controls`. Uploads and
 upload records (`/api/upload`, `/api/uploads...`) pass through to the producer
 (`scaler.producer_proxy`). Every path sits behind `jobtypes.auth.AuthMiddleware`
@@ -29,7 +30,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from jobtypes.auth import SESSION_EXPIRES, AuthMiddleware, AuthSettings
-from jobtypes.errors import AutoscalerError
+from jobtypes.error_responses import EXCEPTION_HANDLERS
+from jobtypes.errors import BadRequest
 from jobtypes.health_view import visible_health
 from scaler import controls, producer_proxy
 from scaler.health import HealthCheck
@@ -38,14 +40,6 @@ from scaler.settings import ScalerSettings
 
 DASHBOARD = Path(__file__).resolve().parent / "dashboard"
 MAX_LOG_LINES = 5000
-
-
-class BadRequest(AutoscalerError):
-    status = 400
-
-
-class WorkerLogNotFound(AutoscalerError):
-    status = 404
 
 
 async def index(request: Request) -> Response:
@@ -91,20 +85,12 @@ async def worker_log(request: Request) -> Response:
         lines = min(max(int(request.query_params.get("lines", "200")), 1), MAX_LOG_LINES)
     except ValueError:
         raise BadRequest("lines must be a whole number") from None
-    try:
-        text = await run_in_threadpool(request.app.state.scaler.backend.read_log, worker_id, lines)
-    except KeyError:  # the Backend protocol's "no such log"
-        raise WorkerLogNotFound(f"no log for worker {worker_id!r}") from None
+    text = await run_in_threadpool(request.app.state.scaler.backend.read_log, worker_id, lines)
     return PlainTextResponse(text)
 
 
 async def metrics(request: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-
-async def named_error(request: Request, error: Exception) -> Response:
-    assert isinstance(error, AutoscalerError)
-    return JSONResponse(error.body(), status_code=error.status)
 
 
 ROUTES = [
@@ -123,7 +109,7 @@ ROUTES = [
 
 def create_app(scaler: Scaler, settings: ScalerSettings | None = None, auth: AuthSettings | None = None) -> Starlette:
     auth = auth or AuthSettings.from_environment()
-    app = Starlette(routes=ROUTES, exception_handlers={AutoscalerError: named_error})
+    app = Starlette(routes=ROUTES, exception_handlers=EXCEPTION_HANDLERS)
     app.state.scaler = scaler
     app.state.health = HealthCheck(scaler)
     app.state.settings = settings or scaler.settings

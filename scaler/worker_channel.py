@@ -5,8 +5,9 @@ counts, current message), sends stop requests and passes the producer's
 wake-ups ("work arrived for this type") to a callback, so the control loop
 ticks at once instead of at its next interval. pika connections are not
 thread-safe, so the control loop only enqueues stop requests; this thread
-publishes them between servicing the connection, and reconnects with backoff
-when the broker goes away.
+publishes them between servicing the connection, and reconnects to the next
+node with backoff when its node goes away (`jobtypes.connections.Link`; the
+node and the reason while reconnecting are in `health()`, on /healthz).
 
 Anything can publish to these exchanges, so nothing received may stop the
 thread: a malformed heartbeat or wake-up is counted, logged (at most once per
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 import pika
 
 from jobtypes.config import JobType
+from jobtypes.connections import Link
 from jobtypes.control import (
     CONTROL_EXCHANGE,
     HEARTBEAT_EXCHANGE,
@@ -44,15 +46,12 @@ from jobtypes.control import (
 )
 from jobtypes.outcomes import declare_outcome_routes
 from jobtypes.queues import declare_queues
-from jobtypes.settings import connection_parameters
 
 log = logging.getLogger(__name__)
 #: Heartbeats older than this are forgotten (the worker is gone).
 FORGET_AFTER_SECONDS = 600.0
 #: A burst of malformed messages is logged once per this many seconds, with a count.
 MALFORMED_LOG_SECONDS = 10.0
-#: Longest pause of the thread's loop (a reconnect wait included) before it counts as stuck.
-MAX_RECONNECT_DELAY = 10.0
 
 
 @dataclass(frozen=True)
@@ -63,12 +62,23 @@ class ChannelHealth:
     last_progress_age: float
     malformed: int
     wake_ups: int
+    #: host:port of the node connected to (or last connected to), and what the link is doing about a loss
+    node: str | None
+    reason: str | None
 
 
 class WorkerChannel:
-    def __init__(self, amqp_url: str, name: str = "scaler", on_wake: Callable[[str], None] | None = None) -> None:
-        self.amqp_url = amqp_url
-        self.name = name
+    def __init__(
+        self, amqp_urls: tuple[str, ...], name: str = "scaler", on_wake: Callable[[str], None] | None = None
+    ) -> None:
+        self.link = Link(
+            f"{name}-worker-channel",
+            amqp_urls,
+            errors=(Exception,),  # the thread reconnects whatever happened
+            should_stop=lambda: not self._running,
+            on_wait=self._beat,
+            on_lost=self._on_lost,
+        )
         self.on_wake = on_wake or (lambda job_type: None)
         self.heartbeats: dict[str, Heartbeat] = {}
         self.received_at: dict[str, float] = {}
@@ -96,6 +106,8 @@ class WorkerChannel:
             last_progress_age=time.monotonic() - self._progress_at,
             malformed=self.malformed,
             wake_ups=self.wake_ups,
+            node=self.link.node,
+            reason=self.link.reason,
         )
 
     def request_stop(self, worker_id: str) -> None:
@@ -145,23 +157,17 @@ class WorkerChannel:
                 self.heartbeats.pop(worker_id, None)
                 self.received_at.pop(worker_id, None)
 
-    def _run(self) -> None:
-        delay = 0.5
-        while self._running:
-            self._progress_at = time.monotonic()
-            try:
-                self._serve()
-                delay = 0.5
-            except pika.exceptions.AMQPError as error:
-                log.warning("worker channel lost (%s); reconnecting in %.1f s", error or type(error).__name__, delay)
-            except Exception:  # noqa: BLE001 - the thread reconnects whatever happened
-                log.exception("worker channel failed; reconnecting in %.1f s", delay)
-            if self._running:
-                time.sleep(delay)
-                delay = min(delay * 2, MAX_RECONNECT_DELAY)
+    def _on_lost(self, error: BaseException) -> None:
+        if not isinstance(error, pika.exceptions.AMQPError):
+            log.error("worker channel failed; reconnecting", exc_info=error)
 
-    def _serve(self) -> None:
-        connection = pika.BlockingConnection(connection_parameters(f"{self.name}-worker-channel", self.amqp_url))
+    def _beat(self) -> None:
+        self._progress_at = time.monotonic()
+
+    def _run(self) -> None:
+        self.link.run(self._serve)
+
+    def _serve(self, connection: pika.BlockingConnection) -> None:
         try:
             channel = connection.channel()
             declare_control_exchanges(channel)
@@ -184,9 +190,7 @@ class WorkerChannel:
                     channel.basic_publish(CONTROL_EXCHANGE, stop_routing_key(worker_id), STOP_COMMAND)
                 connection.process_data_events(time_limit=0.2)
         finally:
-            self._connection = None
-            if connection.is_open:
-                connection.close()
+            self._connection = None  # the link closes the connection
 
     def _declare_wanted(self, connection: pika.BlockingConnection) -> None:
         """Declare each type not declared on this connection yet, on a channel of its own: a declaration the broker

@@ -5,7 +5,7 @@ queue and its worker slots):
 
 * `project`: every tick calls the real `scaler.policy.decide` per type and the
   real `scaler.budget.allocate` across types (imported, never copied), with the
-  inputs `scaler.loop.Scaler` builds from what it observes: `QueueStats` (ready
+  inputs `scaler.observe.Observer` builds from what it observes: `QueueStats` (ready
   and unacked as RabbitMQ would count them with the type's prefetch),
   `WorkerView`s (starting or running, busy or not) and the type's memory. Ticks
   come as in the loop: every `tick_seconds` while a type has work, at once on an
@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from jobtypes.config import JobType
 from scaler.backends.base import WorkerState
 from scaler.budget import Budget, Claim, allocate, worker_requests
-from scaler.loop import IDLE_DEADLINE_MARGIN_SECONDS, TAIL_TICK_SECONDS, TAIL_WATCH_SECONDS
 from scaler.policy import Decision, QueueStats, TypeMemory, WorkerView, decide
+from scaler.schedule import IDLE_DEADLINE_MARGIN_SECONDS, TAIL_TICK_SECONDS, TAIL_WATCH_SECONDS
 from scaler.settings import DEFAULT_TICK_SECONDS
 from simulator.sketch import Sketch
 from simulator.traces import Trace
@@ -412,7 +412,7 @@ class Simulation:
 
 
 class ProjectPolicy:
-    """The project's scaler: `decide` per type and `allocate` across types, ticked as `scaler.loop` ticks."""
+    """The project's scaler: `decide` per type and `allocate` across types, ticked as `scaler.schedule` says."""
 
     def __init__(self, sim: Simulation) -> None:
         self.sim = sim

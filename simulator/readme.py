@@ -5,8 +5,10 @@ the table lists every policy of every run with its cost, waits and cold
 starts, states the backend and the trace's attribution under each, and says
 for every run whether the recommended settings (`project-tuned`) are cheaper
 than the KEDA model at an equal or lower p95 wait. With `--write`, the block
-between the README's `simulation-results` markers is replaced, so the README
-never holds a figure a command did not produce.
+between a README's `simulation-results` markers is replaced. The project's own
+README block is made from the runs committed under bench/results by
+`./manage.sh readme` (bench/readme.py, with `results_block`), so it never holds
+a figure a command did not produce.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def _params(params: dict[str, Any]) -> str:
 
 
 def replay_markdown(path: Path) -> str:
-    """The real-against-simulated table a replay test or command wrote (tests/artifacts/simulator-replay.json)."""
+    """The real-against-simulated table a replay test or command wrote (bench/results/replay.json)."""
     data = json.loads(path.read_text())
     real, simulated = data["real"], data["simulated"]
     rows = [("worker-seconds", real["worker_seconds"], simulated["worker_seconds"])]
@@ -121,6 +123,16 @@ def bench_markdown(path: Path) -> str:
     return "\n".join(lines)
 
 
+def results_block(runs: list[Path], replay: Path | None = None, bench: Path | None = None) -> str:
+    """The README's block: the table of the runs' summary.json, then the replay comparison and the timing."""
+    block = markdown([json.loads((run / "summary.json").read_text()) for run in runs])
+    if replay is not None:
+        block += "\n" + replay_markdown(replay)
+    if bench is not None:
+        block += "\n" + bench_markdown(bench)
+    return block
+
+
 def replace_block(text: str, block: str) -> str:
     if BEGIN not in text or END not in text:
         raise ValueError(f"the README has no {BEGIN} ... {END} block")
@@ -132,19 +144,18 @@ def replace_block(text: str, block: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simulator.readme", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="result directories (each with a summary.json)")
-    parser.add_argument("--replay", help="also the comparison a replay wrote (tests/artifacts/simulator-replay.json)")
+    parser.add_argument("--replay", help="also the comparison a replay wrote (bench/results/replay.json)")
     parser.add_argument(
         "--bench", help="also the timing `./manage.sh bench simulate` wrote (bench/results/simulate.json)"
     )
     parser.add_argument("--write", help="replace the results block of this README")
     args = parser.parse_args(argv)
     try:
-        summaries = [json.loads((Path(run) / "summary.json").read_text()) for run in args.runs]
-        block = markdown(summaries)
-        if args.replay:
-            block += "\n" + replay_markdown(Path(args.replay))
-        if args.bench:
-            block += "\n" + bench_markdown(Path(args.bench))
+        block = results_block(
+            [Path(run) for run in args.runs],
+            Path(args.replay) if args.replay else None,
+            Path(args.bench) if args.bench else None,
+        )
     except (OSError, ValueError, KeyError) as error:
         print(f"simulator.readme: {error}", file=sys.stderr)
         return 2

@@ -1,12 +1,18 @@
-"""Fixtures shared by every test: a private RabbitMQ vhost and config files."""
+"""Fixtures shared by every test: a private RabbitMQ vhost, a PostgreSQL server, an emulated Kubernetes API."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
+import psycopg
 import pytest
+from pytest_postgresql.executors.proc import PostgreSQLExecutor
 
-from tests.support.broker import Broker, broker_is_up, create_vhost, delete_vhost
+from bench.support.broker import Broker, broker_is_up, create_vhost, delete_vhost
+from bench.support.cluster import Cluster, running_cluster
+from bench.support.k8s_emulator import KubernetesEmulator
+from bench.support.postgres import PG_BIN, running_postgres
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +25,48 @@ def broker() -> Iterator[Broker]:
     created = create_vhost()
     yield created
     delete_vhost(created)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The session's own three-node RabbitMQ cluster on 5682-5684, started as `./manage.sh up --rabbitmq-nodes 3`
+    starts one (bench/support/cluster.py); only the tests that ask for it start it."""
+    with running_cluster(tmp_path_factory.mktemp("rabbitmq-cluster")) as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgreSQLExecutor]:
+    if not (PG_BIN / "pg_ctl").exists():
+        pytest.fail(f"PostgreSQL is not installed at {PG_BIN} (./manage.sh test installs Debian's postgresql)")
+    with running_postgres() as executor:
+        yield executor
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server: PostgreSQLExecutor) -> str:
+    """The session server's maintenance database (create your own databases in it)."""
+    return f"postgresql+psycopg://postgres@{postgres_server.host}:{postgres_server.port}/postgres"
+
+
+@pytest.fixture()
+def fresh_postgres_url(postgres_server: PostgreSQLExecutor) -> Iterator[str]:
+    """A new database on the session's server, dropped after the test."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    admin = f"host={postgres_server.host} port={postgres_server.port} user=postgres dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@{postgres_server.host}:{postgres_server.port}/{name}"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture()
+def emulator() -> Iterator[KubernetesEmulator]:
+    """A fresh emulated API server for one test."""
+    created = KubernetesEmulator()
+    yield created
+    created.close()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

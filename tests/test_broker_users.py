@@ -19,6 +19,10 @@ import httpx
 import pika
 import pytest
 
+from bench.support.broker import API, AUTH, Broker
+from bench.support.processes import REPO
+from bench.support.stack import Stack
+from bench.support.waiting import wait_until
 from jobtypes.config import JobType, load_config
 from jobtypes.control import CONTROL_EXCHANGE, stop_routing_key
 from jobtypes.outcomes import OUTCOMES_QUEUE
@@ -29,10 +33,6 @@ from scaler.backends.local_settings import LocalSettings
 from scaler.broker_users import BrokerUser, Role, apply, broker_users, delete, new_password, with_credentials
 from scaler.local_broker_users import ensure
 from scaler.worker_channel import WorkerChannel
-from tests.support.broker import API, AUTH, Broker
-from tests.support.processes import REPO
-from tests.support.stack import Stack
-from tests.support.waiting import wait_until
 
 ROWS, RETRIED, DEAD = 12, 3, 2
 
@@ -127,9 +127,11 @@ def test_each_component_runs_with_its_own_user_and_a_worker_can_do_its_job_and_n
     pids = wait_until(stack.live_worker_pids, timeout=10, what="the worker to be alive")
     environment = process_environment(next(iter(pids.values())))
     worker = stack.users[Role.WORKER, "work"]
-    assert urlsplit(environment["RABBITMQ_URL"]).username == worker.name
-    assert not {"RABBITMQ_API_URL", "SCALER_WORKER_CREDENTIALS_DIR", "PRODUCER_TOKEN"} & set(environment)
-    worker_url = environment["RABBITMQ_URL"]
+    assert urlsplit(environment["RABBITMQ_URLS"]).username == worker.name
+    assert not {"RABBITMQ_URL", "RABBITMQ_API_URL", "SCALER_WORKER_CREDENTIALS_DIR", "PRODUCER_TOKEN"} & set(
+        environment
+    )
+    worker_url = environment["RABBITMQ_URLS"]
 
     def publish(exchange: str, routing_key: str) -> Callable:
         return lambda channel: channel.basic_publish(exchange, routing_key, b"{}", mandatory=True)
@@ -162,7 +164,7 @@ def test_the_scaler_declares_every_type_a_refused_one_alone_failing(broker: Brok
         listen = channel.queue_declare("", exclusive=True).method.queue
         channel.exchange_declare(CONTROL_EXCHANGE, "direct", durable=True)
         channel.queue_bind(listen, CONTROL_EXCHANGE, routing_key=stop_routing_key("w1"))
-        scaler = WorkerChannel(broker.amqp_url).start()
+        scaler = WorkerChannel((broker.amqp_url,)).start()
         try:
             scaler.declare([clash, good])
             wait_until(lambda: broker.queue("good-q.dead"), timeout=10, what="the good type's queues")
@@ -183,7 +185,11 @@ def test_manage_sh_users_get_private_url_files_that_log_in_and_keep_their_passwo
     monkeypatch.setenv("JOBS_CONFIG", str(REPO / "jobs.config.json"))
     directory, prefix = tmp_path / "rabbitmq", f"t{uuid.uuid4().hex[:10]}"
     try:
-        names = ensure(directory, broker.api_url, broker.amqp_url, prefix)
+        # Two nodes each: the users are created through the first API that answers (port 1: none), and every
+        # file lists every node with the same user and password.
+        admin = ("http://guest:guest@127.0.0.1:1/api", broker.api_url)
+        nodes = (broker.amqp_url, broker.amqp_url.replace(":5672/", ":5692/"))
+        names = ensure(directory, admin, nodes, prefix)
         files = sorted(path for path in directory.rglob("*") if path.is_file())
         assert [path.relative_to(directory).as_posix() for path in files] == [
             "producer.url",
@@ -195,13 +201,15 @@ def test_manage_sh_users_get_private_url_files_that_log_in_and_keep_their_passwo
         assert {path.stat().st_mode & 0o777 for path in files} == {0o600}
         assert {path.stat().st_mode & 0o777 for path in (directory, directory / "workers")} == {0o700}
         for path in files:
+            entries = [urlsplit(url) for url in path.read_text().strip().split(",")]
+            assert len(entries) == 2 and len({(entry.username, entry.password) for entry in entries}) == 1
             if path.name != "scaler-api.url":
-                pika.BlockingConnection(pika.URLParameters(path.read_text().strip())).close()
-        scaler_api = urlsplit((directory / "scaler-api.url").read_text().strip())
+                pika.BlockingConnection(pika.URLParameters(entries[0].geturl())).close()
+        scaler_api = urlsplit((directory / "scaler-api.url").read_text().strip().split(",")[1])
         answer = httpx.get(f"{API}/queues", auth=(scaler_api.username, scaler_api.password), timeout=10)
         assert answer.status_code == 200
         before = {path: path.read_text() for path in files}
-        assert ensure(directory, broker.api_url, broker.amqp_url, prefix) == names
+        assert ensure(directory, admin, nodes, prefix) == names
         assert {path: path.read_text() for path in files} == before, "a second run keeps every password"
     finally:
         delete(broker.api_url, [f"{prefix}-{name}" for name in ("producer", "scaler", "worker-sales", "worker-sleep")])
@@ -219,7 +227,7 @@ def test_a_type_without_its_broker_credential_is_not_started_and_says_why(tmp_pa
         JobType(name="added", queue="q2", handler="sleep"),
     )
     assert backend.check(known) is None
-    assert backend.environment(known)["RABBITMQ_URL"] == "amqp://autoscaler-worker-known:secret@localhost:5672/%2F"
+    assert backend.environment(known)["RABBITMQ_URLS"] == "amqp://autoscaler-worker-known:secret@localhost:5672/%2F"
     problem = backend.check(added)
     assert problem is not None and str(credentials / "added.url") in problem and "./manage.sh up" in problem
 

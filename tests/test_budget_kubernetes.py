@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
+from bench.support.configs import write_config
+from bench.support.k8s_emulator import KubernetesEmulator
 from jobtypes.config_watch import ConfigWatcher
 from scaler.backends.kubernetes import KubernetesBackend
 from scaler.backends.kubernetes_manifests import TYPE_LABEL, ClusterSettings
@@ -21,8 +23,6 @@ from scaler.control_state import ANNOTATION, Controls, LeaseControlStore
 from scaler.loop import Scaler
 from scaler.policy import Control
 from scaler.settings import ScalerSettings
-from tests.support.configs import write_config
-from tests.support.k8s_emulator import KubernetesEmulator, emulator  # noqa: F401 - the fixture
 from tests.support.k8s_fakes import FakeChannel, FakeClock, FakeStats
 
 GPU = {"limits": {"nvidia.com/gpu": 1}, "requests": {"cpu": "500m"}}

@@ -10,9 +10,9 @@ from urllib.parse import quote
 
 import pika
 
-from tests.support.broker import broker_is_up
-from tests.support.cluster import MANAGE, Cluster, cluster  # noqa: F401 - the session fixture
-from tests.support.waiting import wait_until
+from bench.support.broker import broker_is_up
+from bench.support.cluster import MANAGE, Cluster
+from bench.support.waiting import wait_until
 
 
 def manage_functions(script: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -41,7 +41,7 @@ def test_rabbitmq_nodes_must_be_a_positive_number() -> None:
 
 
 def test_three_nodes_form_one_cluster_that_replicates_a_quorum_queue_and_status_shows_a_dead_node(
-    cluster: Cluster,  # noqa: F811 - the fixture
+    cluster: Cluster,
 ) -> None:
     assert cluster.running_nodes() == {"rabbit-1@localhost", "rabbit-2@localhost", "rabbit-3@localhost"}
     queue = "cluster-check"

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from tests.support.broker import Broker
+from bench.support.broker import Broker
+from bench.support.stack import Stack
 from tests.support.fault_report import ARTIFACTS
-from tests.support.stack import Stack
 
 pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
@@ -54,7 +54,7 @@ def page() -> Iterator[tuple[Page, list[str]]]:
     problems: list[str] = []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="en-US")
         created = context.new_page()
         created.on(
             "console",

@@ -17,10 +17,10 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Locator, Page
 
-from tests.support.broker import Broker
+from bench.support.broker import Broker
+from bench.support.stack import Stack
+from bench.support.waiting import wait_until
 from tests.support.fault_report import ARTIFACTS
-from tests.support.stack import Stack
-from tests.support.waiting import wait_until
 from tests.test_dashboard_browser import SLEEP, page  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.browser

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page
 
-from tests.support.broker import Broker
+from bench.support.broker import Broker
+from bench.support.stack import Stack
 from tests.support.fault_report import ARTIFACTS
-from tests.support.stack import Stack
 from tests.test_dashboard_browser import page  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.browser

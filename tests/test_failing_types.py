@@ -14,9 +14,9 @@ import re
 import time
 from pathlib import Path
 
-from tests.support.broker import Broker
-from tests.support.stack import Stack
-from tests.support.waiting import wait_until
+from bench.support.broker import Broker
+from bench.support.stack import Stack
+from bench.support.waiting import wait_until
 from tests.test_fleet_controls import Sampler, worker_processes
 
 SEED = {"queue": "queue_new", "image": "worker-new:latest", "threshold": 10}

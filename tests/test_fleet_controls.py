@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.support.broker import Broker
-from tests.support.processes import REPO
-from tests.support.stack import Stack
-from tests.support.waiting import wait_until
+from bench.support.broker import Broker
+from bench.support.processes import REPO
+from bench.support.stack import Stack
+from bench.support.waiting import wait_until
 
 BULK = {"handler": "sleep", "threshold": 0, "burst_size": 4, "max_workers": 4, "idle_seconds": 3, "priority": 0}
 URGENT = {

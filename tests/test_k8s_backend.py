@@ -8,18 +8,18 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config import incluster_config
 
+from bench.support.k8s_emulator import KubernetesEmulator
+from bench.support.processes import REPO
+from bench.support.waiting import wait_until
 from jobtypes.config import JobType
 from scaler.backends import kubernetes_manifests
-from scaler.backends.base import WorkerState
+from scaler.backends.base import WorkerLogNotFound, WorkerState
 from scaler.backends.kubernetes import KubernetesBackend
 from scaler.backends.kubernetes_api import KubernetesApiError
 from scaler.backends.kubernetes_manifests import TYPE_LABEL, ClusterSettings
 from scaler.leader import LeaseElector
 from scaler.policy import QueueStats, TypeMemory, WorkerView, decide
-from tests.support.k8s_emulator import KubernetesEmulator, emulator  # noqa: F401 - the fixture
 from tests.support.k8s_fakes import FakeClock
-from tests.support.processes import REPO
-from tests.support.waiting import wait_until
 
 GPU = JobType(
     name="render",
@@ -156,7 +156,7 @@ def test_persistent_errors_surface_to_the_loop(backend: KubernetesBackend, emula
 def test_pod_logs_for_the_dashboard(backend: KubernetesBackend, emulator: KubernetesEmulator) -> None:
     worker = backend.start_worker(GPU)
     assert worker.worker_id in backend.read_log(worker.worker_id)
-    with pytest.raises(KeyError):
+    with pytest.raises(WorkerLogNotFound):
         backend.read_log("nobody")
 
 

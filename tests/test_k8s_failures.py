@@ -8,13 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from bench.support.k8s_emulator import KubernetesEmulator
 from jobtypes.config import JobType
-from scaler.backends.base import WorkerState
+from scaler.backends.base import WorkerLogNotFound, WorkerState
 from scaler.backends.kubernetes import KEEP_FINISHED_SECONDS, KubernetesBackend
 from scaler.backends.kubernetes_api import KubernetesApiError, NotLeading
 from scaler.backends.kubernetes_manifests import ClusterSettings
 from scaler.backends.kubernetes_states import StartLimits
-from tests.support.k8s_emulator import KubernetesEmulator
 from tests.support.k8s_fakes import FakeClock
 
 NEW_JOB = JobType(name="new-job", queue="queue_new", image="worker-new:latest", threshold=10)
@@ -144,7 +144,7 @@ def test_a_succeeded_worker_is_listed_for_a_minute_and_its_job_removed(
     assert "worker starting" in backend.read_log(done.worker_id)
     clock.now += KEEP_FINISHED_SECONDS + 1
     assert [w.worker_id for w in backend.list_workers()] == [running.worker_id]
-    with pytest.raises(KeyError):
+    with pytest.raises(WorkerLogNotFound):
         backend.read_log(done.worker_id)
 
 

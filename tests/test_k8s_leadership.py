@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.support.configs import write_config
+from bench.support.k8s_emulator import KubernetesEmulator
+from bench.support.waiting import wait_until
 from jobtypes.config import JobType
 from jobtypes.config_watch import ConfigWatcher
 from scaler.backends.kubernetes import KubernetesBackend
@@ -22,10 +25,7 @@ from scaler.backends.kubernetes_api import NotLeading
 from scaler.backends.kubernetes_manifests import ClusterSettings
 from scaler.leader import LeaseElector
 from scaler.loop import Scaler
-from tests.support.configs import write_config
-from tests.support.k8s_emulator import KubernetesEmulator, emulator  # noqa: F401 - the fixture
 from tests.support.k8s_fakes import FakeChannel, FakeClock, FakeStats
-from tests.support.waiting import wait_until
 
 SLEEP = JobType(name="sleep", queue="q_sleep", image="worker-sleep:1")
 TYPE = {"queue": "q_sleep", "image": "worker-sleep:1", "threshold": 5, "burst_size": 3, "max_workers": 4}

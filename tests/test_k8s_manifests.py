@@ -12,11 +12,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from bench.support.configs import write_config
+from bench.support.processes import REPO
 from jobtypes.config import JobType, load_config
 from scaler.backends.kubernetes_manifests import TYPE_LABEL, ClusterSettings, render_job_manifest, worker_secret
 from scaler.deploy_secrets import DEFINITIONS_KEY, DEFINITIONS_SECRET, worker_templates
-from tests.support.configs import write_config
-from tests.support.processes import REPO
 
 K8S_VERSION = "1.33.0"
 INFRA = REPO / "infra" / "k8s"
@@ -193,23 +193,6 @@ def test_dockerfile_is_pinned_non_root_and_copies_what_exists(dockerfile: Path) 
 
 
 # --- consistency of the stack -----------------------------------------------------------------------
-
-
-def pod_templates() -> list[tuple[str, dict]]:
-    """(name, pod spec) of every workload in infra/k8s and of rendered worker Jobs."""
-    templates = [
-        (f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"])
-        for d in infra_documents()
-        if d["kind"] in ("Deployment", "StatefulSet")
-    ]
-    for job_type in load_config(REPO / "jobs.config.json").job_types.values():
-        templates.append(
-            (
-                f"Job/{job_type.name}",
-                render_job_manifest(job_type, settings=ClusterSettings())["spec"]["template"]["spec"],
-            )
-        )
-    return templates
 
 
 def test_references_between_manifests_resolve() -> None:

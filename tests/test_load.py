@@ -11,9 +11,9 @@ import httpx
 import psutil
 import pytest
 
+from bench.support.broker import Broker
+from bench.support.stack import Stack
 from tests.support import fault_report
-from tests.support.broker import Broker
-from tests.support.stack import Stack
 
 pytestmark = pytest.mark.fault
 ROWS = 100_000

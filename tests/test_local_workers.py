@@ -14,12 +14,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from bench.support.broker import Broker
+from bench.support.stack import Stack, kill_workers_in
+from bench.support.waiting import wait_until
 from jobtypes.config import parse_config
 from scaler.backends.local import LocalBackend
 from scaler.backends.local_settings import LocalSettings
-from tests.support.broker import Broker
-from tests.support.stack import Stack
-from tests.support.waiting import wait_until
 
 SLEEP = {"handler": "sleep", "threshold": 5, "max_workers": 4, "idle_seconds": 2, "env": {"SLEEP_MS": "20"}}
 FORK_SERVER = "workers.template"
@@ -260,3 +260,28 @@ def test_a_template_that_cannot_import_its_handler_backs_off_and_workers_spawn_p
     assert backend.templates.backoff["new-job"][1] == retry_at
     assert "no handler module" in (tmp_path / "templates" / "new-job.log").read_text()
     assert first.worker_id != second.worker_id
+
+
+def test_a_handler_importable_only_through_the_types_env_pythonpath_passes_the_check_and_is_imported(
+    broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check looks where the worker will (worker_search_path of the environment the backend gives it)."""
+    library = tmp_path / "library" / "own_handlers"
+    library.mkdir(parents=True)
+    (library / "__init__.py").write_text("")
+    imported = tmp_path / "imported"
+    (library / "greet.py").write_text(f"open({str(imported)!r}, 'w').close()\n\ndef handle(row, context):\n    pass\n")
+    config = {"greet": {"queue": "q_greet", "handler": "own_handlers.greet"}}
+    without = parse_config(config).get("greet")
+    with_env = parse_config({"greet": {**config["greet"], "env": {"PYTHONPATH": str(library.parent)}}}).get("greet")
+    monkeypatch.setenv("RABBITMQ_URL", broker.amqp_url)
+    backend = LocalBackend(tmp_path / "state", LocalSettings(), configured=lambda: [with_env])
+    try:
+        problem = backend.check(without)
+        assert problem is not None and "no handler module own_handlers.greet on its workers' Python path" in problem
+        assert backend.check(with_env) is None
+        backend.start_worker(with_env)
+        wait_until(imported.exists, timeout=30, what="the worker to import the handler from its env's PYTHONPATH")
+    finally:
+        backend.close()
+        kill_workers_in(tmp_path / "state")

@@ -15,13 +15,13 @@ import httpx
 import pytest
 import yaml
 
+from bench.support.broker import Broker
+from bench.support.processes import REPO, free_port
+from bench.support.stack import Stack
+from bench.support.waiting import wait_until
 from jobtypes.config import JobType, load_config
 from scaler.backends.kubernetes_manifests import ClusterSettings, render_job_manifest
 from tests.support import pod_security
-from tests.support.broker import Broker
-from tests.support.processes import REPO, free_port
-from tests.support.stack import Stack
-from tests.support.waiting import wait_until
 from tests.test_k8s_manifests import LONG_NAME, infra_documents
 
 #: A type with everything a config can put into its pod: a custom command, a node selector, tolerations.

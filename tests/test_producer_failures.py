@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import io
-import os
 import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from bench.support.broker import Broker
+from bench.support.stack import Stack
+from bench.support.waiting import wait_until
 from jobtypes.config import JobType
 from producer.publisher import PublishControl, _ConfirmedRun, file_rows
-from tests.support.broker import Broker
 from tests.support.proxy import CuttableProxy, producer_behind
-from tests.support.stack import Stack
-from tests.support.waiting import wait_until
 
 HEADER = b"Date,Item Description,Quantity,Amount\n"
 
@@ -107,14 +106,9 @@ def test_token_required_when_set(broker: Broker, tmp_path) -> None:
 
 def test_unroutable_rows_never_count_as_confirmed(broker: Broker) -> None:
     """Rows the broker returns (no queue to route to) are acked after the return: they must not be counted."""
-    os.environ["RABBITMQ_URL"] = broker.amqp_url  # the publisher reads its settings from the environment
-    try:
-        missing = JobType(name="sleep", queue=f"never-declared-{uuid.uuid4().hex[:6]}")
-        bodies = io.BytesIO(b"".join(b'%d {"n": "%d"}\n' % (i + 2, i) for i in range(50)))
-        result = _ConfirmedRun(missing, "u1", file_rows(bodies), window=50, replay=0, control=PublishControl()).run(
-            first=1
-        )
-    finally:
-        del os.environ["RABBITMQ_URL"]
+    missing = JobType(name="sleep", queue=f"never-declared-{uuid.uuid4().hex[:6]}")
+    bodies = io.BytesIO(b"".join(b'%d {"n": "%d"}\n' % (i + 2, i) for i in range(50)))
+    run = _ConfirmedRun(missing, "u1", file_rows(bodies), 50, 0, PublishControl(), node_url=broker.amqp_url)
+    result = run.run(first=1)
     assert result.error is not None and "could not route row u1:1" in result.error
     assert result.confirmed == 0 and result.confirmed_through == 0

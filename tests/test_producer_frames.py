@@ -9,10 +9,10 @@ import pika
 import pytest
 from pika import frame, spec
 
+from bench.support.broker import Broker
+from bench.support.stack import Stack
 from jobtypes.outcomes import LINE_HEADER, MAX_LINE
 from producer.properties import RowFrames
-from tests.support.broker import Broker
-from tests.support.stack import Stack
 
 FRAME_MAX = 4096
 BODY_MAX = FRAME_MAX - spec.FRAME_HEADER_SIZE - spec.FRAME_END_SIZE

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.support.broker import Broker
+from bench.support.stack import Stack
 from jobtypes.outcomes import LINE_HEADER
-from tests.support.broker import Broker
-from tests.support.stack import Stack
 
 TYPES = {"sales": {"threshold": 10, "default": True}, "sleep": {"threshold": 20}}
 
@@ -106,7 +106,7 @@ def test_job_types_health_and_metrics(stack: Stack, broker: Broker) -> None:
     assert types["default"] == "sales"
     assert set(types["job_types"]) == {"sales", "sleep"}
     health = stack.get(f"{stack.producer_url}/healthz").json()
-    assert health["broker"]["reachable"] is True
+    assert health["broker"]["reachable"] is True and health["broker"]["node"] == "127.0.0.1:5672"
 
     stack.upload(b"a\n1\n2\n3\n", "sleep").raise_for_status()
     assert len(broker.drain(stack.queue_of("sleep"))) == 3

@@ -8,9 +8,9 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.support.broker import Broker
+from bench.support.broker import Broker
+from bench.support.stack import Stack
 from tests.support.proxy import CuttableProxy
-from tests.support.stack import Stack
 from tests.test_dashboard_browser import page  # noqa: F401 - the fixture
 from tests.test_uploads_browser import item, upload_from_form
 

@@ -13,13 +13,12 @@ from typing import Any
 
 import pytest
 
+from bench.support.broker import Broker
+from bench.support.waiting import wait_until
 from jobtypes.config import JobType
 from producer.leases import Leases, LeaseSettings
 from producer.publisher import PublishResult, publish_rows
-from tests.support.broker import Broker
 from tests.support.k8s_fakes import FakeClock
-from tests.support.postgres import fresh_postgres_url, postgres_server  # noqa: F401
-from tests.support.waiting import wait_until
 from tests.test_uploads_store import DAY, backend, clock, draft, store  # noqa: F401 - fixtures
 from uploads.errors import LeaseLost, UploadBusy
 from uploads.memory import MemoryStore

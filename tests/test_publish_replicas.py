@@ -20,12 +20,11 @@ import httpx
 import pika
 import pytest
 
-from tests.support.broker import Broker, create_vhost, delete_vhost
-from tests.support.postgres import fresh_postgres_url, postgres_server  # noqa: F401
-from tests.support.processes import Service
-from tests.support.stack import Stack
+from bench.support.broker import Broker, create_vhost, delete_vhost
+from bench.support.processes import Service
+from bench.support.stack import Stack
+from bench.support.waiting import wait_until
 from tests.support.uploads import record, rows_published, wait_record
-from tests.support.waiting import wait_until
 
 #: Short leases, so a killed publisher's upload reads `interrupted` within seconds (a live one, renewing every
 #: 0.5 s, may send for 2 s after a renewal: room for a slow store on a busy machine).

@@ -43,3 +43,13 @@ def test_a_results_file_carries_its_provenance_and_feeds_the_table(
     assert document["machine"]["memory_gib"] > 0 and document["figures"] == {"x": 2}
     table = readme.render(readme.Table("bench-table", readme.TABLES[0].columns, ("mine",)))
     assert "| `bench mine` | 2 x | 1 x | **2.00x** |" in table.splitlines()
+
+
+@pytest.mark.parametrize("block", readme.BLOCKS, ids=lambda block: block.marker)
+def test_every_generated_part_of_the_readme_is_checked(block: readme.Block) -> None:
+    """A figure edited by hand in any generated block (the upload-record and simulator ones too) is a difference."""
+    text = readme.README.read_text()
+    opening = f"<!-- {block.marker} -->\n"
+    assert opening in text, f"README.md has no {block.marker} block"
+    edited = text.replace(opening, opening + "| pasted | 1 |\n")
+    assert readme.regenerate(edited) == text

@@ -13,10 +13,10 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.support.broker import Broker
+from bench.support.broker import Broker
+from bench.support.stack import Stack
+from bench.support.waiting import wait_until
 from tests.support.proxy import CuttableProxy
-from tests.support.stack import Stack
-from tests.support.waiting import wait_until
 
 SLEEP = {
     "handler": "sleep",

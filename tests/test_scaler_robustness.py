@@ -16,6 +16,11 @@ import httpx
 import pytest
 import uvicorn
 
+from bench.support.broker import Broker
+from bench.support.configs import write_config
+from bench.support.processes import free_port
+from bench.support.stack import DEFAULT_TOKEN, Stack
+from bench.support.waiting import wait_until
 from jobtypes.auth import AuthSettings
 from jobtypes.config_watch import ConfigWatcher
 from jobtypes.control import CONTROL_EXCHANGE, HEARTBEAT_EXCHANGE, WAKE_ROUTING_KEY
@@ -26,11 +31,6 @@ from scaler.queue_stats import QueueStatsSource
 from scaler.settings import ScalerSettings
 from scaler.web import create_app
 from scaler.worker_channel import WorkerChannel
-from tests.support.broker import Broker
-from tests.support.configs import write_config
-from tests.support.processes import free_port
-from tests.support.stack import DEFAULT_TOKEN, Stack
-from tests.support.waiting import wait_until
 
 SLEEP = {"handler": "sleep", "threshold": 5, "max_workers": 3, "idle_seconds": 2, "env": {"SLEEP_MS": "20"}}
 MALFORMED_HEARTBEATS = [
@@ -94,11 +94,11 @@ class InProcessScaler:
     def __init__(self, broker: Broker, directory: Path, tick_seconds: float = 0.2) -> None:
         watcher = ConfigWatcher(write_config(directory, {"sleep": SLEEP}))
         backend = LocalBackend(directory / "state", LocalSettings(templates=False))
-        self.channel = WorkerChannel(broker.amqp_url)
+        self.channel = WorkerChannel((broker.amqp_url,))
         self.scaler = Scaler(
             watcher,
             backend,
-            QueueStatsSource(broker.api_url, broker.amqp_url),
+            QueueStatsSource((broker.api_url,), broker.amqp_url),
             self.channel,
             tick_seconds=tick_seconds,
             settings=ScalerSettings(health_stale_seconds=1),

@@ -28,15 +28,15 @@ import psutil
 import pytest
 from starlette.routing import Mount, Route
 
+from bench.support.broker import Broker, create_user, delete_user
+from bench.support.processes import REPO, free_port
+from bench.support.stack import Stack
+from bench.support.waiting import wait_until
 from jobtypes.config import JobType
 from jobtypes.queues import declare_queues
 from producer.app import ROUTES as PRODUCER_ROUTES
 from scaler.web import ROUTES as SCALER_ROUTES
-from tests.support.broker import Broker, create_user, delete_user
-from tests.support.processes import REPO, free_port
 from tests.support.reverse_proxy import NginxLikeProxy
-from tests.support.stack import Stack
-from tests.support.waiting import wait_until
 
 TOKEN = "tok-" + secrets.token_hex(8)
 BEARER = {"Authorization": f"Bearer {TOKEN}"}

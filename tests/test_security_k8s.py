@@ -22,13 +22,13 @@ import pika
 import yaml
 from kubernetes import client
 
+from bench.support.broker import API, AUTH, Broker
+from bench.support.k8s_emulator import KubernetesEmulator
+from bench.support.processes import REPO
 from jobtypes.config import JobType, load_config
 from scaler.backends.kubernetes_manifests import ClusterSettings, render_job_manifest
 from scaler.broker_users import Role, broker_users, definitions, delete, new_password, with_credentials
 from scaler.deploy_secrets import load_templates
-from tests.support.broker import API, AUTH, Broker
-from tests.support.k8s_emulator import KubernetesEmulator, emulator  # noqa: F401 - the fixture
-from tests.support.processes import REPO
 from tests.test_k8s_manifests import infra_documents
 
 NAMESPACE = "queue-autoscaler"

@@ -28,13 +28,12 @@ import httpx
 import psutil
 import pytest
 
+from bench.support.broker import Broker
+from bench.support.stack import Stack
+from bench.support.waiting import wait_until
 from jobtypes.config import JobType
 from jobtypes.queues import declare_queues
-from tests.support.broker import Broker
-from tests.support.stack import Stack
-from tests.support.waiting import wait_until
-
-MIB = 1024**2
+from producer.limits import MIB
 
 
 def producer_stack(broker: Broker, directory: Path, **env: str) -> Stack:

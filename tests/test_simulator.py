@@ -245,7 +245,7 @@ def test_sleep_handler_takes_a_rows_own_sleep_ms() -> None:
     st.integers(1, 60),
     st.floats(0.01, 3),
 )
-def testwater_filling_gives_each_slot_what_earliest_free_first_gives(
+def test_water_filling_gives_each_slot_what_earliest_free_first_gives(
     ready: list[float], groups: int, step: float
 ) -> None:
     exact = [0] * len(ready)

@@ -5,26 +5,29 @@ Functions excerpt (five functions, about 1.7 busy workers on average, bursty),
 six times faster, to a real `sleep` type whose rows carry their own handler
 time; the simulator replays the same uploads at the times the stack accepted
 them, with the same settings. Worker-seconds and the p95 row wait must agree
-within 20 % (the README's claim, which shows this run's table).
+within 20 % (the README's claim, which shows this run's table: the comparison is
+written to bench/results/replay.json, from which `./manage.sh readme` makes it).
 """
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from bench.support import results
+from bench.support.broker import Broker
+from bench.support.stack import Stack
 from simulator import replay
 from simulator.traces import load
-from tests.support.broker import Broker
-from tests.support.stack import Stack
 
 EXCERPT = Path(__file__).parent / "data" / "traces" / "azure-functions-2019-excerpt.csv"
 SETTINGS = {"handler": "sleep", "threshold": 5, "burst_size": 3, "max_workers": 4, "idle_seconds": 3}
 AGREEMENT = 0.20
-#: The comparison, for the README (`python -m simulator.readme ... --replay FILE`).
-ARTIFACT = Path(__file__).parent / "artifacts" / "simulator-replay.json"
+#: The comparison, with the run's date, commit and machine, for the README (`./manage.sh readme`).
+RESULT = results.RESULTS / "replay.json"
 
 
 def test_replay_of_a_real_trace_agrees_with_the_simulation(
@@ -44,8 +47,8 @@ def test_replay_of_a_real_trace_agrees_with_the_simulation(
     printed = capsys.readouterr()
     assert code == 0, printed.err
     result = json.loads((tmp_path / "out" / "replay.json").read_text())
-    ARTIFACT.parent.mkdir(exist_ok=True)
-    ARTIFACT.write_text(json.dumps(result, indent=1))
+    provenance = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "commit": results.commit()}
+    RESULT.write_text(json.dumps({**result, **provenance, "machine": results.machine()}, indent=1) + "\n")
     table = replay.comparison_table(result["real"], result["simulated"])
     assert table in printed.out
     assert result["real"]["rows"] == load([EXCERPT], hours=8 / 60).rows, "every row of the trace handled once"

@@ -22,6 +22,9 @@ import httpx
 import psycopg
 import pytest
 
+from bench.support.broker import Broker, create_vhost, delete_vhost
+from bench.support.stack import Stack
+from bench.support.waiting import wait_until
 from jobtypes.outcomes import (
     DEAD_OUTCOMES_QUEUE,
     LINE_HEADER,
@@ -32,13 +35,9 @@ from jobtypes.outcomes import (
     RowOutcome,
     split_message_id,
 )
-from tests.support.broker import Broker, create_vhost, delete_vhost
 from tests.support.outcomes import CancelListener, publish_reports
-from tests.support.postgres import fresh_postgres_url, postgres_server  # noqa: F401 - fixtures
 from tests.support.proxy import CuttableProxy, producer_behind
-from tests.support.stack import Stack
 from tests.support.uploads import record, wait_record
-from tests.support.waiting import wait_until
 
 TOKEN = "uploads-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

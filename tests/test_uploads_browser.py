@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page
 
-from tests.support.broker import Broker
+from bench.support.broker import Broker
+from bench.support.stack import Stack
 from tests.support.fault_report import ARTIFACTS
-from tests.support.stack import Stack
 from tests.test_dashboard_browser import page  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.browser
@@ -59,6 +60,12 @@ def test_uploads_panel_follows_progress_and_its_buttons_work(
     browser, problems = page
     browser.goto(stack.login_link())
     browser.wait_for_selector("#uploads")
+    # Numbers for people, in the page's locale (en-US here): counts and rates grouped, rates whole from 10 up.
+    big = {"rows": 1_234_567, "pending": 4_567, "dead": 1_000, "rows_per_second": 4155.57, "eta_seconds": 1}
+    assert browser.evaluate("(item) => progressText(item)", big) == (
+        "1,230,000 / 1,234,567 rows · 1,000 dead · 4,156 rows/s · ETA 1 s"
+    )
+    assert browser.evaluate("[number(1234567), Charts.count(2.345)]") == ["1,234,567", "2.3"], "cards, slow rates"
 
     upload_from_form(browser, write_csv(tmp_path / "slow.csv", 40, 100, {7, 9}))
     browser.wait_for_function("document.querySelector('#upload-answer').textContent.startsWith('Queued 40 rows')")
@@ -100,4 +107,14 @@ def test_uploads_panel_follows_progress_and_its_buttons_work(
         f"parseFloat(document.querySelector('{stopped} .part.cancelled').style.width) > 50", timeout=60000
     )
     assert browser.locator(f"{stopped} button.cancel").count() == 0
+
+    upload_from_form(browser, write_csv(tmp_path / "left.csv", 200, 100, set()))
+    left = item(browser, "left.csv")
+    browser.wait_for_selector(left)
+    stack.config_path.write_text(json.dumps({"other": {"queue": "queue_other"}}))  # "rec" leaves the config
+    browser.wait_for_selector(f'{left} .badge:text-is("orphaned")', timeout=30000)
+    assert (
+        "job type 'rec' is no longer in the jobs config"
+        in browser.locator(f"{left} [data-field=orphaned]").inner_text()
+    )
     assert problems == [], problems

@@ -21,12 +21,12 @@ import httpx
 import pika
 import pytest
 
+from bench.support.broker import Broker, create_vhost, delete_vhost
+from bench.support.stack import Stack
+from bench.support.waiting import wait_until
 from jobtypes.outcomes import DEAD_OUTCOMES_QUEUE, REJECT_DETAIL_HEADER, REJECT_REASON_HEADER, REPLAY_HEADER
-from tests.support.broker import Broker, create_vhost, delete_vhost
 from tests.support.proxy import CuttableProxy, producer_behind
-from tests.support.stack import Stack
 from tests.support.uploads import interrupted_upload, wait_record
-from tests.support.waiting import wait_until
 
 
 def recorder(tmp_path: Path, **settings) -> dict:

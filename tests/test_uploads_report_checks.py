@@ -23,7 +23,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jobtypes.outcomes import OUTCOMES, REPLAY_HEADER, OutcomeReport, RowOutcome
-from tests.support.postgres import fresh_postgres_url, postgres_server  # noqa: F401 - fixtures
 from uploads.errors import StoreUnavailable
 from uploads.model import UploadRecord
 from uploads.report_checks import MAX_STORED_INT, Reason, check_batch, storable

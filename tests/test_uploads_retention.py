@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import time
 
-from tests.support.broker import Broker
-from tests.support.stack import Stack
+from bench.support.broker import Broker
+from bench.support.stack import Stack
+from bench.support.waiting import wait_until
 from tests.support.uploads import record, rows_published, wait_record
-from tests.support.waiting import wait_until
 
 RETENTION_SECONDS = 2.0
 SLEEP = {"handler": "sleep", "threshold": 1, "max_workers": 2, "idle_seconds": 2, "env": {"SLEEP_MS": "0"}}

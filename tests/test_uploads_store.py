@@ -10,7 +10,6 @@ import pytest
 
 from jobtypes.outcomes import RowOutcome
 from tests.support.k8s_fakes import FakeClock
-from tests.support.postgres import fresh_postgres_url, postgres_server  # noqa: F401
 from uploads.errors import IdempotencyConflict, UploadNotFound
 from uploads.memory import MemoryStore
 from uploads.model import UploadRecord, public

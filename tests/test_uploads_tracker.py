@@ -17,11 +17,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from bench.support.broker import Broker, create_vhost, delete_vhost
+from bench.support.waiting import wait_until
 from jobtypes.outcomes import DEAD_OUTCOMES_QUEUE, REJECT_DETAIL_HEADER, REJECT_REASON_HEADER, RowOutcome
-from tests.support.broker import Broker, create_vhost, delete_vhost
 from tests.support.outcomes import publish_reports
-from tests.support.postgres import fresh_postgres_url, postgres_server  # noqa: F401 - fixtures
-from tests.support.waiting import wait_until
 from uploads.model import UploadRecord
 from uploads.settings import UploadSettings
 from uploads.sql import SqlStore

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.broker import Broker
-from tests.support.waiting import wait_until
+from bench.support.broker import Broker
+from bench.support.waiting import wait_until
 from tests.support.worker_harness import Harness, harness  # noqa: F401 - the fixture
 
 BATCHES = {

@@ -17,18 +17,19 @@ import httpx
 import pika
 import pytest
 
+from bench.support.broker import API, AUTH, Broker
+from bench.support.waiting import wait_until
 from jobtypes.outcomes import (
     OUTCOMES_QUEUE,
-    OUTCOMES_QUEUE_ARGUMENTS,
     REPLAY_HEADER,
     UPLOADS_EXCHANGE,
     CancelNotice,
     OutcomeReport,
     RowOutcome,
     declare_outcome_routes,
+    outcome_queue_arguments,
+    outcomes_queue_type,
 )
-from tests.support.broker import API, AUTH, Broker
-from tests.support.waiting import wait_until
 from tests.support.worker_harness import Harness, harness, reported_rows  # noqa: F401 - the fixture
 from workers.delivery import Delivery, Status
 from workers.hooks.cancel import Cancellations
@@ -113,7 +114,7 @@ def test_a_large_group_is_split_into_reports_under_the_size_limit(harness: Harne
     assert max(len(body) for body in bodies) <= 600
     assert max(len(report.rows) for report in reports) > 1, "split, not one report per row"
     queue = broker.queue(OUTCOMES_QUEUE)
-    assert queue["arguments"] == OUTCOMES_QUEUE_ARGUMENTS and queue["durable"]
+    assert queue["arguments"] == outcome_queue_arguments(outcomes_queue_type())[OUTCOMES_QUEUE] and queue["durable"]
 
 
 @pytest.mark.job_settings({"max_attempts": 2, "retry_delay_seconds": 0.05})

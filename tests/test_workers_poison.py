@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.broker import Broker
-from tests.support.processes import Service
-from tests.support.waiting import wait_until
+from bench.support.broker import Broker
+from bench.support.processes import Service
+from bench.support.waiting import wait_until
 from tests.support.worker_harness import Harness, harness  # noqa: F401 - the fixture
 
 

@@ -13,11 +13,11 @@ from urllib.parse import quote
 import pika
 import pytest
 
+from bench.support.broker import Broker
+from bench.support.processes import REPO
+from bench.support.waiting import wait_until
 from jobtypes.control import CONTROL_EXCHANGE, STOP_COMMAND, declare_control_exchanges, stop_routing_key
-from tests.support.broker import Broker
-from tests.support.processes import REPO
 from tests.support.proxy import CuttableProxy
-from tests.support.waiting import wait_until
 from tests.support.worker_harness import Harness, harness  # noqa: F401 - the fixture
 
 

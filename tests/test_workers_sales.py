@@ -15,11 +15,10 @@ import pika
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.support.broker import Broker
-from tests.support.postgres import postgres_server, postgres_url  # noqa: F401 - the fixtures
-from tests.support.processes import REPO, Service
-from tests.support.stack import Stack
-from tests.support.waiting import wait_until
+from bench.support.broker import Broker
+from bench.support.processes import REPO, Service
+from bench.support.stack import Stack
+from bench.support.waiting import wait_until
 from workers.sales.handler import parse
 from workers.sales.ledger import Ledger, Sale
 

@@ -22,10 +22,11 @@ from typing import Any, TextIO
 import httpx
 
 from jobtypes.auth import client_token
+from uploads.model import UploadState
 
 RETRYABLE = {429, 503}
 BAR_WIDTH = 40
-FINAL_STATES = ("done", "cancelled")
+FINAL_STATES = (UploadState.DONE, UploadState.CANCELLED)
 
 
 class CliError(Exception):
@@ -114,7 +115,9 @@ def _get(client: httpx.Client, path: str) -> dict[str, Any]:
 
 
 def progress_line(record: dict[str, Any]) -> str:
-    """`[####==xx..] 812/1000 state, 40.2 rows/s, ETA 5 s` (# succeeded, = retrying, x dead, - cancelled)."""
+    """`[####==xx..] 812/1000 state, 40.2 rows/s, ETA 5 s` (# succeeded, = retrying, x dead, - cancelled).
+
+    An orphaned upload's line ends with the reason (its type left the config, its queue is gone)."""
     rows = max(record["rows"], 1)
     cells = ""
     for key, mark in (("succeeded", "#"), ("retrying", "="), ("dead", "x"), ("cancelled", "-")):
@@ -124,11 +127,13 @@ def progress_line(record: dict[str, Any]) -> str:
     eta = record.get("eta_seconds")
     eta_text = f", ETA {eta:.0f} s" if eta else ""
     extra = "".join(f", {record[key]} {key}" for key in ("dead", "cancelled") if record[key])
+    if record.get("orphaned_reason"):
+        extra += f": {record['orphaned_reason']}"
     return f"[{bar}] {done}/{record['rows']} {record['state']}, {record['rows_per_second']:.1f} rows/s{eta_text}{extra}"
 
 
 def _verdict(record: dict[str, Any], client: httpx.Client, out: TextIO) -> int:
-    if record["state"] == "cancelled":
+    if record["state"] == UploadState.CANCELLED:
         print(f"cancelled: {record['succeeded']} succeeded, {record['cancelled']} not handled", file=out)
         return 3
     if record["dead"]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from jobtypes.errors import AutoscalerError
+from jobtypes.errors import AutoscalerError, NotFound
 
 
-class UploadNotFound(AutoscalerError):
-    status = 404
+class UploadNotFound(NotFound):
+    """No record of that upload id."""
 
     def __init__(self, upload_id: str) -> None:
         super().__init__(f"no upload {upload_id[:80]!r} (unknown, or removed after the retention period)")

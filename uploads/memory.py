@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 
-from uploads.model import Lease, RowState, UploadRecord
+from uploads.model import Lease, RowState, UploadRecord, UploadState
 from uploads.store import DuplicateKey, UploadStore
 
 
@@ -54,7 +54,7 @@ class _MemoryTransaction:
         return sorted(chosen, key=lambda r: r.created_at, reverse=True)[:limit]
 
     def cancelled_unfinished(self) -> list[str]:
-        return [r.id for r in self.list_uploads(None, "cancelled", 1 << 30) if r.pending > 0]
+        return [r.id for r in self.list_uploads(None, UploadState.CANCELLED, 1 << 30) if r.pending > 0]
 
     def count_in_states(self, states: tuple[str, ...]) -> int:
         return sum(1 for r in self.list_uploads(None, None, 1 << 30) if r.state in states)
@@ -130,7 +130,7 @@ class _MemoryTransaction:
         return [i for i in ids if (lease := self.get_lease(i)) is not None and not lease.live(now)]
 
     def unleased_publishing(self, created_before: float) -> list[str]:
-        records = self.list_uploads(None, "publishing", 1 << 30)
+        records = self.list_uploads(None, UploadState.PUBLISHING, 1 << 30)
         return [r.id for r in records if r.created_at < created_before and self.get_lease(r.id) is None]
 
     def commit(self) -> None:

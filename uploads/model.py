@@ -17,6 +17,10 @@ Rules (no I/O here, so they are tested without a database):
 * An upload whose rows are not all confirmed is `publishing` while a producer
   holds its publishing lease, and `interrupted` once publishing stopped
   (`publish_error` says why): only a retry with the same key goes on.
+* `orphaned` is never stored: a reader that knows its rows cannot be worked
+  (the type left the config, the queue is gone) shows a `queued` or `running`
+  record so, with the reason (`public(..., orphaned=...)`), and the stored
+  state shows again as soon as the cause is gone.
 """
 
 from __future__ import annotations
@@ -24,14 +28,35 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
-from jobtypes.outcomes import RowOutcome
+from jobtypes.outcomes import RowOutcome, RowStatus
 
-FINAL = ("succeeded", "dead", "cancelled")
+FINAL = (RowStatus.SUCCEEDED, RowStatus.DEAD, RowStatus.CANCELLED)
 #: Final outcomes that nothing changes afterwards (a replay takes dead rows only): kept as one bit per row.
-SETTLED = ("succeeded", "cancelled")
-STATES = ("publishing", "interrupted", "queued", "running", "done", "cancelled")
+SETTLED = (RowStatus.SUCCEEDED, RowStatus.CANCELLED)
+
+
+class UploadState(StrEnum):
+    """An upload's state; the values are the strings stored in the database and shown in the API."""
+
+    PUBLISHING = "publishing"
+    INTERRUPTED = "interrupted"
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    #: Shown, never stored: queued or running, but no worker can ever take its rows (see `public`).
+    ORPHANED = "orphaned"
+
+
+#: The states a record is stored in (and can be listed by).
+STATES = tuple(state.value for state in UploadState if state is not UploadState.ORPHANED)
+#: The states of an upload not finished yet (publishing, or waiting for its rows to be worked).
+UNFINISHED = (UploadState.PUBLISHING, UploadState.QUEUED, UploadState.RUNNING)
+#: The states in which an upload waits for workers: the ones an orphan is shown instead of.
+WAITING_FOR_WORKERS = frozenset({UploadState.QUEUED, UploadState.RUNNING})
 #: Seconds over which `rows_per_second` is averaged (an exponentially decaying window).
 RATE_WINDOW_SECONDS = 30.0
 
@@ -66,7 +91,7 @@ class UploadRecord:
     line_breaks: list[tuple[int, int]] = field(default_factory=lambda: [(1, 1)])
     idempotency_key: str | None = None
     file_hash: str | None = None
-    state: str = "publishing"
+    state: str = UploadState.PUBLISHING.value
     confirmed: int = 0
     publish_error: str | None = None
     succeeded: int = 0
@@ -104,21 +129,21 @@ class UploadRecord:
         if self.pending == 0:
             return 0.0
         rate = self.rows_per_second(now)
-        if rate <= 0.01 or self.state in ("publishing", "interrupted", "cancelled"):
+        if rate <= 0.01 or self.state in (UploadState.PUBLISHING, UploadState.INTERRUPTED, UploadState.CANCELLED):
             return None
         return self.pending / rate
 
 
-def derived_state(record: UploadRecord) -> str:
+def derived_state(record: UploadRecord) -> UploadState:
     if record.cancel_requested:
-        return "cancelled"
+        return UploadState.CANCELLED
     if record.confirmed < record.rows:
-        return "interrupted" if record.publish_error is not None else "publishing"
+        return UploadState.INTERRUPTED if record.publish_error is not None else UploadState.PUBLISHING
     if record.pending == 0:
-        return "done"
+        return UploadState.DONE
     if record.first_report_at is not None:
-        return "running"
-    return "queued"
+        return UploadState.RUNNING
+    return UploadState.QUEUED
 
 
 def settle(record: UploadRecord, now: float) -> UploadRecord:
@@ -126,7 +151,7 @@ def settle(record: UploadRecord, now: float) -> UploadRecord:
     finished = record.pending == 0 and (record.confirmed >= record.rows or record.cancel_requested)
     return replace(
         record,
-        state=derived_state(record),
+        state=derived_state(record).value,
         finished_at=(record.finished_at or now) if finished else None,
     )
 
@@ -177,34 +202,46 @@ def transition(current: RowState | None, outcome: RowOutcome) -> Applied:
         return Applied(None, {})  # a report from before this row was replayed
     if current is not None and current.final and outcome.replay == current.replay:
         return Applied(None, {})  # the first final outcome wins
-    if current is not None and current.state == outcome.outcome == "retrying" and outcome.attempts <= current.attempts:
+    if (
+        current is not None
+        and current.state == outcome.outcome == RowStatus.RETRYING
+        and outcome.attempts <= current.attempts
+    ):
         return Applied(None, {})  # an earlier or repeated retry report
-    was = current.state if current is not None else "pending"
+    was = current.state if current is not None else RowStatus.PENDING
     deltas: dict[str, int] = {}
-    if was in ("retrying", "dead"):
+    if was in (RowStatus.RETRYING, RowStatus.DEAD):
         deltas[was] = -1
     deltas[outcome.outcome] = deltas.get(outcome.outcome, 0) + 1
     attempts = max(outcome.attempts, current.attempts if current is not None else 0)
-    keep_details = outcome.outcome in ("dead", "retrying")
+    keep_details = outcome.outcome in (RowStatus.DEAD, RowStatus.RETRYING)
     row = RowState(
         row=outcome.row,
         state=outcome.outcome,
         replay=max(outcome.replay, current.replay if current is not None else 0),
         attempts=attempts,
         error=outcome.error if keep_details else None,
-        body=outcome.body if outcome.outcome == "dead" else (current.body if current is not None else None),
+        body=outcome.body if outcome.outcome == RowStatus.DEAD else (current.body if current is not None else None),
         line=outcome.line if outcome.line is not None else (current.line if current is not None else None),
     )
     return Applied(row, {name: delta for name, delta in deltas.items() if delta})
 
 
-def public(record: UploadRecord, base_url: str, now: float, max_failed_rows: int) -> dict[str, Any]:
-    """The record as clients see it (JSON), with links under `base_url` (e.g. "/uploads/<id>")."""
+def public(
+    record: UploadRecord, base_url: str, now: float, max_failed_rows: int, orphaned: str | None = None
+) -> dict[str, Any]:
+    """The record as clients see it (JSON), with links under `base_url` (e.g. "/uploads/<id>").
+
+    `orphaned` is why no worker can take the record's rows, if the caller knows of a reason: a record
+    waiting for workers is then shown `orphaned` with that reason instead of `queued` or `running` forever.
+    """
+    orphan = orphaned if record.state in WAITING_FOR_WORKERS else None
     return {
         "id": record.id,
         "job_type": record.job_type,
         "file_name": record.file_name,
-        "state": record.state,
+        "state": UploadState.ORPHANED.value if orphan else record.state,
+        "orphaned_reason": orphan,
         "rows": record.rows,
         "confirmed": record.confirmed,
         "succeeded": record.succeeded,

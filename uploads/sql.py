@@ -56,7 +56,7 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from uploads.errors import StoreUnavailable
-from uploads.model import Lease, RowState, UploadRecord
+from uploads.model import Lease, RowState, UploadRecord, UploadState
 from uploads.store import DuplicateKey, UploadStore
 
 log = logging.getLogger("uploads.sql")
@@ -302,7 +302,11 @@ class _SqlTransaction:
         query = (
             select(UPLOADS.c.id)
             .outerjoin(LEASES, LEASES.c.upload_id == UPLOADS.c.id)
-            .where(UPLOADS.c.state == "publishing", UPLOADS.c.created_at < created_before, LEASES.c.upload_id.is_(None))
+            .where(
+                UPLOADS.c.state == UploadState.PUBLISHING.value,
+                UPLOADS.c.created_at < created_before,
+                LEASES.c.upload_id.is_(None),
+            )
         )
         return [row.id for row in self.c.execute(query)]
 

@@ -28,9 +28,19 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from jobtypes.outcomes import RowOutcome
+from jobtypes.outcomes import RowOutcome, RowStatus
 from uploads.errors import IdempotencyConflict, LeaseLost, UploadBusy, UploadNotFound
-from uploads.model import SETTLED, Lease, RowState, UploadRecord, count_finished, settle, transition
+from uploads.model import (
+    SETTLED,
+    UNFINISHED,
+    Lease,
+    RowState,
+    UploadRecord,
+    UploadState,
+    count_finished,
+    settle,
+    transition,
+)
 from uploads.settled import CHUNK_ROWS, SettledRows, chunk_of, chunks_between
 
 #: Longest handler error kept per row (characters).
@@ -366,7 +376,7 @@ class UploadStore:
         """Keep a dead row's body and error only while the upload is under its cap of failed rows."""
         if row.error and len(row.error) > MAX_ERROR_CHARS:
             row = replace(row, error=row.error[:MAX_ERROR_CHARS])
-        if row.state != "dead" or (current is not None and current.body is not None):
+        if row.state != RowStatus.DEAD or (current is not None and current.body is not None):
             return row, record
         if row.body is not None and record.failed_details < self.max_failed_rows:
             return row, replace(record, failed_details=record.failed_details + 1)
@@ -422,8 +432,8 @@ class UploadStore:
         while True:
             with self.transaction() as tx:
                 record = _existing(tx, upload_id, for_update=True)
-                page = tx.rows_in_state(upload_id, "pending", after_row, PAGE_ROWS)
-                back = [replace(row, state="dead") for row in page if row.replay == number]
+                page = tx.rows_in_state(upload_id, RowStatus.PENDING.value, after_row, PAGE_ROWS)
+                back = [replace(row, state=RowStatus.DEAD.value) for row in page if row.replay == number]
                 tx.put_rows(upload_id, [], back)
                 tx.update_upload(settle(replace(record, dead=record.dead + len(back)), self.clock()))
             released += len(back)
@@ -434,7 +444,7 @@ class UploadStore:
     def request_cancel(self, upload_id: str) -> UploadRecord:
         with self.transaction() as tx:
             record = _existing(tx, upload_id, for_update=True)
-            if record.state == "done" or record.cancel_requested:
+            if record.state == UploadState.DONE or record.cancel_requested:
                 return record
             record = settle(replace(record, cancel_requested=True), self.clock())
             tx.update_upload(record)
@@ -491,14 +501,14 @@ class UploadStore:
     def in_progress(self) -> int:
         """Uploads publishing, queued or running (a gauge)."""
         with self.transaction(write=False) as tx:
-            return tx.count_in_states(("publishing", "queued", "running"))
+            return tx.count_in_states(tuple(state.value for state in UNFINISHED))
 
     def dead_rows(self, upload_id: str) -> Iterator[RowState]:
         """Every dead row of the upload, in row order, a page per transaction."""
 
         def page(after: int) -> list[RowState]:
             with self.transaction(write=False) as tx:
-                return tx.rows_in_state(upload_id, "dead", after, PAGE_ROWS)
+                return tx.rows_in_state(upload_id, RowStatus.DEAD.value, after, PAGE_ROWS)
 
         return _paged(page)
 
@@ -527,19 +537,20 @@ def _claim_in(
     and pending rows an interrupted (`stale`) replay left, in row order (the publisher needs rows in order to
     say how far they are confirmed). Returns (claimed rows, how many were dead, the row the next page starts
     after, or None at the end)."""
-    dead = tx.rows_in_state(upload_id, "dead", after, PAGE_ROWS)
-    pending = tx.rows_in_state(upload_id, "pending", after, PAGE_ROWS) if stale else []
+    dead = tx.rows_in_state(upload_id, RowStatus.DEAD.value, after, PAGE_ROWS)
+    pending = tx.rows_in_state(upload_id, RowStatus.PENDING.value, after, PAGE_ROWS) if stale else []
     page = sorted(dead + pending, key=lambda row: row.row)[:PAGE_ROWS]
     claimed = [
-        replace(row, state="pending", replay=number)
+        replace(row, state=RowStatus.PENDING.value, replay=number)
         for row in page
-        if (row.state == "dead" and row.body is not None) or (row.state == "pending" and row.replay in stale)
+        if (row.state == RowStatus.DEAD and row.body is not None)
+        or (row.state == RowStatus.PENDING and row.replay in stale)
     ]
     tx.put_rows(upload_id, [], claimed)
     more = len(dead) == PAGE_ROWS or len(pending) == PAGE_ROWS
     return (
         claimed,
-        sum(1 for row in page if row.state == "dead" and row.body is not None),
+        sum(1 for row in page if row.state == RowStatus.DEAD and row.body is not None),
         (page[-1].row if more else None),
     )
 

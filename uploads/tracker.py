@@ -17,10 +17,13 @@ and its other rows are applied. A store failure is told apart by its kind
 not bind one, blames a report, so the batch is applied report by report and
 the ones the store refuses are dead-lettered: no report is retried forever.
 Anything else (the database down, restarting, locked, read-only) is the
-store's state: the batch waits unacked and is retried after 1, 2, 4... up to
-30 seconds (state `store-unavailable` on /healthz,
+store's state: the batch waits unacked and is retried with the connection's
+backoff (`jobtypes.connections.Link`: about 0.5, 1, 2... up to 30 seconds,
+jittered; state `store-unavailable` on /healthz,
 `uploads_tracker_store_failures_total`), and good reports are never set aside
-for it.
+for it. A lost broker node is the same loop: the link reconnects to the next
+node of RABBITMQ_URLS (state `broker-unreachable`, the node and error in the
+reason, meanwhile).
 
 `Tracker` watches the loop: a loop that died, or made no progress for
 `UPLOADS_TRACKER_STALL_SECONDS` while reports wait, is a problem /healthz names
@@ -50,6 +53,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
+from jobtypes.connections import CONNECTION_ERRORS, Link, connect_any
 from jobtypes.outcomes import (
     DEAD_OUTCOMES_QUEUE,
     OUTCOMES_QUEUE,
@@ -59,7 +63,6 @@ from jobtypes.outcomes import (
     CancelNotice,
     declare_outcome_routes,
 )
-from jobtypes.settings import connection_parameters
 from uploads import metrics, report_checks
 from uploads.errors import StoreUnavailable
 from uploads.report_checks import CheckedReport, Reason, Rejection
@@ -75,7 +78,6 @@ GAUGE_EVERY_SECONDS = 2.0
 WATCH_EVERY_SECONDS = 1.0
 #: Blocked loops left behind (each may hold a database connection until its call returns) before no new one starts.
 MAX_ABANDONED = 2
-CONNECTION_ERRORS = (pika.exceptions.AMQPError, OSError)
 #: Database errors that blame the values given (the DB-API's DataError: out of range, NUL in text...; IntegrityError).
 VALUE_ERRORS = (DataError, IntegrityError)
 _DEAD_LETTER = dict(delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json")
@@ -143,6 +145,14 @@ class TrackerLoop(threading.Thread):
         self._next_notice = 0.0
         self._next_purge = 0.0
         self._next_gauge = 0.0
+        self.link = Link(
+            connection_name,
+            errors=CONNECTION_ERRORS + (StoreUnavailable,),
+            should_stop=self._stopping.is_set,
+            on_lost=self._on_lost,
+            on_wait=self._beat,
+            max_backoff=MAX_BACKOFF_SECONDS,
+        )
 
     # other threads ------------------------------------------------------------------
     @property
@@ -178,34 +188,27 @@ class TrackerLoop(threading.Thread):
             self._disconnect()
 
     def _run(self) -> None:
-        backoff = 1.0
-        while not self._stopping.is_set():
-            started = time.monotonic()
-            try:
-                self._connect()
-                self._consume()
-            except CONNECTION_ERRORS as error:
-                self._set(TrackerState.BROKER_UNREACHABLE, f"{type(error).__name__}: {error}"[:300])
-            except StoreUnavailable as error:
-                metrics.STORE_FAILURES.inc()
-                self._set(TrackerState.STORE_UNAVAILABLE, error.message)
-            finally:
-                self._disconnect()
-            if time.monotonic() - started > MAX_BACKOFF_SECONDS:
-                backoff = 1.0  # it worked for a while: this is a new failure, not the same one again
-            self._wait(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+        self.link.run(self._serve)
         self._set(TrackerState.STOPPED, None)
 
-    def _wait(self, seconds: float) -> None:
-        """Back off, beating every second: waiting on purpose is not being blocked."""
-        deadline = time.monotonic() + seconds
-        while not self._stopping.is_set() and time.monotonic() < deadline:
-            self._stopping.wait(min(1.0, deadline - time.monotonic()))
-            self.beat_at = time.monotonic()
+    def _serve(self, connection: BlockingConnection) -> None:
+        self._connect(connection)
+        self._consume()
 
-    def _connect(self) -> None:
-        connection = pika.BlockingConnection(connection_parameters(self.connection_name))
+    def _on_lost(self, error: BaseException) -> None:
+        """Unacked reports go back to the queue; the status says what stopped the counting."""
+        self._disconnect()
+        if isinstance(error, StoreUnavailable):
+            metrics.STORE_FAILURES.inc()
+            self._set(TrackerState.STORE_UNAVAILABLE, error.message)
+        else:
+            self._set(TrackerState.BROKER_UNREACHABLE, self.link.reason)
+
+    def _beat(self) -> None:
+        """Waiting on purpose (backing off) is not being blocked."""
+        self.beat_at = time.monotonic()
+
+    def _connect(self, connection: BlockingConnection) -> None:
         channel = connection.channel()
         declare_outcome_routes(channel)
         channel.confirm_delivery()  # a dead-lettered report is acked only once the broker holds its copy
@@ -213,7 +216,7 @@ class TrackerLoop(threading.Thread):
         channel.basic_consume(OUTCOMES_QUEUE, self._on_report)
         self._connection, self._channel = connection, channel
         self._set(TrackerState.CONSUMING, None)
-        log.info("tracker consuming %s", OUTCOMES_QUEUE)
+        log.info("tracker consuming %s on %s", OUTCOMES_QUEUE, self.link.node)
 
     def _disconnect(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
@@ -380,6 +383,7 @@ class Tracker:
         return {
             "state": loop.status.state,
             "reason": loop.status.reason,
+            "node": loop.link.node,
             "reports": loop.status.reports,
             "dead_lettered": loop.status.dead_lettered,
             "waiting": loop.waiting,
@@ -438,7 +442,7 @@ class Tracker:
     def _ready_in_queue(self) -> int:
         """Reports ready in the queue, asked on a connection of the watchdog's own (0 when the broker is away)."""
         try:
-            connection = pika.BlockingConnection(connection_parameters(f"{self.connection_name}-watchdog"))
+            connection, _ = connect_any(f"{self.connection_name}-watchdog")
             try:
                 return connection.channel().queue_declare(OUTCOMES_QUEUE, passive=True).method.message_count
             finally:

@@ -17,7 +17,7 @@ import sys
 from jobtypes.config import ConfigError, JobType, load_config
 from jobtypes.env import SettingsError
 from jobtypes.handoff import handed_job_type
-from jobtypes.settings import jobs_config_path
+from jobtypes.settings import jobs_config_path, rabbitmq_urls
 from workers import jsonlog
 from workers.handlers import Handler, HandlerNotFound, load_handler
 from workers.runtime import build_worker
@@ -49,6 +49,7 @@ def serve(job_type: JobType, handler: Handler) -> int:
     """Run the worker named by WORKER_ID (or a name of its own) until it stops; returns its exit code."""
     try:
         settings = WorkerSettings.from_environment(job_type.name)
+        rabbitmq_urls()  # every node's URL checked before the worker starts
     except SettingsError as error:
         print(f"worker: cannot start: {error}", file=sys.stderr)
         return 2

@@ -19,6 +19,8 @@ retry, dead-letter or give-back copy was confirmed by the broker. A worker
 that dies or loses its connection acks nothing more; RabbitMQ redelivers what
 it held. `generation` counts connections: an outcome for a delivery of an
 older connection is dropped, since its tag means nothing on the new one.
+Reconnecting (`jobtypes.connections.Link`) tries the next node of
+RABBITMQ_URLS first, with capped, jittered backoff between rounds.
 
 A handler call running past the type's `timeout_seconds` fails its rows
 (copies confirmed, then acked) and the worker stops with exit code
@@ -36,11 +38,10 @@ from typing import Any
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
-from tenacity import Retrying, retry_if_exception_type, stop_never, wait_exponential
 
 from jobtypes.config import JobType
-from jobtypes.control import CONTROL_EXCHANGE, stop_routing_key
-from jobtypes.settings import connection_parameters
+from jobtypes.connections import Link
+from jobtypes.control import CONTROL_EXCHANGE, HeartbeatState, stop_routing_key
 from workers.acks import AckLedger
 from workers.delivery import Delivery, Outcome, Status
 from workers.executor import Executor
@@ -49,21 +50,17 @@ from workers.publisher import ConfirmedPublisher, PublishFailed
 from workers.status import StatusHeartbeats
 from workers.topology import ensure_topology
 
-#: Errors that mean "the connection is gone": reconnect and carry on.
-CONNECTION_ERRORS = (
+#: Errors that mean "the connection is gone", or that the channel cannot be trusted (a copy or report was
+#: refused): reconnect (jobtypes.connections, to the next node) and carry on.
+RECONNECT_ERRORS = (
     pika.exceptions.AMQPConnectionError,
     pika.exceptions.ChannelClosed,
     pika.exceptions.StreamLostError,
+    PublishFailed,
 )
-#: Errors after which the channel cannot be trusted (a copy or report was refused): reconnect too.
-RECONNECT_ERRORS = CONNECTION_ERRORS + (PublishFailed,)
 EXIT_HANDLER_TIMED_OUT = 3
 #: How often the loop looks up from the socket to tick hooks and check for timeouts.
 TICK_SECONDS = 0.2
-
-
-class StopRequested(Exception):
-    """Raised out of a reconnect wait when the worker was told to stop."""
 
 
 class Consumer:
@@ -102,6 +99,9 @@ class Consumer:
         self.consumer_tag: str | None = None
         self.generation = 0
         self.next_tick = 0.0
+        self.link = Link(
+            worker_id, errors=RECONNECT_ERRORS, should_stop=lambda: self.stopping, on_lost=self._lost_connection
+        )
 
     # lifecycle ----------------------------------------------------------------
     def run(self) -> int:
@@ -117,15 +117,7 @@ class Consumer:
                 "channel_prefetch": self.channel_prefetch,
             },
         )
-        while True:
-            try:
-                self._connect_with_backoff()
-                self._serve()
-                break
-            except StopRequested:
-                break
-            except RECONNECT_ERRORS as error:
-                self._lost_connection(error)
+        self.link.run(self._serve_connection)
         self._close()
         self.executor.close()
         beat = self.status.heartbeat
@@ -138,24 +130,13 @@ class Consumer:
         self.log.info("stop requested", extra={"reason": signal.Signals(signum).name})
         self.stopping = True
 
-    def _connect_with_backoff(self) -> None:
-        for attempt in Retrying(
-            retry=retry_if_exception_type(CONNECTION_ERRORS),
-            wait=wait_exponential(multiplier=0.5, max=10),
-            stop=stop_never,
-            reraise=True,
-        ):
-            if self.stopping:
-                raise StopRequested
-            with attempt:
-                try:
-                    self._connect()
-                except CONNECTION_ERRORS as error:
-                    self.log.warning("cannot reach RabbitMQ, retrying", extra={"error": _reason(error)})
-                    raise
+    def _serve_connection(self, connection: BlockingConnection) -> None:
+        self._connect(connection)
+        self._serve()
+        self.status.set_state("stopped")  # while the connection is open: the scaler hears it at once
 
-    def _connect(self) -> None:
-        self.connection = connection = pika.BlockingConnection(connection_parameters(self.worker_id))
+    def _connect(self, connection: BlockingConnection) -> None:
+        self.connection = connection
         self.generation += 1
         self.executor.wake = lambda: _wake(connection)
         self.publisher = ConfirmedPublisher(connection, self.executor.wake)
@@ -169,13 +150,14 @@ class Consumer:
         self.hooks.on_connect(control)
         if not self.stopping:
             self.consumer_tag = self.channel.basic_consume(self.job_type.queue, self._on_message)
-        self.log.info("consuming", extra={"queue": self.job_type.queue})
-        self.status.set_state("idle")
+        self.log.info("consuming", extra={"queue": self.job_type.queue, "node": self.link.node})
+        self.status.set_state(HeartbeatState.IDLE)
 
     def _lost_connection(self, error: BaseException) -> None:
         """Forget what the dead connection held: RabbitMQ redelivers it to someone."""
         self.log.warning(
-            "connection lost, reconnecting", extra={"error": _reason(error), "unacked_returned": len(self.ledger)}
+            "connection lost, reconnecting",
+            extra={"error": _reason(error), "node": self.link.node, "unacked_returned": len(self.ledger)},
         )
         self.executor.take_unstarted()
         self.ledger.reset()
@@ -187,7 +169,7 @@ class Consumer:
         self.connection = None
 
     def _close(self) -> None:
-        self.status.set_state("stopped")
+        self.status.set_state(HeartbeatState.STOPPED)
         self._close_connection()
 
     def _close_connection(self) -> None:
@@ -216,7 +198,7 @@ class Consumer:
         if self.job_type.timeout_seconds is not None:
             self._fail_overdue(self.job_type.timeout_seconds)
         if not self.stopping:
-            self.status.set_state("busy" if self.ledger else "idle")
+            self.status.set_state(HeartbeatState.BUSY if self.ledger else HeartbeatState.IDLE)
         self.hooks.tick(now)
 
     def _on_message(self, channel: BlockingChannel, method: Any, properties: pika.BasicProperties, body: bytes) -> None:
@@ -234,8 +216,8 @@ class Consumer:
     def _begin_stop(self) -> None:
         """No new rows; rows not started yet go back to the queue."""
         assert self.channel is not None
-        if self.status.heartbeat.state != "stopping":
-            self.status.set_state("stopping")
+        if self.status.heartbeat.state != HeartbeatState.STOPPING:
+            self.status.set_state(HeartbeatState.STOPPING)
             self.executor.stopping = True
         if self.consumer_tag is not None:
             self.channel.basic_cancel(self.consumer_tag)

@@ -22,6 +22,8 @@ from typing import Any
 import pika
 from pika.adapters.blocking_connection import BlockingConnection
 
+from jobtypes.confirms import Confirms
+from jobtypes.pika_internals import async_channel
 from jobtypes.queues import ROUTES_EXCHANGE
 
 CONFIRM_SELECT_TIMEOUT = 10.0
@@ -35,11 +37,10 @@ class ConfirmedPublisher:
     def __init__(self, connection: BlockingConnection, wake: Callable[[], None]) -> None:
         self.channel = connection.channel()
         self.wake = wake
-        self.sequence = 0
-        self.unconfirmed: dict[int, None] = {}
+        self.confirms: Confirms[None] = Confirms()
         self.failure: str | None = None
         selected: list[Any] = []
-        impl = self.channel._impl  # the asynchronous channel: confirms by callback, not by waiting
+        self.async_channel = impl = async_channel(self.channel)  # confirms by callback, not by waiting
         impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=selected.append)
         impl.add_on_return_callback(self._on_return)
         deadline = time.monotonic() + CONFIRM_SELECT_TIMEOUT
@@ -51,14 +52,18 @@ class ConfirmedPublisher:
     def publish(self, queue: str, body: bytes, properties: pika.BasicProperties) -> None:
         """Publish to `queue` through the routes exchange (the only one a worker's user may write to); confirmed
         later."""
-        self.channel._impl.basic_publish(ROUTES_EXCHANGE, queue, body, properties, mandatory=True)
-        self.sequence += 1
-        self.unconfirmed[self.sequence] = None
+        self.async_channel.basic_publish(ROUTES_EXCHANGE, queue, body, properties, mandatory=True)
+        self.confirms.published(None)
+
+    @property
+    def sequence(self) -> int:
+        """The number of the last publish."""
+        return self.confirms.sequence
 
     @property
     def confirmed(self) -> int:
         """Every publish up to this sequence number is confirmed."""
-        return next(iter(self.unconfirmed)) - 1 if self.unconfirmed else self.sequence
+        return self.confirms.through()
 
     def check(self) -> None:
         if self.failure is not None:
@@ -68,11 +73,8 @@ class ConfirmedPublisher:
         method = frame.method
         if isinstance(method, pika.spec.Basic.Nack):
             self.failure = f"the broker refused publish {method.delivery_tag} (nack)"
-        elif method.multiple:
-            for sequence in [sequence for sequence in self.unconfirmed if sequence <= method.delivery_tag]:
-                del self.unconfirmed[sequence]
         else:
-            self.unconfirmed.pop(method.delivery_tag, None)
+            self.confirms.settle(method)
         self.wake()
 
     def _on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:

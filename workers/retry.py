@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 
 import pika
 
@@ -35,11 +36,19 @@ def retry_delay(job_type: JobType, attempt: int) -> float:
     return min(job_type.retry_delay_seconds * 2 ** (attempt - 1), MAX_DELAY_SECONDS)
 
 
+class Disposition(StrEnum):
+    """Where a republished row goes: the retry queue, the dead queue, or back to its own queue unstarted."""
+
+    RETRY = "retry"
+    DEAD = "dead"
+    RETURNED = "returned"
+
+
 @dataclass(frozen=True)
 class Republish:
     queue: str
     properties: pika.BasicProperties
-    outcome: str  # "retry", "dead" or "returned"
+    outcome: Disposition
 
 
 def _copy(properties: pika.BasicProperties, headers: dict, expiration: str | None) -> pika.BasicProperties:
@@ -64,7 +73,7 @@ def after_failure(job_type: JobType, properties: pika.BasicProperties, error: st
     if attempt < job_type.max_attempts:
         headers = {**original, ATTEMPT_HEADER: attempt + 1, "x-last-error": error[:1000]}
         delay_ms = str(int(retry_delay(job_type, attempt) * 1000))
-        return Republish(job_type.retry_queue, _copy(properties, headers, delay_ms), "retry")
+        return Republish(job_type.retry_queue, _copy(properties, headers, delay_ms), Disposition.RETRY)
     headers = {
         **original,
         "x-attempts": attempt,
@@ -73,7 +82,7 @@ def after_failure(job_type: JobType, properties: pika.BasicProperties, error: st
         "x-failed-by": worker_id,
         "x-original-queue": job_type.queue,
     }
-    return Republish(job_type.dead_queue, _copy(properties, headers, None), "dead")
+    return Republish(job_type.dead_queue, _copy(properties, headers, None), Disposition.DEAD)
 
 
 def unreadable(job_type: JobType, properties: pika.BasicProperties, error: str, worker_id: str) -> Republish:
@@ -88,4 +97,4 @@ def give_back(job_type: JobType, properties: pika.BasicProperties) -> Republish:
     Republished rather than nacked: a requeued message comes back flagged
     `redelivered`, which the runtime counts as a spent attempt.
     """
-    return Republish(job_type.queue, _copy(properties, dict(properties.headers or {}), None), "returned")
+    return Republish(job_type.queue, _copy(properties, dict(properties.headers or {}), None), Disposition.RETURNED)

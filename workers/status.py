@@ -15,9 +15,10 @@ from collections.abc import Callable
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from jobtypes.control import HEARTBEAT_EXCHANGE, Heartbeat
+from jobtypes.control import HEARTBEAT_EXCHANGE, Heartbeat, HeartbeatState
 from workers.delivery import Outcome, Status
 from workers.hooks import Hook
+from workers.retry import Disposition
 
 
 class StatusHeartbeats(Hook):
@@ -30,7 +31,7 @@ class StatusHeartbeats(Hook):
         self.heartbeat = Heartbeat(
             worker_id=worker_id,
             job_type=job_type,
-            state="starting",
+            state=HeartbeatState.STARTING,
             pid=os.getpid(),
             host=socket.gethostname(),
             started_at=time.time(),
@@ -43,17 +44,18 @@ class StatusHeartbeats(Hook):
         beat = self.heartbeat
         if outcome.status is Status.FAILED:
             beat.failed += 1
-            if outcome.copy is not None and outcome.copy.outcome == "dead":
+            if outcome.copy is not None and outcome.copy.outcome is Disposition.DEAD:
                 beat.dead += 1
             else:
                 beat.retried += 1
         elif outcome.status is not Status.RETURNED:
             beat.processed += 1
 
-    def set_state(self, state: str) -> None:
+    def set_state(self, state: HeartbeatState) -> None:
+        """A change between busy and idle waits for the next periodic beat; any other change is sent at once."""
         if self.heartbeat.state != state:
             self.heartbeat.state = state
-            if state not in ("busy", "idle"):
+            if state not in (HeartbeatState.BUSY, HeartbeatState.IDLE):
                 self.send()
 
     def tick(self, now: float) -> None:

@@ -12,6 +12,14 @@ from enum import Enum
 from typing import Protocol
 
 from jobtypes.config import JobType
+from jobtypes.errors import NotFound
+
+
+class WorkerLogNotFound(NotFound):
+    """The backend has no log of that worker (never started here, or its log is gone)."""
+
+    def __init__(self, worker_id: str) -> None:
+        super().__init__(f"no log for worker {worker_id[:80]!r}")
 
 
 class WorkerState(str, Enum):
@@ -24,6 +32,10 @@ class WorkerState(str, Enum):
     @property
     def finished(self) -> bool:
         return self in (WorkerState.SUCCEEDED, WorkerState.FAILED)
+
+
+#: The states of a worker that is alive: what the status document and the metrics count.
+LIVE_STATES = (WorkerState.STARTING, WorkerState.RUNNING, WorkerState.STOPPING)
 
 
 @dataclass
@@ -65,7 +77,7 @@ class Backend(Protocol):
         then kill after the type's `stop_grace_seconds`. Must be idempotent."""
 
     def read_log(self, worker_id: str, lines: int = 200) -> str:
-        """The last `lines` lines of the worker's log (for the dashboard)."""
+        """The last `lines` lines of the worker's log (for the dashboard); `WorkerLogNotFound` when there is none."""
 
     def close(self) -> None:
         """Release connections; workers keep running (a restarted scaler adopts them)."""

@@ -30,7 +30,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from jobtypes.config import DEFAULT_STOP_GRACE_SECONDS, JobType
-from scaler.backends.base import WorkerInfo, WorkerState
+from scaler.backends.base import WorkerInfo, WorkerLogNotFound, WorkerState
 from scaler.backends.kubernetes_api import (
     KubernetesApiError,
     NotLeading,
@@ -354,7 +354,7 @@ class KubernetesBackend:
 
     # logs --------------------------------------------------------------------------
     def read_log(self, worker_id: str, lines: int = 200) -> str:
-        """The last `lines` lines of the worker's newest pod, or of a finished worker as kept (KeyError: none)."""
+        """The last `lines` lines of the worker's newest pod, or of a finished worker as kept."""
         kept = self._finished.get(worker_id)
         if kept is not None and kept.log is not None:
             return "".join(kept.log.splitlines(keepends=True)[-lines:])
@@ -368,7 +368,7 @@ class KubernetesBackend:
         ).items
         pod = newest(pods)
         if pod is None:
-            raise KeyError(worker_id)
+            raise WorkerLogNotFound(worker_id)
         return self._read_pod_log(pod.metadata.name, lines)
 
     def _read_pod_log(self, pod_name: str, lines: int, previous: bool = False) -> str:

@@ -33,10 +33,10 @@ import psutil
 
 from jobtypes.config import DEFAULT_STOP_GRACE_SECONDS, JobType
 from jobtypes.settings import REPO_ROOT
-from scaler.backends.base import WorkerInfo, WorkerState
+from scaler.backends.base import WorkerInfo, WorkerLogNotFound, WorkerState
 from scaler.backends.local_settings import LocalSettings
 from scaler.backends.templates import TemplatePool
-from scaler.backends.worker_environment import worker_environment
+from scaler.backends.worker_environment import worker_environment, worker_search_path
 from scaler.backends.worker_logs import WorkerLogs
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ class LocalBackend:
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.finished: dict[str, WorkerInfo] = {}
         self.kill_deadlines: dict[str, float] = {}
-        self.handlers_found: set[str] = set()  # found once, not looked up again; a missing one is, every tick
+        # (module, *where its workers look) found once, not looked up again; a missing one is, every tick
+        self.handlers_found: set[tuple[str, ...]] = set()
         self.calls = 0
 
     # listing ---------------------------------------------------------------
@@ -95,7 +96,8 @@ class LocalBackend:
         env = worker_environment(job_type, os.environ, self.settings.env_passthrough)
         credential = self._credential_file(job_type)
         if credential is not None and credential.is_file():
-            env["RABBITMQ_URL"] = credential.read_text().strip()
+            env.pop("RABBITMQ_URL", None)  # the scaler's own user, not the type's
+            env["RABBITMQ_URLS"] = credential.read_text().strip()
         return env
 
     def _credential_file(self, job_type: JobType) -> Path | None:
@@ -164,7 +166,8 @@ class LocalBackend:
 
     def check(self, job_type: JobType) -> str | None:
         """A type without its broker credential, or run by the default command and whose handler module cannot
-        be found (without importing it)."""
+        be found where its workers will look (their environment, the type's `env` included), without importing
+        it."""
         credential = self._credential_file(job_type)
         if credential is not None and not credential.is_file():
             return (
@@ -174,11 +177,15 @@ class LocalBackend:
         if job_type.command is not None:
             return None
         module = handler_module(job_type)
-        if module in self.handlers_found or find_module(module, [str(REPO_ROOT), *sys.path]):
-            self.handlers_found.add(module)
+        search_path = worker_search_path(self.environment(job_type), REPO_ROOT)
+        if (module, *search_path) in self.handlers_found or find_module(module, search_path):
+            self.handlers_found.add((module, *search_path))
             return None
         if "." in job_type.handler:
-            return f"no handler module {module} on the Python path (the type's 'handler' field names it)"
+            return (
+                f"no handler module {module} on its workers' Python path (the type's 'handler' field names it; "
+                "its 'env' may add a PYTHONPATH)"
+            )
         return (
             f"no handler module {module} (create workers/{job_type.handler}/handler.py with a "
             "handle(row, context) function, or name an existing module in the type's 'handler' field)"
@@ -257,7 +264,7 @@ class LocalBackend:
     def read_log(self, worker_id: str, lines: int = 200) -> str:
         path = self.logs.path_for(worker_id)
         if not path.is_file():
-            raise KeyError(worker_id)
+            raise WorkerLogNotFound(worker_id)
         with path.open("rb") as handle:
             handle.seek(0, os.SEEK_END)
             handle.seek(max(handle.tell() - lines * 400, 0))

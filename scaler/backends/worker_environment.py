@@ -3,15 +3,19 @@
 The scaler's environment holds the management API's credentials, the upload
 token and settings of its own; a worker runs job-type code that has no
 business with them. A worker gets the operating system's basics (PATH, HOME,
-locale, temp dir, Python path), the broker's URL and heartbeat, the `WORKER_*`
+locale, temp dir, Python path), the broker's node list, heartbeat and reconnect wait, the `WORKER_*`
 settings of the runtime, its own job type's validated settings
 (jobtypes.handoff), the type's `env` from the config, and the names an
-operator lists in SCALER_WORKER_ENV_PASSTHROUGH.
+operator lists in SCALER_WORKER_ENV_PASSTHROUGH. `worker_search_path` is where
+such a worker looks for its handler, so the scaler can check it is there.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from jobtypes.config import JobType
 from jobtypes.handoff import JOB_TYPE_ENV, encode
@@ -20,8 +24,17 @@ from jobtypes.handoff import JOB_TYPE_ENV, encode
 SYSTEM_NAMES = frozenset(
     {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV"}
 )
-#: What the worker runtime reads.
-WORKER_NAMES = frozenset({"RABBITMQ_URL", "RABBITMQ_HEARTBEAT_SECONDS"})
+#: What the worker runtime reads (the queue types for a worker that must declare the queues itself).
+WORKER_NAMES = frozenset(
+    {
+        "RABBITMQ_URL",
+        "RABBITMQ_URLS",
+        "RABBITMQ_HEARTBEAT_SECONDS",
+        "RABBITMQ_RECONNECT_MAX_SECONDS",
+        "QUEUE_TYPE",
+        "OUTCOMES_QUEUE_TYPE",
+    }
+)
 PREFIXES = ("LC_", "WORKER_")
 
 
@@ -36,3 +49,13 @@ def worker_environment(
     env[JOB_TYPE_ENV] = encode(job_type)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def worker_search_path(env: Mapping[str, str], cwd: Path) -> list[str]:
+    """Where a worker started with `env` in `cwd` (`python -m`) finds modules: `cwd`, then its PYTHONPATH
+    (relative entries taken from `cwd`), then this interpreter's own entries. The scaler's own PYTHONPATH
+    counts only as far as `env` carries it: a type's `env` that sets PYTHONPATH replaces it for its workers."""
+    own = {os.path.abspath(entry) for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry}
+    interpreter = [entry for entry in sys.path[1:] if os.path.abspath(entry) not in own]
+    given = [str(cwd / entry) for entry in env.get("PYTHONPATH", "").split(os.pathsep) if entry]
+    return [str(cwd), *given, *interpreter]

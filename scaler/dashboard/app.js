@@ -21,7 +21,7 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
-const number = (value) => (value === null || value === undefined ? "?" : String(value));
+const number = (value) => (value === null || value === undefined ? "?" : Charts.count(value));
 const clock = (seconds) => new Date(seconds * 1000).toLocaleTimeString();
 
 function setConnection(text, ok) {
@@ -282,7 +282,7 @@ function renderWorkers(status) {
     body.append(el("tr", { "data-worker": worker.id },
       el("td", { class: "mono" }, worker.id), el("td", {}, worker.job_type),
       el("td", { class: `wstate ${worker.state}` }, state + (worker.busy ? " · busy" : "")),
-      el("td", {}, clock(worker.started_at)), el("td", {}, worker.processed), el("td", {}, worker.failed),
+      el("td", {}, clock(worker.started_at)), el("td", {}, number(worker.processed)), el("td", {}, number(worker.failed)),
       el("td", {}, button)));
   }
 }

@@ -23,6 +23,13 @@ const Charts = (() => {
     return String(+value.toFixed(size >= 10 ? 1 : 2));
   }
 
+  // A count or rate for people, in the reader's locale: whole numbers with group separators (4155.57 -> "4,156"),
+  // a tenth kept under 10 so a slow rate does not read 0. Charts' axes use the compact `number` instead.
+  function count(value) {
+    if (value === null || value === undefined || Number.isNaN(value)) return "–";
+    return value.toLocaleString(undefined, { maximumFractionDigits: Math.abs(value) < 10 ? 1 : 0 });
+  }
+
   function clock(seconds, withSeconds) {
     const options = { hour: "2-digit", minute: "2-digit", hour12: false };
     if (withSeconds) options.second = "2-digit";
@@ -237,5 +244,5 @@ const Charts = (() => {
     return known.length ? `${number(Math.min(...known))}–${number(Math.max(...known))}` : "no data";
   };
 
-  return { create, cumulative, extent, number, clock, elapsed, duration, COLOURS, PALETTE };
+  return { create, cumulative, extent, number, count, clock, elapsed, duration, COLOURS, PALETTE };
 })();

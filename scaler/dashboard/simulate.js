@@ -110,7 +110,7 @@
   const figures = (totals) => [
     Charts.number(totals.worker_seconds), `${Math.round(totals.busy_fraction * 100)}%`,
     seconds(totals.wait_seconds.p50), seconds(totals.wait_seconds.p95), seconds(totals.wait_seconds.p99),
-    seconds(totals.completion_seconds.p95), String(totals.peak_workers), String(totals.starts), Charts.number(totals.rows),
+    seconds(totals.completion_seconds.p95), Charts.count(totals.peak_workers), Charts.count(totals.starts), Charts.number(totals.rows),
   ];
   const FIGURE_HEADS = ["worker-seconds", "busy", "wait p50", "wait p95", "wait p99", "completion p95", "peak workers", "cold starts", "rows"];
 
@@ -184,7 +184,7 @@
         title: `Row waits under ${name}`, x: "bins", xLabel: "wait (s)", edges, height: 150,
         axes: [{ label: "rows", whole: true }],
         lines: [{ label: "rows", colour: colour(i), fill: `${colour(i)}99`, bars: true, value: (k) => Charts.number(k === null ? total(counts) : counts[k]) }],
-        summary: () => `Row waits under ${name}: ` + counts.map((count, k) => `${count} rows waited ${edges[k]} to ${edges[k + 1]} s`).join(", "),
+        summary: () => `Row waits under ${name}: ` + counts.map((count, k) => `${Charts.count(count)} rows waited ${edges[k]} to ${edges[k + 1]} s`).join(", "),
       });
       chart.update([counts.map((_, k) => k + 0.5), counts]);
       charts.push(chart);

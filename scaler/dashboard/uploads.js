@@ -7,7 +7,7 @@
 
 const UPLOADS_POLL_MS = 1000;
 const PARTS = ["succeeded", "retrying", "dead", "cancelled"];
-const ACTIVE = ["publishing", "interrupted", "queued", "running"];
+const ACTIVE = ["publishing", "interrupted", "queued", "running", "orphaned"];
 const INTERRUPTED_HINT = "Send the file again with the same key: only the rows after the confirmed count are published, into the same record.";
 const uploadKeys = new Map();  // file + type -> Idempotency-Key, kept until that upload is answered 200
 let followedUpload = null;
@@ -22,18 +22,19 @@ function newKey() {
   return "dash-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
+const count = Charts.count;
 const seconds = (value) => (value === null || value === undefined ? "–" : value < 90 ? `${Math.round(value)} s` : `${Math.round(value / 60)} min`);
 
 function progressText(item) {
   const finished = item.rows - item.pending;
-  const extra = ["retrying", "dead", "cancelled"].filter((k) => item[k]).map((k) => `${item[k]} ${k}`);
+  const extra = ["retrying", "dead", "cancelled"].filter((k) => item[k]).map((k) => `${count(item[k])} ${k}`);
   if (item.replays) extra.push(`replayed ${item.replays}×`);
-  return [`${finished} / ${item.rows} rows`, ...extra, `${item.rows_per_second} rows/s`, `ETA ${seconds(item.eta_seconds)}`].join(" · ");
+  return [`${count(finished)} / ${count(item.rows)} rows`, ...extra, `${count(item.rows_per_second)} rows/s`, `ETA ${seconds(item.eta_seconds)}`].join(" · ");
 }
 
 function bar(item) {
   const box = el("div", { class: "upload-bar", role: "img" });
-  box.setAttribute("aria-label", PARTS.map((k) => `${item[k]} ${k}`).join(", ") + ` of ${item.rows}`);
+  box.setAttribute("aria-label", PARTS.map((k) => `${count(item[k])} ${k}`).join(", ") + ` of ${count(item.rows)}`);
   for (const part of PARTS) {
     const share = item.rows ? (100 * item[part]) / item.rows : 0;
     const segment = el("span", { class: `part ${part}`, "data-part": part });
@@ -70,10 +71,11 @@ function renderUpload(item) {
     el("p", { class: "upload-progress", "data-field": "progress" }, progressText(item)),
     actions(item));
   if (item.state === "interrupted") {
-    node.append(el("p", { class: "warn", "data-field": "interrupted" }, `Publishing interrupted at ${item.confirmed} of ${item.rows} rows: ${item.publish_error}`),
+    node.append(el("p", { class: "warn", "data-field": "interrupted" }, `Publishing interrupted at ${count(item.confirmed)} of ${count(item.rows)} rows: ${item.publish_error}`),
       el("p", { class: "hint", "data-field": "interrupted-hint" }, INTERRUPTED_HINT));
   }
-  if (item.failed_rows_truncated) node.append(el("p", { class: "hint" }, `Failed-row details kept for the first ${item.failed_rows_cap} rows only.`));
+  if (item.orphaned_reason) node.append(el("p", { class: "warn", "data-field": "orphaned" }, `No worker can take these rows: ${item.orphaned_reason}`));
+  if (item.failed_rows_truncated) node.append(el("p", { class: "hint" }, `Failed-row details kept for the first ${count(item.failed_rows_cap)} rows only.`));
   return node;
 }
 
@@ -139,7 +141,7 @@ async function submitUpload(event) {
     if (response.ok) {
       uploadKeys.delete(identity);
       followedUpload = body.upload_id;
-      answer.textContent = `Queued ${body.rows} rows for ${body.job_type} (upload ${body.upload_id}).`;
+      answer.textContent = `Queued ${count(body.rows)} rows for ${body.job_type} (upload ${body.upload_id}).`;
       answer.className = "answer ok";
       pollUploads();
     } else {

@@ -1,1 +1,2 @@
-"""Helpers shared by the test suite: waiting on conditions, the real broker, real processes."""
+"""Helpers of the test suite alone (fault report, proxies, harnesses); what the benchmarks share with it
+(broker, processes, stack, waiting, PostgreSQL, the Kubernetes emulator) is in bench/support."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pika
 
+from bench.support.broker import Broker
 from jobtypes.outcomes import (
     OUTCOMES_QUEUE,
     UPLOADS_EXCHANGE,
@@ -12,7 +13,6 @@ from jobtypes.outcomes import (
     RowOutcome,
     declare_outcome_routes,
 )
-from tests.support.broker import Broker
 
 
 def publish_reports(broker: Broker, job_type: str, batches: list[list[RowOutcome]]) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from tests.support.broker import Broker
-from tests.support.stack import Stack
+from bench.support.broker import Broker
+from bench.support.stack import Stack
 
 
 class CuttableProxy:

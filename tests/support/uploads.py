@@ -7,8 +7,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from tests.support.stack import Stack
-from tests.support.waiting import wait_until
+from bench.support.stack import Stack
+from bench.support.waiting import wait_until
 
 
 def record(stack: Stack, upload_id: str) -> dict[str, Any]:

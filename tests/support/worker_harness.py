@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.support.broker import Broker
+from bench.support.processes import Service
+from bench.support.stack import Stack
+from bench.support.waiting import wait_until
 from jobtypes.outcomes import OUTCOMES_QUEUE, OutcomeReport, RowOutcome
-from tests.support.broker import Broker
-from tests.support.processes import Service
-from tests.support.stack import Stack
-from tests.support.waiting import wait_until
 
 RECORDER = {"handler": "tests.handlers.recorder", "retry_delay_seconds": 0.1, "max_attempts": 3}
 
@@ -24,11 +24,12 @@ RECORDER = {"handler": "tests.handlers.recorder", "retry_delay_seconds": 0.1, "m
 class Harness:
     """A producer to enqueue rows, worker processes to consume them, and the record of what they did."""
 
-    def __init__(self, broker: Broker, directory: Path, settings: dict) -> None:
+    def __init__(self, broker: Broker, directory: Path, settings: dict, env: dict[str, str] | None = None) -> None:
         self.broker = broker
         self.directory = directory
         self.stack = Stack(broker, directory, {"work": {**RECORDER, **settings}})
         self.stack.env.update({"RECORD_FILE": str(directory / "record.jsonl"), "WORKER_HEARTBEAT_SECONDS": "0.5"})
+        self.stack.env.update(env or {})
         self.stack.env["UPLOADS_TRACKER"] = "off"  # the tests read the outcome reports themselves
         self.stack.start_producer()
         self.queue = self.stack.queue_of("work")

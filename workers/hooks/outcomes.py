@@ -24,11 +24,13 @@ from jobtypes.outcomes import (
     REPLAY_HEADER,
     OutcomeReport,
     RowOutcome,
+    RowStatus,
     split_message_id,
 )
 from workers.delivery import Outcome, Status
 from workers.hooks import Hook
 from workers.publisher import ConfirmedPublisher
+from workers.retry import Disposition
 
 _PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json")
 
@@ -73,13 +75,13 @@ def row_outcome(outcome: Outcome) -> RowOutcome | None:
     replay = _replay(delivery.headers.get(REPLAY_HEADER))
     attempts = delivery.attempt
     if outcome.status is Status.SUCCEEDED:
-        return RowOutcome(upload_id, row, "succeeded", attempts, replay)
+        return RowOutcome(upload_id, row, RowStatus.SUCCEEDED, attempts, replay)
     if outcome.status is Status.CANCELLED:
-        return RowOutcome(upload_id, row, "cancelled", attempts, replay)
-    if outcome.copy is not None and outcome.copy.outcome == "retry":
-        return RowOutcome(upload_id, row, "retrying", attempts, replay, outcome.error)
+        return RowOutcome(upload_id, row, RowStatus.CANCELLED, attempts, replay)
+    if outcome.copy is not None and outcome.copy.outcome is Disposition.RETRY:
+        return RowOutcome(upload_id, row, RowStatus.RETRYING, attempts, replay, outcome.error)
     body = delivery.body.decode("utf-8", errors="replace")
-    return RowOutcome(upload_id, row, "dead", attempts, replay, outcome.error, body, _line(delivery.headers))
+    return RowOutcome(upload_id, row, RowStatus.DEAD, attempts, replay, outcome.error, body, _line(delivery.headers))
 
 
 def _replay(value: object) -> int:

@@ -1,6 +1,6 @@
 """The whole local stack (producer, scaler with the local backend, workers) as real processes.
 
-Browser, fault and load tests drive the project the way an operator runs it:
+Browser, fault and load tests and the benchmarks drive the project the way an operator runs it:
 `python -m producer` and `python -m scaler --backend local` on free loopback
 ports, against the test session's private vhost and a config of the test's own.
 """
@@ -19,10 +19,10 @@ from urllib.parse import quote
 import httpx
 import psutil
 
-from tests.support.broker import Broker
-from tests.support.configs import write_config
-from tests.support.processes import Service, free_port
-from tests.support.waiting import wait_until
+from bench.support.broker import Broker
+from bench.support.configs import write_config
+from bench.support.processes import Service, free_port
+from bench.support.waiting import wait_until
 
 DEFAULT_TOKEN = "test-stack-token"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.waiting import wait_until
+from bench.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 

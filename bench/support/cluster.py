@@ -5,7 +5,8 @@ benchmark also starts a one-node one beside it).
 
 The fault tests kill its nodes with SIGKILL; the shared broker on 5672 is never touched. `running_cluster`
 starts it (about half a minute on two busy cores) with a fresh vhost on it and stops every node at the end; the
-session fixture `cluster` does that once per test session (import it into the test module that uses it). A
+tests' session fixture `cluster` (tests/conftest.py) does that once per test session, the queue cost benchmark
+(bench/queues.py) once per run. A
 `Cluster` is a `Broker` whose URLs are those of the first node still running, so stacks and benchmark helpers
 written for the shared broker run on it unchanged.
 """
@@ -23,10 +24,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 import httpx
-import pytest
 
-from tests.support.broker import Broker
-from tests.support.waiting import wait_until
+from bench.support.broker import Broker
+from bench.support.waiting import wait_until
 
 MANAGE = Path(__file__).resolve().parents[2] / "manage.sh"
 AUTH = ("guest", "guest")
@@ -191,10 +191,3 @@ def running_cluster(directory: Path, topology: Topology = THREE_NODES) -> Iterat
         yield started
     finally:
         started.manage("stop_rabbitmq_cluster")
-
-
-@pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """The test session's three-node cluster (see `running_cluster`)."""
-    with running_cluster(tmp_path_factory.mktemp("rabbitmq-cluster")) as started:
-        yield started

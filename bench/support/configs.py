@@ -1,4 +1,4 @@
-"""Write jobs configs with queue names unique to one test."""
+"""Write jobs configs with queue names unique to one test or benchmark run."""
 
 from __future__ import annotations
 

@@ -29,13 +29,12 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import pytest
 from kubernetes import client
 
 ROUTE = re.compile(
@@ -467,11 +466,3 @@ class KubernetesEmulator:
 
 def _container_status(state: dict[str, Any]) -> dict[str, Any]:
     return {"name": "worker", "image": "x", "imageID": "", "ready": False, "restartCount": 0, "state": state}
-
-
-@pytest.fixture()
-def emulator() -> Iterator[KubernetesEmulator]:
-    """A fresh emulated API server for one test (import this fixture into the test module)."""
-    created = KubernetesEmulator()
-    yield created
-    created.close()
