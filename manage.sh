@@ -370,6 +370,8 @@ ensure_broker() {
   export RABBITMQ_URL="${RABBITMQ_URL:-amqp://guest:guest@localhost:$(node_amqp_port 1)/%2F}"
   export RABBITMQ_ADMIN_API_URLS="${RABBITMQ_ADMIN_API_URLS:-$(cluster_urls http://guest:guest@localhost: node_management_port /api)}"
   export RABBITMQ_URLS="${RABBITMQ_URLS:-$(cluster_urls amqp://guest:guest@localhost: node_amqp_port /%2F)}"
+  # Rows outlive a node only in quorum queues: the default queue type on a cluster (a type may still say classic).
+  export QUEUE_TYPE="${QUEUE_TYPE:-quorum}"
 }
 
 cmd_up() {

@@ -71,7 +71,7 @@ TABLES = (
             ("lost", "lost"),
             ("recover", "time to recover"),
         ),
-        sources=("faults",),
+        sources=("faults", "faults-cluster"),
     ),
 )
 

@@ -59,7 +59,7 @@ def test_three_nodes_form_one_cluster_that_replicates_a_quorum_queue_and_status_
         return manage_functions("cluster_status", RABBITMQ_CLUSTER_DIR=str(cluster.directory), **env).stdout
 
     # The queue list is the statistics database's, refreshed every 500 ms (collect_statistics_interval).
-    up = rf"{re.escape(leader.name)}\s+up\s+pid \d+\s+AMQP {leader.amqp_port}.*leads 1 queues"
+    up = rf"{re.escape(leader.name)}\s+up\s+pid \d+\s+AMQP {leader.amqp_port}.*leads [1-9]\d* queues"
     wait_until(lambda: re.search(up, status()), timeout=10, what="status to show the queue's leader")
 
     cluster.kill(leader)

@@ -152,7 +152,7 @@ class Cluster(Broker):
     def leader(self, queue: str) -> Node | None:
         """The node that leads a quorum queue (or hosts a classic one), as the management API says; None while
         the queue has no leader (an election after its leader died)."""
-        info = self.request("GET", f"/queues/{quote(self.vhost, safe='')}/{quote(queue, safe='')}").json()
+        info = self.queue(queue)
         name = info.get("leader") or info.get("node")
         return next((node for node in self.nodes if node.name == name and self.pid(node) is not None), None)
 
