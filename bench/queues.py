@@ -2,26 +2,25 @@
 
     ./manage.sh bench queues            (or .venv/bin/python bench/queues.py)
 
-Four setups: a classic and a quorum work queue on one node and on a three-node
-cluster, both started by the benchmark (and stopped at its end) with the code
-`./manage.sh up --rabbitmq-nodes N` runs (tests/support/cluster.py): the
-cluster on AMQP ports 5682-5684, the single node on 5686, so that neither
-is the shared development broker other work loads. Clients connect to the
-first node, where RabbitMQ puts the leader of the queue they declare. In each
-setup and round:
+Four setups: a job type with a classic and one with a quorum work queue
+(`queue_type`), on one node and on a three-node cluster, both started by the
+benchmark (and stopped at its end) with the code `./manage.sh up
+--rabbitmq-nodes N` runs (bench/support/cluster.py): the cluster on AMQP ports
+5682-5684, the single node on 5686, so that neither is the shared development
+broker other work loads. The producer gets every node in `RABBITMQ_URLS`, as
+`up` gives it. In each setup and round:
 
-* ingest: the ingest benchmark's baseline publisher (bench/ingest.py: the
-  producer's message properties, `mandatory`, publisher confirms, the
-  producer's window of unconfirmed messages) publishes `--rows` rows into an
-  empty queue, timed until every row is confirmed. A quorum queue confirms a
-  message once a majority of its members (two of three) has it on disk;
-  a classic one once its node has it;
-* consume: the worker benchmark's plain consumer that acks in groups (as the
-  runtime does; bench/support/plain_consumer.py) drains those rows, timed
-  from outside the same way as every worker contender (bench/support/drain.py).
+* ingest: `--rows` rows uploaded over HTTP to the producer (`python -m
+  producer`, the ingest benchmark's upload, bench/ingest.py), timed from the
+  first byte to the 200, which comes once every row is confirmed. A quorum
+  queue confirms a message once a majority of its members (two of three) has
+  it on disk; a classic one once its node has it;
+* consume: one worker (`python -m workers`, the no-op handler, the worker
+  benchmark's channel prefetch, outcome reports off so that only the work
+  queue differs) drains those rows, timed from outside the same way as every
+  worker benchmark contender (bench/support/drain.py).
 
-The work queue carries the arguments jobtypes/queues.py gives it (dead
-lettering) plus `x-queue-type`. The setups alternate within every round (the
+The setups alternate within every round (the
 order reversed every other round); the best round of each counts, and the
 median of the rounds' ratios is printed beside the best's, because these
 machines are shared and noisy. Results: bench/results/queues.json.
@@ -34,22 +33,20 @@ import signal
 import statistics
 import sys
 import tempfile
-import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.ingest import baseline_publish, json_bodies, same_properties, write_sample  # noqa: E402
+from bench.ingest import upload, write_sample  # noqa: E402
 from bench.support.broker import Broker  # noqa: E402
 from bench.support.cluster import Topology, running_cluster  # noqa: E402
 from bench.support.drain import timed_drain  # noqa: E402
 from bench.support.processes import Service  # noqa: E402
 from bench.support.results import Row, write_results  # noqa: E402
+from bench.support.stack import Stack  # noqa: E402
 from bench.worker import tracked_channel_prefetch  # noqa: E402
-from jobtypes.config import JobType  # noqa: E402
-from jobtypes.queues import queue_arguments  # noqa: E402
 
 QUEUE_TYPES = ("classic", "quorum")
 TOPOLOGIES = {"1 node": 1, "3 nodes": 3}
@@ -59,20 +56,27 @@ TOPOLOGIES = {"1 node": 1, "3 nodes": 3}
 ONE_NODE = Topology(size=1, prefix="bench-single", base_port=5686, management_base_port=15686)
 
 
-def run_once(
-    broker: Broker, queue_type: str, bodies: list[bytes], args: argparse.Namespace, log: Path
-) -> tuple[float, float]:
-    """(ingest seconds, consume seconds) for `bodies` through a fresh queue of `queue_type` on `broker`."""
-    job_type = JobType(name="bench", queue=f"bench_{queue_type}_{uuid.uuid4().hex[:6]}")
-    arguments = queue_arguments(job_type)[job_type.queue] | {"x-queue-type": queue_type}
-    properties = same_properties(job_type.name, uuid.uuid4().hex, 0)
-    ingest = baseline_publish(broker.amqp_url, job_type.queue, arguments, bodies, args.window, properties, True)
-    consumer = [job_type.queue, str(tracked_channel_prefetch(args.prefetch)), "group"]
+def bench_stack(broker: Broker, directory: Path, args: argparse.Namespace) -> Stack:
+    """A producer on `broker` with one job type per queue type (named after it), the no-op handler."""
+    prefetch = tracked_channel_prefetch(args.prefetch)
+    types = {
+        kind: {"queue": f"bench_{kind}", "queue_type": kind, "handler": "tests.handlers.noop", "prefetch": prefetch}
+        for kind in QUEUE_TYPES
+    }
+    env = {"PRODUCER_PUBLISH_WINDOW": str(args.window), "WORKER_LOG_LEVEL": "info", "WORKER_REPORT_OUTCOMES": "0"}
+    directory.mkdir()
+    stack = Stack(broker, directory, types, env=env)
+    stack.start_producer()
+    return stack
+
+
+def run_once(stack: Stack, queue_type: str, sample: Path) -> tuple[float, float]:
+    """(ingest seconds, consume seconds) for the sample's rows through the type of `queue_type`."""
+    ingest = upload(stack, sample, queue_type)
+    log = stack.directory / f"worker-{queue_type}.log"
     consume = timed_drain(
-        broker, job_type.queue, lambda: Service("bench.support.plain_consumer", consumer, broker.env(), log)
+        stack.broker, stack.queue_of(queue_type), lambda: Service("workers", [queue_type], stack.env, log)
     )
-    with broker.channel() as channel:
-        channel.queue_delete(job_type.queue)
     return ingest, consume
 
 
@@ -88,7 +92,6 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-queues-"))
     sample = work / "sample.csv"
     write_sample(sample, args.rows)
-    bodies = json_bodies(sample)
     ingest: dict[str, list[float]] = {}
     consume: dict[str, list[float]] = {}
     with ExitStack() as stack:
@@ -96,11 +99,15 @@ def main() -> int:
             "1 node": stack.enter_context(running_cluster(work / "single", ONE_NODE)),
             "3 nodes": stack.enter_context(running_cluster(work / "cluster")),
         }
-        setups: dict[str, Callable[[], tuple[float, float]]] = {
-            f"{kind}, {topology}": (
-                lambda broker=broker, kind=kind: run_once(broker, kind, bodies, args, work / "consumer.log")
-            )
+        stacks = {
+            topology: bench_stack(broker, work / topology.replace(" ", "-"), args)
             for topology, broker in brokers.items()
+        }
+        for started in stacks.values():
+            stack.callback(started.stop)
+        setups: dict[str, Callable[[], tuple[float, float]]] = {
+            f"{kind}, {topology}": (lambda started=started, kind=kind: run_once(started, kind, sample))
+            for topology, started in stacks.items()
             for kind in QUEUE_TYPES
         }
         names = list(setups)
@@ -137,9 +144,9 @@ def report(
     rows = []
     for measure, rounds, unit in (("ingest", ingest, "rows/s"), ("consume", consume, "msg/s")):
         what = (
-            f"publisher with confirms (the producer's messages, window {args.window}), {args.rows:,} rows"
+            f"HTTP upload to the producer until every row is confirmed (window {args.window}), {args.rows:,} rows"
             if measure == "ingest"
-            else f"plain consumer acking in groups, channel prefetch {tracked_channel_prefetch(args.prefetch)}"
+            else f"one worker, no-op handler, reports off, channel prefetch {tracked_channel_prefetch(args.prefetch)}"
         )
         for topology in TOPOLOGIES:
             quorum, classic = f"quorum, {topology}", f"classic, {topology}"
