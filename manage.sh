@@ -547,7 +547,7 @@ usage: ./manage.sh COMMAND [ARGS]
   uploads          recent uploads, newest first (--job-type T, --state S)
   sample N         print a sample sales CSV with N rows
   test [ARGS]      run the whole test suite (pytest ARGS)
-  bench NAME       run a benchmark (ingest, worker, sales, reaction, tick, uploads, simulate); writes bench/results/NAME.json
+  bench NAME       run a benchmark (ingest, worker, sales, reaction, tick, uploads, simulate, queues); writes bench/results/NAME.json
   readme           regenerate the README's generated tables from bench/results/ (--check: only compare)
   simulate TRACE [--config FILE] [--format NAME] [--speedup K] [--start S --hours H]
            [--backend local|kubernetes] [--policies project,keda,fixed:N] [--out DIR]
