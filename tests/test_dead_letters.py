@@ -19,7 +19,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from jobtypes.config import JobType
+from jobtypes.config import ConfigError, JobType, parse_config
 from jobtypes.outcomes import (
     DEAD_OUTCOMES_QUEUE,
     LINE_HEADER,
@@ -28,7 +28,9 @@ from jobtypes.outcomes import (
     REJECT_REASON_HEADER,
     RowOutcome,
 )
-from jobtypes.queues import declare_queues
+from jobtypes.queue_check import check_declarations
+from jobtypes.queues import DEAD_LETTERS_EXCHANGE, declare_queues
+from scaler.queue_stats import QueueStatsSource
 from tests.support.broker import Broker, create_vhost, delete_vhost
 from tests.support.outcomes import publish_reports
 from tests.support.stack import Stack
@@ -154,3 +156,19 @@ def test_rows_the_broker_dead_letters_end_their_upload_and_replay_through_real_w
     for job_type in ("rej", "lim"):
         (copy,) = broker.drain(f"{stack.queue_of(job_type)}.dead")
         assert copy[0].headers["x-death"][0]["queue"] == stack.queue_of(job_type), "the broker's copy, for people"
+
+
+def test_a_work_queue_an_older_version_declared_is_refused_with_why_and_how_to_migrate(broker: Broker) -> None:
+    """Before rows RabbitMQ dead-letters were counted, work queues dead-lettered to '' straight to `.dead`."""
+    job_type = JobType(name="jt", queue=f"q_{uuid.uuid4().hex[:8]}")
+    older = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": job_type.dead_queue}
+    with broker.channel() as channel:
+        channel.queue_declare(job_type.queue, durable=True, arguments=older)
+    declared = QueueStatsSource(broker.api_url, broker.amqp_url).declared()
+    with pytest.raises(ConfigError) as refused:
+        check_declarations(parse_config({"jt": job_type.model_dump(mode="json", exclude={"name"})}), declared)
+    assert f"x-dead-letter-exchange: '' on the broker, '{DEAD_LETTERS_EXCHANGE}' in the config" in str(refused.value)
+    assert "a work queue an older version declared" in str(refused.value) and "to migrate" in str(refused.value)
+    with broker.channel() as channel, pytest.raises(pika.exceptions.ChannelClosedByBroker) as declaring:
+        declare_queues(channel, job_type)
+    assert "a work queue an older version declared" in str(declaring.value)
