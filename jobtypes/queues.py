@@ -52,7 +52,7 @@ from jobtypes.config import JobType, QueueType
 #: The topic exchange workers publish copies and reports to; routing key = the queue's name.
 ROUTES_EXCHANGE = "autoscaler.routes"
 #: The topic exchange work queues dead-letter to (routing key `<queue>.dead`); jobtypes.outcomes binds the report
-#: queue to it with `#`. Only RabbitMQ's own dead-lettering publishes here: no user has a topic permission on it.
+#: queue to it with `#`. Only RabbitMQ's own dead-lettering publishes here; workers have no permission on it.
 DEAD_LETTERS_EXCHANGE = "autoscaler.dead-letters"
 
 
