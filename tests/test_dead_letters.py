@@ -21,6 +21,7 @@ import pytest
 
 from jobtypes.config import ConfigError, JobType, parse_config
 from jobtypes.outcomes import (
+    ATTEMPT_HEADER,
     DEAD_OUTCOMES_QUEUE,
     LINE_HEADER,
     OUTCOMES_QUEUE,
@@ -43,9 +44,10 @@ from uploads.sql import SqlStore
 from uploads.tracker import Tracker, TrackerState
 
 
-def row_message(upload_id: str, row: int, line: int) -> tuple[bytes, pika.BasicProperties]:
-    """A row as the producer publishes it: message id `<upload>:<row>`, its upload and line in headers."""
-    headers = {"upload_id": upload_id, LINE_HEADER: line}
+def row_message(upload_id: str, row: int, line: int, attempt: int = 1) -> tuple[bytes, pika.BasicProperties]:
+    """A row as the producer publishes it (message id `<upload>:<row>`, its upload and line in headers), or as a
+    worker republishes it for its next `attempt`."""
+    headers = {"upload_id": upload_id, LINE_HEADER: line, ATTEMPT_HEADER: attempt}
     return b'{"n": "%d"}' % row, pika.BasicProperties(message_id=f"{upload_id}:{row}", headers=headers, delivery_mode=2)
 
 
@@ -62,7 +64,7 @@ def test_a_rejected_row_counts_dead_once_with_reason_and_line_and_bad_ones_are_s
     store = SqlStore(f"sqlite:///{tmp_path / 'uploads.db'}", 100, 86_400.0)
     store.begin_upload(UploadRecord("u1", "jt", "data.csv", 3, ["n"], created_at=time.time()))
     store.mark_published("u1", 3, None)
-    tracker = Tracker(store, UploadSettings(tracker_stall_seconds=30))
+    tracker = Tracker(store, UploadSettings(tracker_stall_seconds=30, max_report_bytes=1000))
     tracker.start()
     job_type = JobType(name="jt", queue=f"q_{uuid.uuid4().hex[:8]}")
     try:
@@ -74,30 +76,33 @@ def test_a_rejected_row_counts_dead_once_with_reason_and_line_and_bad_ones_are_s
             channel.confirm_delivery()
             # Row 1 was reported succeeded (its ack lost, say): the broker's copy changes nothing. Row 2 counts dead.
             # Row 9 is not a row of the upload, and a message of no upload concerns no record.
-            for body, properties in (row_message("u1", 1, 2), row_message("u1", 2, 5), row_message("u1", 9, 9)):
+            for body, properties in (row_message("u1", 1, 2), row_message("u1", 2, 5, 2), row_message("u1", 9, 9)):
                 channel.basic_publish("", job_type.queue, body, properties)
+            _, properties = row_message("u1", 3, 6)
+            channel.basic_publish("", job_type.queue, b'{"n": "%s"}' % (b"3" * 1000), properties)  # too large
             channel.basic_publish("", job_type.queue, b"{}", pika.BasicProperties(message_id="not-a-row"))
             # Anyone who may publish to the report queue could fake a dead-lettered row: it is checked too.
             fake = pika.BasicProperties(message_id="u1:3", headers={"upload_id": "u1", "x-death": "nonsense"})
             channel.basic_publish("", OUTCOMES_QUEUE, b"{}", fake)
             reject_all(channel, job_type.queue)
-        wait_until(lambda: tracker.status()["reports"] == 6, timeout=10, what="every dead-lettered row handled")
+        wait_until(lambda: tracker.status()["reports"] == 7, timeout=10, what="every dead-lettered row handled")
         record = store.get("u1")
         assert (record.succeeded, record.dead, record.pending, record.state) == (1, 1, 1, "running"), record
         with store.transaction(write=False) as tx:
             dead = tx.get_rows("u1", [2])[2]
-        assert (dead.state, dead.line, dead.body, dead.attempts) == ("dead", 5, '{"n": "2"}', 1), dead
+        assert (dead.state, dead.line, dead.body, dead.attempts) == ("dead", 5, '{"n": "2"}', 2), dead
         assert dead.error.startswith(f"rejected (a consumer of '{job_type.queue}' rejected it without requeue")
 
         set_aside = {
             p.headers[REJECT_REASON_HEADER]: p.headers[REJECT_DETAIL_HEADER]
             for p, _ in own_broker.drain(DEAD_OUTCOMES_QUEUE)
         }
-        assert set_aside.keys() == {"row-out-of-range", "malformed"}, set_aside
+        assert set_aside.keys() == {"row-out-of-range", "malformed", "too-large"}, set_aside
         assert "row 9 of upload 'u1'" in set_aside["row-out-of-range"]
+        assert "a 1011-byte row, over UPLOADS_MAX_REPORT_BYTES=1000" in set_aside["too-large"]
         assert "x-death is not a list of tables: 'nonsense'" in set_aside["malformed"]
         kept = own_broker.drain(job_type.dead_queue)
-        assert len(kept) == 4 and all(p.headers["x-death"][0]["reason"] == "rejected" for p, _ in kept), "for people"
+        assert len(kept) == 5 and all(p.headers["x-death"][0]["reason"] == "rejected" for p, _ in kept), "for people"
         assert tracker.status()["problem"] is None
     finally:
         tracker.stop()

@@ -11,16 +11,17 @@ of keeping it pending forever. The store keeps a row's first final outcome, so
 a row a worker already reported stays as the worker reported it.
 
 The row comes from the broker but was made by whoever published it, so all of
-it is checked: the `x-death` entry's shape, and then, like every report, the
-upload, row, replay and body (uploads.report_checks). A row that is not an
+it is checked: its size, the `x-death` entry's shape, and then, like every report,
+the upload, row, replay and body (uploads.report_checks). A row that is not an
 upload's (no `upload_id` header, no `<upload_id>:<row>` message id) concerns
 no record and is only acknowledged: its copy stays in `<queue>.dead`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
+
+import pika
 
 from jobtypes.outcomes import (
     ATTEMPT_HEADER,
@@ -46,16 +47,23 @@ REASONS = {
 }
 
 
-def is_dead_lettered(headers: Mapping[str, Any] | None) -> bool:
+def is_dead_lettered(properties: pika.BasicProperties) -> bool:
     """Whether a message on the report queue is a row RabbitMQ dead-lettered rather than a worker's report."""
-    return bool(headers) and DEATH_HEADER in headers  # type: ignore[operator]
+    return DEATH_HEADER in (properties.headers or {})
 
 
-def dead_outcome(headers: Mapping[str, Any], message_id: str | None, body: bytes) -> OutcomeReport | Rejection:
-    """A report of the dead outcome of a dead-lettered row (of no rows for a row of no upload), or why it is none."""
-    where = split_message_id(message_id)
+def dead_outcome(properties: pika.BasicProperties, body: bytes, max_bytes: int) -> OutcomeReport | Rejection:
+    """A report of the dead outcome of a dead-lettered row (of no rows for a row of no upload), or why it is none.
+
+    The row's body is kept for its replay like a worker's dead-row report, so it is bounded the same way
+    (UPLOADS_MAX_REPORT_BYTES)."""
+    headers: dict[str, Any] = properties.headers or {}
+    job_type = properties.type if isinstance(properties.type, str) else ""
+    where = split_message_id(properties.message_id)
     if where is None or not headers.get("upload_id"):
-        return OutcomeReport(BROKER, "", [])
+        return OutcomeReport(BROKER, job_type, [])
+    if len(body) > max_bytes:
+        return Rejection(Reason.TOO_LARGE, f"a {len(body)}-byte row, over UPLOADS_MAX_REPORT_BYTES={max_bytes}")
     reason = _reason(headers.get(DEATH_HEADER))
     if isinstance(reason, Rejection):
         return reason
@@ -70,7 +78,7 @@ def dead_outcome(headers: Mapping[str, Any], message_id: str | None, body: bytes
         body.decode("utf-8", errors="replace"),
         line_of(headers),
     )
-    return OutcomeReport(BROKER, "", [outcome])
+    return OutcomeReport(BROKER, job_type, [outcome])
 
 
 def _reason(deaths: object) -> str | Rejection:

@@ -270,8 +270,8 @@ class TrackerLoop(threading.Thread):
 
     def _parse(self, body: bytes, properties: pika.BasicProperties) -> OutcomeReport | Rejection:
         """A worker's report, or the dead outcome of a row RabbitMQ dead-lettered (uploads.dead_letters)."""
-        if dead_letters.is_dead_lettered(properties.headers):
-            return dead_letters.dead_outcome(properties.headers, properties.message_id, body)
+        if dead_letters.is_dead_lettered(properties):
+            return dead_letters.dead_outcome(properties, body, self.settings.max_report_bytes)
         return report_checks.parse(body, self.settings.max_report_bytes)
 
     def _apply_one_by_one(self, checked: list[CheckedReport]) -> None:
