@@ -99,7 +99,7 @@ def test_a_rejected_row_counts_dead_once_with_reason_and_line_and_bad_ones_are_s
         }
         assert set_aside.keys() == {"row-out-of-range", "malformed", "too-large"}, set_aside
         assert "row 9 of upload 'u1'" in set_aside["row-out-of-range"]
-        assert "a 1011-byte row, over UPLOADS_MAX_REPORT_BYTES=1000" in set_aside["too-large"]
+        assert "a 1009-byte row, over UPLOADS_MAX_REPORT_BYTES=1000" in set_aside["too-large"]
         assert "x-death is not a list of tables: 'nonsense'" in set_aside["malformed"]
         kept = own_broker.drain(job_type.dead_queue)
         assert len(kept) == 5 and all(p.headers["x-death"][0]["reason"] == "rejected" for p, _ in kept), "for people"
