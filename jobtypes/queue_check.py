@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from jobtypes.config import DELIVERY_LIMIT_MARGIN, ConfigError, JobsConfig, JobType
-from jobtypes.queues import migration_steps, queue_arguments
+from jobtypes.queues import OLDER_DEAD_LETTERS, migration_steps, queue_arguments
 
 #: A queue's `x-queue-type` is compared as its type, not among its other arguments.
 TYPE_ARGUMENT = "x-queue-type"
@@ -44,7 +44,7 @@ def _problem(job_type: JobType, name: str, wanted: dict[str, Any], existing: Map
         return (
             f"job type {job_type.name!r}: queue {name!r} exists with other arguments ({'; '.join(differences)}); "
             f"RabbitMQ cannot change them (x-delivery-limit is delivery_limit, or max_attempts + "
-            f"{DELIVERY_LIMIT_MARGIN}): restore the old setting, or {migration_steps(job_type)}"
+            f"{DELIVERY_LIMIT_MARGIN}; {OLDER_DEAD_LETTERS}): restore the old setting, or {migration_steps(job_type)}"
         )
     return None
 

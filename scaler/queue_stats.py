@@ -74,9 +74,10 @@ class ApiNode:
 
 class QueueStatsSource:
     def __init__(
-        self, api_urls: tuple[str, ...], amqp_url: str, timeout: float = 3.0, skip_seconds: float | None = None
+        self, api_urls: str | tuple[str, ...], amqp_url: str, timeout: float = 3.0, skip_seconds: float | None = None
     ) -> None:
-        self.nodes = [ApiNode(url, vhost_of(amqp_url), timeout) for url in api_urls]
+        urls = (api_urls,) if isinstance(api_urls, str) else api_urls  # one node's URL, not its characters
+        self.nodes = [ApiNode(url, vhost_of(amqp_url), timeout) for url in urls]
         self.skip_seconds = skip_seconds or env_float("RABBITMQ_API_SKIP_SECONDS", DEFAULT_SKIP_SECONDS, above=0)
         self.error: str | None = None
         #: the node that answered last, and the nodes that failed (with why) on the last fetch

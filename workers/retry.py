@@ -17,18 +17,14 @@ from enum import StrEnum
 import pika
 
 from jobtypes.config import JobType
+from jobtypes.outcomes import ATTEMPT_HEADER, counted
 
-ATTEMPT_HEADER = "x-attempt"
 MAX_DELAY_SECONDS = 300.0
 
 
 def attempt_of(properties: pika.BasicProperties) -> int:
     """The attempt this delivery is (1 for a row that never failed)."""
-    value = (properties.headers or {}).get(ATTEMPT_HEADER, 1)
-    try:
-        return max(int(value), 1)
-    except (TypeError, ValueError, OverflowError):  # OverflowError: a float infinity
-        return 1
+    return counted((properties.headers or {}).get(ATTEMPT_HEADER), 1)
 
 
 def retry_delay(job_type: JobType, attempt: int) -> float:
