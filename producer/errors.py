@@ -2,7 +2,7 @@
 
 Code raises the class that names the problem (`UploadTooLarge`, `InvalidCsv`,
 ...) with a message a person can act on; `producer.app` maps them all to a
-response once (`jobtypes.error_responses`). `extra` fields join the JSON body,
+response once (`common.error_responses`). `extra` fields join the JSON body,
 for the refusals a client may act on by itself (which upload, how far it got).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobtypes.errors import AutoscalerError, BadRequest
+from common.errors import AutoscalerError, BadRequest
 
 
 class UploadError(AutoscalerError):

@@ -47,11 +47,11 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import httpx
 
-from jobtypes.config import JobsConfig, JobType
-from jobtypes.control import CONTROL_EXCHANGE, HEARTBEAT_EXCHANGE
-from jobtypes.errors import AutoscalerError
-from jobtypes.outcomes import DEAD_OUTCOMES_QUEUE, OUTCOMES_QUEUE, UPLOADS_EXCHANGE
-from jobtypes.queues import DEAD_LETTERS_EXCHANGE, ROUTES_EXCHANGE, queue_arguments
+from common.config import JobsConfig, JobType
+from common.control_messages import CONTROL_EXCHANGE, HEARTBEAT_EXCHANGE
+from common.errors import AutoscalerError
+from common.outcomes import DEAD_OUTCOMES_QUEUE, OUTCOMES_QUEUE, UPLOADS_EXCHANGE
+from common.queues import DEAD_LETTERS_EXCHANGE, ROUTES_EXCHANGE, queue_arguments
 
 #: Names of the users: `<prefix>-producer`, `<prefix>-scaler`, `<prefix>-worker-<type>`.
 DEFAULT_PREFIX = "autoscaler"

@@ -27,8 +27,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
-from jobtypes.config import JobType
-from jobtypes.env import env_float
+from common.config import JobType
+from common.env import env_float
 from scaler.broker_users import api_base
 from scaler.policy import QueueStats
 
@@ -40,7 +40,7 @@ PARAMS = {
     "enable_queue_totals": "true",
     "columns": "name,messages_ready,messages_unacknowledged",
 }
-#: What jobtypes.queue_check compares with the config: each queue's type and declaration arguments.
+#: What common.queue_check compares with the config: each queue's type and declaration arguments.
 DECLARATION_PARAMS = {"disable_stats": "true", "columns": "name,type,arguments"}
 
 

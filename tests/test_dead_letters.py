@@ -19,11 +19,8 @@ from pathlib import Path
 import pika
 import pytest
 
-from bench.support.broker import Broker, create_vhost, delete_vhost
-from bench.support.stack import Stack
-from bench.support.waiting import wait_until
-from jobtypes.config import ConfigError, JobType, parse_config
-from jobtypes.outcomes import (
+from common.config import ConfigError, JobType, parse_config
+from common.outcomes import (
     ATTEMPT_HEADER,
     DEAD_OUTCOMES_QUEUE,
     LINE_HEADER,
@@ -32,8 +29,11 @@ from jobtypes.outcomes import (
     REJECT_REASON_HEADER,
     RowOutcome,
 )
-from jobtypes.queue_check import check_declarations
-from jobtypes.queues import DEAD_LETTERS_EXCHANGE, declare_queues
+from common.queue_check import check_declarations
+from common.queues import DEAD_LETTERS_EXCHANGE, declare_queues
+from harness.broker import Broker, create_vhost, delete_vhost
+from harness.stack import Stack
+from harness.waiting import wait_until
 from scaler.queue_stats import QueueStatsSource
 from tests.support.outcomes import publish_reports
 from tests.support.uploads import wait_record

@@ -23,7 +23,7 @@ from typing import Any
 
 import pika
 
-from jobtypes.outcomes import (
+from common.outcomes import (
     ATTEMPT_HEADER,
     REPLAY_HEADER,
     OutcomeReport,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobtypes.errors import AutoscalerError, NotFound
+from common.errors import AutoscalerError, NotFound
 
 
 class UploadNotFound(NotFound):

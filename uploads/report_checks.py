@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from jobtypes.outcomes import OutcomeReport, RowOutcome
+from common.outcomes import OutcomeReport, RowOutcome
 from uploads.model import UploadRecord
 
 #: Largest value of the stores' integer columns (Postgres `integer`).

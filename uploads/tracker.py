@@ -18,7 +18,7 @@ not bind one, blames a report, so the batch is applied report by report and
 the ones the store refuses are dead-lettered: no report is retried forever.
 Anything else (the database down, restarting, locked, read-only) is the
 store's state: the batch waits unacked and is retried with the connection's
-backoff (`jobtypes.connections.Link`: about 0.5, 1, 2... up to 30 seconds,
+backoff (`common.connections.Link`: about 0.5, 1, 2... up to 30 seconds,
 jittered; state `store-unavailable` on /healthz,
 `uploads_tracker_store_failures_total`), and good reports are never set aside
 for it. A lost broker node is the same loop: the link reconnects to the next
@@ -53,8 +53,8 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
-from jobtypes.connections import CONNECTION_ERRORS, Link, connect_any
-from jobtypes.outcomes import (
+from common.connections import CONNECTION_ERRORS, Link, connect_any
+from common.outcomes import (
     DEAD_OUTCOMES_QUEUE,
     OUTCOMES_QUEUE,
     REJECT_DETAIL_HEADER,

@@ -18,10 +18,10 @@ import logging
 import pika
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-from jobtypes.config import JobType
-from jobtypes.control import CONTROL_EXCHANGE, HEARTBEAT_EXCHANGE, declare_control_exchanges
-from jobtypes.outcomes import OUTCOMES_QUEUE, UPLOADS_EXCHANGE, declare_outcome_routes
-from jobtypes.queues import DEAD_LETTERS_EXCHANGE, ROUTES_EXCHANGE, declare_queues, queue_arguments
+from common.config import JobType
+from common.control_messages import CONTROL_EXCHANGE, HEARTBEAT_EXCHANGE, declare_control_exchanges
+from common.outcomes import OUTCOMES_QUEUE, UPLOADS_EXCHANGE, declare_outcome_routes
+from common.queues import DEAD_LETTERS_EXCHANGE, ROUTES_EXCHANGE, declare_queues, queue_arguments
 
 log = logging.getLogger(__name__)
 NOT_FOUND, ACCESS_REFUSED = 404, 403

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pika
 
-from jobtypes.outcomes import (
+from common.outcomes import (
     OUTCOMES_QUEUE,
     REPLAY_HEADER,
     OutcomeReport,
@@ -27,10 +27,10 @@ from jobtypes.outcomes import (
     line_of,
     split_message_id,
 )
+from workers.confirmed_publisher import ConfirmedPublisher
 from workers.delivery import Outcome, Status
+from workers.disposition import Disposition
 from workers.hooks import Hook
-from workers.publisher import ConfirmedPublisher
-from workers.retry import Disposition
 
 _PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json")
 

@@ -30,10 +30,10 @@ often than the runtime's own attempt counting would ever let it be.
 
 RabbitMQ never changes an existing queue's type or arguments: a declaration
 that differs is refused. `declare_queues` turns that refusal into a message
-saying what to do; jobtypes.queue_check refuses such a config before it is used.
+saying what to do; common.queue_check refuses such a config before it is used.
 
 The three are also bound, each under its own name, to the topic exchange
-`ROUTES_EXCHANGE`, and so is the outcome report queue (jobtypes.outcomes).
+`ROUTES_EXCHANGE`, and so is the outcome report queue (common.outcomes).
 Workers publish their retry, dead-letter, give-back copies and reports there,
 never to the default exchange: a worker's broker user may write to that one
 exchange only, with topic permissions naming its own type's queues, so it
@@ -47,11 +47,11 @@ from typing import Any
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from jobtypes.config import JobType, QueueType
+from common.config import JobType, QueueType
 
 #: The topic exchange workers publish copies and reports to; routing key = the queue's name.
 ROUTES_EXCHANGE = "autoscaler.routes"
-#: The topic exchange work queues dead-letter to (routing key `<queue>.dead`); jobtypes.outcomes binds the report
+#: The topic exchange work queues dead-letter to (routing key `<queue>.dead`); common.outcomes binds the report
 #: queue to it with `#`. Only RabbitMQ's own dead-lettering publishes here; workers have no permission on it.
 DEAD_LETTERS_EXCHANGE = "autoscaler.dead-letters"
 

@@ -34,8 +34,8 @@ from typing import Any
 
 from pika.adapters.blocking_connection import BlockingChannel
 
-from jobtypes.config import QueueType, default_queue_type, queue_type_setting
-from jobtypes.queues import DEAD_LETTERS_EXCHANGE, bind_route, declare_routes_exchange, typed_arguments
+from common.config import QueueType, default_queue_type, queue_type_setting
+from common.queues import DEAD_LETTERS_EXCHANGE, bind_route, declare_routes_exchange, typed_arguments
 
 OUTCOMES_QUEUE = "autoscaler.outcomes"
 #: Reports the tracker could not apply (out of range, not storable, not a report), kept for an operator with the
