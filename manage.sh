@@ -295,7 +295,7 @@ start_service() {
     # Neither holds on to this script's stdout or stderr, so `./manage.sh up | tee` returns once `up` is done.
     # The pipe reads the service's output on its stdin (never </dev/null: it would exit at once and stay the
     # service's <defunct> child, the output lost); it is the service's child and ends when the service does.
-    nohup "$@" </dev/null > >(exec "$PY" -m jobtypes.log_pipe "$RUN/logs/$name.log" >/dev/null 2>&1) 2>&1 &
+    nohup "$@" </dev/null > >(exec "$PY" -m common.log_pipe "$RUN/logs/$name.log" >/dev/null 2>&1) 2>&1 &
     echo $! >"$pidfile"
     log "$name started (pid $!), log: .run/logs/$name.log"
   fi
@@ -514,8 +514,8 @@ cmd_k8s_up() {
 
 cmd_k8s_config() {
   command -v kubectl >/dev/null || die "kubectl is not installed"
-  "$PY" -c "from jobtypes import load_config; load_config('jobs.config.json')" 2>/dev/null ||
-    { ensure_venv; "$PY" -c "from jobtypes import load_config; load_config('jobs.config.json')"; }
+  "$PY" -c "from common import load_config; load_config('jobs.config.json')" 2>/dev/null ||
+    { ensure_venv; "$PY" -c "from common import load_config; load_config('jobs.config.json')"; }
   apply_jobs_config
   log "jobs.config.json applied; producer and scaler pick it up within a minute (kubelet sync), no restart"
 }

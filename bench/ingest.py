@@ -46,12 +46,12 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.support.broker import broker_is_up, create_vhost, delete_vhost  # noqa: E402
 from bench.support.results import Row, write_results  # noqa: E402
-from bench.support.stack import Stack  # noqa: E402
-from bench.support.waiting import wait_until  # noqa: E402
-from jobtypes.config import load_config  # noqa: E402
-from jobtypes.queues import queue_arguments  # noqa: E402
+from common.config import load_config  # noqa: E402
+from common.queues import queue_arguments  # noqa: E402
+from harness.broker import broker_is_up, create_vhost, delete_vhost  # noqa: E402
+from harness.stack import Stack  # noqa: E402
+from harness.waiting import wait_until  # noqa: E402
 
 HEADER = ["Date", "Item Description", "Quantity", "Amount"]
 

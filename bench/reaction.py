@@ -18,7 +18,7 @@ Four measurements, all in one run on this machine, each against its baseline:
 3. Drain: from the last ack to the last worker gone, which should be at most
    `idle_seconds` + 1 s.
 4. Kubernetes: upload -> worker Job created, against the emulated API server
-   (bench/support/k8s_emulator.py), a scaler woken by the upload against the
+   (harness/k8s_emulator.py), a scaler woken by the upload against the
    same scaler on its 5 s poll. This times only the Job's creation in the
    emulator: no pod is scheduled, no image pulled, no container started.
 
@@ -42,14 +42,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.support.broker import Broker, create_vhost, delete_vhost  # noqa: E402
-from bench.support.k8s_emulator import KubernetesEmulator  # noqa: E402
 from bench.support.results import Row, write_results  # noqa: E402
-from bench.support.stack import Stack, kill_workers_in  # noqa: E402
-from bench.support.waiting import wait_until  # noqa: E402
-from jobtypes.config import JobType, parse_config  # noqa: E402
-from jobtypes.config_watch import ConfigWatcher  # noqa: E402
-from jobtypes.queues import declare_queues  # noqa: E402
+from common.config import JobType, parse_config  # noqa: E402
+from common.config_watch import ConfigWatcher  # noqa: E402
+from common.queues import declare_queues  # noqa: E402
+from harness.broker import Broker, create_vhost, delete_vhost  # noqa: E402
+from harness.k8s_emulator import KubernetesEmulator  # noqa: E402
+from harness.stack import Stack, kill_workers_in  # noqa: E402
+from harness.waiting import wait_until  # noqa: E402
 from scaler.backends.kubernetes import KubernetesBackend  # noqa: E402
 from scaler.backends.kubernetes_manifests import ClusterSettings  # noqa: E402
 from scaler.backends.local import LocalBackend  # noqa: E402

@@ -34,12 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import create_engine, text  # noqa: E402
 
-from bench.support.broker import Broker, create_vhost, delete_vhost  # noqa: E402
 from bench.support.drain import best_rates, fill, timed_drain, write_job_config  # noqa: E402
-from bench.support.processes import Service  # noqa: E402
 from bench.support.results import Row, write_results  # noqa: E402
-from jobtypes.config import JobType, load_config  # noqa: E402
-from jobtypes.settings import REPO_ROOT  # noqa: E402
+from common.config import JobType, load_config  # noqa: E402
+from common.settings import REPO_ROOT  # noqa: E402
+from harness.broker import Broker, create_vhost, delete_vhost  # noqa: E402
+from harness.processes import Service  # noqa: E402
 from workers.runtime import channel_prefetch  # noqa: E402
 from workers.settings import WorkerSettings  # noqa: E402
 

@@ -28,12 +28,12 @@ import pika
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.support.broker import create_vhost, delete_vhost  # noqa: E402
-from bench.support.configs import write_config  # noqa: E402
 from bench.support.results import Row, write_results  # noqa: E402
-from jobtypes.config import load_config  # noqa: E402
-from jobtypes.config_watch import ConfigWatcher  # noqa: E402
-from jobtypes.queues import declare_queues  # noqa: E402
+from common.config import load_config  # noqa: E402
+from common.config_watch import ConfigWatcher  # noqa: E402
+from common.queues import declare_queues  # noqa: E402
+from harness.broker import create_vhost, delete_vhost  # noqa: E402
+from harness.configs import write_config  # noqa: E402
 from scaler.backends.local import LocalBackend  # noqa: E402
 from scaler.loop import Scaler  # noqa: E402
 from scaler.queue_stats import QueueStatsSource  # noqa: E402

@@ -61,13 +61,13 @@ from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.support.broker import Broker, create_vhost, delete_vhost  # noqa: E402
-from bench.support.measure import median_seconds, peak_memory  # noqa: E402
-from bench.support.postgres import running_postgres  # noqa: E402
-from bench.support.processes import Service  # noqa: E402
-from bench.support.stack import Stack  # noqa: E402
-from bench.support.waiting import wait_until  # noqa: E402
-from jobtypes.outcomes import OUTCOMES_QUEUE, OutcomeReport, RowOutcome, declare_outcome_routes  # noqa: E402
+from common.outcomes import OUTCOMES_QUEUE, OutcomeReport, RowOutcome, declare_outcome_routes  # noqa: E402
+from harness.broker import Broker, create_vhost, delete_vhost  # noqa: E402
+from harness.measure import median_seconds, peak_memory  # noqa: E402
+from harness.postgres import running_postgres  # noqa: E402
+from harness.processes import Service  # noqa: E402
+from harness.stack import Stack  # noqa: E402
+from harness.waiting import wait_until  # noqa: E402
 from uploads.model import UploadRecord, public  # noqa: E402
 from uploads.settings import UploadSettings  # noqa: E402
 from uploads.sql import ROWS, SETTLED, SqlStore  # noqa: E402

@@ -44,13 +44,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.support.broker import Broker, create_vhost, delete_vhost  # noqa: E402
 from bench.support.drain import fill, round_rates, timed_drain, write_job_config  # noqa: E402
-from bench.support.processes import Service  # noqa: E402
 from bench.support.results import Row, write_results  # noqa: E402
-from jobtypes.config import JobType  # noqa: E402
-from jobtypes.outcomes import OUTCOMES_QUEUE, OutcomeReport  # noqa: E402
-from jobtypes.settings import REPO_ROOT  # noqa: E402
+from common.config import JobType  # noqa: E402
+from common.outcomes import OUTCOMES_QUEUE, OutcomeReport  # noqa: E402
+from common.settings import REPO_ROOT  # noqa: E402
+from harness.broker import Broker, create_vhost, delete_vhost  # noqa: E402
+from harness.processes import Service  # noqa: E402
 from workers.settings import DEFAULT_SETTLE_ALLOWANCE  # noqa: E402
 
 BODY = b'{"Date":"2024-01-01","Item Description":"Tea","Quantity":"1","Amount":"2.50"}'

@@ -8,10 +8,10 @@ import sys
 import uvicorn
 from prometheus_client import start_http_server
 
-from jobtypes.auth import describe_rule
-from jobtypes.config import ConfigError
-from jobtypes.env import SettingsError
-from jobtypes.settings import metrics_address, rabbitmq_urls, redact_url, redact_urls
+from common.auth import describe_rule
+from common.config import ConfigError
+from common.env import SettingsError
+from common.settings import metrics_address, rabbitmq_urls, redact_url, redact_urls
 from producer.app import create_app
 from producer.settings import ProducerSettings
 from uploads.errors import StoreUnavailable
@@ -43,13 +43,13 @@ def main() -> int:
         describe_rule(settings.auth),
     )
     serve_metrics_port()
-    # No proxy-header rewriting: the client address must be the socket's (see jobtypes.auth).
+    # No proxy-header rewriting: the client address must be the socket's (see common.auth).
     uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level="info", proxy_headers=False)
     return 0
 
 
 def serve_metrics_port() -> None:
-    """Metrics only, without the token, on METRICS_PORT (jobtypes.settings), from prometheus_client's server."""
+    """Metrics only, without the token, on METRICS_PORT (common.settings), from prometheus_client's server."""
     address = metrics_address()
     if address is not None:
         start_http_server(address[1], addr=address[0])

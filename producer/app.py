@@ -5,7 +5,7 @@ cookie, loopback only when opted in; never cross-site) and `AdmissionMiddleware`
 there is room (uploads in flight, spooled bytes). Endpoints are thin: the
 upload service (producer/upload_service.py) does the work of upload, submit,
 replay and cancel, and raises named errors (`producer.errors`) that the
-handler both apps share (`jobtypes.error_responses`) turns into
+handler both apps share (`common.error_responses`) turns into
 `{"error": ...}` with the error's status. The upload tracker (a thread
 applying workers' outcome reports to the record) runs as long as the app.
 """
@@ -24,12 +24,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from jobtypes.auth import AuthMiddleware
-from jobtypes.config_watch import ConfigWatcher
-from jobtypes.error_responses import EXCEPTION_HANDLERS
-from jobtypes.errors import UnknownJobType
-from jobtypes.health_view import visible_health
-from jobtypes.settings import jobs_config_path
+from common.auth import AuthMiddleware
+from common.config_watch import ConfigWatcher
+from common.error_responses import EXCEPTION_HANDLERS
+from common.errors import UnknownJobType
+from common.health_view import visible_health
+from common.settings import jobs_config_path
 from producer import health
 from producer.errors import MalformedUpload
 from producer.limits import Admission, AdmissionMiddleware, WorkThreads

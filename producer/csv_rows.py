@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import BinaryIO, TextIO
 
-from jobtypes.outcomes import MAX_LINE
+from common.outcomes import MAX_LINE
 from producer.errors import InvalidCsv, NotCsvText, UploadTooLarge
 from producer.limits import RowLimits, charge_spool, human_bytes
 

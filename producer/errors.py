@@ -1,27 +1,16 @@
-"""Every way an upload can be refused, each a named error that says what went wrong and carries its HTTP status.
+"""Every way the producer refuses an upload, each a named `UploadError` (uploads.errors) that says what went
+wrong and carries its HTTP status.
 
 Code raises the class that names the problem (`UploadTooLarge`, `InvalidCsv`,
 ...) with a message a person can act on; `producer.app` maps them all to a
-response once (`jobtypes.error_responses`). `extra` fields join the JSON body,
+response once (`common.error_responses`). `extra` fields join the JSON body,
 for the refusals a client may act on by itself (which upload, how far it got).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from jobtypes.errors import AutoscalerError, BadRequest
-
-
-class UploadError(AutoscalerError):
-    """Base of the upload refusals; `extra` joins the JSON body."""
-
-    def __init__(self, message: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
-        super().__init__(message, headers)
-        self.extra = extra
-
-    def body(self) -> dict[str, Any]:
-        return {"error": self.message, **self.extra}
+from common.errors import BadRequest, Unavailable
+from uploads.errors import UploadError
 
 
 class MalformedUpload(UploadError, BadRequest):
@@ -52,7 +41,5 @@ class InvalidCsv(UploadError):
     status = 422
 
 
-class PublishFailed(UploadError):
+class PublishFailed(UploadError, Unavailable):
     """The broker failed while the rows were published: some were confirmed, the rest wait for a retry."""
-
-    status = 503

@@ -17,7 +17,7 @@
 
 All three are public, and a caller without the token learns only the status
 and `ok` / `failing` per part; the error texts (which can name the broker's
-host and user) are for authenticated callers (`jobtypes.health_view`).
+host and user) are for authenticated callers (`common.health_view`).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from jobtypes.connections import connect_any, node_label
-from jobtypes.health_view import visible_health
+from common.connections import connect_any, node_label
+from common.health_view import visible_health
 from producer.orphans import OrphanWatch
 
 log = logging.getLogger(__name__)

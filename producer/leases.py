@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from producer.publisher import PublishControl, PublishResult
+from producer.row_publisher import PublishControl, PublishResult
 from uploads.errors import LeaseLost, StoreUnavailable
 from uploads.model import UploadRecord
 from uploads.store import UploadStore

@@ -36,8 +36,9 @@ import anyio.to_thread
 from anyio import CapacityLimiter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from producer.errors import UploadError, UploadTooLarge
+from producer.errors import UploadTooLarge
 from producer.metrics import SPOOL_BYTES, UPLOADS_IN_PROGRESS, UPLOADS_REFUSED_BUSY
+from uploads.errors import UploadError
 
 KIB = 1024
 MIB = 1024**2

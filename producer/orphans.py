@@ -21,7 +21,7 @@ import time
 import pika
 from pika.adapters.blocking_connection import BlockingConnection
 
-from jobtypes.config_watch import ConfigWatcher
+from common.config_watch import ConfigWatcher
 from uploads.model import UploadRecord
 
 log = logging.getLogger(__name__)

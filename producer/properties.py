@@ -22,7 +22,7 @@ import struct
 import pika
 from pika import frame, spec
 
-from jobtypes.outcomes import LINE_HEADER, REPLAY_HEADER
+from common.outcomes import LINE_HEADER, REPLAY_HEADER
 
 _PLACEHOLDER = b"\x00row-id\x00"
 #: The line header's placeholder value: an AMQP signed 32-bit integer ('I'), as pika encodes any line number.

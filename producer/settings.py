@@ -26,7 +26,7 @@ Limits (each a named variable with its default):
 - `PRODUCER_HEALTH_INTERVAL_SECONDS` (5): how often readiness checks the broker, in the background.
 
 Authentication (`PRODUCER_TOKEN`, `AUTH_ALLOW_LOOPBACK`, `AUTH_TRUSTED_PROXIES`, sessions, login throttle) is
-`jobtypes.auth.AuthSettings`.
+`common.auth.AuthSettings`.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from jobtypes.auth import AuthSettings
-from jobtypes.env import SettingsError, env_float, env_int, env_str
+from common.auth import AuthSettings
+from common.env import SettingsError, env_float, env_int, env_str
 from producer.leases import LeaseSettings
 from producer.limits import GIB, MIB, BodyPace, RowLimits
 from uploads.settings import UploadSettings

@@ -38,9 +38,9 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
 
-from jobtypes.config import JOB_TYPE_NAME, JobType
-from jobtypes.config_watch import ConfigWatcher
-from jobtypes.errors import AutoscalerError, UnknownJobType
+from common.config import JOB_TYPE_NAME, JobType
+from common.config_watch import ConfigWatcher
+from common.errors import AutoscalerError, UnknownJobType
 from producer.body import RAW_CSV_TYPES, GuardedReceive, check_declared_length, media_type, spool_raw_body
 from producer.csv_rows import ConvertedUpload, check_encoding, convert_rows
 from producer.errors import MalformedUpload, NotCsvText, PublishFailed
@@ -48,7 +48,7 @@ from producer.leases import CANCELLED, Leases, PublishLease
 from producer.limits import WorkThreads
 from producer.metrics import ROWS_PUBLISHED, UPLOAD_SECONDS, UPLOADS
 from producer.orphans import OrphanWatch
-from producer.publisher import PublishResult, file_rows, publish_rows
+from producer.row_publisher import PublishResult, file_rows, publish_rows
 from producer.settings import ProducerSettings
 from uploads.errors import StoreUnavailable, UploadCancelled
 from uploads.failed_rows import failed_rows_csv

@@ -14,9 +14,9 @@ import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from jobtypes.config import DEFAULT_STOP_GRACE_SECONDS, ConfigError
-from jobtypes.env import SettingsError
-from jobtypes.settings import (
+from common.config import DEFAULT_STOP_GRACE_SECONDS, ConfigError
+from common.env import SettingsError
+from common.settings import (
     jobs_config_path,
     metrics_address,
     rabbitmq_api_urls,
@@ -27,19 +27,19 @@ from jobtypes.settings import (
 from scaler.settings import ScalerSettings
 
 if TYPE_CHECKING:
-    from jobtypes.config_watch import ConfigWatcher
+    from common.config_watch import ConfigWatcher
     from scaler.backends.base import Backend
-    from scaler.control_state import Controls
     from scaler.leader import LeaseElector
+    from scaler.operator_controls import Controls
 
 
 def _run(args: argparse.Namespace) -> int:
     import uvicorn
     from prometheus_client import start_http_server
 
-    from jobtypes.auth import AuthSettings, describe_rule
-    from jobtypes.config_watch import ConfigWatcher
-    from jobtypes.queue_check import check_declarations
+    from common.auth import AuthSettings, describe_rule
+    from common.config_watch import ConfigWatcher
+    from common.queue_check import check_declarations
     from scaler.loop import Scaler
     from scaler.queue_stats import QueueStatsSource
     from scaler.web import create_app
@@ -81,10 +81,10 @@ def _run(args: argparse.Namespace) -> int:
         describe_rule(auth),
     )
     try:
-        address = metrics_address()  # metrics only, without the token (jobtypes.settings)
+        address = metrics_address()  # metrics only, without the token (common.settings)
         if address is not None:
             start_http_server(address[1], addr=address[0])
-        # No proxy-header rewriting: the client address must be the socket's (see jobtypes.auth).
+        # No proxy-header rewriting: the client address must be the socket's (see common.auth).
         uvicorn.run(
             create_app(scaler, settings, auth=auth),
             host=settings.host,
@@ -112,7 +112,7 @@ def _settings(args: argparse.Namespace) -> ScalerSettings:
 
 def _backend(settings: ScalerSettings, watcher: ConfigWatcher) -> tuple[Backend, Controls, LeaseElector | None]:
     """The backend, where the pause/drain set is kept, and (Kubernetes) the leader elector."""
-    from scaler.control_state import Controls, FileControlStore, LeaseControlStore
+    from scaler.operator_controls import Controls, FileControlStore, LeaseControlStore
 
     if settings.backend != "kubernetes":
         from scaler.backends.local import LocalBackend
@@ -141,7 +141,7 @@ def _describe_budget(settings: ScalerSettings) -> str:
 def _render_job(args: argparse.Namespace) -> int:
     import yaml
 
-    from jobtypes.config import load_config
+    from common.config import load_config
     from scaler.backends.kubernetes_manifests import render_job_manifest
 
     try:
@@ -181,7 +181,7 @@ def _scaler_url(args: argparse.Namespace) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from jobtypes.auth import client_token
+    from common.auth import client_token
     from scaler.terminal import main
 
     return main(_scaler_url(args), args.watch, client_token())
@@ -191,7 +191,7 @@ def _control(args: argparse.Namespace) -> int:
     """POST /api/job-types/{type}/{action} with the token, and say what happened."""
     import httpx
 
-    from jobtypes.auth import client_token
+    from common.auth import client_token
 
     token = client_token()
     url = f"{_scaler_url(args).rstrip('/')}/api/job-types/{args.job_type}/{args.action}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
-from jobtypes.config import DEFAULT_STOP_GRACE_SECONDS, JobType
+from common.config import DEFAULT_STOP_GRACE_SECONDS, JobType
 from scaler import metrics
 from scaler.backends.base import Backend, WorkerInfo, WorkerState
 from scaler.budget import Allocation, Claim

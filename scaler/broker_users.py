@@ -47,11 +47,11 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import httpx
 
-from jobtypes.config import JobsConfig, JobType
-from jobtypes.control import CONTROL_EXCHANGE, HEARTBEAT_EXCHANGE
-from jobtypes.errors import AutoscalerError
-from jobtypes.outcomes import DEAD_OUTCOMES_QUEUE, OUTCOMES_QUEUE, UPLOADS_EXCHANGE
-from jobtypes.queues import ROUTES_EXCHANGE, queue_arguments
+from common.config import JobsConfig, JobType
+from common.control_messages import CONTROL_EXCHANGE, HEARTBEAT_EXCHANGE
+from common.errors import AutoscalerError
+from common.outcomes import DEAD_OUTCOMES_QUEUE, OUTCOMES_QUEUE, UPLOADS_EXCHANGE
+from common.queues import DEAD_LETTERS_EXCHANGE, ROUTES_EXCHANGE, queue_arguments
 
 #: Names of the users: `<prefix>-producer`, `<prefix>-scaler`, `<prefix>-worker-<type>`.
 DEFAULT_PREFIX = "autoscaler"
@@ -59,7 +59,19 @@ DEFAULT_EXCHANGE = "amq.default"
 #: Queues the broker names itself for a connection's own exclusive queues.
 SERVER_NAMED = r"amq\.gen-.*"
 #: The exchanges and queues every component shares, declared by the producer and the scaler.
-SHARED = (CONTROL_EXCHANGE, HEARTBEAT_EXCHANGE, UPLOADS_EXCHANGE, OUTCOMES_QUEUE, DEAD_OUTCOMES_QUEUE, ROUTES_EXCHANGE)
+SHARED = (
+    CONTROL_EXCHANGE,
+    HEARTBEAT_EXCHANGE,
+    UPLOADS_EXCHANGE,
+    OUTCOMES_QUEUE,
+    DEAD_OUTCOMES_QUEUE,
+    ROUTES_EXCHANGE,
+    DEAD_LETTERS_EXCHANGE,
+)
+#: What declaring a type's queues and the outcome routes needs beyond configure: write on the work queues' dead-letter
+#: exchange (a declaration naming it), read on it (binding `.dead` and the report queue to it) and on ROUTES_EXCHANGE.
+DECLARER_WRITE = (DEFAULT_EXCHANGE, DEAD_LETTERS_EXCHANGE, OUTCOMES_QUEUE)
+DECLARER_READ = (ROUTES_EXCHANGE, DEAD_LETTERS_EXCHANGE)
 NOTHING = "^$"
 API_TIMEOUT = 10.0
 
@@ -112,10 +124,8 @@ def broker_users(config: JobsConfig, prefix: str = DEFAULT_PREFIX) -> list[Broke
         None,
         (),
         configure=_names(declared),
-        write=_names(
-            [DEFAULT_EXCHANGE, *queues, OUTCOMES_QUEUE, DEAD_OUTCOMES_QUEUE, CONTROL_EXCHANGE, UPLOADS_EXCHANGE]
-        ),
-        read=_names([*queues, OUTCOMES_QUEUE, DEAD_OUTCOMES_QUEUE, ROUTES_EXCHANGE]),
+        write=_names([*DECLARER_WRITE, *queues, DEAD_OUTCOMES_QUEUE, CONTROL_EXCHANGE, UPLOADS_EXCHANGE]),
+        read=_names([*queues, OUTCOMES_QUEUE, DEAD_OUTCOMES_QUEUE, *DECLARER_READ]),
     )
     scaler = BrokerUser(
         Role.SCALER,
@@ -123,8 +133,8 @@ def broker_users(config: JobsConfig, prefix: str = DEFAULT_PREFIX) -> list[Broke
         None,
         ("monitoring",),
         configure=_names(declared, SERVER_NAMED),
-        write=_names([DEFAULT_EXCHANGE, *queues, OUTCOMES_QUEUE, CONTROL_EXCHANGE], SERVER_NAMED),
-        read=_names([*queues, ROUTES_EXCHANGE, HEARTBEAT_EXCHANGE, CONTROL_EXCHANGE], SERVER_NAMED),
+        write=_names([*DECLARER_WRITE, *queues, CONTROL_EXCHANGE], SERVER_NAMED),
+        read=_names([*queues, *DECLARER_READ, HEARTBEAT_EXCHANGE, CONTROL_EXCHANGE], SERVER_NAMED),
     )
     return [producer, scaler, *(worker_user(job_type, prefix) for job_type in config.job_types.values())]
 

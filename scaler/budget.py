@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 
 from kubernetes.utils.quantity import parse_quantity
 
-from jobtypes.config import Resources
+from common.config import Resources
 from scaler.backends.base import WorkerState
 from scaler.policy import Code, Decision, State, WorkerView
 

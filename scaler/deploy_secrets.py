@@ -43,9 +43,9 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from jobtypes.auth import PLACEHOLDER_PREFIX
-from jobtypes.config import ConfigError, JobsConfig, load_config
-from jobtypes.settings import REPO_ROOT, jobs_config_path
+from common.auth import PLACEHOLDER_PREFIX
+from common.config import ConfigError, JobsConfig, load_config
+from common.settings import REPO_ROOT, jobs_config_path
 from scaler.broker_users import BrokerUser, Role, broker_users, definitions, with_credentials
 
 SECRETS_FILE = REPO_ROOT / "infra" / "k8s" / "secrets.yaml"

@@ -28,9 +28,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jobtypes.control import Heartbeat
-from jobtypes.env import env_int
-from jobtypes.errors import AutoscalerError
+from common.control_messages import Heartbeat
+from common.env import env_int
+from common.errors import AutoscalerError
 
 #: The longest window, and how long anything is kept (6 hours).
 DEFAULT_HISTORY_SECONDS = 6 * 3600

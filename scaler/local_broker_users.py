@@ -28,9 +28,9 @@ import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from jobtypes.config import ConfigError, load_config
-from jobtypes.env import SettingsError
-from jobtypes.settings import API_SCHEMES, DEFAULT_RABBITMQ_API_URL, jobs_config_path, node_urls, rabbitmq_urls
+from common.config import ConfigError, load_config
+from common.env import SettingsError
+from common.settings import API_SCHEMES, DEFAULT_RABBITMQ_API_URL, jobs_config_path, node_urls, rabbitmq_urls
 from scaler.broker_users import (
     DEFAULT_PREFIX,
     BrokerUser,

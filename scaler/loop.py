@@ -18,13 +18,13 @@ import logging
 import time
 from collections.abc import Callable
 
-from jobtypes.config import JobType
-from jobtypes.config_watch import ConfigWatcher
+from common.config import JobType
+from common.config_watch import ConfigWatcher
 from scaler.act import Actor
 from scaler.backends.base import Backend
 from scaler.budget import allocate
-from scaler.control_state import Controls
 from scaler.observe import Observer
+from scaler.operator_controls import Controls
 from scaler.publish import StatusPublisher
 from scaler.queue_stats import QueueStatsSource
 from scaler.schedule import TickSchedule, idle_deadline

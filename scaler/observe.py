@@ -16,13 +16,13 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from jobtypes.config import JobType
-from jobtypes.config_watch import ConfigWatcher
-from jobtypes.control import Heartbeat
+from common.config import JobType
+from common.config_watch import ConfigWatcher
+from common.control_messages import Heartbeat
 from scaler import metrics
 from scaler.backends.base import Backend, WorkerInfo, WorkerState
 from scaler.budget import Claim, worker_requests
-from scaler.control_state import Controls
+from scaler.operator_controls import Controls
 from scaler.policy import Control, TypeMemory, WorkerView, decide
 from scaler.policy_inputs import RUNNING_HEARTBEATS, TypeFacts, busy, effective_state
 from scaler.queue_stats import QueueStatsSource, RawCounts, stats_for

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-from jobtypes.config import JobType
+from common.config import JobType
 from scaler.backends.base import WorkerState
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jobtypes.config import JobType
-from jobtypes.control import Heartbeat, HeartbeatState
+from common.config import JobType
+from common.control_messages import Heartbeat, HeartbeatState
 from scaler.backends.base import WorkerInfo, WorkerState
 from scaler.policy import Control, QueueStats
 

@@ -17,8 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from jobtypes.auth import forwarded_headers
-from jobtypes.errors import AutoscalerError
+from common.auth import forwarded_headers
+from common.errors import AutoscalerError
 
 FORWARDED_HEADERS = ("content-type", "content-length", "idempotency-key")
 TIMEOUT = httpx.Timeout(600, connect=5)

@@ -27,8 +27,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
-from jobtypes.config import JobType
-from jobtypes.env import env_float
+from common.config import JobType
+from common.env import env_float
 from scaler.broker_users import api_base
 from scaler.policy import QueueStats
 
@@ -40,7 +40,7 @@ PARAMS = {
     "enable_queue_totals": "true",
     "columns": "name,messages_ready,messages_unacknowledged",
 }
-#: What jobtypes.queue_check compares with the config: each queue's type and declaration arguments.
+#: What common.queue_check compares with the config: each queue's type and declaration arguments.
 DECLARATION_PARAMS = {"disable_stats": "true", "columns": "name,type,arguments"}
 
 
@@ -74,9 +74,10 @@ class ApiNode:
 
 class QueueStatsSource:
     def __init__(
-        self, api_urls: tuple[str, ...], amqp_url: str, timeout: float = 3.0, skip_seconds: float | None = None
+        self, api_urls: str | tuple[str, ...], amqp_url: str, timeout: float = 3.0, skip_seconds: float | None = None
     ) -> None:
-        self.nodes = [ApiNode(url, vhost_of(amqp_url), timeout) for url in api_urls]
+        urls = (api_urls,) if isinstance(api_urls, str) else api_urls  # one node's URL, not its characters
+        self.nodes = [ApiNode(url, vhost_of(amqp_url), timeout) for url in urls]
         self.skip_seconds = skip_seconds or env_float("RABBITMQ_API_SKIP_SECONDS", DEFAULT_SKIP_SECONDS, above=0)
         self.error: str | None = None
         #: the node that answered last, and the nodes that failed (with why) on the last fetch

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Mapping
 
-from jobtypes.config import JobType
+from common.config import JobType
 from scaler.policy import TypeMemory
 
 #: Shortest pause between two ticks, so a storm of wake-ups cannot keep the loop ticking back to back.

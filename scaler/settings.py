@@ -2,7 +2,7 @@
 
 `ScalerSettings.from_environment()` is the only place the scaler reads its own
 variables (its health check's, its backends' and its leader election's
-included, through the shared `jobtypes.env` helpers); everything else gets the
+included, through the shared `common.env` helpers); everything else gets the
 settings object. Bad values stop the scaler at start, before any thread runs
 or the cluster is contacted, with a message that names the variable.
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 
 from kubernetes.utils.quantity import parse_quantity
 
-from jobtypes.env import SettingsError, env_flag, env_float, env_int, env_str
-from jobtypes.settings import REPO_ROOT
+from common.env import SettingsError, env_flag, env_float, env_int, env_str
+from common.settings import REPO_ROOT
 from scaler.backends.kubernetes_settings import KubernetesSettings
 from scaler.backends.local_settings import LocalSettings
 from scaler.budget import Budget

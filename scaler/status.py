@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from jobtypes.control import Heartbeat
+from common.control_messages import Heartbeat
 from scaler.history import History, HistorySettings, Sample
 
 MAX_EVENTS = 200

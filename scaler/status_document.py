@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from jobtypes.control import Heartbeat
+from common.control_messages import Heartbeat
 from scaler.backends.base import LIVE_STATES, WorkerInfo, WorkerState
 from scaler.budget import Allocation, Budget
 from scaler.policy import Decision

@@ -3,10 +3,10 @@
 Starlette-shaped: endpoints are module-level functions that find the control
 loop in `request.app.state.scaler`; errors are named `AutoscalerError`s mapped
 to `{"error": ...}` with their status once, by the handler both apps share
-(`jobtypes.error_responses`). Reads live here;
-the writes (pause, resume, drain, retry) are in `scaler.controls`. Uploads and
+(`common.error_responses`). Reads live here;
+the writes (pause, resume, drain, retry) are in `scaler.control_routes`. Uploads and
 upload records (`/api/upload`, `/api/uploads...`) pass through to the producer
-(`scaler.producer_proxy`). Every path sits behind `jobtypes.auth.AuthMiddleware`
+(`scaler.producer_proxy`). Every path sits behind `common.auth.AuthMiddleware`
 (the producer's rule, with its login form, login link and logout); `/healthz`
 gives its reasons only to an authenticated caller.
 """
@@ -29,11 +29,11 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from jobtypes.auth import SESSION_EXPIRES, AuthMiddleware, AuthSettings
-from jobtypes.error_responses import EXCEPTION_HANDLERS
-from jobtypes.errors import BadRequest
-from jobtypes.health_view import visible_health
-from scaler import controls, producer_proxy
+from common.auth import SESSION_EXPIRES, AuthMiddleware, AuthSettings
+from common.error_responses import EXCEPTION_HANDLERS
+from common.errors import BadRequest
+from common.health_view import visible_health
+from scaler import control_routes, producer_proxy
 from scaler.health import HealthCheck
 from scaler.loop import Scaler
 from scaler.settings import ScalerSettings
@@ -101,7 +101,7 @@ ROUTES = [
     Route("/api/history", history),
     Route("/api/stream", stream),
     Route("/api/workers/{worker_id}/log", worker_log),
-    *controls.ROUTES,
+    *control_routes.ROUTES,
     *producer_proxy.ROUTES,
     Mount("/static", app=StaticFiles(directory=DASHBOARD), name="static"),
 ]

@@ -1,4 +1,4 @@
-"""The scaler's side of the worker control protocol (jobtypes.control), on its own thread.
+"""The scaler's side of the worker control protocol (common.control_messages), on its own thread.
 
 It keeps the latest heartbeat of every worker (state, processed and failed
 counts, current message), sends stop requests and passes the producer's
@@ -6,7 +6,7 @@ wake-ups ("work arrived for this type") to a callback, so the control loop
 ticks at once instead of at its next interval. pika connections are not
 thread-safe, so the control loop only enqueues stop requests; this thread
 publishes them between servicing the connection, and reconnects to the next
-node with backoff when its node goes away (`jobtypes.connections.Link`; the
+node with backoff when its node goes away (`common.connections.Link`; the
 node and the reason while reconnecting are in `health()`, on /healthz).
 
 Anything can publish to these exchanges, so nothing received may stop the
@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import pika
 
-from jobtypes.config import JobType
-from jobtypes.connections import Link
-from jobtypes.control import (
+from common.config import JobType
+from common.connections import Link
+from common.control_messages import (
     CONTROL_EXCHANGE,
     HEARTBEAT_EXCHANGE,
     STOP_COMMAND,
@@ -44,8 +44,8 @@ from jobtypes.control import (
     stop_routing_key,
     wake_job_type,
 )
-from jobtypes.outcomes import declare_outcome_routes
-from jobtypes.queues import declare_queues
+from common.outcomes import declare_outcome_routes
+from common.queues import declare_queues
 
 log = logging.getLogger(__name__)
 #: Heartbeats older than this are forgotten (the worker is gone).

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jobtypes.config import ConfigError
+from common.config import ConfigError
 from scaler.budget import Budget
 from scaler.settings import SettingsError, resource_budgets
 from simulator import config as sim_config

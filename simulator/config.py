@@ -4,7 +4,7 @@ A trace names its own job types (one per Azure function, say), so the file
 may set them by name, and a `"*"` entry gives the settings of every type it
 does not name; without a file every type has the project's defaults. Each
 entry is validated exactly as the scaler validates the real file
-(`jobtypes.config.parse_config`), so a typo is an error naming type and field.
+(`common.config.parse_config`), so a typo is an error naming type and field.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from jobtypes.config import ConfigError, JobType, parse_config
+from common.config import ConfigError, JobType, parse_config
 
 #: The entry whose settings every type not named in the file gets.
 EVERY_TYPE = "*"

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from jobtypes.config import JobType
+from common.config import JobType
 from scaler.backends.base import WorkerState
 from scaler.budget import Budget, Claim, allocate, worker_requests
 from scaler.policy import Decision, QueueStats, TypeMemory, WorkerView, decide

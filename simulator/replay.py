@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from jobtypes.config import JobType, load_config
+from common.config import JobType, load_config
 from scaler.settings import DEFAULT_STATE_DIR
 from simulator.config import settings_of
 from simulator.engine import Assumptions, run_policy

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from jobtypes.config import JobType
+from common.config import JobType
 from simulator.engine import TIMELINE_POINTS, Assumptions, Outcome, Totals
 from simulator.sketch import Sketch
 from simulator.traces import Trace

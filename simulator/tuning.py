@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from jobtypes.config import JobType
+from common.config import JobType
 
 #: Settings a sweep may vary (the ones the policy reads), and how their values are parsed.
 TUNABLE: dict[str, Callable[[str], Any]] = {

@@ -9,10 +9,10 @@ import psycopg
 import pytest
 from pytest_postgresql.executors.proc import PostgreSQLExecutor
 
-from bench.support.broker import Broker, broker_is_up, create_vhost, delete_vhost
-from bench.support.cluster import Cluster, running_cluster
-from bench.support.k8s_emulator import KubernetesEmulator
-from bench.support.postgres import PG_BIN, running_postgres
+from harness.broker import Broker, broker_is_up, create_vhost, delete_vhost
+from harness.cluster import Cluster, running_cluster
+from harness.k8s_emulator import KubernetesEmulator
+from harness.postgres import PG_BIN, running_postgres
 
 
 @pytest.fixture(scope="session")

@@ -19,14 +19,14 @@ import httpx
 import pika
 import pytest
 
-from bench.support.broker import API, AUTH, Broker
-from bench.support.processes import REPO
-from bench.support.stack import Stack
-from bench.support.waiting import wait_until
-from jobtypes.config import JobType, load_config
-from jobtypes.control import CONTROL_EXCHANGE, stop_routing_key
-from jobtypes.outcomes import OUTCOMES_QUEUE
-from jobtypes.queues import ROUTES_EXCHANGE
+from common.config import JobType, load_config
+from common.control_messages import CONTROL_EXCHANGE, stop_routing_key
+from common.outcomes import OUTCOMES_QUEUE
+from common.queues import ROUTES_EXCHANGE
+from harness.broker import API, AUTH, Broker
+from harness.processes import REPO
+from harness.stack import Stack
+from harness.waiting import wait_until
 from scaler.backends.kubernetes_manifests import ClusterSettings, render_job_manifest
 from scaler.backends.local import LocalBackend
 from scaler.backends.local_settings import LocalSettings

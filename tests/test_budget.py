@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobtypes.config import Resources
+from common.config import Resources
 from scaler.backends.base import WorkerState
 from scaler.budget import Budget, Claim, allocate, worker_requests
 from scaler.policy import Code, Decision, State, WorkerView

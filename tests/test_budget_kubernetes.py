@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from bench.support.configs import write_config
-from bench.support.k8s_emulator import KubernetesEmulator
-from jobtypes.config_watch import ConfigWatcher
+from common.config_watch import ConfigWatcher
+from harness.configs import write_config
+from harness.k8s_emulator import KubernetesEmulator
 from scaler.backends.kubernetes import KubernetesBackend
 from scaler.backends.kubernetes_manifests import TYPE_LABEL, ClusterSettings
 from scaler.budget import Budget
-from scaler.control_state import ANNOTATION, Controls, LeaseControlStore
 from scaler.loop import Scaler
+from scaler.operator_controls import ANNOTATION, Controls, LeaseControlStore
 from scaler.policy import Control
 from scaler.settings import ScalerSettings
 from tests.support.k8s_fakes import FakeChannel, FakeClock, FakeStats

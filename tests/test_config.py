@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from jobtypes.config import ConfigError, load_config, parse_config
-from jobtypes.config_watch import ConfigWatcher
+from common.config import ConfigError, load_config, parse_config
+from common.config_watch import ConfigWatcher
 
 SEED = {"new-job": {"queue": "queue_new", "image": "worker-new:latest", "threshold": 10}}
 

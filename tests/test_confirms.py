@@ -1,10 +1,10 @@
-"""One count of publisher confirms (jobtypes.confirms), as the producer and the workers use it."""
+"""One count of publisher confirms (common.confirms), as the producer and the workers use it."""
 
 from __future__ import annotations
 
 from pika.spec import Basic
 
-from jobtypes.confirms import Confirms
+from common.confirms import Confirms
 
 
 def test_single_and_multiple_acks_settle_exactly_the_publishes_they_answer() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
-from bench.support.broker import Broker
-from bench.support.stack import Stack
+from harness.broker import Broker
+from harness.stack import Stack
 from tests.support.fault_report import ARTIFACTS
 
 pytestmark = pytest.mark.browser

@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Locator, Page
 
-from bench.support.broker import Broker
-from bench.support.stack import Stack
-from bench.support.waiting import wait_until
+from harness.broker import Broker
+from harness.stack import Stack
+from harness.waiting import wait_until
 from tests.support.fault_report import ARTIFACTS
 from tests.test_dashboard_browser import SLEEP, page  # noqa: F401 - the fixture
 

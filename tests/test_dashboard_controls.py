@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page
 
-from bench.support.broker import Broker
-from bench.support.stack import Stack
+from harness.broker import Broker
+from harness.stack import Stack
 from tests.support.fault_report import ARTIFACTS
 from tests.test_dashboard_browser import page  # noqa: F401 - the fixture
 

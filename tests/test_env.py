@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.support.processes import free_port
-from jobtypes.env import SettingsError, env_flag, env_float, env_int, env_str
-from jobtypes.errors import AutoscalerError
+from common.env import SettingsError, env_flag, env_float, env_int, env_str
+from common.errors import AutoscalerError
+from harness.processes import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,9 +14,9 @@ import re
 import time
 from pathlib import Path
 
-from bench.support.broker import Broker
-from bench.support.stack import Stack
-from bench.support.waiting import wait_until
+from harness.broker import Broker
+from harness.stack import Stack
+from harness.waiting import wait_until
 from tests.test_fleet_controls import Sampler, worker_processes
 
 SEED = {"queue": "queue_new", "image": "worker-new:latest", "threshold": 10}

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.support.broker import Broker, broker_is_up, start_broker_app, stop_broker_app
-from bench.support.stack import Stack
-from bench.support.waiting import wait_until
+from harness.broker import Broker, broker_is_up, start_broker_app, stop_broker_app
+from harness.stack import Stack
+from harness.waiting import wait_until
 from tests.support import fault_report
 from tests.support.uploads import interrupted_upload, wait_record
 from workers.sample import main as sample_main

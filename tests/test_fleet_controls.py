@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import psutil
 
-from bench.support.broker import Broker
-from bench.support.processes import REPO
-from bench.support.stack import Stack
-from bench.support.waiting import wait_until
+from harness.broker import Broker
+from harness.processes import REPO
+from harness.stack import Stack
+from harness.waiting import wait_until
 
 BULK = {"handler": "sleep", "threshold": 0, "burst_size": 4, "max_workers": 4, "idle_seconds": 3, "priority": 0}
 URGENT = {

@@ -6,7 +6,7 @@ import tracemalloc
 
 import pytest
 
-from jobtypes.control import Heartbeat
+from common.control_messages import Heartbeat
 from scaler.history import History, HistorySettings, Sample, UnknownWindow
 
 HOURS_6 = 6 * 3600

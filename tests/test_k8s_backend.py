@@ -8,10 +8,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config import incluster_config
 
-from bench.support.k8s_emulator import KubernetesEmulator
-from bench.support.processes import REPO
-from bench.support.waiting import wait_until
-from jobtypes.config import JobType
+from common.config import JobType
+from harness.k8s_emulator import KubernetesEmulator
+from harness.processes import REPO
+from harness.waiting import wait_until
 from scaler.backends import kubernetes_manifests
 from scaler.backends.base import WorkerLogNotFound, WorkerState
 from scaler.backends.kubernetes import KubernetesBackend

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.support.k8s_emulator import KubernetesEmulator
-from jobtypes.config import JobType
+from common.config import JobType
+from harness.k8s_emulator import KubernetesEmulator
 from scaler.backends.base import WorkerLogNotFound, WorkerState
 from scaler.backends.kubernetes import KEEP_FINISHED_SECONDS, KubernetesBackend
 from scaler.backends.kubernetes_api import KubernetesApiError, NotLeading

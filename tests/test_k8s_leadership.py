@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.support.configs import write_config
-from bench.support.k8s_emulator import KubernetesEmulator
-from bench.support.waiting import wait_until
-from jobtypes.config import JobType
-from jobtypes.config_watch import ConfigWatcher
+from common.config import JobType
+from common.config_watch import ConfigWatcher
+from harness.configs import write_config
+from harness.k8s_emulator import KubernetesEmulator
+from harness.waiting import wait_until
 from scaler.backends.kubernetes import KubernetesBackend
 from scaler.backends.kubernetes_api import NotLeading
 from scaler.backends.kubernetes_manifests import ClusterSettings

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.support.configs import write_config
-from bench.support.k8s_emulator import KubernetesEmulator
-from jobtypes.config_watch import ConfigWatcher
+from common.config_watch import ConfigWatcher
+from harness.configs import write_config
+from harness.k8s_emulator import KubernetesEmulator
 from scaler.backends.kubernetes import KubernetesBackend
 from scaler.backends.kubernetes_api import KubernetesApiError
 from scaler.backends.kubernetes_manifests import TYPE_LABEL, ClusterSettings

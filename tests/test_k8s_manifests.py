@@ -12,9 +12,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from bench.support.configs import write_config
-from bench.support.processes import REPO
-from jobtypes.config import JobType, load_config
+from common.config import JobType, load_config
+from harness.configs import write_config
+from harness.processes import REPO
 from scaler.backends.kubernetes_manifests import TYPE_LABEL, ClusterSettings, render_job_manifest, worker_secret
 from scaler.deploy_secrets import DEFINITIONS_KEY, DEFINITIONS_SECRET, worker_templates
 
@@ -364,7 +364,7 @@ def test_dockerfile_installs_every_third_party_package_its_code_imports(dockerfi
         for path in ([path] if path.is_file() else path.rglob("*.py"))
         if path.suffix == ".py"
     ]
-    local = {"jobtypes", "producer", "scaler", "uploads", "workers"}
+    local = {"common", "producer", "scaler", "uploads", "workers"}
     copied_packages = {path.relative_to(REPO).parts[0] for path in files}
     third_party = {name for name in imported_modules(files) - local - set(sys.stdlib_module_names)}
     installed = {name.lower() for name in re.findall(r"([A-Za-z][A-Za-z0-9_.-]*)==[0-9.]+", text)}

@@ -11,8 +11,8 @@ import httpx
 import psutil
 import pytest
 
-from bench.support.broker import Broker
-from bench.support.stack import Stack
+from harness.broker import Broker
+from harness.stack import Stack
 from tests.support import fault_report
 
 pytestmark = pytest.mark.fault

@@ -14,10 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.support.broker import Broker
-from bench.support.stack import Stack, kill_workers_in
-from bench.support.waiting import wait_until
-from jobtypes.config import parse_config
+from common.config import parse_config
+from harness.broker import Broker
+from harness.stack import Stack, kill_workers_in
+from harness.waiting import wait_until
 from scaler.backends.local import LocalBackend
 from scaler.backends.local_settings import LocalSettings
 

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import psutil
 
-from bench.support.broker import Broker
-from bench.support.processes import REPO
-from bench.support.stack import Stack, kill_workers_in
-from bench.support.waiting import wait_until
-from jobtypes.config import parse_config
-from jobtypes.log_pipe import LogPipeSettings, RotatingFile
+from common.config import parse_config
+from common.log_pipe import LogPipeSettings, RotatingFile
+from harness.broker import Broker
+from harness.processes import REPO
+from harness.stack import Stack, kill_workers_in
+from harness.waiting import wait_until
 from scaler.backends.base import WorkerState
 from scaler.backends.local import LocalBackend
 from scaler.backends.local_settings import LocalSettings
@@ -98,7 +98,7 @@ def test_a_live_workers_log_is_cut_past_its_limit_and_keeps_being_written(tmp_pa
 def test_the_service_log_pipe_rotates(tmp_path: Path) -> None:
     log = tmp_path / "scaler.log"
     pipe = subprocess.Popen(
-        [sys.executable, "-m", "jobtypes.log_pipe", str(log)],
+        [sys.executable, "-m", "common.log_pipe", str(log)],
         stdin=subprocess.PIPE,
         env={**os.environ, "SERVICE_LOG_MAX_BYTES": "100000", "SERVICE_LOG_BACKUPS": "2"},
     )

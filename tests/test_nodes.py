@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from bench.support.broker import Broker
-from bench.support.waiting import wait_until
-from jobtypes.config import JobType
-from jobtypes.env import SettingsError
-from jobtypes.outcomes import RowOutcome
-from jobtypes.settings import rabbitmq_urls
-from producer.publisher import BATCH_BYTES, UNSENT_BYTES, PublishControl, publish_rows
+from common.config import JobType
+from common.env import SettingsError
+from common.outcomes import RowOutcome
+from common.settings import rabbitmq_urls
+from harness.broker import Broker
+from harness.waiting import wait_until
+from producer.row_publisher import BATCH_BYTES, UNSENT_BYTES, PublishControl, publish_rows
 from scaler.queue_stats import QueueStatsSource
 from scaler.worker_channel import WorkerChannel
 from tests.support.nodes import OwnNode, start_nodes
@@ -234,7 +234,7 @@ GUARD = """
 import sys
 {breakage}
 try:
-    import producer.publisher
+    import producer.row_publisher
 except Exception as error:
     print(f"{{type(error).__name__}}: {{error}}", file=sys.stderr)
     sys.exit(3)

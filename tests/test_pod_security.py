@@ -15,11 +15,11 @@ import httpx
 import pytest
 import yaml
 
-from bench.support.broker import Broker
-from bench.support.processes import REPO, free_port
-from bench.support.stack import Stack
-from bench.support.waiting import wait_until
-from jobtypes.config import JobType, load_config
+from common.config import JobType, load_config
+from harness.broker import Broker
+from harness.processes import REPO, free_port
+from harness.stack import Stack
+from harness.waiting import wait_until
 from scaler.backends.kubernetes_manifests import ClusterSettings, render_job_manifest
 from tests.support import pod_security
 from tests.test_k8s_manifests import LONG_NAME, infra_documents

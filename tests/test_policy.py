@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jobtypes.config import JobType
+from common.config import JobType
 from scaler.backends.base import WorkerState
 from scaler.policy import Code, QueueStats, TypeMemory, WorkerView, decide
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 import pika
 import pytest
 
-from bench.support.broker import Broker
-from bench.support.stack import DEFAULT_TOKEN, Stack
-from jobtypes.config import JobType
-from jobtypes.queues import declare_queues
+from common.config import JobType
+from common.queues import declare_queues
+from harness.broker import Broker
+from harness.stack import DEFAULT_TOKEN, Stack
 
 TYPES = {
     "sales": {"default": True},

@@ -9,11 +9,11 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from bench.support.broker import Broker
-from bench.support.stack import Stack
-from bench.support.waiting import wait_until
-from jobtypes.config import JobType
-from producer.publisher import PublishControl, _ConfirmedRun, file_rows
+from common.config import JobType
+from harness.broker import Broker
+from harness.stack import Stack
+from harness.waiting import wait_until
+from producer.row_publisher import PublishControl, _ConfirmedRun, file_rows
 from tests.support.proxy import CuttableProxy, producer_behind
 
 HEADER = b"Date,Item Description,Quantity,Amount\n"

@@ -9,9 +9,9 @@ import pika
 import pytest
 from pika import frame, spec
 
-from bench.support.broker import Broker
-from bench.support.stack import Stack
-from jobtypes.outcomes import LINE_HEADER, MAX_LINE
+from common.outcomes import LINE_HEADER, MAX_LINE
+from harness.broker import Broker
+from harness.stack import Stack
 from producer.properties import RowFrames
 
 FRAME_MAX = 4096

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.support.broker import Broker
-from bench.support.stack import Stack
-from jobtypes.outcomes import LINE_HEADER
+from common.outcomes import LINE_HEADER
+from harness.broker import Broker
+from harness.stack import Stack
 
 TYPES = {"sales": {"threshold": 10, "default": True}, "sleep": {"threshold": 20}}
 

@@ -8,8 +8,8 @@ from urllib.parse import quote
 
 import pytest
 
-from bench.support.broker import Broker
-from bench.support.stack import Stack
+from harness.broker import Broker
+from harness.stack import Stack
 from tests.support.proxy import CuttableProxy
 from tests.test_dashboard_browser import page  # noqa: F401 - the fixture
 from tests.test_uploads_browser import item, upload_from_form

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from bench.support.broker import Broker
-from bench.support.waiting import wait_until
-from jobtypes.config import JobType
+from common.config import JobType
+from harness.broker import Broker
+from harness.waiting import wait_until
 from producer.leases import Leases, LeaseSettings
-from producer.publisher import PublishResult, publish_rows
+from producer.row_publisher import PublishResult, publish_rows
 from tests.support.k8s_fakes import FakeClock
 from tests.test_uploads_store import DAY, backend, clock, draft, store  # noqa: F401 - fixtures
 from uploads.errors import LeaseLost, UploadBusy

@@ -20,10 +20,10 @@ import httpx
 import pika
 import pytest
 
-from bench.support.broker import Broker, create_vhost, delete_vhost
-from bench.support.processes import Service
-from bench.support.stack import Stack
-from bench.support.waiting import wait_until
+from harness.broker import Broker, create_vhost, delete_vhost
+from harness.processes import Service
+from harness.stack import Stack
+from harness.waiting import wait_until
 from tests.support.uploads import record, rows_published, wait_record
 
 #: Short leases, so a killed publisher's upload reads `interrupted` within seconds (a live one, renewing every

@@ -18,16 +18,16 @@ from pathlib import Path
 import pika
 import pytest
 
-from bench.support.broker import Broker, create_vhost, delete_vhost
-from bench.support.processes import REPO, free_port
-from bench.support.stack import Stack
-from bench.support.waiting import wait_until
-from jobtypes.config import ConfigError, JobsConfig, JobType, QueueType, default_queue_type, load_config, parse_config
-from jobtypes.env import SettingsError
-from jobtypes.handoff import JOB_TYPE_ENV
-from jobtypes.outcomes import DEAD_OUTCOMES_QUEUE, LINE_HEADER, OUTCOMES_QUEUE, outcomes_queue_type
-from jobtypes.queue_check import check_declarations
-from jobtypes.queues import declare_queues, queue_arguments
+from common.config import ConfigError, JobsConfig, JobType, QueueType, default_queue_type, load_config, parse_config
+from common.env import SettingsError
+from common.handoff import JOB_TYPE_ENV
+from common.outcomes import DEAD_OUTCOMES_QUEUE, LINE_HEADER, OUTCOMES_QUEUE, outcomes_queue_type
+from common.queue_check import check_declarations
+from common.queues import declare_queues, queue_arguments
+from harness.broker import Broker, create_vhost, delete_vhost
+from harness.processes import REPO, free_port
+from harness.stack import Stack
+from harness.waiting import wait_until
 from scaler.backends.kubernetes_manifests import ClusterSettings, render_job_manifest
 from scaler.queue_stats import QueueStatsSource
 from tests.support.uploads import wait_record

@@ -13,9 +13,9 @@ from urllib.parse import quote
 
 import pytest
 
-from bench.support.broker import Broker
-from bench.support.stack import Stack
-from bench.support.waiting import wait_until
+from harness.broker import Broker
+from harness.stack import Stack
+from harness.waiting import wait_until
 from tests.support.proxy import CuttableProxy
 
 SLEEP = {

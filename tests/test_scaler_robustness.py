@@ -16,14 +16,14 @@ import httpx
 import pytest
 import uvicorn
 
-from bench.support.broker import Broker
-from bench.support.configs import write_config
-from bench.support.processes import free_port
-from bench.support.stack import DEFAULT_TOKEN, Stack
-from bench.support.waiting import wait_until
-from jobtypes.auth import AuthSettings
-from jobtypes.config_watch import ConfigWatcher
-from jobtypes.control import CONTROL_EXCHANGE, HEARTBEAT_EXCHANGE, WAKE_ROUTING_KEY
+from common.auth import AuthSettings
+from common.config_watch import ConfigWatcher
+from common.control_messages import CONTROL_EXCHANGE, HEARTBEAT_EXCHANGE, WAKE_ROUTING_KEY
+from harness.broker import Broker
+from harness.configs import write_config
+from harness.processes import free_port
+from harness.stack import DEFAULT_TOKEN, Stack
+from harness.waiting import wait_until
 from scaler.backends.local import LocalBackend
 from scaler.backends.local_settings import LocalSettings
 from scaler.loop import Scaler

@@ -28,12 +28,12 @@ import psutil
 import pytest
 from starlette.routing import Mount, Route
 
-from bench.support.broker import Broker, create_user, delete_user
-from bench.support.processes import REPO, free_port
-from bench.support.stack import Stack
-from bench.support.waiting import wait_until
-from jobtypes.config import JobType
-from jobtypes.queues import declare_queues
+from common.config import JobType
+from common.queues import declare_queues
+from harness.broker import Broker, create_user, delete_user
+from harness.processes import REPO, free_port
+from harness.stack import Stack
+from harness.waiting import wait_until
 from producer.app import ROUTES as PRODUCER_ROUTES
 from scaler.web import ROUTES as SCALER_ROUTES
 from tests.support.reverse_proxy import NginxLikeProxy

@@ -22,10 +22,10 @@ import pika
 import yaml
 from kubernetes import client
 
-from bench.support.broker import API, AUTH, Broker
-from bench.support.k8s_emulator import KubernetesEmulator
-from bench.support.processes import REPO
-from jobtypes.config import JobType, load_config
+from common.config import JobType, load_config
+from harness.broker import API, AUTH, Broker
+from harness.k8s_emulator import KubernetesEmulator
+from harness.processes import REPO
 from scaler.backends.kubernetes_manifests import ClusterSettings, render_job_manifest
 from scaler.broker_users import Role, broker_users, definitions, delete, new_password, with_credentials
 from scaler.deploy_secrets import load_templates

@@ -28,11 +28,11 @@ import httpx
 import psutil
 import pytest
 
-from bench.support.broker import Broker
-from bench.support.stack import Stack
-from bench.support.waiting import wait_until
-from jobtypes.config import JobType
-from jobtypes.queues import declare_queues
+from common.config import JobType
+from common.queues import declare_queues
+from harness.broker import Broker
+from harness.stack import Stack
+from harness.waiting import wait_until
 from producer.limits import MIB
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from jobtypes.auth import (
+from common.auth import (
     FailureThrottle,
     Sessions,
     TooManyFailures,

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from bench.support import results
-from bench.support.broker import Broker
-from bench.support.stack import Stack
+from harness.broker import Broker
+from harness.stack import Stack
 from simulator import replay
 from simulator.traces import load
 

@@ -22,10 +22,7 @@ import httpx
 import psycopg
 import pytest
 
-from bench.support.broker import Broker, create_vhost, delete_vhost
-from bench.support.stack import Stack
-from bench.support.waiting import wait_until
-from jobtypes.outcomes import (
+from common.outcomes import (
     DEAD_OUTCOMES_QUEUE,
     LINE_HEADER,
     OUTCOMES_QUEUE,
@@ -35,6 +32,9 @@ from jobtypes.outcomes import (
     RowOutcome,
     split_message_id,
 )
+from harness.broker import Broker, create_vhost, delete_vhost
+from harness.stack import Stack
+from harness.waiting import wait_until
 from tests.support.outcomes import CancelListener, publish_reports
 from tests.support.proxy import CuttableProxy, producer_behind
 from tests.support.uploads import record, wait_record

@@ -21,10 +21,10 @@ import httpx
 import pika
 import pytest
 
-from bench.support.broker import Broker, create_vhost, delete_vhost
-from bench.support.stack import Stack
-from bench.support.waiting import wait_until
-from jobtypes.outcomes import DEAD_OUTCOMES_QUEUE, REJECT_DETAIL_HEADER, REJECT_REASON_HEADER, REPLAY_HEADER
+from common.outcomes import DEAD_OUTCOMES_QUEUE, REJECT_DETAIL_HEADER, REJECT_REASON_HEADER, REPLAY_HEADER
+from harness.broker import Broker, create_vhost, delete_vhost
+from harness.stack import Stack
+from harness.waiting import wait_until
 from tests.support.proxy import CuttableProxy, producer_behind
 from tests.support.uploads import interrupted_upload, wait_record
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.support.broker import Broker
-from bench.support.stack import Stack
-from jobtypes.config import load_config
-from jobtypes.queues import declare_queues
+from common.config import load_config
+from common.queues import declare_queues
+from harness.broker import Broker
+from harness.stack import Stack
 from tests.support.uploads import wait_record
 
 CSV = b"Date,Item Description,Quantity,Amount\n2024-01-01,tea,1,2.50\n2024-01-02,cake,2,4.00\n"

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jobtypes.outcomes import OUTCOMES, REPLAY_HEADER, OutcomeReport, RowOutcome
+from common.outcomes import OUTCOMES, REPLAY_HEADER, OutcomeReport, RowOutcome
 from uploads.errors import StoreUnavailable
 from uploads.model import UploadRecord
 from uploads.report_checks import MAX_STORED_INT, Reason, check_batch, storable
@@ -30,8 +30,8 @@ from uploads.sql import SqlStore
 from uploads.store import UploadStore
 from uploads.tracker import report_at_fault
 from workers.delivery import Delivery, Outcome, Status
+from workers.disposition import ATTEMPT_HEADER
 from workers.hooks.outcomes import row_outcome
-from workers.retry import ATTEMPT_HEADER
 
 ROWS = 10
 MAX_BYTES = 64 * 1024

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 
-from bench.support.broker import Broker
-from bench.support.stack import Stack
-from bench.support.waiting import wait_until
+from harness.broker import Broker
+from harness.stack import Stack
+from harness.waiting import wait_until
 from tests.support.uploads import record, rows_published, wait_record
 
 RETENTION_SECONDS = 2.0

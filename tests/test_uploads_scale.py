@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 
-from bench.support.measure import median_seconds, peak_memory
-from bench.support.waiting import wait_until
+from harness.measure import median_seconds, peak_memory
+from harness.waiting import wait_until
 from producer.csv_rows import convert_rows
 from producer.limits import RowLimits
-from producer.publisher import file_rows
+from producer.row_publisher import file_rows
 from tests.support.k8s_fakes import FakeClock
 from tests.test_uploads_store import DAY, counts, draft, open_store, out, queued
 from uploads.failed_rows import failed_rows_csv

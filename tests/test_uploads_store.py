@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jobtypes.outcomes import RowOutcome
+from common.outcomes import RowOutcome
 from tests.support.k8s_fakes import FakeClock
 from uploads.errors import IdempotencyConflict, UploadNotFound
 from uploads.memory import MemoryStore

@@ -17,9 +17,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from bench.support.broker import Broker, create_vhost, delete_vhost
-from bench.support.waiting import wait_until
-from jobtypes.outcomes import DEAD_OUTCOMES_QUEUE, REJECT_DETAIL_HEADER, REJECT_REASON_HEADER, RowOutcome
+from common.outcomes import DEAD_OUTCOMES_QUEUE, REJECT_DETAIL_HEADER, REJECT_REASON_HEADER, RowOutcome
+from harness.broker import Broker, create_vhost, delete_vhost
+from harness.waiting import wait_until
 from tests.support.outcomes import publish_reports
 from uploads.model import UploadRecord
 from uploads.settings import UploadSettings

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.support.broker import Broker
-from bench.support.waiting import wait_until
+from harness.broker import Broker
+from harness.waiting import wait_until
 from tests.support.worker_harness import Harness, harness  # noqa: F401 - the fixture
 
 BATCHES = {

@@ -17,9 +17,7 @@ import httpx
 import pika
 import pytest
 
-from bench.support.broker import API, AUTH, Broker
-from bench.support.waiting import wait_until
-from jobtypes.outcomes import (
+from common.outcomes import (
     OUTCOMES_QUEUE,
     REPLAY_HEADER,
     UPLOADS_EXCHANGE,
@@ -30,6 +28,8 @@ from jobtypes.outcomes import (
     outcome_queue_arguments,
     outcomes_queue_type,
 )
+from harness.broker import API, AUTH, Broker
+from harness.waiting import wait_until
 from tests.support.worker_harness import Harness, harness, reported_rows  # noqa: F401 - the fixture
 from workers.delivery import Delivery, Status
 from workers.hooks.cancel import Cancellations

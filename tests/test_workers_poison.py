@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bench.support.broker import Broker
-from bench.support.processes import Service
-from bench.support.waiting import wait_until
+from harness.broker import Broker
+from harness.processes import Service
+from harness.waiting import wait_until
 from tests.support.worker_harness import Harness, harness  # noqa: F401 - the fixture
 
 

@@ -13,10 +13,10 @@ from urllib.parse import quote
 import pika
 import pytest
 
-from bench.support.broker import Broker
-from bench.support.processes import REPO
-from bench.support.waiting import wait_until
-from jobtypes.control import CONTROL_EXCHANGE, STOP_COMMAND, declare_control_exchanges, stop_routing_key
+from common.control_messages import CONTROL_EXCHANGE, STOP_COMMAND, declare_control_exchanges, stop_routing_key
+from harness.broker import Broker
+from harness.processes import REPO
+from harness.waiting import wait_until
 from tests.support.proxy import CuttableProxy
 from tests.support.worker_harness import Harness, harness  # noqa: F401 - the fixture
 

@@ -15,10 +15,10 @@ import pika
 import pytest
 from sqlalchemy import create_engine, text
 
-from bench.support.broker import Broker
-from bench.support.processes import REPO, Service
-from bench.support.stack import Stack
-from bench.support.waiting import wait_until
+from harness.broker import Broker
+from harness.processes import REPO, Service
+from harness.stack import Stack
+from harness.waiting import wait_until
 from workers.sales.handler import parse
 from workers.sales.ledger import Ledger, Sale
 

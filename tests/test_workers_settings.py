@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from jobtypes.config import ConfigError, parse_config
-from jobtypes.env import SettingsError
+from common.config import ConfigError, parse_config
+from common.env import SettingsError
 from workers.runtime import MAX_PREFETCH_COUNT, channel_prefetch
 from workers.settings import WorkerSettings
 

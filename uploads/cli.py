@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from jobtypes.auth import client_token
+from common.auth import client_token
 from uploads.model import UploadState
 
 RETRYABLE = {429, 503}

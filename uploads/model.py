@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from jobtypes.outcomes import RowOutcome, RowStatus
+from common.outcomes import RowOutcome, RowStatus
 
 FINAL = (RowStatus.SUCCEEDED, RowStatus.DEAD, RowStatus.CANCELLED)
 #: Final outcomes that nothing changes afterwards (a replay takes dead rows only): kept as one bit per row.

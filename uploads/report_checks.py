@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
-from jobtypes.outcomes import OutcomeReport, RowOutcome
+from common.outcomes import OutcomeReport, RowOutcome
 from uploads.model import UploadRecord
 
 #: Largest value of the stores' integer columns (Postgres `integer`).
@@ -98,7 +98,13 @@ def check_batch(
     bodies: list[bytes], lookup: Callable[[set[str]], Mapping[str, UploadRecord]], max_bytes: int
 ) -> list[CheckedReport]:
     """Parse and check a batch of delivered reports against the records they name, looked up all at once."""
-    parsed = [parse(body, max_bytes) for body in bodies]
+    return check_parsed([parse(body, max_bytes) for body in bodies], lookup)
+
+
+def check_parsed(
+    parsed: list[OutcomeReport | Rejection], lookup: Callable[[set[str]], Mapping[str, UploadRecord]]
+) -> list[CheckedReport]:
+    """Check a batch of parsed reports (or why they are none) against the records they name, looked up at once."""
     named = {
         row.upload_id
         for report in parsed

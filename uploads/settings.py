@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jobtypes.env import env_flag, env_float, env_int, env_str
-from jobtypes.settings import REPO_ROOT
+from common.env import env_flag, env_float, env_int, env_str
+from common.settings import REPO_ROOT
 
 DEFAULT_DATABASE_URL = f"sqlite:///{REPO_ROOT / '.run' / 'uploads.db'}"
 DAY = 86_400.0

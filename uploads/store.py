@@ -28,7 +28,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from jobtypes.outcomes import RowOutcome, RowStatus
+from common.outcomes import RowOutcome, RowStatus
 from uploads.errors import IdempotencyConflict, LeaseLost, UploadBusy, UploadNotFound
 from uploads.model import (
     SETTLED,

@@ -18,7 +18,7 @@ not bind one, blames a report, so the batch is applied report by report and
 the ones the store refuses are dead-lettered: no report is retried forever.
 Anything else (the database down, restarting, locked, read-only) is the
 store's state: the batch waits unacked and is retried with the connection's
-backoff (`jobtypes.connections.Link`: about 0.5, 1, 2... up to 30 seconds,
+backoff (`common.connections.Link`: about 0.5, 1, 2... up to 30 seconds,
 jittered; state `store-unavailable` on /healthz,
 `uploads_tracker_store_failures_total`), and good reports are never set aside
 for it. A lost broker node is the same loop: the link reconnects to the next
@@ -53,17 +53,18 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
-from jobtypes.connections import CONNECTION_ERRORS, Link, connect_any
-from jobtypes.outcomes import (
+from common.connections import CONNECTION_ERRORS, Link, connect_any
+from common.outcomes import (
     DEAD_OUTCOMES_QUEUE,
     OUTCOMES_QUEUE,
     REJECT_DETAIL_HEADER,
     REJECT_REASON_HEADER,
     UPLOADS_EXCHANGE,
     CancelNotice,
+    OutcomeReport,
     declare_outcome_routes,
 )
-from uploads import metrics, report_checks
+from uploads import dead_letters, metrics, report_checks
 from uploads.errors import StoreUnavailable
 from uploads.report_checks import CheckedReport, Reason, Rejection
 from uploads.settings import UploadSettings
@@ -135,7 +136,8 @@ class TrackerLoop(threading.Thread):
         self._stopping = threading.Event()
         self._connection: BlockingConnection | None = None
         self._channel: BlockingChannel | None = None
-        self._pending: list[tuple[int, bytes]] = []
+        #: Delivered and not yet acked: (delivery tag, body, properties).
+        self._pending: list[tuple[int, bytes, pika.BasicProperties]] = []
         #: Reports ready in the queue when last asked, plus those handed back by a lost connection.
         self._queued = 0
         now = time.monotonic()
@@ -247,12 +249,12 @@ class TrackerLoop(threading.Thread):
                 self._read_gauges()
 
     def _on_report(self, channel: BlockingChannel, method: Any, properties: Any, body: bytes) -> None:
-        self._pending.append((method.delivery_tag, body))
+        self._pending.append((method.delivery_tag, body, properties))
 
     # applying --------------------------------------------------------------------------
     def _apply_pending(self) -> None:
-        checked = report_checks.check_batch(
-            [body for _, body in self._pending], self.store.get_many, self.settings.max_report_bytes
+        checked = report_checks.check_parsed(
+            [self._parse(body, properties) for _, body, properties in self._pending], self.store.get_many
         )
         try:
             self._applied(self.store.apply([row for report in checked for row in report.accepted]))
@@ -261,13 +263,19 @@ class TrackerLoop(threading.Thread):
             log.warning("the store refused a batch of %d reports (%s); applying them one by one", len(checked), error)
             self._apply_one_by_one(checked)
         assert self._channel is not None
-        for (_, body), report in zip(self._pending, checked, strict=True):
+        for (_, body, _), report in zip(self._pending, checked, strict=True):
             if report.first is not None:
                 self._dead_letter(body, report)
             metrics.REPORTS.labels("applied" if report.first is None else "rejected").inc()
         self._channel.basic_ack(self._pending[-1][0], multiple=True)
         self.status.reports += len(self._pending)
         self._pending.clear()
+
+    def _parse(self, body: bytes, properties: pika.BasicProperties) -> OutcomeReport | Rejection:
+        """A worker's report, or the dead outcome of a row RabbitMQ dead-lettered (uploads.dead_letters)."""
+        if dead_letters.is_dead_lettered(properties):
+            return dead_letters.dead_outcome(properties, body, self.settings.max_report_bytes)
+        return report_checks.parse(body, self.settings.max_report_bytes)
 
     def _apply_one_by_one(self, checked: list[CheckedReport]) -> None:
         for report in checked:

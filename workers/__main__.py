@@ -1,7 +1,7 @@
 """`python -m workers <job-type>`: run one worker for that job type until it is told to stop.
 
 The job type's settings come from the scaler that started the worker
-(`WORKER_JOB_TYPE`, see jobtypes.handoff) or, for a worker started by hand,
+(`WORKER_JOB_TYPE`, see common.handoff) or, for a worker started by hand,
 from the jobs config. Exit codes: 0 after a graceful stop, 2 when the job
 type, its handler or the worker's settings are unusable (nothing to retry:
 the scaler shows the message and does not loop), 3 when a handler ran past
@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobtypes.config import ConfigError, JobType, load_config
-from jobtypes.env import SettingsError
-from jobtypes.handoff import handed_job_type
-from jobtypes.settings import jobs_config_path, rabbitmq_urls
+from common.config import ConfigError, JobType, load_config
+from common.env import SettingsError
+from common.handoff import handed_job_type
+from common.settings import jobs_config_path, rabbitmq_urls
 from workers import jsonlog
 from workers.handlers import Handler, HandlerNotFound, load_handler
 from workers.runtime import build_worker

@@ -19,7 +19,7 @@ retry, dead-letter or give-back copy was confirmed by the broker. A worker
 that dies or loses its connection acks nothing more; RabbitMQ redelivers what
 it held. `generation` counts connections: an outcome for a delivery of an
 older connection is dropped, since its tag means nothing on the new one.
-Reconnecting (`jobtypes.connections.Link`) tries the next node of
+Reconnecting (`common.connections.Link`) tries the next node of
 RABBITMQ_URLS first, with capped, jittered backoff between rounds.
 
 A handler call running past the type's `timeout_seconds` fails its rows
@@ -39,19 +39,19 @@ from typing import Any
 import pika
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-from jobtypes.config import JobType
-from jobtypes.connections import Link
-from jobtypes.control import CONTROL_EXCHANGE, HeartbeatState, stop_routing_key
+from common.config import JobType
+from common.connections import Link
+from common.control_messages import CONTROL_EXCHANGE, HeartbeatState, stop_routing_key
 from workers.acks import AckLedger
+from workers.confirmed_publisher import ConfirmedPublisher, PublishFailed
 from workers.delivery import Delivery, Outcome, Status
 from workers.executor import Executor
 from workers.hooks import Hooks
-from workers.publisher import ConfirmedPublisher, PublishFailed
 from workers.status import StatusHeartbeats
 from workers.topology import ensure_topology
 
 #: Errors that mean "the connection is gone", or that the channel cannot be trusted (a copy or report was
-#: refused): reconnect (jobtypes.connections, to the next node) and carry on.
+#: refused): reconnect (common.connections, to the next node) and carry on.
 RECONNECT_ERRORS = (
     pika.exceptions.AMQPConnectionError,
     pika.exceptions.ChannelClosed,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pika
 
-from workers.retry import Republish, attempt_of
+from workers.disposition import Republish, attempt_of
 
 
 class Status(enum.Enum):

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from jobtypes.config import JobType
+from common.config import JobType
 from workers.context import BatchContext, Context
 from workers.delivery import Delivery, Outcome, Status
 from workers.handlers import Handler

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from jobtypes.config import JobType
+from common.config import JobType
 
 RowHandler = Callable[[dict[str, Any], Any], None]
 BatchHandler = Callable[[list[dict[str, Any]], Any], None]

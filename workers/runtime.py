@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from jobtypes.config import JobType
+from common.config import JobType
 from workers.consumer import Consumer
 from workers.executor import Executor
 from workers.handlers import Handler

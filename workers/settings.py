@@ -13,7 +13,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from jobtypes.env import SettingsError, env_flag, env_float, env_int
+from common.env import SettingsError, env_flag, env_float, env_int
 
 #: Seconds between status heartbeats to the scaler.
 DEFAULT_HEARTBEAT_SECONDS = 2.0

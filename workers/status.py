@@ -15,10 +15,10 @@ from collections.abc import Callable
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
-from jobtypes.control import HEARTBEAT_EXCHANGE, Heartbeat, HeartbeatState
+from common.control_messages import HEARTBEAT_EXCHANGE, Heartbeat, HeartbeatState
 from workers.delivery import Outcome, Status
+from workers.disposition import Disposition
 from workers.hooks import Hook
-from workers.retry import Disposition
 
 
 class StatusHeartbeats(Hook):

@@ -35,7 +35,7 @@ import sys
 import traceback
 from typing import Any
 
-from jobtypes.config import JobType
+from common.config import JobType
 from workers.__main__ import CannotStart, prepare, serve
 from workers.handlers import Handler
 

@@ -18,10 +18,10 @@ import logging
 import pika
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-from jobtypes.config import JobType
-from jobtypes.control import CONTROL_EXCHANGE, HEARTBEAT_EXCHANGE, declare_control_exchanges
-from jobtypes.outcomes import OUTCOMES_QUEUE, UPLOADS_EXCHANGE, declare_outcome_routes
-from jobtypes.queues import ROUTES_EXCHANGE, declare_queues, queue_arguments
+from common.config import JobType
+from common.control_messages import CONTROL_EXCHANGE, HEARTBEAT_EXCHANGE, declare_control_exchanges
+from common.outcomes import OUTCOMES_QUEUE, UPLOADS_EXCHANGE, declare_outcome_routes
+from common.queues import DEAD_LETTERS_EXCHANGE, ROUTES_EXCHANGE, declare_queues, queue_arguments
 
 log = logging.getLogger(__name__)
 NOT_FOUND, ACCESS_REFUSED = 404, 403
@@ -61,7 +61,7 @@ def _on_scratch_channel(connection: BlockingConnection, work) -> None:
 
 
 def _check(channel: BlockingChannel, job_type: JobType) -> None:
-    for exchange in (ROUTES_EXCHANGE, CONTROL_EXCHANGE, HEARTBEAT_EXCHANGE, UPLOADS_EXCHANGE):
+    for exchange in (ROUTES_EXCHANGE, DEAD_LETTERS_EXCHANGE, CONTROL_EXCHANGE, HEARTBEAT_EXCHANGE, UPLOADS_EXCHANGE):
         channel.exchange_declare(exchange, passive=True)
     for queue in (*queue_arguments(job_type), OUTCOMES_QUEUE):
         channel.queue_declare(queue, passive=True)

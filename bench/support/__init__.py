@@ -1,3 +1,2 @@
-"""Helpers shared by the benchmarks and the tests (not benchmarks themselves): the real broker, real
-processes, the whole local stack, waiting on conditions, PostgreSQL, the Kubernetes emulator, results files.
-The benchmarks never import the tests."""
+"""What only the benchmarks use: the peers' and the plain consumers' entry points, draining a queue, and the
+results files the README's tables are made from. The parts tests share with benchmarks are in `harness/`."""

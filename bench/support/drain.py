@@ -20,11 +20,11 @@ from urllib.parse import quote
 import httpx
 import pika
 
-from bench.support.broker import AUTH, Broker
-from bench.support.processes import Service
-from bench.support.waiting import wait_until
-from jobtypes.config import JobType
-from jobtypes.queues import declare_queues
+from common.config import JobType
+from common.queues import declare_queues
+from harness.broker import AUTH, Broker
+from harness.processes import Service
+from harness.waiting import wait_until
 
 POLL_SECONDS = 0.005
 

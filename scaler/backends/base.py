@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
-from jobtypes.config import JobType
-from jobtypes.errors import NotFound
+from common.config import JobType
+from common.errors import NotFound
 
 
 class WorkerLogNotFound(NotFound):

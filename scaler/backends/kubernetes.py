@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from jobtypes.config import DEFAULT_STOP_GRACE_SECONDS, JobType
+from common.config import DEFAULT_STOP_GRACE_SECONDS, JobType
 from scaler.backends.base import WorkerInfo, WorkerLogNotFound, WorkerState
 from scaler.backends.kubernetes_api import (
     KubernetesApiError,

@@ -21,7 +21,7 @@ from kubernetes import config
 from kubernetes.client.exceptions import ApiException
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from jobtypes.env import env_str
+from common.env import env_str
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from jobtypes.config import JobType
-from jobtypes.env import env_str
-from jobtypes.handoff import JOB_TYPE_ENV, encode
+from common.config import JobType
+from common.env import env_str
+from common.handoff import JOB_TYPE_ENV, encode
 
 PART_OF = "queue-autoscaler"
 TYPE_LABEL = "queue-autoscaler.io/job-type"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
-from jobtypes.env import SettingsError, env_float, env_int, env_str
+from common.env import SettingsError, env_float, env_int, env_str
 from scaler.backends.kubernetes_manifests import ClusterSettings
 from scaler.backends.kubernetes_states import StartLimits
 

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import psutil
 
-from jobtypes.config import DEFAULT_STOP_GRACE_SECONDS, JobType
-from jobtypes.settings import REPO_ROOT
+from common.config import DEFAULT_STOP_GRACE_SECONDS, JobType
+from common.settings import REPO_ROOT
 from scaler.backends.base import WorkerInfo, WorkerLogNotFound, WorkerState
 from scaler.backends.local_settings import LocalSettings
 from scaler.backends.templates import TemplatePool

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobtypes.env import env_flag, env_float, env_int, env_str
+from common.env import env_flag, env_float, env_int, env_str
 
 #: Finished workers' logs kept per job type (the newest); older ones are deleted.
 DEFAULT_LOGS_PER_TYPE = 20

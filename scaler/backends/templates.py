@@ -30,9 +30,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from jobtypes.config import JobType
-from jobtypes.handoff import encode
-from jobtypes.settings import REPO_ROOT
+from common.config import JobType
+from common.handoff import encode
+from common.settings import REPO_ROOT
 
 log = logging.getLogger(__name__)
 #: Seconds to wait for a template's answer to a fork request before spawning the plain way.

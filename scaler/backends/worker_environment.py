@@ -5,7 +5,7 @@ token and settings of its own; a worker runs job-type code that has no
 business with them. A worker gets the operating system's basics (PATH, HOME,
 locale, temp dir, Python path), the broker's node list, heartbeat and reconnect wait, the `WORKER_*`
 settings of the runtime, its own job type's validated settings
-(jobtypes.handoff), the type's `env` from the config, and the names an
+(common.handoff), the type's `env` from the config, and the names an
 operator lists in SCALER_WORKER_ENV_PASSTHROUGH. `worker_search_path` is where
 such a worker looks for its handler, so the scaler can check it is there.
 """
@@ -17,8 +17,8 @@ import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from jobtypes.config import JobType
-from jobtypes.handoff import JOB_TYPE_ENV, encode
+from common.config import JobType
+from common.handoff import JOB_TYPE_ENV, encode
 
 #: Variables of the operating system and interpreter that programs expect.
 SYSTEM_NAMES = frozenset(

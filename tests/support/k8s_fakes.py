@@ -3,7 +3,7 @@ so the control loop can run against the emulated Kubernetes API without RabbitMQ
 
 from __future__ import annotations
 
-from jobtypes.control import Heartbeat
+from common.control_messages import Heartbeat
 from scaler.queue_stats import RawCounts
 
 
@@ -11,6 +11,9 @@ class FakeStats:
     def __init__(self) -> None:
         self.queues: dict[str, RawCounts] = {}
         self.error: str | None = None
+        #: which management-API node answered and which failed (scaler.queue_stats.QueueStatsSource shows both)
+        self.node: str | None = "fake"
+        self.failed: dict[str, str] = {}
 
     def set(self, queue: str, ready: int, unacked: int = 0) -> None:
         self.queues[queue] = RawCounts(ready, unacked)

@@ -18,8 +18,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.support.broker import Broker
-from bench.support.waiting import wait_until
+from harness.broker import Broker
+from harness.waiting import wait_until
 
 SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 #: Ports clear of the shared broker (5672/15672) and of the `cluster` tests (5682-5684, 25682-25684).

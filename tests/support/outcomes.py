@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pika
 
-from bench.support.broker import Broker
-from jobtypes.outcomes import (
+from common.outcomes import (
     OUTCOMES_QUEUE,
     UPLOADS_EXCHANGE,
     CancelNotice,
@@ -13,6 +12,7 @@ from jobtypes.outcomes import (
     RowOutcome,
     declare_outcome_routes,
 )
+from harness.broker import Broker
 
 
 def publish_reports(broker: Broker, job_type: str, batches: list[list[RowOutcome]]) -> None:

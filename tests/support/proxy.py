@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from bench.support.broker import Broker
-from bench.support.stack import Stack
+from harness.broker import Broker
+from harness.stack import Stack
 
 
 class CuttableProxy:

@@ -7,8 +7,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from bench.support.stack import Stack
-from bench.support.waiting import wait_until
+from harness.stack import Stack
+from harness.waiting import wait_until
 
 
 def record(stack: Stack, upload_id: str) -> dict[str, Any]:

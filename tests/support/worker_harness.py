@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.support.broker import Broker
-from bench.support.processes import Service
-from bench.support.stack import Stack
-from bench.support.waiting import wait_until
-from jobtypes.outcomes import OUTCOMES_QUEUE, OutcomeReport, RowOutcome
+from common.outcomes import OUTCOMES_QUEUE, OutcomeReport, RowOutcome
+from harness.broker import Broker
+from harness.processes import Service
+from harness.stack import Stack
+from harness.waiting import wait_until
 
 RECORDER = {"handler": "tests.handlers.recorder", "retry_delay_seconds": 0.1, "max_attempts": 3}
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from pika.adapters.blocking_connection import BlockingChannel
 
+from workers.confirmed_publisher import ConfirmedPublisher
 from workers.delivery import Delivery, Outcome
-from workers.publisher import ConfirmedPublisher
 
 
 class Hook:

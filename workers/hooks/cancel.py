@@ -17,7 +17,7 @@ from typing import Any
 
 from pika.adapters.blocking_connection import BlockingChannel
 
-from jobtypes.outcomes import UPLOADS_EXCHANGE, CancelNotice
+from common.outcomes import UPLOADS_EXCHANGE, CancelNotice
 from workers.delivery import Delivery, Outcome, Status
 from workers.hooks import Hook
 

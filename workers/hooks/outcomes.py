@@ -17,20 +17,20 @@ from __future__ import annotations
 
 import pika
 
-from jobtypes.outcomes import (
-    LINE_HEADER,
-    MAX_LINE,
+from common.outcomes import (
     OUTCOMES_QUEUE,
     REPLAY_HEADER,
     OutcomeReport,
     RowOutcome,
     RowStatus,
+    counted,
+    line_of,
     split_message_id,
 )
+from workers.confirmed_publisher import ConfirmedPublisher
 from workers.delivery import Outcome, Status
+from workers.disposition import Disposition
 from workers.hooks import Hook
-from workers.publisher import ConfirmedPublisher
-from workers.retry import Disposition
 
 _PROPERTIES = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json")
 
@@ -72,7 +72,7 @@ def row_outcome(outcome: Outcome) -> RowOutcome | None:
     if where is None:
         return None
     upload_id, row = where
-    replay = _replay(delivery.headers.get(REPLAY_HEADER))
+    replay = counted(delivery.headers.get(REPLAY_HEADER), 0)
     attempts = delivery.attempt
     if outcome.status is Status.SUCCEEDED:
         return RowOutcome(upload_id, row, RowStatus.SUCCEEDED, attempts, replay)
@@ -81,17 +81,4 @@ def row_outcome(outcome: Outcome) -> RowOutcome | None:
     if outcome.copy is not None and outcome.copy.outcome is Disposition.RETRY:
         return RowOutcome(upload_id, row, RowStatus.RETRYING, attempts, replay, outcome.error)
     body = delivery.body.decode("utf-8", errors="replace")
-    return RowOutcome(upload_id, row, RowStatus.DEAD, attempts, replay, outcome.error, body, _line(delivery.headers))
-
-
-def _replay(value: object) -> int:
-    try:
-        return max(int(value), 0) if value is not None else 0  # type: ignore[call-overload]
-    except (TypeError, ValueError, OverflowError):  # OverflowError: a float infinity
-        return 0
-
-
-def _line(headers: dict) -> int | None:
-    """The row's line from its header, or None when absent or not a line number (the record falls back)."""
-    value = headers.get(LINE_HEADER)
-    return value if type(value) is int and 1 <= value <= MAX_LINE else None
+    return RowOutcome(upload_id, row, RowStatus.DEAD, attempts, replay, outcome.error, body, line_of(delivery.headers))

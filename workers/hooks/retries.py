@@ -1,6 +1,6 @@
 """The `Retries` hook: a failed row gets a confirmed copy in `<queue>.retry` or `<queue>.dead` before its ack.
 
-The decision (which queue, which headers) is the pure `workers.retry`; this
+The decision (which queue, which headers) is the pure `workers.disposition`; this
 hook applies it to each failed row after it finished and publishes the copies
 just before the rows are acked. Rows a stopping worker did not start are
 republished to the work queue the same way. Copies keep every original
@@ -9,11 +9,11 @@ header (the upload id and the replay number included).
 
 from __future__ import annotations
 
-from jobtypes.config import JobType
+from common.config import JobType
+from workers.confirmed_publisher import ConfirmedPublisher
 from workers.delivery import Outcome, Status
+from workers.disposition import after_failure, give_back, unreadable
 from workers.hooks import Hook
-from workers.publisher import ConfirmedPublisher
-from workers.retry import after_failure, give_back, unreadable
 
 
 class Retries(Hook):

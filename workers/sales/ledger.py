@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, Text, create_engine, event, exc, text
 from sqlalchemy.dialects import postgresql, sqlite
 
-from jobtypes.settings import REPO_ROOT
+from common.settings import REPO_ROOT
 
 DEFAULT_URL = f"sqlite:///{REPO_ROOT / '.run' / 'sales.db'}"
 

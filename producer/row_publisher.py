@@ -46,13 +46,13 @@ from pika.adapters.select_connection import SelectConnection
 from pika.channel import Channel
 from pika.frame import Method
 
-from jobtypes.config import JobType
-from jobtypes.confirms import Confirms
-from jobtypes.connections import connect_any
-from jobtypes.control import CONTROL_EXCHANGE, WAKE_ROUTING_KEY, declare_control_exchanges, wake_body
-from jobtypes.pika_internals import unsent_bytes, write_frames
-from jobtypes.queues import declare_queues
-from jobtypes.settings import node_parameters
+from common.config import JobType
+from common.confirms import Confirms
+from common.connections import connect_any
+from common.control_messages import CONTROL_EXCHANGE, WAKE_ROUTING_KEY, declare_control_exchanges, wake_body
+from common.pika_internals import unsent_bytes, write_frames
+from common.queues import declare_queues
+from common.settings import node_parameters
 from producer.properties import RowFrames
 
 log = logging.getLogger(__name__)

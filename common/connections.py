@@ -34,8 +34,8 @@ import pika
 from pika.adapters.blocking_connection import BlockingConnection
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, wait_exponential_jitter
 
-from jobtypes.env import env_float
-from jobtypes.settings import node_parameters, rabbitmq_urls
+from common.env import env_float
+from common.settings import node_parameters, rabbitmq_urls
 
 log = logging.getLogger(__name__)
 #: Errors that mean "this connection is gone": reconnect (a caller may add its own, e.g. a refused publish).

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scaler.control_state import Controls, ControlStoreError, FileControlStore
+from scaler.operator_controls import Controls, ControlStoreError, FileControlStore
 from scaler.policy import Control
 from scaler.terminal import render
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from pydantic import ValidationError
 
-from jobtypes.config import ConfigError, JobType
+from common.config import ConfigError, JobType
 
 #: The environment variable with the JSON of one job type (all fields, the name included).
 JOB_TYPE_ENV = "WORKER_JOB_TYPE"

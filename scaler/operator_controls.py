@@ -29,7 +29,7 @@ from typing import Protocol
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from jobtypes.errors import AutoscalerError
+from common.errors import AutoscalerError
 from scaler.policy import Control
 
 log = logging.getLogger(__name__)

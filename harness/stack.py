@@ -19,10 +19,10 @@ from urllib.parse import quote
 import httpx
 import psutil
 
-from bench.support.broker import Broker
-from bench.support.configs import write_config
-from bench.support.processes import Service, free_port
-from bench.support.waiting import wait_until
+from harness.broker import Broker
+from harness.configs import write_config
+from harness.processes import Service, free_port
+from harness.waiting import wait_until
 
 DEFAULT_TOKEN = "test-stack-token"
 

@@ -65,11 +65,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
-from jobtypes.env import SettingsError, env_flag, env_float, env_int, env_str
+from common.env import SettingsError, env_flag, env_float, env_int, env_str
 
 log = logging.getLogger(__name__)
 
-# ASGI's types, spelled out so that this module needs no web framework (workers import jobtypes too).
+# ASGI's types, spelled out so that this module needs no web framework (workers import common too).
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]

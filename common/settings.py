@@ -8,7 +8,7 @@ RABBITMQ_URL is still read as a one-node list), RABBITMQ_API_URLS the nodes'
 management APIs, the same way. Every URL is checked when a process starts: a
 wrong entry stops it with the setting's name and the entry's position.
 `node_parameters` gives the pika parameters of one node; trying the nodes in
-turn is `jobtypes.connections.Link`'s job.
+turn is `common.connections.Link`'s job.
 
 Each process's broker URL carries its own broker user (scaler.broker_users:
 the producer's, the scaler's, one per job type's workers); the defaults, the
@@ -25,7 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pika
 
-from jobtypes.env import SettingsError, env_int, env_str
+from common.env import SettingsError, env_int, env_str
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@localhost:5672/%2F"

@@ -1,7 +1,7 @@
-"""`python -m jobtypes.log_pipe FILE`: copy stdin to FILE, rotating it so a service's log never grows without bound.
+"""`python -m common.log_pipe FILE`: copy stdin to FILE, rotating it so a service's log never grows without bound.
 
 `./manage.sh up` runs the producer and the scaler in the background with their
-output piped through this (`service > >(python -m jobtypes.log_pipe log)`), so
+output piped through this (`service > >(python -m common.log_pipe log)`), so
 everything they print, tracebacks of a crash included, lands in `.run/logs`,
 and a long run or a crash loop keeps at most `SERVICE_LOG_BACKUPS` older files
 of `SERVICE_LOG_MAX_BYTES` each (`FILE.1` the newest of them). Lines are never
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from jobtypes.env import SettingsError, env_int
+from common.env import SettingsError, env_int
 
 #: Default of SERVICE_LOG_MAX_BYTES: a log file is rotated before it passes this size.
 DEFAULT_MAX_BYTES = 5 * 1024 * 1024
@@ -74,7 +74,7 @@ def copy(source: BinaryIO, sink: RotatingFile) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobtypes.log_pipe", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m common.log_pipe", description=__doc__)
     parser.add_argument("file", type=Path)
     args = parser.parse_args(argv)
     try:

@@ -8,7 +8,7 @@ queues. The scaler reads every queue's type and arguments from the management
 API when it loads the config (at start and on every reload) and compares them
 with what this config would declare; a difference is a ConfigError that names
 the type, the queue, what it is now, what the config asks, and how to migrate.
-At start the scaler stops with it; on a reload jobtypes.config_watch keeps the
+At start the scaler stops with it; on a reload common.config_watch keeps the
 old config in force and shows the error in the scaler's status.
 """
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from jobtypes.config import DELIVERY_LIMIT_MARGIN, ConfigError, JobsConfig, JobType
-from jobtypes.queues import migration_steps, queue_arguments
+from common.config import DELIVERY_LIMIT_MARGIN, ConfigError, JobsConfig, JobType
+from common.queues import OLDER_DEAD_LETTERS, migration_steps, queue_arguments
 
 #: A queue's `x-queue-type` is compared as its type, not among its other arguments.
 TYPE_ARGUMENT = "x-queue-type"
@@ -44,7 +44,7 @@ def _problem(job_type: JobType, name: str, wanted: dict[str, Any], existing: Map
         return (
             f"job type {job_type.name!r}: queue {name!r} exists with other arguments ({'; '.join(differences)}); "
             f"RabbitMQ cannot change them (x-delivery-limit is delivery_limit, or max_attempts + "
-            f"{DELIVERY_LIMIT_MARGIN}): restore the old setting, or {migration_steps(job_type)}"
+            f"{DELIVERY_LIMIT_MARGIN}; {OLDER_DEAD_LETTERS}): restore the old setting, or {migration_steps(job_type)}"
         )
     return None
 

@@ -2,7 +2,7 @@
 
 A failed row is republished to `<queue>.retry` with a per-message expiration;
 RabbitMQ dead-letters it back to `<queue>` when that expires (see
-jobtypes.queues). The delay doubles with every attempt, so a row that fails
+common.queues). The delay doubles with every attempt, so a row that fails
 because a dependency is briefly down gets a few chances, while the rows behind
 it are processed meanwhile. After `max_attempts` the row goes to `<queue>.dead`
 with the error, the attempt count and its original properties, for a person.
@@ -16,19 +16,15 @@ from enum import StrEnum
 
 import pika
 
-from jobtypes.config import JobType
+from common.config import JobType
+from common.outcomes import ATTEMPT_HEADER, counted
 
-ATTEMPT_HEADER = "x-attempt"
 MAX_DELAY_SECONDS = 300.0
 
 
 def attempt_of(properties: pika.BasicProperties) -> int:
     """The attempt this delivery is (1 for a row that never failed)."""
-    value = (properties.headers or {}).get(ATTEMPT_HEADER, 1)
-    try:
-        return max(int(value), 1)
-    except (TypeError, ValueError, OverflowError):  # OverflowError: a float infinity
-        return 1
+    return counted((properties.headers or {}).get(ATTEMPT_HEADER), 1)
 
 
 def retry_delay(job_type: JobType, attempt: int) -> float:

@@ -5,10 +5,10 @@ Two fast paths need what pika keeps private:
 * the producer hands pre-encoded row frames to the connection in one write
   (`Connection._output_marshaled_frames`) and reads how many bytes wait unsent
   (`BaseConnection._transport.get_write_buffer_size()`), which bounds its
-  memory (producer.publisher, UNSENT_BYTES);
+  memory (producer.row_publisher, UNSENT_BYTES);
 * a worker publishes with confirms by callback on the asynchronous channel
   under a BlockingChannel (`BlockingChannel._impl`), instead of waiting for
-  each confirm (workers.publisher).
+  each confirm (workers.confirmed_publisher).
 
 A pika release may rename or drop any of these without notice; a renamed
 `_transport` read as "nothing unsent" would silently lift the producer's
@@ -31,7 +31,7 @@ from pika.adapters.utils.nbio_interface import AbstractStreamTransport
 from pika.channel import Channel
 from pika.connection import Connection
 
-from jobtypes.errors import AutoscalerError
+from common.errors import AutoscalerError
 
 #: pika releases (major.minor) whose private attributes this module was written against and tested with.
 SUPPORTED_RELEASES = ("1.4",)
@@ -44,7 +44,7 @@ class PikaInternalsError(AutoscalerError):
 def _fail(what: str) -> PikaInternalsError:
     return PikaInternalsError(
         f"pika {pika.__version__} (supported: {', '.join(SUPPORTED_RELEASES)}.x): {what}; "
-        "pin a supported pika or update jobtypes/pika_internals.py"
+        "pin a supported pika or update common/pika_internals.py"
     )
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import psycopg
 from pytest_postgresql.executors.proc import PostgreSQLExecutor
 
-from bench.support.processes import free_port
-from bench.support.waiting import wait_until
+from harness.processes import free_port
+from harness.waiting import wait_until
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 OS_USER = "postgres"

@@ -22,8 +22,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from jobtypes.env import SettingsError, env_str
-from jobtypes.errors import AutoscalerError
+from common.env import SettingsError, env_str
+from common.errors import AutoscalerError
 
 #: Job-type names end up in URLs, Kubernetes labels and Job names, so they are
 #: restricted to lower-case DNS-label characters (but may be longer than 63:
@@ -43,7 +43,7 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 #: `stop_grace_seconds`, and what every component uses for a worker of a type it no longer knows).
 DEFAULT_STOP_GRACE_SECONDS = 30.0
 #: Deliveries of one work-queue message beyond `max_attempts` that a quorum queue allows before RabbitMQ
-#: dead-letters it itself (the default `delivery_limit` is `max_attempts` + this; see jobtypes.queues).
+#: dead-letters it itself (the default `delivery_limit` is `max_attempts` + this; see common.queues).
 DELIVERY_LIMIT_MARGIN = 2
 
 
@@ -141,7 +141,7 @@ class JobType(BaseModel):
     ttl_seconds_after_finished: NonNegativeInt = 86400
 
     #: Quorum (replicated, survives a node) or classic; unset: the QUEUE_TYPE setting. Cannot change once
-    #: the queues exist (RabbitMQ refuses to redeclare a queue with another type; see jobtypes.queues).
+    #: the queues exist (RabbitMQ refuses to redeclare a queue with another type; see common.queues).
     queue_type: QueueType = QueueType.CLASSIC
     #: Quorum only: deliveries of one work-queue message after which RabbitMQ dead-letters it to `.dead` itself
     #: (`x-delivery-limit`, behind the runtime's own attempt counting); unset: max_attempts + DELIVERY_LIMIT_MARGIN.

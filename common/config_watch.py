@@ -7,7 +7,7 @@ and an invalid edit keeps the last good config in force while `error` says
 what is wrong, so one typo never takes the stack down. An optional `check`
 refuses a config that parses but cannot be used the same way (the scaler's
 check: a queue whose type or arguments RabbitMQ would refuse to change,
-jobtypes.queue_check).
+common.queue_check).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from jobtypes.config import ConfigError, JobsConfig, load_config
+from common.config import ConfigError, JobsConfig, load_config
 
 log = logging.getLogger(__name__)
 

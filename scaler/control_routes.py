@@ -3,7 +3,7 @@
 The auth middleware in front of the app has already checked the caller (the
 producer's token, or loopback). Each endpoint checks that the type exists and changes the
 `Controls` the control loop reads on its next tick; pause and drain are
-persisted before they are acknowledged (see `scaler.control_state`), so a
+persisted before they are acknowledged (see `scaler.operator_controls`), so a
 200 means the setting survives a restart. Pause: no new workers, running
 ones finish their row and stop, rows stay queued, uploads are still
 accepted. Drain: the backlog is worked off, then the type holds at zero.
@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from jobtypes.errors import UnknownJobType
+from common.errors import UnknownJobType
 from scaler.policy import Control
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import httpx
 
-from bench.support.waiting import wait_until
+from harness.waiting import wait_until
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 #: Where ports for test services are picked: below the kernel's range of ephemeral ports (the source ports of

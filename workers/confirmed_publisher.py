@@ -22,9 +22,9 @@ from typing import Any
 import pika
 from pika.adapters.blocking_connection import BlockingConnection
 
-from jobtypes.confirms import Confirms
-from jobtypes.pika_internals import async_channel
-from jobtypes.queues import ROUTES_EXCHANGE
+from common.confirms import Confirms
+from common.pika_internals import async_channel
+from common.queues import ROUTES_EXCHANGE
 
 CONFIRM_SELECT_TIMEOUT = 10.0
 

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
-from jobtypes.errors import AutoscalerError
+from common.errors import AutoscalerError
 
 Number = TypeVar("Number", int, float)
 Fallback = TypeVar("Fallback")

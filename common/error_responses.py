@@ -11,7 +11,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from jobtypes.errors import AutoscalerError
+from common.errors import AutoscalerError
 
 #: Retry-After sent with a 503 that does not name its own.
 UNAVAILABLE_RETRY_AFTER_SECONDS = 5

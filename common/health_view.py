@@ -5,8 +5,8 @@ their details (error texts with database users, hosts, broker addresses)
 help an attacker more than an operator who is not logged in. So both apps
 answer a public caller with the overall status and one `ok` / `failing` word
 per part, and an authenticated caller (`scope["auth"]` set by
-`jobtypes.auth.AuthMiddleware`) with the full document. Framework-free, like
-`jobtypes.auth`: worker images carry `jobtypes` without a web framework.
+`common.auth.AuthMiddleware`) with the full document. Framework-free, like
+`common.auth`: worker images carry `common` without a web framework.
 """
 
 from __future__ import annotations

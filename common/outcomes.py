@@ -16,6 +16,11 @@ Every parser here raises ValueError for anything malformed, so a consumer can
 set a bad message aside instead of dying on it. The tracker range-checks what
 parses (`uploads/report_checks.py`) and moves a report it cannot apply to
 `DEAD_OUTCOMES_QUEUE`, the reason in its headers.
+
+The report queue is also bound (`#`) to `DEAD_LETTERS_EXCHANGE`, where work
+queues dead-letter: a row RabbitMQ dead-lettered itself (no worker reported
+it) arrives there as the row, with its `x-death` header, and the tracker turns
+it into a dead outcome (uploads.dead_letters).
 """
 
 from __future__ import annotations
@@ -29,8 +34,8 @@ from typing import Any
 
 from pika.adapters.blocking_connection import BlockingChannel
 
-from jobtypes.config import QueueType, default_queue_type, queue_type_setting
-from jobtypes.queues import bind_route, declare_routes_exchange, typed_arguments
+from common.config import QueueType, default_queue_type, queue_type_setting
+from common.queues import DEAD_LETTERS_EXCHANGE, bind_route, declare_routes_exchange, typed_arguments
 
 OUTCOMES_QUEUE = "autoscaler.outcomes"
 #: Reports the tracker could not apply (out of range, not storable, not a report), kept for an operator with the
@@ -57,6 +62,8 @@ class RowStatus(StrEnum):
 OUTCOMES = tuple(status.value for status in RowStatus if status is not RowStatus.PENDING)
 #: Header on a replayed row: which replay of the upload's dead rows it belongs to (absent = 0).
 REPLAY_HEADER = "x-replay"
+#: Header on a retried row: which attempt this delivery is (absent = 1).
+ATTEMPT_HEADER = "x-attempt"
 #: Header on every row the producer publishes: the line of the uploaded file the row starts on. Workers copy it
 #: into a dead row's report, so the record knows where a failed row is without keeping a line per row.
 LINE_HEADER = "x-line"
@@ -97,6 +104,7 @@ def declare_outcome_routes(channel: BlockingChannel) -> None:
     for name, arguments in outcome_queue_arguments(outcomes_queue_type()).items():
         channel.queue_declare(queue=name, durable=True, arguments=arguments)
     bind_route(channel, OUTCOMES_QUEUE)
+    channel.queue_bind(OUTCOMES_QUEUE, DEAD_LETTERS_EXCHANGE, routing_key="#")
     channel.exchange_declare(exchange=UPLOADS_EXCHANGE, exchange_type="fanout", durable=True)
 
 
@@ -108,6 +116,20 @@ def split_message_id(message_id: str | None) -> tuple[str, int] | None:
     if not upload_id or not row.isdigit():
         return None
     return upload_id, int(row)
+
+
+def counted(value: object, floor: int) -> int:
+    """A count from a header anyone could have set: `value` as an integer, at least `floor`, or `floor`."""
+    try:
+        return max(int(value), floor) if value is not None else floor  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a float infinity
+        return floor
+
+
+def line_of(headers: Mapping[str, Any]) -> int | None:
+    """A row's line from its LINE_HEADER, or None when absent or not a line number (the record falls back)."""
+    value = headers.get(LINE_HEADER)
+    return value if type(value) is int and 1 <= value <= MAX_LINE else None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from urllib.parse import quote
 import httpx
 import pika
 
-from bench.support.waiting import wait_until
+from harness.waiting import wait_until
 
 API = "http://127.0.0.1:15672/api"
 AUTH = ("guest", "guest")

@@ -38,5 +38,17 @@ class BadRequest(AutoscalerError):
     status = 400
 
 
+class Conflict(AutoscalerError):
+    """The request contradicts what is already there (another file under a key, a run in progress): 409."""
+
+    status = 409
+
+
+class Unavailable(AutoscalerError):
+    """A part this request needs (the broker, the store) failed or is out of reach; retrying later may work: 503."""
+
+    status = 503
+
+
 class UnknownJobType(NotFound):
     """A request names a job type the config does not have."""
