@@ -5,7 +5,7 @@
 Four setups: a job type with a classic and one with a quorum work queue
 (`queue_type`), on one node and on a three-node cluster, both started by the
 benchmark (and stopped at its end) with the code `./manage.sh up
---rabbitmq-nodes N` runs (bench/support/cluster.py): the cluster on AMQP ports
+--rabbitmq-nodes N` runs (harness/cluster.py): the cluster on AMQP ports
 5682-5684, the single node on 5686, so that neither is the shared development
 broker other work loads. The producer gets every node in `RABBITMQ_URLS`, as
 `up` gives it. In each setup and round:
@@ -40,13 +40,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.ingest import upload, write_sample  # noqa: E402
-from bench.support.broker import Broker  # noqa: E402
-from bench.support.cluster import Topology, running_cluster  # noqa: E402
 from bench.support.drain import timed_drain  # noqa: E402
-from bench.support.processes import Service  # noqa: E402
 from bench.support.results import Row, write_results  # noqa: E402
-from bench.support.stack import Stack  # noqa: E402
 from bench.worker import tracked_channel_prefetch  # noqa: E402
+from harness.broker import Broker  # noqa: E402
+from harness.cluster import Topology, running_cluster  # noqa: E402
+from harness.processes import Service  # noqa: E402
+from harness.stack import Stack  # noqa: E402
 
 QUEUE_TYPES = ("classic", "quorum")
 TOPOLOGIES = {"1 node": 1, "3 nodes": 3}

@@ -25,10 +25,10 @@ from urllib.parse import quote
 
 import httpx
 
-from bench.support.broker import Broker
-from bench.support.waiting import wait_until
+from harness.broker import Broker
+from harness.waiting import wait_until
 
-MANAGE = Path(__file__).resolve().parents[2] / "manage.sh"
+MANAGE = Path(__file__).resolve().parents[1] / "manage.sh"
 AUTH = ("guest", "guest")
 START_SECONDS = 240  # three nodes from cold plus two joins, on two cores other sessions share
 

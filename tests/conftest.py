@@ -30,7 +30,7 @@ def broker() -> Iterator[Broker]:
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """The session's own three-node RabbitMQ cluster on 5682-5684, started as `./manage.sh up --rabbitmq-nodes 3`
-    starts one (bench/support/cluster.py); only the tests that ask for it start it."""
+    starts one (harness/cluster.py); only the tests that ask for it start it."""
     with running_cluster(tmp_path_factory.mktemp("rabbitmq-cluster")) as started:
         yield started
 

@@ -10,9 +10,9 @@ from urllib.parse import quote
 
 import pika
 
-from bench.support.broker import broker_is_up
-from bench.support.cluster import MANAGE, Cluster
-from bench.support.waiting import wait_until
+from harness.broker import broker_is_up
+from harness.cluster import MANAGE, Cluster
+from harness.waiting import wait_until
 
 
 def manage_functions(script: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -1,7 +1,7 @@
 """A node of the three-node cluster dies (kill -9) while a 100,000-row upload goes through the whole stack.
 
 The stack (producer, scaler, workers: real processes) runs on the test session's own cluster
-(tests/support/cluster.py) with every node in its node lists and the job type's queues quorum queues. The node
+(harness/cluster.py) with every node in its node lists and the job type's queues quorum queues. The node
 killed is the one that leads the type's work queue, as the management API says, (a) while the producer
 publishes the upload and (b) while workers consume it. Afterwards: no row lost, the upload record counts every
 row once (succeeded = rows, dead = 0), the producer answered 200, or 503 and a retry with the same
@@ -24,9 +24,9 @@ from typing import Any
 import httpx
 import pytest
 
-from bench.support.cluster import Cluster, Node
-from bench.support.stack import Stack
-from bench.support.waiting import wait_until
+from harness.cluster import Cluster, Node
+from harness.stack import Stack
+from harness.waiting import wait_until
 from tests.support import fault_report
 from tests.support.uploads import interrupted_upload, wait_record
 
