@@ -73,6 +73,188 @@ ensure_rabbitmq() {
   wait_http "http://127.0.0.1:15672/api/overview" 60 -u guest:guest || die "RabbitMQ management API did not answer"
 }
 
+# A local cluster (./manage.sh up --rabbitmq-nodes N): node i is rabbit-i@localhost on the base ports + i - 1.
+# The base ports and the name prefix are settings so that a cluster can run beside another broker (the tests use
+# 5682, 15682, 25682).
+RABBITMQ_NODES=1
+RABBITMQ_BASE_PORT="${RABBITMQ_BASE_PORT:-5672}"
+RABBITMQ_MANAGEMENT_BASE_PORT="${RABBITMQ_MANAGEMENT_BASE_PORT:-15672}"
+# RabbitMQ's own rule: the inter-node (Erlang distribution) port is the AMQP port + 20000.
+RABBITMQ_DIST_BASE_PORT="${RABBITMQ_DIST_BASE_PORT:-$((RABBITMQ_BASE_PORT + 20000))}"
+# Each node's data and logs in CLUSTER_DIR/<node>/, its pid in CLUSTER_DIR/<node>.pid, the shared cookie in CLUSTER_DIR.
+CLUSTER_DIR="${RABBITMQ_CLUSTER_DIR:-$RUN/rabbitmq}"
+RABBITMQ_NODE_PREFIX="${RABBITMQ_NODE_PREFIX:-rabbit}"
+RABBITMQ_BIN=/usr/lib/rabbitmq/bin
+
+node_id() { echo "$RABBITMQ_NODE_PREFIX-$1"; }
+node_name() { echo "$(node_id "$1")@localhost"; }
+node_amqp_port() { echo $((RABBITMQ_BASE_PORT + $1 - 1)); }
+node_management_port() { echo $((RABBITMQ_MANAGEMENT_BASE_PORT + $1 - 1)); }
+node_dist_port() { echo $((RABBITMQ_DIST_BASE_PORT + $1 - 1)); }
+node_pidfile() { echo "$CLUSTER_DIR/$(node_id "$1").pid"; }
+
+node_pid() {
+  # The OS pid of node I if it is running (from its pid file), else nothing.
+  local pidfile pid
+  pidfile="$(node_pidfile "$1")"
+  [ -s "$pidfile" ] || return 1
+  pid="$(cat "$pidfile")"
+  kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+node_env() {
+  # node_env I COMMAND...: runs a RabbitMQ script with node I's name, ports, directories and the cluster's cookie
+  # (HOME holds .erlang.cookie). Debian's /usr/sbin wrappers switch to the rabbitmq user and its
+  # /var/lib/rabbitmq; the scripts under /usr/lib/rabbitmq/bin run as whoever calls them.
+  local i=$1 dir="$CLUSTER_DIR/$(node_id "$1")"
+  shift
+  env HOME="$CLUSTER_DIR" RABBITMQ_NODENAME="$(node_name "$i")" RABBITMQ_NODE_PORT="$(node_amqp_port "$i")" \
+    RABBITMQ_DIST_PORT="$(node_dist_port "$i")" RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
+    RABBITMQ_PID_FILE="$(node_pidfile "$i")" RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" \
+    RABBITMQ_CONFIG_FILES="$dir/conf.d" RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" \
+    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+    "$@"
+}
+
+node_ctl() { local i=$1; shift; node_env "$i" "$RABBITMQ_BIN/rabbitmqctl" -q -n "$(node_name "$i")" "$@"; }
+
+port_holder() {
+  # Who listens on TCP port P: "pid N (command)", or nothing when the port is free.
+  ss -ltnpH "sport = :$1" 2>/dev/null | sed -n 's/.*users:(("\([^"]*\)",pid=\([0-9]*\).*/pid \2 (\1)/p' | head -n 1
+}
+
+check_node_ports() {
+  # Refuses to start node I when another process holds one of its ports (a broker this script did not start).
+  local i=$1 port holder ours
+  ours="$(node_pid "$i" || true)"
+  for port in "$(node_amqp_port "$i")" "$(node_management_port "$i")" "$(node_dist_port "$i")"; do
+    holder="$(port_holder "$port")"
+    [ -z "$holder" ] && continue
+    [ -n "$ours" ] && [ "$holder" = "pid $ours (beam.smp)" ] && continue
+    die "port $port (for $(node_name "$i")) is held by $holder, which manage.sh did not start; stop it, or set RABBITMQ_BASE_PORT / RABBITMQ_MANAGEMENT_BASE_PORT / RABBITMQ_DIST_BASE_PORT"
+  done
+}
+
+write_node_config() {
+  # Node I's own rabbitmq.conf (loopback listeners on its ports, the scaler's statistics interval) and plugins.
+  local i=$1 dir="$CLUSTER_DIR/$(node_id "$1")"
+  mkdir -p "$dir/log" "$dir/conf.d"
+  cat >"$dir/rabbitmq.conf" <<CONF
+listeners.tcp.1 = 127.0.0.1:$(node_amqp_port "$i")
+management.tcp.ip = 127.0.0.1
+management.tcp.port = $(node_management_port "$i")
+collect_statistics_interval = 500
+management.rates_mode = none
+CONF
+  echo '[rabbitmq_management].' >"$dir/enabled_plugins"
+}
+
+ensure_cluster_cookie() {
+  # One Erlang cookie for the cluster's nodes and the CLI (0400): a node accepts any peer that knows it.
+  mkdir -p "$CLUSTER_DIR"
+  chmod 700 "$CLUSTER_DIR"
+  [ -s "$CLUSTER_DIR/.erlang.cookie" ] && return 0
+  (umask 277 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$CLUSTER_DIR/.erlang.cookie")
+}
+
+start_node() {
+  # Starts node I in the background unless it is running; a node that restarts rejoins its cluster by itself.
+  local i=$1
+  check_node_ports "$i"
+  node_pid "$i" >/dev/null && { log "$(node_name "$i") already running (pid $(node_pid "$i"))"; return 0; }
+  rm -f "$(node_pidfile "$i")"
+  write_node_config "$i"
+  node_env "$i" setsid nohup "$RABBITMQ_BIN/rabbitmq-server" </dev/null \
+    >"$CLUSTER_DIR/$(node_id "$i")/log/startup.log" 2>&1 &
+  log "starting $(node_name "$i") (AMQP $(node_amqp_port "$i"), management $(node_management_port "$i")), log: $CLUSTER_DIR/$(node_id "$i")/log/"
+}
+
+wait_node() {
+  # Waits (with a deadline) until node I runs RabbitMQ and its management API answers.
+  local i=$1
+  node_ctl "$i" wait --timeout 120 "$(node_pidfile "$i")" >/dev/null ||
+    die "$(node_name "$i") did not start; see $CLUSTER_DIR/$(node_id "$i")/log/"
+  wait_http "http://127.0.0.1:$(node_management_port "$i")/api/overview" 60 -u guest:guest ||
+    die "$(node_name "$i")'s management API did not answer on port $(node_management_port "$i")"
+}
+
+join_node() {
+  # Joins node I to node 1's cluster unless it is already a member (a restarted cluster keeps its membership).
+  local i=$1
+  node_ctl 1 cluster_status --formatter json | grep -q "\"$(node_name "$i")\"" && return 0
+  log "joining $(node_name "$i") to $(node_name 1)"
+  node_ctl "$i" stop_app >/dev/null
+  node_ctl "$i" join_cluster "$(node_name 1)" >/dev/null || die "$(node_name "$i") could not join $(node_name 1)"
+  node_ctl "$i" start_app >/dev/null
+}
+
+ensure_rabbitmq_cluster() {
+  # Starts RABBITMQ_NODES nodes from Debian's rabbitmq-server and clusters them. All start at once: a node
+  # that restarts waits for the peer that stopped last, so starting them one after another could deadlock.
+  apt_install rabbitmq-server curl
+  ensure_cluster_cookie
+  local i
+  for i in $(seq 1 "$RABBITMQ_NODES"); do check_node_ports "$i"; done
+  for i in $(seq 1 "$RABBITMQ_NODES"); do start_node "$i"; done
+  for i in $(seq 1 "$RABBITMQ_NODES"); do wait_node "$i"; done
+  for i in $(seq 2 "$RABBITMQ_NODES"); do join_node "$i"; done
+  log "RabbitMQ cluster of $RABBITMQ_NODES nodes up: $(cluster_amqp_addresses)"
+}
+
+cluster_urls() {
+  # cluster_urls BEFORE PORT_FUNCTION AFTER: every node's URL, comma-separated (BEFORE<port>AFTER).
+  local i out=()
+  for i in $(seq 1 "$RABBITMQ_NODES"); do out+=("$1$("$2" "$i")$3"); done
+  (IFS=,; echo "${out[*]}")
+}
+
+cluster_amqp_addresses() { cluster_urls 127.0.0.1: node_amqp_port ""; }
+
+cluster_node_numbers() {
+  # The numbers of the nodes that have a pid file in CLUSTER_DIR (those this script started).
+  local pidfile
+  for pidfile in "$CLUSTER_DIR/$RABBITMQ_NODE_PREFIX"-*.pid; do
+    [ -e "$pidfile" ] || continue
+    pidfile="${pidfile##*/"$RABBITMQ_NODE_PREFIX"-}"
+    echo "${pidfile%.pid}"
+  done | sort -n
+}
+
+stop_rabbitmq_cluster() {
+  # Stops every node this script started (its pid file), last node first; waits for each to exit.
+  local i pid
+  for i in $(cluster_node_numbers | sort -rn); do
+    if pid="$(node_pid "$i")"; then
+      log "stopping $(node_name "$i") (pid $pid)"
+      node_ctl "$i" stop >/dev/null 2>&1 || true
+      for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$(node_pidfile "$i")"
+  done
+}
+
+cluster_status() {
+  # One line per node this script started: up or down, its ports, how many queues it leads.
+  local numbers i pid leaders="" port
+  numbers="$(cluster_node_numbers)"
+  [ -n "$numbers" ] || return 0
+  for i in $numbers; do
+    port="$(node_management_port "$i")"
+    if node_pid "$i" >/dev/null && [ -z "$leaders" ]; then
+      leaders="$(curl -fsS --max-time 3 -u guest:guest "http://127.0.0.1:$port/api/queues?columns=node" 2>/dev/null || true)"
+    fi
+  done
+  for i in $numbers; do
+    if pid="$(node_pid "$i")"; then
+      printf '  %-20s up    pid %-7s AMQP %s  management %s  leads %s queues\n' "$(node_name "$i")" "$pid" \
+        "$(node_amqp_port "$i")" "$(node_management_port "$i")" "$(grep -o "\"$(node_name "$i")\"" <<<"$leaders" | wc -l)"
+    else
+      printf '  %-20s DOWN  AMQP %s  management %s\n' "$(node_name "$i")" "$(node_amqp_port "$i")" "$(node_management_port "$i")"
+    fi
+  done
+}
+
 BROKER_USERS="$RUN/rabbitmq"
 
 ensure_broker_users() {
@@ -163,10 +345,40 @@ ensure_token() {
   export PRODUCER_TOKEN
 }
 
+parse_up_args() {
+  # up [--rabbitmq-nodes N]: one node (Debian's own, as always) or a cluster of N nodes started by this script.
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --rabbitmq-nodes)
+        [[ "${2:-}" =~ ^[1-9][0-9]*$ ]] || die "--rabbitmq-nodes needs a positive whole number, got '${2:-}'"
+        RABBITMQ_NODES=$2
+        shift 2 ;;
+      *) die "up: unknown argument '$1' (usage: ./manage.sh up [--rabbitmq-nodes N])" ;;
+    esac
+  done
+}
+
+ensure_broker() {
+  # Debian's single node, or the cluster: the broker users are then created through node 1 (users replicate).
+  if [ "$RABBITMQ_NODES" -eq 1 ]; then
+    ensure_rabbitmq
+    return 0
+  fi
+  ensure_rabbitmq_cluster
+  # Every node in the lists the broker users' URL files are written from (RABBITMQ_URLS wins over RABBITMQ_URL).
+  export RABBITMQ_ADMIN_API_URL="${RABBITMQ_ADMIN_API_URL:-http://guest:guest@localhost:$(node_management_port 1)/api}"
+  export RABBITMQ_URL="${RABBITMQ_URL:-amqp://guest:guest@localhost:$(node_amqp_port 1)/%2F}"
+  export RABBITMQ_ADMIN_API_URLS="${RABBITMQ_ADMIN_API_URLS:-$(cluster_urls http://guest:guest@localhost: node_management_port /api)}"
+  export RABBITMQ_URLS="${RABBITMQ_URLS:-$(cluster_urls amqp://guest:guest@localhost: node_amqp_port /%2F)}"
+  # Rows outlive a node only in quorum queues: the default queue type on a cluster (a type may still say classic).
+  export QUEUE_TYPE="${QUEUE_TYPE:-quorum}"
+}
+
 cmd_up() {
+  parse_up_args "$@"
   ensure_venv
   private_run_dir
-  ensure_rabbitmq
+  ensure_broker
   ensure_token
   ensure_broker_users
   # Each service its own broker user, in its environment (never on a command line other users can read).
@@ -184,7 +396,8 @@ cmd_up() {
   [ -f scaler/__main__.py ] && echo "  dashboard:  http://$SCALER_ADDR/?token=$PRODUCER_TOKEN   (one-click login)"
   echo "  token:      $PRODUCER_TOKEN   ($where; every request sends it)"
   echo "  producer:   curl -H \"Authorization: Bearer $from\" -F file=@data.csv http://$PRODUCER_ADDR/upload"
-  echo "  rabbitmq:   http://127.0.0.1:15672/  (guest / guest)"
+  echo "  rabbitmq:   http://127.0.0.1:$(node_management_port 1)/  (guest / guest)"
+  [ "$RABBITMQ_NODES" -eq 1 ] || echo "  nodes:      $(cluster_amqp_addresses)   (./manage.sh status)"
   echo "  stop with:  ./manage.sh down"
 }
 
@@ -194,6 +407,7 @@ cmd_down() {
   [ -x "$PY" ] && [ -d "$RUN/scaler/workers" ] && "$PY" -m scaler stop-workers || true
   stop_service producer
   stop_rabbitmq_if_ours
+  stop_rabbitmq_cluster
 }
 
 cmd_test() {
@@ -316,7 +530,10 @@ cmd_help() {
   cat <<EOF
 usage: ./manage.sh COMMAND [ARGS]
 
-  up               install what is missing, start RabbitMQ, producer and scaler, print the token and a login link
+  up [--rabbitmq-nodes N]
+                   install what is missing, start RabbitMQ (N > 1: a local cluster of N nodes, rabbit-1@localhost
+                   on AMQP 5672, management 15672, then the next ports), producer and scaler, print the token and a
+                   login link
   down             stop what 'up' started
   status           one-screen summary of queues and workers
   watch            the same summary, refreshed every second
@@ -330,7 +547,7 @@ usage: ./manage.sh COMMAND [ARGS]
   uploads          recent uploads, newest first (--job-type T, --state S)
   sample N         print a sample sales CSV with N rows
   test [ARGS]      run the whole test suite (pytest ARGS)
-  bench NAME       run a benchmark (ingest, worker, sales, reaction, tick, uploads, simulate); writes bench/results/NAME.json
+  bench NAME       run a benchmark (ingest, worker, sales, reaction, tick, uploads, simulate, queues); writes bench/results/NAME.json
   readme           regenerate the README's generated tables from bench/results/ (--check: only compare)
   simulate TRACE [--config FILE] [--format NAME] [--speedup K] [--start S --hours H]
            [--backend local|kubernetes] [--policies project,keda,fixed:N] [--out DIR]
@@ -356,7 +573,7 @@ main() {
     test) cmd_test "$@" ;;
     submit) cmd_submit "$@" ;;
     uploads) ensure_venv; stored_token; "$PY" -m uploads.cli --url "http://$PRODUCER_ADDR" list "$@" ;;
-    status) ensure_venv; stored_token; "$PY" -m scaler status --url "http://$SCALER_ADDR" "$@" ;;
+    status) cluster_status; ensure_venv; stored_token; "$PY" -m scaler status --url "http://$SCALER_ADDR" "$@" ;;
     watch) ensure_venv; stored_token; "$PY" -m scaler status --url "http://$SCALER_ADDR" --watch "$@" ;;
     pause | resume | drain | retry)
       [ $# -eq 1 ] || die "usage: ./manage.sh $command JOB_TYPE"

@@ -59,7 +59,7 @@ TABLES = (
             ("baseline", "baseline in the same run"),
             ("ratio", "ratio"),
         ),
-        sources=("ingest", "worker", "sales", "reaction", "tick"),
+        sources=("ingest", "worker", "sales", "reaction", "tick", "queues"),
     ),
     Table(
         marker="fault-table",
@@ -71,7 +71,7 @@ TABLES = (
             ("lost", "lost"),
             ("recover", "time to recover"),
         ),
-        sources=("faults",),
+        sources=("faults", "faults-cluster"),
     ),
 )
 

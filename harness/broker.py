@@ -34,6 +34,11 @@ class Broker:
     def api_url(self) -> str:
         return "http://guest:guest@127.0.0.1:15672/api"
 
+    @property
+    def api(self) -> str:
+        """The management API's base URL (credentials apart: AUTH)."""
+        return API
+
     def env(self) -> dict[str, str]:
         """Environment for a component process that should use this vhost."""
         return {"RABBITMQ_URL": self.amqp_url, "RABBITMQ_API_URL": self.api_url}
@@ -43,7 +48,7 @@ class Broker:
 
     def queue(self, name: str) -> dict:
         """The management API's view of one queue (404 raises)."""
-        response = httpx.get(f"{API}/queues/{self._vhost_path()}/{quote(name, safe='')}", auth=AUTH, timeout=10)
+        response = httpx.get(f"{self.api}/queues/{self._vhost_path()}/{quote(name, safe='')}", auth=AUTH, timeout=10)
         response.raise_for_status()
         return response.json()
 

@@ -10,6 +10,7 @@ import pytest
 from pytest_postgresql.executors.proc import PostgreSQLExecutor
 
 from harness.broker import Broker, broker_is_up, create_vhost, delete_vhost
+from harness.cluster import Cluster, running_cluster
 from harness.k8s_emulator import KubernetesEmulator
 from harness.postgres import PG_BIN, running_postgres
 
@@ -24,6 +25,14 @@ def broker() -> Iterator[Broker]:
     created = create_vhost()
     yield created
     delete_vhost(created)
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The session's own three-node RabbitMQ cluster on 5682-5684, started as `./manage.sh up --rabbitmq-nodes 3`
+    starts one (harness/cluster.py); only the tests that ask for it start it."""
+    with running_cluster(tmp_path_factory.mktemp("rabbitmq-cluster")) as started:
+        yield started
 
 
 @pytest.fixture(scope="session")

@@ -58,7 +58,7 @@ def test_infra_has_the_whole_stack_with_least_privilege() -> None:
         ("Service", "producer"),
         ("Service", "scaler"),
     } <= kinds
-    role = next(d for d in infra_documents() if d["kind"] == "Role")
+    role = next(d for d in infra_documents() if d["kind"] == "Role" and d["metadata"]["name"] == "scaler")
     verbs = {(rule["resources"][0], verb) for rule in role["rules"] for verb in rule["verbs"]}
     assert verbs == {
         ("jobs", "list"),
@@ -72,6 +72,37 @@ def test_infra_has_the_whole_stack_with_least_privilege() -> None:
     }
     secrets = [d for d in infra_documents() if d["kind"] == "Secret"]
     assert all("guest" not in str(secret["stringData"]) for secret in secrets)
+
+
+def test_rabbitmq_is_a_three_node_cluster_that_one_voluntary_disruption_at_a_time_keeps_a_majority() -> None:
+    """Three replicas started in parallel, found by the Kubernetes peer discovery plugin (which may read the
+    headless Service's endpoints and nothing else), spread over machines, talking to each other through the
+    network policy, and a PodDisruptionBudget that lets drains take one node at a time."""
+    documents = {(d["kind"], d["metadata"]["name"]): d for d in infra_documents()}
+    statefulset = documents[("StatefulSet", "rabbitmq")]["spec"]
+    assert (statefulset["replicas"], statefulset["podManagementPolicy"]) == (3, "Parallel")
+    pod = statefulset["template"]["spec"]
+    assert pod["serviceAccountName"] == "rabbitmq" and pod["topologySpreadConstraints"]
+    config = documents[("ConfigMap", "rabbitmq-config")]["data"]
+    assert "rabbitmq_peer_discovery_k8s" in config["enabled_plugins"]
+    conf = dict(line.split(" = ", 1) for line in config["rabbitmq.conf"].splitlines() if " = " in line)
+    headless = documents[("Service", statefulset["serviceName"])]["spec"]
+    assert conf["cluster_formation.k8s.service_name"] == statefulset["serviceName"]
+    assert conf["cluster_formation.k8s.hostname_suffix"].startswith(f".{statefulset['serviceName']}.queue-autoscaler.")
+    assert conf["cluster_partition_handling"] == "pause_minority"
+    assert headless["publishNotReadyAddresses"] is True
+    assert {port["port"] for port in headless["ports"]} >= {4369, 25672}
+    role = documents[("Role", "rabbitmq-peer-discovery")]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["endpoints"], "verbs": ["get"]}]
+    binding = documents[("RoleBinding", "rabbitmq-peer-discovery")]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "rabbitmq"}]
+    budget = documents[("PodDisruptionBudget", "rabbitmq")]["spec"]
+    assert budget["maxUnavailable"] == 1
+    assert budget["selector"]["matchLabels"] == statefulset["selector"]["matchLabels"]
+    policy = documents[("NetworkPolicy", "rabbitmq")]["spec"]
+    peers = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "rabbitmq"}}}
+    assert {"from": [peers], "ports": [{"port": "epmd"}, {"port": "cluster-links"}]} in policy["ingress"]
+    assert {"to": [peers], "ports": [{"port": 4369}, {"port": 25672}]} in policy["egress"]
 
 
 def test_jobs_config_map_as_manage_sh_creates_it_validates() -> None:

@@ -22,7 +22,7 @@ import pika
 
 from common.config import JobType
 from common.queues import declare_queues
-from harness.broker import API, AUTH, Broker
+from harness.broker import AUTH, Broker
 from harness.processes import Service
 from harness.waiting import wait_until
 
@@ -79,7 +79,7 @@ def _idle_since(broker: Broker, queue: str, moment: float) -> bool:
     Its samples fall on 5 s boundaries, so one stamped at least 5 s after `moment` was measured after it.
     """
     stats = httpx.get(
-        f"{API}/queues/{quote(broker.vhost, safe='')}/{quote(queue, safe='')}",
+        f"{broker.api}/queues/{quote(broker.vhost, safe='')}/{quote(queue, safe='')}",
         params={"lengths_age": "30", "lengths_incr": "5"},
         auth=AUTH,
         timeout=10,

@@ -2,10 +2,13 @@
 
 Each fault test adds one row; pytest prints the table at the end of the run
 (see `pytest_terminal_summary` in tests/conftest.py) and writes it to
-`tests/artifacts/fault-table.md` and, as a results file, to
-`bench/results/faults.json`, from which `./manage.sh readme` regenerates the
-README's fault table (bench/readme.py). Run the whole fault suite before
-regenerating: the file holds the rows of the last run only.
+`tests/artifacts/fault-table.md` and, as results files, to
+`bench/results/faults.json` (the single-broker suite) and
+`bench/results/faults-cluster.json` (the three-node cluster's,
+tests/test_cluster_faults.py), from which `./manage.sh readme` regenerates the
+README's fault table (bench/readme.py). Run the whole suite of a file before
+regenerating: each file holds the rows of its suite's last run only, and a run
+that recorded no row of a suite leaves that suite's file as it was.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class FaultRow:
     lost: int
     recover_seconds: float | None
     counted: Counted = Counted.PROCESSED
+    results: str = "faults"  # the results file (bench/results/<results>.json) the row goes to
 
     def cells(self) -> list[str]:
         recover = "-" if self.recover_seconds is None else f"{self.recover_seconds:.1f} s"
@@ -61,5 +65,7 @@ def write_artifact() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / "fault-table.md"
     path.write_text(markdown_table() + "\n")
-    write_results("faults", [dict(zip(KEYS, row.cells(), strict=True)) for row in ROWS], figures={})
+    for results in dict.fromkeys(row.results for row in ROWS):
+        rows = [dict(zip(KEYS, row.cells(), strict=True)) for row in ROWS if row.results == results]
+        write_results(results, rows, figures={})
     return path

@@ -50,10 +50,12 @@ def interrupted_upload(
     fail: Callable[[], None],
     recover: Callable[[], None],
     timeout: float = 120,
+    survivable: bool = False,
 ) -> tuple[dict[str, Any], str]:
-    """Upload `body` with the Idempotency-Key `key`; once `publishing()` holds, `fail()` the broker; expect a 503;
-    `recover()`; retry the same file with the same key until it is accepted. Returns (the 503's body, upload id)
-    after checking that the retry finished the same upload."""
+    """Upload `body` with the Idempotency-Key `key`; once `publishing()` holds, `fail()` the broker; expect a 503
+    (or, when the failure is `survivable`, such as one node of a cluster dying, a 200 too: then nothing is
+    retried); `recover()`; retry the same file with the same key until it is accepted. Returns (the first
+    answer's body and status, upload id) after checking that the retry finished the same upload."""
     headers = {"Idempotency-Key": key}
     answer: dict[str, Any] = {}
 
@@ -64,8 +66,11 @@ def interrupted_upload(
     thread = threading.Thread(target=first_try)
     thread.start()
     wait_until(publishing, timeout=60, interval=0.02, what="publishing under way")
+    assert not answer, f"the upload was answered before the failure: {answer}"
     fail()
     thread.join(120)
+    if survivable and answer.get("status") == 200:
+        return answer, answer["upload_id"]
     assert answer.get("status") == 503 and 0 < answer["confirmed"], answer
     recover()
     retry = wait_until(
