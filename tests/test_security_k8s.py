@@ -184,8 +184,21 @@ def test_only_producer_scaler_and_workers_reach_rabbitmq_and_only_the_scaler_its
         policy["spec"]["podSelector"]["matchLabels"].items()
         <= rabbitmq["spec"]["template"]["metadata"]["labels"].items()
     )
-    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"] and policy["spec"]["egress"] == []
-    amqp, management, prometheus = policy["spec"]["ingress"]
+    # Out of a node: only to its peers (epmd, inter-node links) and the API server's port (peer discovery reads
+    # the headless Service's endpoints); DNS comes from the namespace-wide `dns` policy.
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["spec"]["egress"] == [
+        {
+            "to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "rabbitmq"}}}],
+            "ports": [{"port": 4369}, {"port": 25672}],
+        },
+        {"ports": [{"port": 443}, {"port": 6443}]},
+    ]
+    amqp, management, prometheus, peers = policy["spec"]["ingress"]
+    assert peers == {
+        "from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "rabbitmq"}}}],
+        "ports": [{"port": "epmd"}, {"port": "cluster-links"}],
+    }
     [expression] = amqp["from"][0]["podSelector"]["matchExpressions"]
     clients = [
         d["spec"]["template"]["metadata"]["labels"]
