@@ -89,12 +89,16 @@ class QueueStatsSource:
         `.error`)."""
         answer = self._ask(PARAMS)
         if answer is None:
-            message = "; ".join(f"{label}: {why}" for label, why in self.failed.items())
+            message = self.failures()
             if message != self.error:
                 log.warning("RabbitMQ management API unreachable, making no scaling decisions: %s", message)
             self.error, self.node = message, None
             return None
         return self._answered(*answer)
+
+    def failures(self) -> str:
+        """The nodes that failed on the last ask, and why, on one line."""
+        return "; ".join(f"{label}: {why}" for label, why in self.failed.items())
 
     def _ask(self, params: dict[str, str]) -> tuple[ApiNode, list[dict]] | None:
         """The queue list from the first node that answers (with that node), or None; the nodes that failed, with
@@ -126,7 +130,7 @@ class QueueStatsSource:
         try:
             if answer is not None:
                 return {item["name"]: item for item in answer[1]}
-            error = "; ".join(f"{label}: {why}" for label, why in self.failed.items())
+            error = self.failures()
         except (KeyError, TypeError) as unexpected:
             error = f"unexpected answer: {unexpected!r}"
         log.warning("cannot read the queues' types from the management API to check the config: %s", error)
