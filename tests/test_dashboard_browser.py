@@ -96,7 +96,12 @@ def test_live_dashboard_through_a_burst(stack: Stack, page: tuple[Page, list[str
     ARTIFACTS.mkdir(exist_ok=True)
     browser_page.screenshot(path=str(ARTIFACTS / "dashboard-burst.png"), full_page=True)
     assert "burst +4" in browser_page.locator("#events").inner_text()
-    assert int(browser_page.locator('.card[data-type="sleep"] [data-chart="depth"]').get_attribute("data-points")) >= 2
+    # The charts poll /api/history on their own clock (every history step, at most 5 s), so the
+    # depth chart's second point may come after the workers figure the stream already moved.
+    browser_page.wait_for_function(
+        "Number(document.querySelector('.card[data-type=\"sleep\"] [data-chart=\"depth\"]').dataset.points) >= 2",
+        timeout=15000,
+    )
 
     # A worker's log view shows its JSON log lines.
     browser_page.locator("#workers .log-button").first.click()
