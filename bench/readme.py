@@ -3,17 +3,18 @@
     ./manage.sh readme                  (or .venv/bin/python -m bench.readme [--check])
 
 Every benchmark writes `bench/results/<name>.json` (bench/support/results.py);
-the fault suite writes `bench/results/faults.json` (tests/support/fault_report.py).
-This puts their rows, in the order of `TABLES`, between the README's marker
-comments (`<!-- bench-table -->` ... `<!-- /bench-table -->`), followed by
-where each file's figures come from (date, commit, machine). Two blocks have
-their own shape: the upload-record table (`upload-records`, from
-`bench/results/uploads.json`, rows as bench/uploads.py words them) and the
-simulator's results (`simulation-results`: the `simulate-*` runs, the replay
-comparison tests/test_simulator_replay.py writes to `replay.json`, and
-`simulate.json`, as simulator/readme.py words them). Nothing is run: the
-figures are what the last run of each benchmark measured. A new benchmark is
-plugged in by adding its name to a table's `sources`.
+the fault suite, run with `--record-results`, writes `bench/results/faults.json`
+(tests/support/fault_report.py). This puts their rows, in the order of
+`TABLES`, between the README's marker comments (`<!-- bench-table -->` ...
+`<!-- /bench-table -->`), followed by where each file's figures come from
+(date, commit, machine). Two blocks have their own shape: the upload-record
+table (`upload-records`, from `bench/results/uploads.json`, rows as
+bench/uploads.py words them) and the simulator's results (`simulation-results`:
+the `simulate-*` runs, the replay comparison tests/test_simulator_replay.py
+writes to `replay.json` when run with `--record-results`, and `simulate.json`,
+as simulator/readme.py words them). Nothing is run: the figures are what the
+last recorded run of each measured. A new benchmark is plugged in by adding its
+name to a table's `sources`.
 
 `--check` rewrites nothing and exits 1 when the README differs from what
 this would write (tests/test_readme_tables.py does the same).

@@ -69,7 +69,21 @@ def emulator() -> Iterator[KubernetesEmulator]:
     created.close()
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--record-results",
+        action="store_true",
+        help="write the fault table and the replay comparison to bench/results/ for ./manage.sh readme "
+        "(without it a run leaves the committed results files, and so the README check, as they were)",
+    )
+
+
+@pytest.fixture(scope="session")
+def record_results(pytestconfig: pytest.Config) -> bool:
+    return bool(pytestconfig.getoption("--record-results"))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     """Print the fault suite's table (fault, rows sent/processed, duplicates, lost, recovery)."""
     from tests.support import fault_report
 
@@ -77,4 +91,5 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     terminalreporter.section("fault suite")
     terminalreporter.write_line(fault_report.markdown_table())
-    terminalreporter.write_line(f"(also written to {fault_report.write_artifact()})")
+    for path in fault_report.write_artifact(record=config.getoption("--record-results")):
+        terminalreporter.write_line(f"(also written to {path})")

@@ -99,7 +99,7 @@ def test_live_dashboard_through_a_burst(stack: Stack, page: tuple[Page, list[str
     # The charts poll /api/history on their own clock (every history step, at most 5 s), so the
     # depth chart's second point may come after the workers figure the stream already moved.
     browser_page.wait_for_function(
-        "Number(document.querySelector('.card[data-type=\"sleep\"] [data-chart=\"depth\"]').dataset.points) >= 2",
+        'Number(document.querySelector(\'.card[data-type="sleep"] [data-chart="depth"]\').dataset.points) >= 2',
         timeout=15000,
     )
 

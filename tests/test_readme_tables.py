@@ -14,6 +14,7 @@ import pytest
 
 from bench import readme
 from bench.support import results
+from tests.support import fault_report
 
 
 def test_the_readme_tables_are_generated_from_the_results_files() -> None:
@@ -53,3 +54,25 @@ def test_every_generated_part_of_the_readme_is_checked(block: readme.Block) -> N
     assert opening in text, f"README.md has no {block.marker} block"
     edited = text.replace(opening, opening + "| pasted | 1 |\n")
     assert readme.regenerate(edited) == text
+
+
+def test_only_a_recorded_run_rewrites_the_fault_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain suite run keeps the committed results (so a second run's README check still holds)."""
+    monkeypatch.setattr(results, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(fault_report, "ARTIFACTS", tmp_path / "artifacts")
+    monkeypatch.setattr(fault_report, "ROWS", [fault_report.FaultRow("kill -9", 10, 10, 1, 0, 2.5)])
+    assert fault_report.write_artifact(record=False) == [tmp_path / "artifacts" / "fault-table.md"]
+    assert not (tmp_path / "results").exists()
+    written = fault_report.write_artifact(record=True)
+    assert written[1:] == [tmp_path / "results" / "faults.json"]
+    rows = json.loads(written[1].read_text())["rows"]
+    assert rows == [
+        {
+            "fault": "kill -9",
+            "rows_sent": "10",
+            "rows_processed": "10",
+            "duplicates": "1",
+            "lost": "0",
+            "recover": "2.5 s",
+        }
+    ]

@@ -2,13 +2,16 @@
 
 Each fault test adds one row; pytest prints the table at the end of the run
 (see `pytest_terminal_summary` in tests/conftest.py) and writes it to
-`tests/artifacts/fault-table.md` and, as results files, to
-`bench/results/faults.json` (the single-broker suite) and
+`tests/artifacts/fault-table.md`. Run with `--record-results`
+(`./manage.sh test -m fault --record-results`), it also writes them, as results
+files, to `bench/results/faults.json` (the single-broker suite) and
 `bench/results/faults-cluster.json` (the three-node cluster's,
 tests/test_cluster_faults.py), from which `./manage.sh readme` regenerates the
-README's fault table (bench/readme.py). Run the whole suite of a file before
-regenerating: each file holds the rows of its suite's last run only, and a run
-that recorded no row of a suite leaves that suite's file as it was.
+README's fault table (bench/readme.py). Without it the committed files stay as
+they were, so running the suite twice in one checkout does not leave the
+README check behind the results. Record the whole suite of a file: each file
+holds the rows of its suite's last recorded run only, and a run that recorded
+no row of a suite leaves that suite's file as it was.
 """
 
 from __future__ import annotations
@@ -61,11 +64,16 @@ def markdown_table() -> str:
     return "\n".join(lines)
 
 
-def write_artifact() -> Path:
+def write_artifact(record: bool) -> list[Path]:
+    """Write the table to tests/artifacts/fault-table.md and, when `record` (pytest --record-results), each
+    suite's rows to its results file; returns the paths written."""
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / "fault-table.md"
     path.write_text(markdown_table() + "\n")
+    if not record:
+        return [path]
+    written = [path]
     for results in dict.fromkeys(row.results for row in ROWS):
         rows = [dict(zip(KEYS, row.cells(), strict=True)) for row in ROWS if row.results == results]
-        write_results(results, rows, figures={})
-    return path
+        written.append(write_results(results, rows, figures={}))
+    return written
